@@ -1,0 +1,465 @@
+//! Command line: flags (clap derive) → a validated [`Config`] → run → exit code.
+//!
+//! `s3uring SOURCE DEST` copies; `s3uring demo` runs a whole copy against the embedded
+//! endpoint and verifies it; `s3uring serve` runs the endpoint alone for other tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_WORKERS,
+    IoEngine, S3Settings, S3Url,
+};
+use crate::endpoint::{
+    BucketSpec, Contents, Endpoint, EndpointConfig, generated_content, generated_key,
+};
+use crate::pipeline::{self, Fatal};
+use crate::report::{Report, Summary, sanitize};
+
+/// Exit codes: 0 every key written or skipped, 1 some keys failed, 2 usage or setup error,
+/// 130 interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    KeysFailed = 1,
+    Usage = 2,
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "s3uring",
+    version,
+    about = "Restore many small S3 objects to a local directory, fast (bounded fetchers, batching io_uring writer)",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// s3://bucket[/prefix] — every key under the prefix is copied.
+    #[arg(value_name = "SOURCE", required = true)]
+    source: Option<String>,
+
+    /// Local directory (created if missing); keys land at their path relative to the prefix.
+    #[arg(value_name = "DEST", required = true)]
+    dest: Option<PathBuf>,
+
+    #[command(flatten)]
+    s3: S3Args,
+
+    #[command(flatten)]
+    tuning: Tuning,
+
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
+struct S3Args {
+    /// Use this endpoint instead of AWS S3 (e.g. http://127.0.0.1:9000 for MinIO or `s3uring serve`).
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+
+    /// AWS region (default: from the environment or profile, else us-east-1).
+    #[arg(long)]
+    region: Option<String>,
+
+    /// Named profile from ~/.aws/config and ~/.aws/credentials.
+    #[arg(long)]
+    profile: Option<String>,
+
+    /// Send anonymous requests (public buckets); no credentials are loaded.
+    #[arg(long)]
+    no_sign_request: bool,
+
+    /// Path-style addressing (http://host/bucket/key). On by default with --endpoint-url;
+    /// `--force-path-style=false` turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    force_path_style: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tuning")]
+struct Tuning {
+    /// Concurrent GETs (long-lived fetch tasks).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WORKERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    workers: u32,
+
+    /// Capacity of the bounded key queue between the lister and the fetchers.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE as u32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    queue: u32,
+
+    /// File writer: io_uring linked chains, or a pool of threads doing plain syscalls.
+    #[arg(long, value_enum, default_value_t = IoEngine::Auto)]
+    io_engine: IoEngine,
+
+    /// Threads of the `threads` io engine.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_IO_THREADS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    io_threads: u32,
+
+    /// MiB of object bodies held in memory between GET and disk, at most.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_BUFFER_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    buffer_mib: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+struct Output {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// No summary; only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the embedded S3 endpoint with generated objects, restore them into a temporary
+    /// directory, verify every byte and print the summary.
+    Demo(DemoArgs),
+    /// Run the embedded S3 endpoint alone (for other tools, benchmarks), until Ctrl-C.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct Generated {
+    /// Number of generated objects.
+    #[arg(long, default_value_t = 100_000)]
+    objects: u64,
+    /// Size of each object in bytes.
+    #[arg(long, default_value_t = 4096)]
+    size: u64,
+    /// Spread the keys over this many prefixes (directories).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    prefixes: u64,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    generated: Generated,
+    /// Restore here instead of a new temporary directory (kept afterwards).
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    generated: Generated,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: std::net::SocketAddr,
+    /// Bucket name.
+    #[arg(long, default_value = "bench")]
+    bucket: String,
+    /// Serve anonymous requests instead of requiring the printed credentials.
+    #[arg(long)]
+    anonymous: bool,
+}
+
+/// Credentials of the embedded endpoint in `demo` and `serve`.
+pub const DEMO_ACCESS_KEY: &str = "s3uring";
+pub const DEMO_SECRET_KEY: &str = "s3uring-demo-secret";
+
+/// Parses the command line, runs, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.output.verbose, cli.output.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("s3uring: error: cannot start the async runtime: {e}");
+            return Exit::Usage.into();
+        }
+    };
+    let code = match cli.command {
+        Some(Command::Demo(args)) => runtime.block_on(demo(args, cli.output.quiet)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        None => match resolve(&cli) {
+            Ok(cfg) => runtime.block_on(copy(cfg)),
+            Err(msg) => {
+                eprintln!("s3uring: error: {msg}");
+                Exit::Usage
+            }
+        },
+    };
+    // Don't wait for idle pooled connections or the endpoint's tasks.
+    runtime.shutdown_background();
+    code.into()
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("s3uring={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Flags → validated config. Everything here runs before any request.
+fn resolve(cli: &Cli) -> Result<Config, String> {
+    let source: S3Url = cli.source.as_deref().unwrap_or_default().parse()?;
+    let dest = cli.dest.clone().ok_or("DEST is required")?;
+    if dest.as_os_str().is_empty() {
+        return Err("DEST is empty".to_owned());
+    }
+    if dest.exists() && !dest.is_dir() {
+        return Err(format!(
+            "DEST '{}' exists and is not a directory",
+            dest.display()
+        ));
+    }
+    let s3 = &cli.s3;
+    if let Some(url) = &s3.endpoint_url {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
+            return Err(format!(
+                "--endpoint-url '{url}' is not an http:// or https:// URL"
+            ));
+        }
+    }
+    let settings = S3Settings {
+        endpoint_url: s3.endpoint_url.clone(),
+        region: s3.region.clone(),
+        profile: s3.profile.clone(),
+        credentials: if s3.no_sign_request {
+            Credentials::Anonymous
+        } else {
+            Credentials::DefaultChain
+        },
+        force_path_style: s3.force_path_style.unwrap_or(s3.endpoint_url.is_some()),
+    };
+    let mut cfg = Config::new(source, dest, settings);
+    apply_tuning(&mut cfg, &cli.tuning);
+    cfg.summary = !cli.output.quiet;
+    Ok(cfg)
+}
+
+fn apply_tuning(cfg: &mut Config, t: &Tuning) {
+    cfg.workers = t.workers as usize;
+    cfg.queue = t.queue as usize;
+    cfg.io_engine = t.io_engine;
+    cfg.io_threads = t.io_threads as usize;
+    cfg.buffer_bytes = t.buffer_mib << 20;
+}
+
+/// Runs a copy and prints its summary; the exit code says how it went.
+pub async fn copy(cfg: Config) -> Exit {
+    let report = Arc::new(Report::new());
+    match pipeline::run(&cfg, report).await {
+        Ok(summary) => {
+            if cfg.summary {
+                eprint!("{}", summary.render());
+            }
+            if summary.success() {
+                Exit::Ok
+            } else {
+                Exit::KeysFailed
+            }
+        }
+        Err(Fatal::Setup(msg)) => {
+            eprintln!("s3uring: error: {}", sanitize(&msg));
+            Exit::Usage
+        }
+        Err(Fatal::Internal(msg)) => {
+            eprintln!("s3uring: error: {}", sanitize(&msg));
+            Exit::KeysFailed
+        }
+    }
+}
+
+async fn demo(args: DemoArgs, quiet: bool) -> Exit {
+    let g = &args.generated;
+    let endpoint = match Endpoint::start(EndpointConfig {
+        buckets: vec![BucketSpec {
+            name: "demo".into(),
+            contents: Contents::Generated {
+                count: g.objects,
+                size: g.size,
+                prefixes: g.prefixes,
+            },
+        }],
+        credentials: Some((DEMO_ACCESS_KEY.into(), DEMO_SECRET_KEY.into())),
+        listen: None,
+    })
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("s3uring: error: cannot start the embedded endpoint: {e}");
+            return Exit::Usage;
+        }
+    };
+    let (dest, temporary) = match &args.dest {
+        Some(d) => (d.clone(), false),
+        None => {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            (
+                std::env::temp_dir().join(format!("s3uring-demo-{}-{nanos:x}", std::process::id())),
+                true,
+            )
+        }
+    };
+    eprintln!(
+        "s3uring demo: {} objects of {} bytes served by the embedded endpoint at {}; restoring s3://demo/ to {}",
+        g.objects,
+        g.size,
+        endpoint.url(),
+        dest.display()
+    );
+    let settings = S3Settings {
+        endpoint_url: Some(endpoint.url()),
+        region: Some("us-east-1".into()),
+        profile: None,
+        credentials: Credentials::Static {
+            access_key: DEMO_ACCESS_KEY.into(),
+            secret_key: DEMO_SECRET_KEY.into(),
+        },
+        force_path_style: true,
+    };
+    let mut cfg = Config::new(
+        S3Url {
+            bucket: "demo".into(),
+            prefix: String::new(),
+        },
+        dest.clone(),
+        settings,
+    );
+    apply_tuning(&mut cfg, &args.tuning);
+    cfg.summary = !quiet;
+    let mut code = copy(cfg).await;
+    if code == Exit::Ok {
+        let (n, size, prefixes) = (g.objects, g.size, g.prefixes);
+        let d = dest.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || verify_generated(&d, n, size, prefixes)).await;
+        match verified {
+            Ok(Ok(())) => eprintln!("verified: all {n} files are byte-identical to their objects"),
+            Ok(Err(msg)) => {
+                eprintln!("s3uring demo: verification FAILED: {msg}");
+                code = Exit::KeysFailed;
+            }
+            Err(e) => {
+                eprintln!("s3uring demo: verification did not run: {e}");
+                code = Exit::KeysFailed;
+            }
+        }
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    code
+}
+
+/// Checks that DEST holds exactly the generated objects, byte for byte.
+pub fn verify_generated(
+    dest: &std::path::Path,
+    n: u64,
+    size: u64,
+    prefixes: u64,
+) -> Result<(), String> {
+    for i in 0..n {
+        let key = generated_key(i, prefixes);
+        let path = dest.join(&key);
+        let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if data != generated_content(&key, size) {
+            return Err(format!(
+                "{}: content differs from the object",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Exit {
+    let g = &args.generated;
+    let credentials =
+        (!args.anonymous).then(|| (DEMO_ACCESS_KEY.to_owned(), DEMO_SECRET_KEY.to_owned()));
+    let endpoint = match Endpoint::start(EndpointConfig {
+        buckets: vec![BucketSpec {
+            name: args.bucket.clone(),
+            contents: Contents::Generated {
+                count: g.objects,
+                size: g.size,
+                prefixes: g.prefixes,
+            },
+        }],
+        credentials: credentials.clone(),
+        listen: Some(args.listen),
+    })
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("s3uring: error: cannot listen on {}: {e}", args.listen);
+            return Exit::Usage;
+        }
+    };
+    println!("endpoint: {}", endpoint.url());
+    println!(
+        "bucket:   s3://{}/ ({} objects of {} bytes)",
+        args.bucket, g.objects, g.size
+    );
+    match credentials {
+        Some((ak, sk)) => {
+            println!("credentials: AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk}");
+            println!(
+                "try: AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk} s3uring --endpoint-url {} s3://{} /tmp/restore",
+                endpoint.url(),
+                args.bucket
+            );
+        }
+        None => println!(
+            "try: s3uring --endpoint-url {} --no-sign-request s3://{} /tmp/restore",
+            endpoint.url(),
+            args.bucket
+        ),
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    Exit::Ok
+}
+
+/// For tests and benches: the summary of a copy run in-process.
+pub async fn copy_summary(cfg: &Config) -> Result<Summary, Fatal> {
+    pipeline::run(cfg, Arc::new(Report::silent())).await
+}

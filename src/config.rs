@@ -1,0 +1,172 @@
+//! The resolved, validated configuration of one copy. `cli` turns flags into a [`Config`];
+//! the pipeline never sees clap types. Everything here is checked before any request is made.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// `s3://bucket[/prefix]`, with the prefix treated as a directory: `s3://b/images` and
+/// `s3://b/images/` both copy the keys under `images/` (as `aws s3 cp --recursive` does), so
+/// `images2/x` is never pulled in by accident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    /// Empty, or ending in `/`.
+    pub prefix: String,
+}
+
+impl FromStr for S3Url {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s.strip_prefix("s3://").ok_or_else(|| {
+            format!("SOURCE '{s}' is not an s3:// URL (expected s3://bucket[/prefix])")
+        })?;
+        let (bucket, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(format!(
+                "SOURCE '{s}' has no bucket name (expected s3://bucket[/prefix])"
+            ));
+        }
+        if bucket.len() > 255
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        {
+            return Err(format!(
+                "SOURCE '{s}': '{bucket}' is not a valid bucket name"
+            ));
+        }
+        let mut prefix = prefix.to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(S3Url {
+            bucket: bucket.to_owned(),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for S3Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Which writer puts files on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoEngine {
+    /// io_uring if this kernel and sandbox allow it, else the thread pool (said once).
+    Auto,
+    /// io_uring linked chains; fail at start if io_uring is unavailable.
+    Uring,
+    /// A bounded pool of threads doing plain syscalls.
+    Threads,
+}
+
+/// Where credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// aws-config's default chain: environment, profile files, SSO, web identity, IMDS.
+    DefaultChain,
+    /// `--no-sign-request`: anonymous requests.
+    Anonymous,
+    /// Fixed keys (the embedded endpoint's demo).
+    Static {
+        access_key: String,
+        secret_key: String,
+    },
+}
+
+/// S3 connection settings: everything the control plane needs to build a client.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub credentials: Credentials,
+    pub force_path_style: bool,
+}
+
+/// One copy, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: S3Url,
+    pub dest: PathBuf,
+    pub s3: S3Settings,
+    /// Concurrent GETs (long-lived fetch tasks).
+    pub workers: usize,
+    /// Capacity of the key queue between lister and fetchers.
+    pub queue: usize,
+    pub io_engine: IoEngine,
+    /// Threads of the portable writer.
+    pub io_threads: usize,
+    /// Bytes of object bodies held between GET and disk, at most (one larger object may
+    /// still pass alone).
+    pub buffer_bytes: u64,
+    /// Print the summary (off with `--quiet`).
+    pub summary: bool,
+}
+
+impl Config {
+    /// Defaults for everything but source and destination; used by the demo and tests.
+    pub fn new(source: S3Url, dest: PathBuf, s3: S3Settings) -> Config {
+        Config {
+            source,
+            dest,
+            s3,
+            workers: DEFAULT_WORKERS,
+            queue: DEFAULT_QUEUE,
+            io_engine: IoEngine::Auto,
+            io_threads: DEFAULT_IO_THREADS,
+            buffer_bytes: DEFAULT_BUFFER_MIB << 20,
+            summary: true,
+        }
+    }
+}
+
+/// Default `--workers`: see the README's tuning section and `bench-results/`.
+pub const DEFAULT_WORKERS: usize = 128;
+/// Default `--queue`.
+pub const DEFAULT_QUEUE: usize = 4096;
+/// Default `--io-threads`.
+pub const DEFAULT_IO_THREADS: usize = 16;
+/// Default `--buffer-mib`.
+pub const DEFAULT_BUFFER_MIB: u64 = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_parse_with_directory_prefixes() {
+        let u: S3Url = "s3://bucket".parse().unwrap();
+        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("bucket", ""));
+        let u: S3Url = "s3://bucket/".parse().unwrap();
+        assert_eq!(u.prefix, "");
+        let u: S3Url = "s3://bucket/images".parse().unwrap();
+        assert_eq!(u.prefix, "images/");
+        let u: S3Url = "s3://bucket/a/b/".parse().unwrap();
+        assert_eq!(u.prefix, "a/b/");
+        assert_eq!(u.to_string(), "s3://bucket/a/b/");
+    }
+
+    #[test]
+    fn bad_s3_urls_say_why() {
+        for bad in [
+            "bucket/x",
+            "http://x",
+            "s3://",
+            "s3:///x",
+            "s3://bad bucket/x",
+            "/tmp/x",
+        ] {
+            let err = bad.parse::<S3Url>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}

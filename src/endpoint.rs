@@ -1,0 +1,483 @@
+//! The embedded S3 endpoint: an in-memory, S3-compatible server on 127.0.0.1.
+//!
+//! Tests, the README demo (`s3uring demo`) and benchmarks need a real S3 protocol peer
+//! without an AWS account and without a network. The wire protocol (routing, XML, error
+//! bodies, SigV4 verification) is the `s3s` crate's; this module only stores objects:
+//!
+//! - buckets filled from a list of `(key, bytes)` — any key S3 allows, hostile ones included
+//!   (`../x`, `a//b`, `/abs`), which a directory-backed server such as `s3s-fs` cannot hold;
+//! - generated buckets: N keys of SIZE bytes over P prefixes whose content is derived from the
+//!   key ([`generated_content`]), so a copy can be verified without keeping a second copy, and
+//!   bodies are never held in memory.
+//!
+//! It answers ListObjectsV2 (prefix, delimiter, continuation token, start-after, max-keys;
+//! sorted; at most 1,000 keys a page), GetObject (with Range), HeadObject and HeadBucket, with
+//! a quoted-MD5 ETag, Content-Length and Last-Modified.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use s3s::dto::{
+    CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Range,
+    StreamingBlob, Timestamp,
+};
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use tokio::net::TcpListener;
+
+/// Keys S3 returns per list page at most.
+const MAX_KEYS: usize = 1000;
+
+/// What a bucket holds.
+#[derive(Debug, Clone)]
+pub enum Contents {
+    /// Exactly these objects.
+    Objects(Vec<(String, Bytes)>),
+    /// `count` keys of `size` bytes spread over `prefixes` prefixes; see [`generated_key`].
+    Generated {
+        count: u64,
+        size: u64,
+        prefixes: u64,
+    },
+}
+
+/// One bucket of the endpoint.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    pub name: String,
+    pub contents: Contents,
+}
+
+/// How to start an [`Endpoint`].
+#[derive(Debug, Clone, Default)]
+pub struct EndpointConfig {
+    pub buckets: Vec<BucketSpec>,
+    /// Access key and secret key that requests must be signed with; `None` serves
+    /// anonymous requests (a public bucket).
+    pub credentials: Option<(String, String)>,
+    /// Address to listen on; `None` is 127.0.0.1 with a free port.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The key of generated object `i` among `prefixes` prefixes: `p0003/obj00000042`.
+pub fn generated_key(i: u64, prefixes: u64) -> String {
+    let p = i % prefixes.max(1);
+    format!("p{p:04}/obj{i:08}")
+}
+
+/// The content of a generated object: `size` bytes of a PRNG stream seeded by the key, so
+/// any copy can be checked against the key alone.
+pub fn generated_content(key: &str, size: u64) -> Vec<u8> {
+    // FNV-1a for the seed, xorshift64* for the stream: cheap and deterministic.
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        seed = (seed ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let take = ((size - out.len() as u64) as usize).min(8);
+        out.extend_from_slice(&v.to_le_bytes()[..take]);
+    }
+    out
+}
+
+#[derive(Debug)]
+enum Body {
+    Stored(Bytes),
+    Generated(u64),
+}
+
+#[derive(Debug)]
+struct Obj {
+    body: Body,
+    etag: OnceLock<String>,
+    last_modified: SystemTime,
+}
+
+impl Obj {
+    fn size(&self) -> u64 {
+        match &self.body {
+            Body::Stored(b) => b.len() as u64,
+            Body::Generated(n) => *n,
+        }
+    }
+
+    fn bytes(&self, key: &str) -> Bytes {
+        match &self.body {
+            Body::Stored(b) => b.clone(),
+            Body::Generated(n) => Bytes::from(generated_content(key, *n)),
+        }
+    }
+
+    fn etag(&self, key: &str) -> ETag {
+        let hex = self.etag.get_or_init(|| {
+            let digest = Md5::digest(self.bytes(key));
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        });
+        ETag::Strong(hex.clone())
+    }
+}
+
+type Bucket = BTreeMap<String, Obj>;
+
+#[derive(Debug, Default)]
+struct MemS3 {
+    buckets: HashMap<String, Bucket>,
+}
+
+impl MemS3 {
+    fn bucket(&self, name: &str) -> S3Result<&Bucket> {
+        self.buckets
+            .get(name)
+            .ok_or_else(|| s3_error!(NoSuchBucket))
+    }
+
+    fn object(&self, bucket: &str, key: &str) -> S3Result<&Obj> {
+        self.bucket(bucket)?
+            .get(key)
+            .ok_or_else(|| s3_error!(NoSuchKey))
+    }
+}
+
+/// Resolves an HTTP range against an object of `len` bytes: `(first, last)` inclusive.
+fn resolve_range(range: &Range, len: u64) -> S3Result<(u64, u64)> {
+    let bad = || s3_error!(InvalidRange, "range not satisfiable for {len} bytes");
+    match *range {
+        Range::Int { first, last } => {
+            if first >= len {
+                return Err(bad());
+            }
+            let last = last.map_or(len - 1, |l| l.min(len - 1));
+            if last < first {
+                return Err(bad());
+            }
+            Ok((first, last))
+        }
+        Range::Suffix { length } => {
+            if length == 0 || len == 0 {
+                return Err(bad());
+            }
+            Ok((len - length.min(len), len - 1))
+        }
+    }
+}
+
+/// Continuation tokens are the hex of the last key returned: opaque, URL-safe, any key.
+fn encode_token(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> S3Result<String> {
+    let bad = || s3_error!(InvalidArgument, "invalid continuation token");
+    if token.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+#[async_trait::async_trait]
+impl S3 for MemS3 {
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.bucket(&req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = &req.input;
+        let obj = self.object(&input.bucket, &input.key)?;
+        let out = HeadObjectOutput {
+            content_length: Some(obj.size() as i64),
+            e_tag: Some(obj.etag(&input.key)),
+            last_modified: Some(Timestamp::from(obj.last_modified)),
+            ..Default::default()
+        };
+        Ok(S3Response::new(out))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = &req.input;
+        let obj = self.object(&input.bucket, &input.key)?;
+        let mut data = obj.bytes(&input.key);
+        let total = data.len() as u64;
+        let mut content_range = None;
+        if let Some(range) = &input.range {
+            let (first, last) = resolve_range(range, total)?;
+            data = data.slice(first as usize..=last as usize);
+            content_range = Some(format!("bytes {first}-{last}/{total}"));
+        }
+        let out = GetObjectOutput {
+            content_length: Some(data.len() as i64),
+            content_range: content_range.clone(),
+            e_tag: Some(obj.etag(&input.key)),
+            last_modified: Some(Timestamp::from(obj.last_modified)),
+            body: Some(StreamingBlob::from(s3s::Body::from(data))),
+            ..Default::default()
+        };
+        let mut resp = S3Response::new(out);
+        if content_range.is_some() {
+            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(resp)
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = &req.input;
+        let bucket = self.bucket(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = input
+            .max_keys
+            .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
+
+        // Start strictly after the token's key, else after start-after, else at the prefix.
+        let after = match &input.continuation_token {
+            Some(t) => Some(decode_token(t)?),
+            None => input.start_after.clone(),
+        };
+        let lower = match &after {
+            Some(a) if a.as_str() >= prefix.as_str() => Bound::Excluded(a.clone()),
+            _ => Bound::Included(prefix.clone()),
+        };
+
+        let mut contents = Vec::new();
+        let mut common: Vec<String> = Vec::new();
+        let mut last_returned: Option<String> = None;
+        let mut truncated = false;
+        let mut iter = bucket.range((lower, Bound::Unbounded)).peekable();
+        while let Some((key, obj)) = iter.next() {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if contents.len() + common.len() >= max_keys {
+                truncated = true;
+                break;
+            }
+            if let Some(d) = &delimiter {
+                if let Some(pos) = key[prefix.len()..].find(d.as_str()) {
+                    // Roll every key under this common prefix into one entry; the last of
+                    // them is where the next page continues.
+                    let cp = key[..prefix.len() + pos + d.len()].to_owned();
+                    let mut last = key;
+                    while let Some((k, _)) = iter.next_if(|(k, _)| k.starts_with(&cp)) {
+                        last = k;
+                    }
+                    common.push(cp);
+                    last_returned = Some(last.clone());
+                    continue;
+                }
+            }
+            contents.push(Object {
+                key: Some(key.clone()),
+                size: Some(obj.size() as i64),
+                e_tag: Some(obj.etag(key)),
+                last_modified: Some(Timestamp::from(obj.last_modified)),
+                ..Default::default()
+            });
+            last_returned = Some(key.clone());
+        }
+        if max_keys == 0 {
+            truncated = bucket
+                .range::<String, _>((Bound::Included(prefix.clone()), Bound::Unbounded))
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&prefix));
+        }
+        let key_count = (contents.len() + common.len()) as i32;
+        let out = ListObjectsV2Output {
+            name: Some(input.bucket.clone()),
+            prefix: input.prefix.clone(),
+            delimiter: input.delimiter.clone(),
+            max_keys: Some(max_keys as i32),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token.clone(),
+            start_after: input.start_after.clone(),
+            is_truncated: Some(truncated),
+            next_continuation_token: if truncated {
+                last_returned.as_deref().map(encode_token)
+            } else {
+                None
+            },
+            contents: Some(contents),
+            common_prefixes: Some(
+                common
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        Ok(S3Response::new(out))
+    }
+}
+
+fn build_store(specs: &[BucketSpec]) -> MemS3 {
+    let now = SystemTime::now();
+    // S3's Last-Modified has one-second resolution.
+    let now = SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+    let mut buckets = HashMap::new();
+    for spec in specs {
+        let mut bucket = Bucket::new();
+        match &spec.contents {
+            Contents::Objects(objs) => {
+                for (k, v) in objs {
+                    bucket.insert(
+                        k.clone(),
+                        Obj {
+                            body: Body::Stored(v.clone()),
+                            etag: OnceLock::new(),
+                            last_modified: now,
+                        },
+                    );
+                }
+            }
+            Contents::Generated {
+                count,
+                size,
+                prefixes,
+            } => {
+                for i in 0..*count {
+                    bucket.insert(
+                        generated_key(i, *prefixes),
+                        Obj {
+                            body: Body::Generated(*size),
+                            etag: OnceLock::new(),
+                            last_modified: now,
+                        },
+                    );
+                }
+            }
+        }
+        buckets.insert(spec.name.clone(), bucket);
+    }
+    MemS3 { buckets }
+}
+
+/// A running endpoint. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct Endpoint {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Binds and starts serving on the current tokio runtime.
+    pub async fn start(config: EndpointConfig) -> std::io::Result<Endpoint> {
+        let store = build_store(&config.buckets);
+        let mut builder = s3s::service::S3ServiceBuilder::new(store);
+        if let Some((ak, sk)) = &config.credentials {
+            builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
+        }
+        let service = builder.build();
+        let listen = config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let service = Arc::new(service);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let service = (*service).clone();
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Ok(Endpoint { addr, task })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_content_is_deterministic_and_key_dependent() {
+        let a = generated_content("p0001/obj00000001", 4096);
+        assert_eq!(a.len(), 4096);
+        assert_eq!(a, generated_content("p0001/obj00000001", 4096));
+        assert_ne!(a, generated_content("p0001/obj00000002", 4096));
+        assert_eq!(generated_content("k", 13).len(), 13);
+        assert!(generated_content("k", 0).is_empty());
+    }
+
+    #[test]
+    fn tokens_round_trip_any_key() {
+        for k in ["", "a/b", "ünï/../x y+%#?", "a//b"] {
+            assert_eq!(decode_token(&encode_token(k)).unwrap(), k);
+        }
+        assert!(decode_token("zz").is_err());
+        assert!(decode_token("abc").is_err());
+    }
+
+    #[test]
+    fn ranges_resolve_like_s3() {
+        let r = |first, last| Range::Int { first, last };
+        assert_eq!(resolve_range(&r(0, Some(9)), 100).unwrap(), (0, 9));
+        assert_eq!(resolve_range(&r(90, Some(200)), 100).unwrap(), (90, 99));
+        assert_eq!(resolve_range(&r(10, None), 100).unwrap(), (10, 99));
+        assert_eq!(
+            resolve_range(&Range::Suffix { length: 10 }, 100).unwrap(),
+            (90, 99)
+        );
+        assert_eq!(
+            resolve_range(&Range::Suffix { length: 1000 }, 100).unwrap(),
+            (0, 99)
+        );
+        assert!(resolve_range(&r(100, None), 100).is_err());
+        assert!(resolve_range(&r(0, None), 0).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Key → path mapping: "parse, don't validate".
+//!
+//! An S3 key is any UTF-8 string of up to 1,024 bytes. A file system path is not: `..`
+//! climbs, a leading `/` escapes, empty components collapse, NUL ends the string and each
+//! component is limited to `NAME_MAX` (255) bytes. [`map_key`] turns a key (relative to the
+//! copy's prefix) into a [`Target`] whose components are each guaranteed to be a single,
+//! plain, non-reserved file name — or refuses it with a [`KeyRefused`] reason. The writers
+//! only ever see [`Target`]s, and open every component relative to a directory descriptor
+//! without following symlinks, so nothing can land outside DEST (invariant 1).
+//!
+//! What is refused (the rules of mountpoint-s3's `SEMANTICS.md`, plus ours):
+//! - NUL anywhere, an empty key, empty components (`a//b`, a leading `/`);
+//! - `.` and `..` components;
+//! - a component longer than 255 bytes;
+//! - a component starting with [`TMP_PREFIX`], the prefix of our own temporary names, so a
+//!   temporary file can never collide with (or be mistaken for) a key's file.
+//!
+//! A key ending in `/` is a folder marker: it maps to a directory and writes no file.
+
+use std::fmt;
+
+/// Longest file name component Linux accepts (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// Prefix of the temporary names the writers use. Keys with a component starting with it
+/// are refused, which is what makes temporary names collision-free.
+pub const TMP_PREFIX: &str = ".s3uring-tmp.";
+
+/// Where a key lands, relative to DEST. Every component is a valid single file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The directory part, `/`-joined (empty for DEST itself). Validated component by component.
+    dir: String,
+    /// The final file name, or empty for a folder marker (the target is `dir` itself).
+    name: String,
+}
+
+impl Target {
+    /// The directory holding the file, relative to DEST, `/`-separated; `""` is DEST.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// The file name within [`Target::dir`]; `None` for a folder marker.
+    pub fn file_name(&self) -> Option<&str> {
+        if self.name.is_empty() {
+            None
+        } else {
+            Some(&self.name)
+        }
+    }
+
+    /// The whole relative path, for messages.
+    pub fn rel_path(&self) -> String {
+        match (self.dir.is_empty(), self.name.is_empty()) {
+            (true, _) => self.name.clone(),
+            (false, true) => self.dir.clone(),
+            (false, false) => format!("{}/{}", self.dir, self.name),
+        }
+    }
+}
+
+/// Why a key cannot be written under DEST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRefused {
+    /// The key (after removing the prefix) is empty: nothing to name a file by.
+    Empty,
+    /// The key contains a NUL byte.
+    Nul,
+    /// An empty component: `a//b` or a leading `/`.
+    EmptyComponent,
+    /// A `.` or `..` component.
+    DotComponent(&'static str),
+    /// A component longer than [`NAME_MAX`] bytes.
+    ComponentTooLong(usize),
+    /// A component uses the prefix reserved for temporary files.
+    Reserved,
+}
+
+impl fmt::Display for KeyRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRefused::Empty => write!(f, "unsafe key: empty name"),
+            KeyRefused::Nul => write!(f, "unsafe key: contains a NUL byte"),
+            KeyRefused::EmptyComponent => {
+                write!(
+                    f,
+                    "unsafe key: empty path component ('//' or a leading '/')"
+                )
+            }
+            KeyRefused::DotComponent(c) => write!(f, "unsafe key: '{c}' path component"),
+            KeyRefused::ComponentTooLong(n) => {
+                write!(
+                    f,
+                    "unsafe key: a path component is {n} bytes, more than {NAME_MAX}"
+                )
+            }
+            KeyRefused::Reserved => write!(
+                f,
+                "unsafe key: a path component starts with '{TMP_PREFIX}', reserved for temporary files"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyRefused {}
+
+fn check_component(c: &str) -> Result<(), KeyRefused> {
+    match c {
+        "" => Err(KeyRefused::EmptyComponent),
+        "." => Err(KeyRefused::DotComponent(".")),
+        ".." => Err(KeyRefused::DotComponent("..")),
+        _ if c.len() > NAME_MAX => Err(KeyRefused::ComponentTooLong(c.len())),
+        _ if c.starts_with(TMP_PREFIX) => Err(KeyRefused::Reserved),
+        _ => Ok(()),
+    }
+}
+
+/// Maps `rel_key` (the key with the copy's prefix removed) to its [`Target`] under DEST.
+pub fn map_key(rel_key: &str) -> Result<Target, KeyRefused> {
+    if rel_key.is_empty() {
+        return Err(KeyRefused::Empty);
+    }
+    if rel_key.contains('\0') {
+        return Err(KeyRefused::Nul);
+    }
+    // A folder marker: everything before the trailing '/' is a directory.
+    let (path, is_dir) = match rel_key.strip_suffix('/') {
+        Some(p) => (p, true),
+        None => (rel_key, false),
+    };
+    if path.is_empty() {
+        // The key is exactly "/" (or the prefix's own marker, which the caller skips).
+        return Err(KeyRefused::EmptyComponent);
+    }
+    for c in path.split('/') {
+        check_component(c)?;
+    }
+    if is_dir {
+        return Ok(Target {
+            dir: path.to_owned(),
+            name: String::new(),
+        });
+    }
+    let (dir, name) = match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    };
+    Ok(Target {
+        dir: dir.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_keys_map_to_dir_and_name() {
+        let t = map_key("a/b/c.jpg").unwrap();
+        assert_eq!((t.dir(), t.file_name()), ("a/b", Some("c.jpg")));
+        assert_eq!(t.rel_path(), "a/b/c.jpg");
+        let t = map_key("top").unwrap();
+        assert_eq!((t.dir(), t.file_name()), ("", Some("top")));
+        assert_eq!(t.rel_path(), "top");
+    }
+
+    #[test]
+    fn folder_markers_are_directories() {
+        let t = map_key("a/b/").unwrap();
+        assert_eq!((t.dir(), t.file_name()), ("a/b", None));
+        assert_eq!(t.rel_path(), "a/b");
+    }
+
+    #[test]
+    fn unusual_but_safe_names_pass() {
+        for k in [
+            "with space",
+            "ünïcødé/ß",
+            "a+b=c",
+            "100%",
+            "#hash",
+            "q?x=1",
+            "...",
+            ".hidden",
+            "a/..x",
+        ] {
+            assert!(map_key(k).is_ok(), "{k}");
+        }
+        let long = "x".repeat(255);
+        assert!(map_key(&format!("d/{long}")).is_ok());
+    }
+
+    #[test]
+    fn hostile_keys_are_refused() {
+        let cases: &[(&str, KeyRefused)] = &[
+            ("", KeyRefused::Empty),
+            ("../x", KeyRefused::DotComponent("..")),
+            ("a/../../x", KeyRefused::DotComponent("..")),
+            ("./x", KeyRefused::DotComponent(".")),
+            (".", KeyRefused::DotComponent(".")),
+            ("..", KeyRefused::DotComponent("..")),
+            ("a/..", KeyRefused::DotComponent("..")),
+            ("../", KeyRefused::DotComponent("..")),
+            ("/abs", KeyRefused::EmptyComponent),
+            ("a//b", KeyRefused::EmptyComponent),
+            ("/", KeyRefused::EmptyComponent),
+            ("a//", KeyRefused::EmptyComponent),
+            ("nul\0x", KeyRefused::Nul),
+            (".s3uring-tmp.1.2", KeyRefused::Reserved),
+            ("d/.s3uring-tmp.x/y", KeyRefused::Reserved),
+        ];
+        for (k, want) in cases {
+            assert_eq!(map_key(k).as_ref(), Err(want), "{k:?}");
+        }
+        let long = "x".repeat(256);
+        assert_eq!(map_key(&long), Err(KeyRefused::ComponentTooLong(256)));
+        assert_eq!(
+            map_key(&format!("{long}/a")),
+            Err(KeyRefused::ComponentTooLong(256))
+        );
+    }
+
+    /// Reference model: a key is accepted exactly when joining its components under a
+    /// root and normalising stays strictly below the root with the same components.
+    #[test]
+    fn accepted_keys_never_escape() {
+        let alphabet = ["a", "b", ".", "..", "/", "", ".s3uring-tmp.", "\0"];
+        // Every key of up to 4 symbols from the alphabet.
+        let mut keys = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for k in &keys {
+                for s in alphabet {
+                    next.push(format!("{k}{s}"));
+                }
+            }
+            keys.extend(next);
+        }
+        for k in keys {
+            if let Ok(t) = map_key(&k) {
+                let rel = t.rel_path();
+                let p = std::path::Path::new(&rel);
+                assert!(p.is_relative(), "{k:?}");
+                for c in p.components() {
+                    assert!(
+                        matches!(c, std::path::Component::Normal(_)),
+                        "{k:?} -> {rel:?}"
+                    );
+                }
+                assert_eq!(rel.split('/').count(), p.components().count(), "{k:?}");
+            }
+        }
+    }
+}

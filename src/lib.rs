@@ -1,0 +1,20 @@
+//! s3uring: restore very many small objects from S3 onto a local Linux file system, fast.
+//!
+//! ```text
+//! lister ─▶ [bounded key queue] ─▶ fetch tasks (aws-sdk-s3) ─▶ [bounded hand-off] ─▶ writer
+//! ```
+//!
+//! See `DESIGN.md` in the steering repository and the README for the why; each module opens
+//! with its own design note. `main.rs` only calls [`cli::main`]; tests and benches drive
+//! [`pipeline::run`] and the [`endpoint`] in-process.
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod config;
+pub mod endpoint;
+pub mod keymap;
+pub mod pipeline;
+pub mod report;
+pub mod s3;
+pub mod writer;

@@ -1,0 +1,222 @@
+//! The copy pipeline:
+//!
+//! ```text
+//! lister ──keys──▶ [bounded queue: --queue] ──▶ --workers fetch tasks ──▶ [hand-off] ──▶ writer
+//!   ListObjectsV2 pages,                           GetObject, body           bounded in jobs
+//!   key → path mapping                             collected                 and in bytes
+//! ```
+//!
+//! - The lister maps each key to its path as it lists (refused keys fail right there, with
+//!   no request) and streams keys into the queue, so the first GET starts after the first
+//!   page, not after the whole listing.
+//! - `--workers` long-lived tasks pull from the queue: no task per key, so nothing grows with
+//!   the bucket.
+//! - Before a GET, a fetcher takes the object's size (known from the listing) out of a byte
+//!   budget; the permit travels with the body and is released when the file is on disk. So
+//!   memory is bounded by the budget, plus the queue of keys, whatever the bucket holds.
+//! - A listing error on the first page is fatal (wrong bucket, credentials, endpoint); a later
+//!   one stops listing, lets what was listed finish, and fails the run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::keymap::{Target, map_key};
+use crate::report::{Report, Summary};
+use crate::s3;
+use crate::writer::{self, FileJob, Job};
+
+/// Budget unit: one permit is this many bytes.
+const BUDGET_UNIT: u64 = 1024;
+
+/// A fatal error: the run could not start or could not go on. Per-key failures are not
+/// fatal; they are counted in the [`Report`].
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// Bad configuration or an unusable source/destination, found before copying (exit 2).
+    #[error("{0}")]
+    Setup(String),
+    /// Something broke inside the tool (exit 1).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A key on its way from the lister to a fetcher.
+struct Listed {
+    key: String,
+    size: u64,
+    target: Target,
+}
+
+/// Runs one copy to the end. Failures of single keys are in the summary; the error is for
+/// the run as a whole.
+pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
+    let started = Instant::now();
+    prepare_dest(cfg)?;
+    let hand_off = cfg.workers.clamp(64, 4096);
+    let writer = writer::start(
+        cfg.io_engine,
+        &cfg.dest,
+        cfg.io_threads,
+        hand_off,
+        report.clone(),
+    )
+    .map_err(Fatal::Setup)?;
+    let engine = writer.engine;
+    let client = s3::client(&cfg.s3).await;
+
+    let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
+    let budget_units = (cfg.buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX)) as u32;
+    let budget = Arc::new(Semaphore::new(budget_units as usize));
+    let mut fetchers = Vec::with_capacity(cfg.workers);
+    for _ in 0..cfg.workers.max(1) {
+        let f = Fetcher {
+            client: client.clone(),
+            bucket: cfg.source.bucket.clone(),
+            keys: keys_rx.clone(),
+            jobs: writer.jobs.clone(),
+            budget: budget.clone(),
+            budget_units,
+            report: report.clone(),
+        };
+        fetchers.push(tokio::spawn(f.run()));
+    }
+    drop(keys_rx);
+
+    let listed = list(cfg, &client, &keys_tx, &report).await;
+    drop(keys_tx);
+    for f in fetchers {
+        let _ = f.await;
+    }
+    let finished = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
+    finished.map_err(Fatal::Internal)?;
+    listed?;
+    Ok(report.summary(started.elapsed(), engine))
+}
+
+/// DEST must be a directory; it is created when missing.
+fn prepare_dest(cfg: &Config) -> Result<(), Fatal> {
+    let dest = &cfg.dest;
+    match std::fs::metadata(dest) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Fatal::Setup(format!(
+            "DEST '{}' exists and is not a directory",
+            dest.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dest)
+            .map_err(|e| Fatal::Setup(format!("cannot create DEST '{}': {e}", dest.display()))),
+        Err(e) => Err(Fatal::Setup(format!(
+            "cannot use DEST '{}': {e}",
+            dest.display()
+        ))),
+    }
+}
+
+/// Lists the source into the queue. Returns an error only if the first page failed.
+async fn list(
+    cfg: &Config,
+    client: &aws_sdk_s3::Client,
+    keys: &async_channel::Sender<Listed>,
+    report: &Report,
+) -> Result<(), Fatal> {
+    let prefix = &cfg.source.prefix;
+    let mut lister = s3::Lister::new(client, &cfg.source);
+    let mut first = true;
+    let mut seen = 0u64;
+    while let Some(page) = lister.next_page().await {
+        let objects = match page {
+            Ok(o) => o,
+            Err(reason) if first => return Err(Fatal::Setup(reason)),
+            Err(reason) => {
+                report.listing_incomplete(&format!("listing stopped after {seen} keys: {reason}"));
+                return Ok(());
+            }
+        };
+        first = false;
+        report.listed(objects.len() as u64);
+        seen += objects.len() as u64;
+        for o in objects {
+            let rel = o.key.strip_prefix(prefix.as_str()).unwrap_or(&o.key);
+            if rel.is_empty() {
+                // The prefix's own folder marker: DEST itself.
+                report.dir_done();
+                continue;
+            }
+            match map_key(rel) {
+                Ok(target) => {
+                    if keys
+                        .send(Listed {
+                            key: o.key,
+                            size: o.size,
+                            target,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(refused) => report.fail(&o.key, &refused.to_string()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One long-lived fetch task.
+struct Fetcher {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    keys: async_channel::Receiver<Listed>,
+    jobs: async_channel::Sender<Job>,
+    budget: Arc<Semaphore>,
+    budget_units: u32,
+    report: Arc<Report>,
+}
+
+impl Fetcher {
+    async fn run(self) {
+        while let Ok(item) = self.keys.recv().await {
+            let job = if item.target.file_name().is_none() {
+                Job::Dir {
+                    key: item.key,
+                    target: item.target,
+                }
+            } else {
+                // An object larger than the whole budget passes alone.
+                let units = item
+                    .size
+                    .div_ceil(BUDGET_UNIT)
+                    .clamp(1, u64::from(self.budget_units)) as u32;
+                let Ok(permit) = self.budget.clone().acquire_many_owned(units).await else {
+                    self.report
+                        .fail(&item.key, "internal error: buffer budget closed");
+                    continue;
+                };
+                match s3::get(&self.client, &self.bucket, &item.key).await {
+                    Ok(fetched) => Job::File(FileJob {
+                        key: item.key,
+                        target: item.target,
+                        body: fetched.body,
+                        permit: Some(permit),
+                    }),
+                    Err(reason) => {
+                        self.report.fail(&item.key, &reason);
+                        continue;
+                    }
+                }
+            };
+            if let Err(async_channel::SendError(job)) = self.jobs.send(job).await {
+                let key = match &job {
+                    Job::File(f) => &f.key,
+                    Job::Dir { key, .. } => key,
+                };
+                self.report.fail(key, "the writer stopped");
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The run's outcome: counters every stage updates, failures printed as they happen (one
+//! sanitised line each, naming the key and the cause), and the final summary.
+//!
+//! Invariant 3: every listed key ends as exactly one of written (a file or a directory),
+//! skipped, or failed — [`Summary::unaccounted`] checks it.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How many failures the summary repeats at the end.
+const FAILURES_KEPT: usize = 10;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    listed: AtomicU64,
+    written: AtomicU64,
+    dirs: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    bytes: AtomicU64,
+    /// Listing stopped early (after its first page): not every key was seen.
+    listing_incomplete: AtomicBool,
+    first_failures: Mutex<Vec<(String, String)>>,
+    quiet_failures: bool,
+}
+
+impl Report {
+    pub fn new() -> Report {
+        Report::default()
+    }
+
+    /// A report that keeps failures for the summary but does not print them as they happen.
+    pub fn silent() -> Report {
+        Report {
+            quiet_failures: true,
+            ..Report::default()
+        }
+    }
+
+    pub fn listed(&self, n: u64) {
+        self.listed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn written(&self, bytes: u64) {
+        self.written.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn dir_done(&self) {
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a failed key and prints it: `s3uring: failed 'KEY': REASON`.
+    pub fn fail(&self, key: &str, reason: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if !self.quiet_failures {
+            eprintln!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason));
+        }
+        if let Ok(mut v) = self.first_failures.lock() {
+            if v.len() < FAILURES_KEPT {
+                v.push((key.to_owned(), reason.to_owned()));
+            }
+        }
+    }
+
+    pub fn listing_incomplete(&self, reason: &str) {
+        self.listing_incomplete.store(true, Ordering::Relaxed);
+        eprintln!("s3uring: {}", sanitize(reason));
+    }
+
+    pub fn summary(&self, elapsed: Duration, engine: &str) -> Summary {
+        Summary {
+            listed: self.listed.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            dirs: self.dirs.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
+            first_failures: self
+                .first_failures
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or_default(),
+            elapsed,
+            engine: engine.to_owned(),
+        }
+    }
+}
+
+/// The numbers of a finished run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub listed: u64,
+    pub written: u64,
+    pub dirs: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub listing_incomplete: bool,
+    pub first_failures: Vec<(String, String)>,
+    pub elapsed: Duration,
+    pub engine: String,
+}
+
+impl Summary {
+    /// True when every listed key was written or skipped and the listing completed.
+    pub fn success(&self) -> bool {
+        self.failed == 0 && !self.listing_incomplete && self.unaccounted() == 0
+    }
+
+    /// Keys listed but neither written, skipped nor failed: always 0 (invariant 3).
+    pub fn unaccounted(&self) -> u64 {
+        self.listed
+            .saturating_sub(self.written + self.dirs + self.skipped + self.failed)
+    }
+
+    pub fn objects_per_sec(&self) -> f64 {
+        (self.written + self.dirs) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / (1 << 20) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The one-screen summary.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} keys listed: {} files written, {} directories, {} skipped, {} failed",
+            self.listed, self.written, self.dirs, self.skipped, self.failed
+        );
+        let _ = writeln!(
+            s,
+            "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (io engine: {})",
+            self.bytes as f64 / (1 << 20) as f64,
+            self.elapsed.as_secs_f64(),
+            self.objects_per_sec(),
+            self.mib_per_sec(),
+            self.engine
+        );
+        if self.listing_incomplete {
+            let _ = writeln!(
+                s,
+                "listing stopped early: keys after the failure were not copied"
+            );
+        }
+        if !self.first_failures.is_empty() {
+            let _ = writeln!(s, "first failures:");
+            for (k, r) in &self.first_failures {
+                let _ = writeln!(s, "  '{}': {}", sanitize(k), sanitize(r));
+            }
+        }
+        s
+    }
+}
+
+/// Makes a key safe to print on a terminal: control characters and Unicode bidi/format
+/// characters are escaped (`\u{202e}`), everything else is kept.
+pub fn sanitize(s: &str) -> String {
+    let needs = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+    };
+    if !s.chars().any(needs) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_terminal_tricks_only() {
+        assert_eq!(sanitize("plain/ünï code.txt"), "plain/ünï code.txt");
+        assert_eq!(sanitize("a\nb"), "a\\u{a}b");
+        assert_eq!(sanitize("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
+        assert_eq!(sanitize("\x1b[31mred"), "\\u{1b}[31mred");
+    }
+
+    #[test]
+    fn every_key_is_accounted_for() {
+        let r = Report::silent();
+        r.listed(4);
+        r.written(10);
+        r.dir_done();
+        r.skipped();
+        r.fail("k", "why");
+        let s = r.summary(Duration::from_secs(1), "threads");
+        assert_eq!(s.unaccounted(), 0);
+        assert!(!s.success());
+        assert_eq!(s.first_failures, vec![("k".to_owned(), "why".to_owned())]);
+        assert!(s.render().contains("1 failed"));
+    }
+}

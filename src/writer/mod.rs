@@ -1,0 +1,306 @@
+//! Writers: they take finished bodies from the fetchers and put them on disk atomically.
+//!
+//! Two engines behind one interface ([`start`]): `uring` (one thread, one io_uring, a linked
+//! chain per file, many files per submit; see [`uring`]) and `threads` (a bounded pool doing
+//! plain syscalls; the fallback). Both follow the same rules:
+//!
+//! - **Never outside DEST.** Every directory is opened one component at a time relative to
+//!   its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY` ([`DirCache`]); a symlink or a
+//!   file where a directory must go fails that key. Files are created with `O_EXCL` under a
+//!   temporary name and renamed within the same directory descriptor, so no symlink is ever
+//!   followed, whatever DEST already holds.
+//! - **Complete or absent.** Data goes to `.s3uring-tmp.<pid>.<seq>` (short, so it fits
+//!   NAME_MAX beside a 255-byte final name; the prefix is refused for keys, so it never
+//!   collides) and is renamed to the final name only after every byte is written. A failed
+//!   file's temporary is unlinked.
+//! - **Per-file failures never stop the loop.** Each ends as one [`Report::fail`] line naming
+//!   the key and the cause.
+//! - **No file-system syscall on a tokio thread.** Directory creation happens here, cached,
+//!   so each directory is created once.
+
+pub mod uring;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::config::IoEngine;
+use crate::keymap::{TMP_PREFIX, Target};
+use crate::report::Report;
+
+/// A downloaded object, ready to be written.
+pub struct FileJob {
+    /// The S3 key, for messages.
+    pub key: String,
+    pub target: Target,
+    pub body: Bytes,
+    /// Holds the object's share of the buffer budget until the file is written.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Work for a writer.
+pub enum Job {
+    File(FileJob),
+    /// A folder marker: make sure the directory exists.
+    Dir {
+        key: String,
+        target: Target,
+    },
+}
+
+/// The running writer: send jobs, then drop the sender and [`Writer::finish`].
+pub struct Writer {
+    pub jobs: async_channel::Sender<Job>,
+    pub engine: &'static str,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Waits for every job sent so far to be written or failed. Call after dropping all
+    /// senders (clones of [`Writer::jobs`]); blocking, so from a blocking context.
+    pub fn finish(self) -> Result<(), String> {
+        drop(self.jobs);
+        let mut ok = true;
+        for t in self.threads {
+            ok &= t.join().is_ok();
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err("internal error: a writer thread panicked".to_owned())
+        }
+    }
+}
+
+/// Opens DEST and starts the chosen engine. `hand_off` bounds the jobs waiting for it.
+pub fn start(
+    engine: IoEngine,
+    dest: &Path,
+    io_threads: usize,
+    hand_off: usize,
+    report: Arc<Report>,
+) -> Result<Writer, String> {
+    let dirs = Arc::new(DirCache::open(dest)?);
+    let (tx, rx) = async_channel::bounded(hand_off.max(1));
+    let uring = match engine {
+        IoEngine::Threads => None,
+        IoEngine::Uring => {
+            Some(uring::UringWriter::new().map_err(|e| format!("--io-engine uring: {e}"))?)
+        }
+        IoEngine::Auto => match uring::UringWriter::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("io_uring is unavailable ({e}); using the thread-pool writer");
+                None
+            }
+        },
+    };
+    if let Some(w) = uring {
+        let t = std::thread::Builder::new()
+            .name("s3uring-uring".into())
+            .spawn(move || w.run(rx, &dirs, &report))
+            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+        return Ok(Writer {
+            jobs: tx,
+            engine: "io_uring",
+            threads: vec![t],
+        });
+    }
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for i in 0..io_threads.max(1) {
+        let (rx, dirs, report, seq) = (rx.clone(), dirs.clone(), report.clone(), seq.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("s3uring-io-{i}"))
+            .spawn(move || {
+                while let Ok(job) = rx.recv_blocking() {
+                    run_job_sync(job, &dirs, &report, &seq);
+                }
+            })
+            .map_err(|e| format!("cannot start writer threads: {e}"))?;
+        threads.push(t);
+    }
+    Ok(Writer {
+        jobs: tx,
+        engine: "threads",
+        threads,
+    })
+}
+
+/// The temporary name for sequence number `seq`: at most 13 + 8 + 1 + 16 = 38 bytes.
+pub(crate) fn tmp_name(seq: u64) -> CString {
+    let name = format!("{TMP_PREFIX}{:x}.{seq:x}", std::process::id());
+    // No NUL can appear in a formatted prefix and two hex numbers.
+    CString::new(name).unwrap_or_default()
+}
+
+/// A key's final name as a C string. Keys with NUL are refused by the keymap.
+pub(crate) fn c_name(name: &str) -> Result<CString, String> {
+    CString::new(name).map_err(|_| "name contains a NUL byte".to_owned())
+}
+
+/// The one-line reason for an errno while doing `what` to `path`.
+pub(crate) fn io_reason(what: &str, path: &str, errno: i32) -> String {
+    let cause = match errno {
+        libc::EISDIR | libc::ENOTEMPTY => {
+            "a directory is in the way (another key uses this path as a directory)".to_owned()
+        }
+        libc::ENOSPC => "no space left on device".to_owned(),
+        libc::EROFS => "read-only file system".to_owned(),
+        libc::EACCES | libc::EPERM => "permission denied".to_owned(),
+        _ => io::Error::from_raw_os_error(errno).to_string(),
+    };
+    format!("{what} '{path}': {cause}")
+}
+
+/// Opened directories under DEST, by relative path. Directories are opened one component at
+/// a time with `O_NOFOLLOW`, relative to the parent's descriptor, and created when missing.
+/// Bounded: past `cap` entries, those no in-flight file uses are closed.
+pub struct DirCache {
+    root: Arc<OwnedFd>,
+    map: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    cap: usize,
+}
+
+impl DirCache {
+    pub fn open(dest: &Path) -> Result<DirCache, String> {
+        let root = rustix::fs::open(
+            dest,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open DEST '{}': {}",
+                dest.display(),
+                io::Error::from(e)
+            )
+        })?;
+        Ok(DirCache {
+            root: Arc::new(root),
+            map: Mutex::new(HashMap::new()),
+            cap: dir_cache_cap(),
+        })
+    }
+
+    /// The descriptor of directory `rel` (`""` is DEST), created if missing.
+    pub fn get(&self, rel: &str) -> Result<Arc<OwnedFd>, String> {
+        if rel.is_empty() {
+            return Ok(self.root.clone());
+        }
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| "internal error: directory cache poisoned".to_owned())?;
+        self.get_locked(&mut map, rel)
+    }
+
+    fn get_locked(
+        &self,
+        map: &mut HashMap<String, Arc<OwnedFd>>,
+        rel: &str,
+    ) -> Result<Arc<OwnedFd>, String> {
+        if rel.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some(fd) = map.get(rel) {
+            return Ok(fd.clone());
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent_fd = self.get_locked(map, parent)?;
+        let fd = Arc::new(open_or_create_dir(&parent_fd, name).map_err(|e| dir_error(rel, e))?);
+        if map.len() >= self.cap {
+            map.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        map.insert(rel.to_owned(), fd.clone());
+        Ok(fd)
+    }
+}
+
+/// How many directory descriptors to keep open: half the soft RLIMIT_NOFILE, up to 4096.
+fn dir_cache_cap() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024);
+    ((soft / 2) as usize).clamp(16, 4096)
+}
+
+fn dir_error(rel: &str, e: Errno) -> String {
+    match e {
+        Errno::LOOP => {
+            format!("cannot use directory '{rel}': it is a symbolic link; refusing to follow it")
+        }
+        Errno::NOTDIR => format!(
+            "cannot create directory '{rel}': a file is in the way (another key is a file there)"
+        ),
+        e => io_reason("cannot create directory", rel, e.raw_os_error()),
+    }
+}
+
+fn open_or_create_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(parent.as_fd(), name, flags, Mode::empty()) {
+        Err(Errno::NOENT) => {}
+        other => return other,
+    }
+    match rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e),
+    }
+    rustix::fs::openat(parent.as_fd(), name, flags, Mode::empty())
+}
+
+/// The thread engine's whole job: plain syscalls, same rules as the ring.
+fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64) {
+    match job {
+        Job::Dir { key, target } => match dirs.get(target.dir()) {
+            Ok(_) => report.dir_done(),
+            Err(reason) => report.fail(&key, &reason),
+        },
+        Job::File(job) => match write_file_sync(&job, dirs, seq) {
+            Ok(()) => report.written(job.body.len() as u64),
+            Err(reason) => report.fail(&job.key, &reason),
+        },
+    }
+}
+
+fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<(), String> {
+    let dir = dirs.get(job.target.dir())?;
+    let final_name = job
+        .target
+        .file_name()
+        .ok_or("internal error: file job without a name")?;
+    let rel = job.target.rel_path();
+    let tmp = tmp_name(seq.fetch_add(1, Ordering::Relaxed));
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(
+        dir.as_fd(),
+        tmp.as_c_str(),
+        flags,
+        Mode::from_raw_mode(0o666),
+    )
+    .map_err(|e| io_reason("cannot create a temporary file for", &rel, e.raw_os_error()))?;
+    let mut file = std::fs::File::from(fd);
+    let result = file
+        .write_all(&job.body)
+        .map_err(|e| io_reason("cannot write", &rel, e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|()| {
+            rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), final_name)
+                .map_err(|e| io_reason("cannot rename into place", &rel, e.raw_os_error()))
+        });
+    drop(file);
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_c_str(), rustix::fs::AtFlags::empty());
+    }
+    result
+}

@@ -1,0 +1,437 @@
+//! The io_uring writer: one thread, one ring, one linked chain per file, many files per
+//! `io_uring_enter`.
+//!
+//! Why the `io-uring` crate and not tokio-uring: tokio-uring (0.5, unmaintained since 2024)
+//! issues one operation per future and awaits each — a round trip per op — and cannot express
+//! linked chains, direct (registered) descriptors or dirfd-relative opens. The whole gain of
+//! io_uring here comes from exactly those: a file costs one chain pushed into the SQ, and one
+//! `io_uring_enter` carries the chains of every file that is ready.
+//!
+//! The chain for one file, in a directory already opened by [`DirCache`]:
+//!
+//! ```text
+//! OPENAT(dirfd, tmp, O_WRONLY|O_CREAT|O_EXCL, → direct slot)  IO_LINK
+//! WRITE(slot, body[chunk], offset) …                            IO_LINK
+//! RENAMEAT(dirfd, tmp → dirfd, final)                           IO_HARDLINK
+//! CLOSE(slot)
+//! ```
+//!
+//! - A failed open or write (a short write counts as failed for links) cancels the rename,
+//!   so nothing partial ever reaches the final name. The rename is *hard*-linked to the
+//!   close, so the close runs whatever happened before it and the slot is always released.
+//! - No `IOSQE_CQE_SKIP_SUCCESS`: every SQE posts exactly one CQE (success, error or
+//!   `-ECANCELED`), so an entry is finished when its count of outstanding CQEs reaches zero.
+//!   This is deterministic whatever the kernel's ordering of completions in a failed chain;
+//!   it costs a few CQEs per file that skip flags could save (measured in the perf issue).
+//! - `O_CLOEXEC` is not passed: with a direct-descriptor `file_index` the kernel answers
+//!   EINVAL, and direct descriptors are never in the process's fd table anyway.
+//! - The temporary of a failed file is unlinked (synchronously; failures are rare). A short
+//!   write is retried once from scratch, then fails with its reason.
+//!
+//! Memory safety: the SQEs point into the [`Entry`] of their file (body bytes, the two names)
+//! and name its directory descriptor. Each `Entry` lives in a slab slot that is freed only when
+//! the last CQE of its chain has been reaped, so everything an SQE references outlives the
+//! kernel's use of it. The slab is sized once and never reallocated.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use io_uring::{IoUring, Probe, opcode, squeue, types};
+
+use super::{DirCache, FileJob, Job, c_name, io_reason, tmp_name};
+use crate::report::Report;
+
+/// Submission queue entries.
+const SQ_ENTRIES: u32 = 4096;
+/// Files in flight at once, and the size of the registered file table.
+const SLOTS: u32 = 1024;
+/// Largest single WRITE; bigger bodies are written in chunks of this size.
+const MAX_WRITE: usize = 1 << 30;
+/// io-wq workers per class (bounded: regular-file I/O, unbounded: O_CREAT opens and renames).
+const IOWQ_MAX_WORKERS: u32 = 16;
+
+const OP_OPEN: u64 = 0;
+const OP_WRITE: u64 = 1;
+const OP_RENAME: u64 = 2;
+const OP_CLOSE: u64 = 3;
+
+/// A ring that passed the probe, ready to run on its own thread.
+pub struct UringWriter {
+    ring: IoUring,
+}
+
+/// Whether io_uring can be used here, and why not.
+pub fn available() -> Result<(), String> {
+    UringWriter::new().map(|_| ())
+}
+
+impl UringWriter {
+    /// Sets up the ring and checks everything the writer needs: the opcodes, a sparse
+    /// registered file table. Fails (with the reason) on old kernels, with
+    /// `kernel.io_uring_disabled`, under seccomp profiles that block io_uring, or when
+    /// `S3URING_DISABLE_URING` is set (to exercise the fallback).
+    pub fn new() -> Result<UringWriter, String> {
+        if std::env::var_os("S3URING_DISABLE_URING").is_some_and(|v| !v.is_empty() && v != "0") {
+            return Err("disabled by S3URING_DISABLE_URING".to_owned());
+        }
+        let ring = IoUring::builder()
+            .setup_cqsize(SQ_ENTRIES * 4)
+            .build(SQ_ENTRIES)
+            .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+        let submitter = ring.submitter();
+        let mut probe = Probe::new();
+        submitter
+            .register_probe(&mut probe)
+            .map_err(|e| format!("probing io_uring opcodes failed: {e}"))?;
+        for (code, name) in [
+            (opcode::OpenAt::CODE, "OPENAT"),
+            (opcode::Write::CODE, "WRITE"),
+            (opcode::Close::CODE, "CLOSE"),
+            (opcode::RenameAt::CODE, "RENAMEAT"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(format!("the kernel lacks IORING_OP_{name}"));
+            }
+        }
+        submitter
+            .register_files_sparse(SLOTS)
+            .map_err(|e| format!("registering a sparse file table failed: {e}"))?;
+        // Bound the kernel's io-wq threads, which execute the blocking opens and renames.
+        // Best effort: older kernels lack the call, and the defaults still work.
+        let mut max = [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS];
+        let _ = submitter.register_iowq_max_workers(&mut max);
+        Ok(UringWriter { ring })
+    }
+
+    /// Writes every job received until the channel closes and the last file completes.
+    pub fn run(self, rx: async_channel::Receiver<Job>, dirs: &DirCache, report: &Report) {
+        let mut lp = Loop {
+            ring: self.ring,
+            slab: (0..SLOTS).map(|_| None).collect(),
+            free: (0..SLOTS).rev().collect(),
+            inflight: 0,
+            seq: 0,
+            retry: VecDeque::new(),
+            broken: None,
+            dirs,
+            report,
+        };
+        lp.run(rx);
+    }
+}
+
+/// One file in flight.
+struct Entry {
+    job: FileJob,
+    /// Keeps the directory descriptor the SQEs name open.
+    dir: Arc<OwnedFd>,
+    tmp: CString,
+    name: CString,
+    /// CQEs still to come for this chain.
+    pending: u32,
+    open_ok: bool,
+    renamed: bool,
+    short_write: bool,
+    err: Option<String>,
+    attempt: u8,
+}
+
+struct Loop<'a> {
+    ring: IoUring,
+    /// Indexed by file slot: slot `i` of the registered table belongs to `slab[i]`.
+    slab: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    inflight: usize,
+    seq: u64,
+    /// Files to write again (after a short write).
+    retry: VecDeque<(FileJob, u8)>,
+    /// Set when io_uring_enter itself fails: every later job fails with this reason.
+    broken: Option<String>,
+    dirs: &'a DirCache,
+    report: &'a Report,
+}
+
+impl Loop<'_> {
+    fn run(&mut self, rx: async_channel::Receiver<Job>) {
+        let mut closed = false;
+        loop {
+            if let Some(reason) = &self.broken {
+                while let Ok(job) = rx.recv_blocking() {
+                    let key = match &job {
+                        Job::File(f) => &f.key,
+                        Job::Dir { key, .. } => key,
+                    };
+                    self.report.fail(key, reason);
+                }
+                return;
+            }
+            // Take everything that is ready (block only when nothing is in flight), so one
+            // enter carries as many chains as possible.
+            while !self.free.is_empty() {
+                let job = if let Some((job, attempt)) = self.retry.pop_front() {
+                    self.start(job, attempt);
+                    continue;
+                } else if closed {
+                    break;
+                } else if self.inflight == 0 {
+                    match rx.recv_blocking() {
+                        Ok(j) => j,
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(j) => j,
+                        Err(async_channel::TryRecvError::Empty) => break,
+                        Err(async_channel::TryRecvError::Closed) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                };
+                match job {
+                    Job::File(f) => self.start(f, 0),
+                    Job::Dir { key, target } => match self.dirs.get(target.dir()) {
+                        Ok(_) => self.report.dir_done(),
+                        Err(reason) => self.report.fail(&key, &reason),
+                    },
+                }
+            }
+            if self.inflight == 0 {
+                if closed && self.retry.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
+                    ) => {}
+                Err(e) => {
+                    // The ring itself is unusable: fail what is in flight rather than spin.
+                    self.abort_all(&format!("io_uring_enter failed: {e}"));
+                    continue;
+                }
+            }
+            self.reap();
+        }
+    }
+
+    /// Pushes one file's chain. Per-file problems fail the file, never the loop.
+    fn start(&mut self, job: FileJob, attempt: u8) {
+        let dir = match self.dirs.get(job.target.dir()) {
+            Ok(d) => d,
+            Err(reason) => return self.report.fail(&job.key, &reason),
+        };
+        let name = match job.target.file_name().map(c_name) {
+            Some(Ok(n)) => n,
+            Some(Err(reason)) => return self.report.fail(&job.key, &reason),
+            None => {
+                return self
+                    .report
+                    .fail(&job.key, "internal error: file job without a name");
+            }
+        };
+        let Some(slot) = self.free.pop() else {
+            // Callers only start files while a slot is free.
+            return self
+                .report
+                .fail(&job.key, "internal error: no free file slot");
+        };
+        self.seq += 1;
+        let n_writes = job.body.len().div_ceil(MAX_WRITE);
+        let entry = Entry {
+            tmp: tmp_name(self.seq),
+            name,
+            dir,
+            pending: (3 + n_writes) as u32,
+            open_ok: false,
+            renamed: false,
+            short_write: false,
+            err: None,
+            attempt,
+            job,
+        };
+        let idx = slot as usize;
+        self.slab[idx] = Some(entry);
+        self.inflight += 1;
+        let Some(e) = self.slab[idx].as_ref() else {
+            return;
+        };
+
+        let ud = |op: u64| (u64::from(slot) << 8) | op;
+        let dirfd = types::Fd(e.dir.as_fd().as_raw_fd());
+        let Ok(dest) = types::DestinationSlot::try_from_slot_target(slot) else {
+            return self
+                .report
+                .fail(&e.job.key, "internal error: bad file slot");
+        };
+        let mut sqes = Vec::with_capacity(3 + n_writes);
+        sqes.push(
+            opcode::OpenAt::new(dirfd, e.tmp.as_ptr())
+                .flags(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+                .mode(0o666)
+                .file_index(Some(dest))
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(ud(OP_OPEN)),
+        );
+        for (i, chunk) in e.job.body.chunks(MAX_WRITE).enumerate() {
+            sqes.push(
+                opcode::Write::new(types::Fixed(slot), chunk.as_ptr(), chunk.len() as u32)
+                    .offset((i * MAX_WRITE) as u64)
+                    .build()
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(ud(OP_WRITE) | ((chunk.len() as u64) << 32)),
+            );
+        }
+        sqes.push(
+            opcode::RenameAt::new(dirfd, e.tmp.as_ptr(), dirfd, e.name.as_ptr())
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(ud(OP_RENAME)),
+        );
+        sqes.push(
+            opcode::Close::new(types::Fixed(slot))
+                .build()
+                .user_data(ud(OP_CLOSE)),
+        );
+        self.push_chain(&sqes);
+    }
+
+    /// Pushes a whole chain into the SQ, submitting first if it does not fit.
+    fn push_chain(&mut self, sqes: &[squeue::Entry]) {
+        loop {
+            let room = {
+                let sq = self.ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room >= sqes.len() {
+                break;
+            }
+            if let Err(e) = self.ring.submit() {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
+                ) {
+                    tracing::warn!("io_uring submit failed: {e}");
+                }
+                // Make room by reaping what has completed.
+                self.reap();
+            }
+        }
+        let mut sq = self.ring.submission();
+        // SAFETY: every pointer in these SQEs (the body bytes, the temporary and final names)
+        // points into the `Entry` stored in `self.slab` for this chain's slot, and the
+        // directory fd is kept open by that entry's `Arc<OwnedFd>`. The entry is removed only
+        // in `reap`, after the last CQE of the chain, so the memory and descriptors stay valid
+        // for as long as the kernel may use them. The room check above guarantees the push
+        // succeeds, so the chain is never split.
+        unsafe {
+            if sq.push_multiple(sqes).is_err() {
+                // Unreachable after the room check; keep the chain whole by not pushing.
+                tracing::error!("internal error: submission queue full after room check");
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut done = Vec::new();
+        for cqe in self.ring.completion() {
+            let ud = cqe.user_data();
+            let (slot, op, want) = ((ud >> 8) as u32 & 0x00ff_ffff, ud & 0xff, ud >> 32);
+            let res = cqe.result();
+            let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) else {
+                tracing::error!("internal error: completion for an empty slot {slot}");
+                continue;
+            };
+            let rel = e.job.target.rel_path();
+            match op {
+                OP_OPEN if res >= 0 => e.open_ok = true,
+                OP_OPEN => {
+                    e.err.get_or_insert_with(|| {
+                        io_reason("cannot create a temporary file for", &rel, -res)
+                    });
+                }
+                OP_WRITE if res >= 0 && (res as u64) < want => {
+                    e.short_write = true;
+                    e.err.get_or_insert_with(|| {
+                        format!("short write to '{rel}': {res} of {want} bytes")
+                    });
+                }
+                OP_RENAME if res == 0 => e.renamed = true,
+                OP_CLOSE if res < 0 && e.open_ok => {
+                    e.err
+                        .get_or_insert_with(|| io_reason("cannot close", &rel, -res));
+                }
+                _ if res < 0 && res != -libc::ECANCELED && op != OP_CLOSE => {
+                    let what = if op == OP_WRITE {
+                        "cannot write"
+                    } else {
+                        "cannot rename into place"
+                    };
+                    e.err.get_or_insert_with(|| io_reason(what, &rel, -res));
+                }
+                _ => {}
+            }
+            e.pending -= 1;
+            if e.pending == 0 {
+                done.push(slot);
+            }
+        }
+        for slot in done {
+            self.finish(slot);
+        }
+    }
+
+    fn finish(&mut self, slot: u32) {
+        let Some(e) = self.slab[slot as usize].take() else {
+            return;
+        };
+        self.free.push(slot);
+        self.inflight -= 1;
+        if e.renamed && e.err.is_none() {
+            return self.report.written(e.job.body.len() as u64);
+        }
+        if e.open_ok && !e.renamed {
+            let _ = rustix::fs::unlinkat(
+                e.dir.as_fd(),
+                e.tmp.as_c_str(),
+                rustix::fs::AtFlags::empty(),
+            );
+        }
+        if e.short_write && !e.renamed && e.attempt == 0 {
+            self.retry.push_back((e.job, 1));
+            return;
+        }
+        let reason = e
+            .err
+            .unwrap_or_else(|| "internal error: chain ended without rename".to_owned());
+        self.report.fail(&e.job.key, &reason);
+    }
+
+    /// Last resort when the ring stops working: drain what can be drained and fail the rest.
+    fn abort_all(&mut self, reason: &str) {
+        self.reap();
+        for slot in 0..self.slab.len() {
+            if let Some(e) = self.slab[slot].take() {
+                // The kernel may still own these buffers: leak them rather than free memory
+                // it could write into. This path only runs when io_uring_enter itself fails.
+                self.report.fail(&e.job.key, reason);
+                std::mem::forget(e);
+                self.inflight -= 1;
+            }
+        }
+        for (job, _) in self.retry.drain(..) {
+            self.report.fail(&job.key, reason);
+        }
+        self.broken = Some(reason.to_owned());
+    }
+}
