@@ -11,12 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_WORKERS,
-    IoEngine, S3Settings, S3Url,
+    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_WORKERS, IoEngine, S3Settings,
+    S3Url,
 };
-use crate::endpoint::{
-    BucketSpec, Contents, Endpoint, EndpointConfig, generated_content, generated_key,
-};
+use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
 use crate::report::{Report, Summary, sanitize};
 
@@ -177,6 +175,12 @@ struct ServeArgs {
     /// Serve anonymous requests instead of requiring the printed credentials.
     #[arg(long)]
     anonymous: bool,
+    /// Delay before each GET answers, in milliseconds (S3: ~10–30 ms for small objects).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Delay before each list page answers, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    list_latency_ms: u64,
 }
 
 /// Credentials of the embedded endpoint in `demo` and `serve`.
@@ -187,10 +191,7 @@ pub const DEMO_SECRET_KEY: &str = "s3uring-demo-secret";
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.output.verbose, cli.output.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("s3uring: error: cannot start the async runtime: {e}");
@@ -214,15 +215,16 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
+    // Our own messages, then everyone else's (the SDK's warnings need -v).
+    let (ours, theirs) = match (quiet, verbose) {
+        (true, _) => ("error", "error"),
+        (false, 0) => ("warn", "error"),
+        (false, 1) => ("info", "warn"),
+        (false, 2) => ("debug", "info"),
+        _ => ("trace", "debug"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("s3uring={level},warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("s3uring={ours},{theirs}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -240,20 +242,13 @@ fn resolve(cli: &Cli) -> Result<Config, String> {
         return Err("DEST is empty".to_owned());
     }
     if dest.exists() && !dest.is_dir() {
-        return Err(format!(
-            "DEST '{}' exists and is not a directory",
-            dest.display()
-        ));
+        return Err(format!("DEST '{}' exists and is not a directory", dest.display()));
     }
     let s3 = &cli.s3;
-    if let Some(url) = &s3.endpoint_url {
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.len() <= "https://".len()
-        {
-            return Err(format!(
-                "--endpoint-url '{url}' is not an http:// or https:// URL"
-            ));
-        }
+    if let Some(url) = &s3.endpoint_url
+        && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len())
+    {
+        return Err(format!("--endpoint-url '{url}' is not an http:// or https:// URL"));
     }
     let settings = S3Settings {
         endpoint_url: s3.endpoint_url.clone(),
@@ -288,11 +283,7 @@ pub async fn copy(cfg: Config) -> Exit {
             if cfg.summary {
                 eprint!("{}", summary.render());
             }
-            if summary.success() {
-                Exit::Ok
-            } else {
-                Exit::KeysFailed
-            }
+            if summary.success() { Exit::Ok } else { Exit::KeysFailed }
         }
         Err(Fatal::Setup(msg)) => {
             eprintln!("s3uring: error: {}", sanitize(&msg));
@@ -317,7 +308,7 @@ async fn demo(args: DemoArgs, quiet: bool) -> Exit {
             },
         }],
         credentials: Some((DEMO_ACCESS_KEY.into(), DEMO_SECRET_KEY.into())),
-        listen: None,
+        ..Default::default()
     })
     .await
     {
@@ -370,8 +361,7 @@ async fn demo(args: DemoArgs, quiet: bool) -> Exit {
     if code == Exit::Ok {
         let (n, size, prefixes) = (g.objects, g.size, g.prefixes);
         let d = dest.clone();
-        let verified =
-            tokio::task::spawn_blocking(move || verify_generated(&d, n, size, prefixes)).await;
+        let verified = tokio::task::spawn_blocking(move || verify_generated(&d, n, size, prefixes)).await;
         match verified {
             Ok(Ok(())) => eprintln!("verified: all {n} files are byte-identical to their objects"),
             Ok(Err(msg)) => {
@@ -391,21 +381,13 @@ async fn demo(args: DemoArgs, quiet: bool) -> Exit {
 }
 
 /// Checks that DEST holds exactly the generated objects, byte for byte.
-pub fn verify_generated(
-    dest: &std::path::Path,
-    n: u64,
-    size: u64,
-    prefixes: u64,
-) -> Result<(), String> {
+pub fn verify_generated(dest: &std::path::Path, n: u64, size: u64, prefixes: u64) -> Result<(), String> {
     for i in 0..n {
         let key = generated_key(i, prefixes);
         let path = dest.join(&key);
         let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if data != generated_content(&key, size) {
-            return Err(format!(
-                "{}: content differs from the object",
-                path.display()
-            ));
+            return Err(format!("{}: content differs from the object", path.display()));
         }
     }
     Ok(())
@@ -413,8 +395,7 @@ pub fn verify_generated(
 
 async fn serve(args: ServeArgs) -> Exit {
     let g = &args.generated;
-    let credentials =
-        (!args.anonymous).then(|| (DEMO_ACCESS_KEY.to_owned(), DEMO_SECRET_KEY.to_owned()));
+    let credentials = (!args.anonymous).then(|| (DEMO_ACCESS_KEY.to_owned(), DEMO_SECRET_KEY.to_owned()));
     let endpoint = match Endpoint::start(EndpointConfig {
         buckets: vec![BucketSpec {
             name: args.bucket.clone(),
@@ -426,6 +407,8 @@ async fn serve(args: ServeArgs) -> Exit {
         }],
         credentials: credentials.clone(),
         listen: Some(args.listen),
+        get_latency: std::time::Duration::from_millis(args.latency_ms),
+        list_latency: std::time::Duration::from_millis(args.list_latency_ms),
     })
     .await
     {

@@ -19,9 +19,9 @@ impl FromStr for S3Url {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("s3://").ok_or_else(|| {
-            format!("SOURCE '{s}' is not an s3:// URL (expected s3://bucket[/prefix])")
-        })?;
+        let rest = s
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("SOURCE '{s}' is not an s3:// URL (expected s3://bucket[/prefix])"))?;
         let (bucket, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -36,9 +36,7 @@ impl FromStr for S3Url {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
         {
-            return Err(format!(
-                "SOURCE '{s}': '{bucket}' is not a valid bucket name"
-            ));
+            return Err(format!("SOURCE '{s}': '{bucket}' is not a valid bucket name"));
         }
         let mut prefix = prefix.to_owned();
         if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -76,10 +74,7 @@ pub enum Credentials {
     /// `--no-sign-request`: anonymous requests.
     Anonymous,
     /// Fixed keys (the embedded endpoint's demo).
-    Static {
-        access_key: String,
-        secret_key: String,
-    },
+    Static { access_key: String, secret_key: String },
 }
 
 /// S3 connection settings: everything the control plane needs to build a client.

@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use s3s::dto::{
-    CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
-    HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Range,
-    StreamingBlob, Timestamp,
+    CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
+    HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Range, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -39,11 +38,7 @@ pub enum Contents {
     /// Exactly these objects.
     Objects(Vec<(String, Bytes)>),
     /// `count` keys of `size` bytes spread over `prefixes` prefixes; see [`generated_key`].
-    Generated {
-        count: u64,
-        size: u64,
-        prefixes: u64,
-    },
+    Generated { count: u64, size: u64, prefixes: u64 },
 }
 
 /// One bucket of the endpoint.
@@ -62,6 +57,11 @@ pub struct EndpointConfig {
     pub credentials: Option<(String, String)>,
     /// Address to listen on; `None` is 127.0.0.1 with a free port.
     pub listen: Option<SocketAddr>,
+    /// Added before each GetObject answers (a timer, not a blocked thread): S3's first byte
+    /// for small objects takes ~10–30 ms.
+    pub get_latency: Duration,
+    /// Added before each ListObjectsV2 page answers.
+    pub list_latency: Duration,
 }
 
 /// The key of generated object `i` among `prefixes` prefixes: `p0003/obj00000042`.
@@ -133,19 +133,23 @@ type Bucket = BTreeMap<String, Obj>;
 #[derive(Debug, Default)]
 struct MemS3 {
     buckets: HashMap<String, Bucket>,
+    get_latency: Duration,
+    list_latency: Duration,
+}
+
+async fn delay(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 impl MemS3 {
     fn bucket(&self, name: &str) -> S3Result<&Bucket> {
-        self.buckets
-            .get(name)
-            .ok_or_else(|| s3_error!(NoSuchBucket))
+        self.buckets.get(name).ok_or_else(|| s3_error!(NoSuchBucket))
     }
 
     fn object(&self, bucket: &str, key: &str) -> S3Result<&Obj> {
-        self.bucket(bucket)?
-            .get(key)
-            .ok_or_else(|| s3_error!(NoSuchKey))
+        self.bucket(bucket)?.get(key).ok_or_else(|| s3_error!(NoSuchKey))
     }
 }
 
@@ -179,7 +183,7 @@ fn encode_token(key: &str) -> String {
 
 fn decode_token(token: &str) -> S3Result<String> {
     let bad = || s3_error!(InvalidArgument, "invalid continuation token");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..token.len())
@@ -192,18 +196,12 @@ fn decode_token(token: &str) -> S3Result<String> {
 
 #[async_trait::async_trait]
 impl S3 for MemS3 {
-    async fn head_bucket(
-        &self,
-        req: S3Request<HeadBucketInput>,
-    ) -> S3Result<S3Response<HeadBucketOutput>> {
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         self.bucket(&req.input.bucket)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
-    async fn head_object(
-        &self,
-        req: S3Request<HeadObjectInput>,
-    ) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = &req.input;
         let obj = self.object(&input.bucket, &input.key)?;
         let out = HeadObjectOutput {
@@ -215,10 +213,8 @@ impl S3 for MemS3 {
         Ok(S3Response::new(out))
     }
 
-    async fn get_object(
-        &self,
-        req: S3Request<GetObjectInput>,
-    ) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        delay(self.get_latency).await;
         let input = &req.input;
         let obj = self.object(&input.bucket, &input.key)?;
         let mut data = obj.bytes(&input.key);
@@ -244,17 +240,13 @@ impl S3 for MemS3 {
         Ok(resp)
     }
 
-    async fn list_objects_v2(
-        &self,
-        req: S3Request<ListObjectsV2Input>,
-    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        delay(self.list_latency).await;
         let input = &req.input;
         let bucket = self.bucket(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
-        let max_keys = input
-            .max_keys
-            .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
+        let max_keys = input.max_keys.map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
 
         // Start strictly after the token's key, else after start-after, else at the prefix.
         let after = match &input.continuation_token {
@@ -279,19 +271,19 @@ impl S3 for MemS3 {
                 truncated = true;
                 break;
             }
-            if let Some(d) = &delimiter {
-                if let Some(pos) = key[prefix.len()..].find(d.as_str()) {
-                    // Roll every key under this common prefix into one entry; the last of
-                    // them is where the next page continues.
-                    let cp = key[..prefix.len() + pos + d.len()].to_owned();
-                    let mut last = key;
-                    while let Some((k, _)) = iter.next_if(|(k, _)| k.starts_with(&cp)) {
-                        last = k;
-                    }
-                    common.push(cp);
-                    last_returned = Some(last.clone());
-                    continue;
+            if let Some(d) = &delimiter
+                && let Some(pos) = key[prefix.len()..].find(d.as_str())
+            {
+                // Roll every key under this common prefix into one entry; the last of
+                // them is where the next page continues.
+                let cp = key[..prefix.len() + pos + d.len()].to_owned();
+                let mut last = key;
+                while let Some((k, _)) = iter.next_if(|(k, _)| k.starts_with(&cp)) {
+                    last = k;
                 }
+                common.push(cp);
+                last_returned = Some(last.clone());
+                continue;
             }
             contents.push(Object {
                 key: Some(key.clone()),
@@ -324,26 +316,19 @@ impl S3 for MemS3 {
                 None
             },
             contents: Some(contents),
-            common_prefixes: Some(
-                common
-                    .into_iter()
-                    .map(|p| CommonPrefix { prefix: Some(p) })
-                    .collect(),
-            ),
+            common_prefixes: Some(common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         };
         Ok(S3Response::new(out))
     }
 }
 
-fn build_store(specs: &[BucketSpec]) -> MemS3 {
+fn build_store(config: &EndpointConfig) -> MemS3 {
+    let specs = &config.buckets;
     let now = SystemTime::now();
     // S3's Last-Modified has one-second resolution.
     let now = SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        );
+        + std::time::Duration::from_secs(now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
     let mut buckets = HashMap::new();
     for spec in specs {
         let mut bucket = Bucket::new();
@@ -360,11 +345,7 @@ fn build_store(specs: &[BucketSpec]) -> MemS3 {
                     );
                 }
             }
-            Contents::Generated {
-                count,
-                size,
-                prefixes,
-            } => {
+            Contents::Generated { count, size, prefixes } => {
                 for i in 0..*count {
                     bucket.insert(
                         generated_key(i, *prefixes),
@@ -379,7 +360,11 @@ fn build_store(specs: &[BucketSpec]) -> MemS3 {
         }
         buckets.insert(spec.name.clone(), bucket);
     }
-    MemS3 { buckets }
+    MemS3 {
+        buckets,
+        get_latency: config.get_latency,
+        list_latency: config.list_latency,
+    }
 }
 
 /// A running endpoint. Dropping it stops accepting connections.
@@ -392,15 +377,13 @@ pub struct Endpoint {
 impl Endpoint {
     /// Binds and starts serving on the current tokio runtime.
     pub async fn start(config: EndpointConfig) -> std::io::Result<Endpoint> {
-        let store = build_store(&config.buckets);
+        let store = build_store(&config);
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some((ak, sk)) = &config.credentials {
             builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
         }
         let service = builder.build();
-        let listen = config
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listen = config.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let service = Arc::new(service);
@@ -469,14 +452,8 @@ mod tests {
         assert_eq!(resolve_range(&r(0, Some(9)), 100).unwrap(), (0, 9));
         assert_eq!(resolve_range(&r(90, Some(200)), 100).unwrap(), (90, 99));
         assert_eq!(resolve_range(&r(10, None), 100).unwrap(), (10, 99));
-        assert_eq!(
-            resolve_range(&Range::Suffix { length: 10 }, 100).unwrap(),
-            (90, 99)
-        );
-        assert_eq!(
-            resolve_range(&Range::Suffix { length: 1000 }, 100).unwrap(),
-            (0, 99)
-        );
+        assert_eq!(resolve_range(&Range::Suffix { length: 10 }, 100).unwrap(), (90, 99));
+        assert_eq!(resolve_range(&Range::Suffix { length: 1000 }, 100).unwrap(), (0, 99));
         assert!(resolve_range(&r(100, None), 100).is_err());
         assert!(resolve_range(&r(0, None), 0).is_err());
     }

@@ -43,11 +43,7 @@ impl Target {
 
     /// The file name within [`Target::dir`]; `None` for a folder marker.
     pub fn file_name(&self) -> Option<&str> {
-        if self.name.is_empty() {
-            None
-        } else {
-            Some(&self.name)
-        }
+        if self.name.is_empty() { None } else { Some(&self.name) }
     }
 
     /// The whole relative path, for messages.
@@ -83,17 +79,11 @@ impl fmt::Display for KeyRefused {
             KeyRefused::Empty => write!(f, "unsafe key: empty name"),
             KeyRefused::Nul => write!(f, "unsafe key: contains a NUL byte"),
             KeyRefused::EmptyComponent => {
-                write!(
-                    f,
-                    "unsafe key: empty path component ('//' or a leading '/')"
-                )
+                write!(f, "unsafe key: empty path component ('//' or a leading '/')")
             }
             KeyRefused::DotComponent(c) => write!(f, "unsafe key: '{c}' path component"),
             KeyRefused::ComponentTooLong(n) => {
-                write!(
-                    f,
-                    "unsafe key: a path component is {n} bytes, more than {NAME_MAX}"
-                )
+                write!(f, "unsafe key: a path component is {n} bytes, more than {NAME_MAX}")
             }
             KeyRefused::Reserved => write!(
                 f,
@@ -216,10 +206,7 @@ mod tests {
         }
         let long = "x".repeat(256);
         assert_eq!(map_key(&long), Err(KeyRefused::ComponentTooLong(256)));
-        assert_eq!(
-            map_key(&format!("{long}/a")),
-            Err(KeyRefused::ComponentTooLong(256))
-        );
+        assert_eq!(map_key(&format!("{long}/a")), Err(KeyRefused::ComponentTooLong(256)));
     }
 
     /// Reference model: a key is accepted exactly when joining its components under a
@@ -244,10 +231,7 @@ mod tests {
                 let p = std::path::Path::new(&rel);
                 assert!(p.is_relative(), "{k:?}");
                 for c in p.components() {
-                    assert!(
-                        matches!(c, std::path::Component::Normal(_)),
-                        "{k:?} -> {rel:?}"
-                    );
+                    assert!(matches!(c, std::path::Component::Normal(_)), "{k:?} -> {rel:?}");
                 }
                 assert_eq!(rel.split('/').count(), p.components().count(), "{k:?}");
             }

@@ -56,14 +56,8 @@ pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
     let started = Instant::now();
     prepare_dest(cfg)?;
     let hand_off = cfg.workers.clamp(64, 4096);
-    let writer = writer::start(
-        cfg.io_engine,
-        &cfg.dest,
-        cfg.io_threads,
-        hand_off,
-        report.clone(),
-    )
-    .map_err(Fatal::Setup)?;
+    let writer =
+        writer::start(cfg.io_engine, &cfg.dest, cfg.io_threads, hand_off, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
     let client = s3::client(&cfg.s3).await;
 
@@ -109,10 +103,7 @@ fn prepare_dest(cfg: &Config) -> Result<(), Fatal> {
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dest)
             .map_err(|e| Fatal::Setup(format!("cannot create DEST '{}': {e}", dest.display()))),
-        Err(e) => Err(Fatal::Setup(format!(
-            "cannot use DEST '{}': {e}",
-            dest.display()
-        ))),
+        Err(e) => Err(Fatal::Setup(format!("cannot use DEST '{}': {e}", dest.display()))),
     }
 }
 
@@ -188,13 +179,9 @@ impl Fetcher {
                 }
             } else {
                 // An object larger than the whole budget passes alone.
-                let units = item
-                    .size
-                    .div_ceil(BUDGET_UNIT)
-                    .clamp(1, u64::from(self.budget_units)) as u32;
+                let units = item.size.div_ceil(BUDGET_UNIT).clamp(1, u64::from(self.budget_units)) as u32;
                 let Ok(permit) = self.budget.clone().acquire_many_owned(units).await else {
-                    self.report
-                        .fail(&item.key, "internal error: buffer budget closed");
+                    self.report.fail(&item.key, "internal error: buffer budget closed");
                     continue;
                 };
                 match s3::get(&self.client, &self.bucket, &item.key).await {

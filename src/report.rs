@@ -62,10 +62,10 @@ impl Report {
         if !self.quiet_failures {
             eprintln!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason));
         }
-        if let Ok(mut v) = self.first_failures.lock() {
-            if v.len() < FAILURES_KEPT {
-                v.push((key.to_owned(), reason.to_owned()));
-            }
+        if let Ok(mut v) = self.first_failures.lock()
+            && v.len() < FAILURES_KEPT
+        {
+            v.push((key.to_owned(), reason.to_owned()));
         }
     }
 
@@ -83,14 +83,43 @@ impl Report {
             failed: self.failed.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
-            first_failures: self
-                .first_failures
-                .lock()
-                .map(|v| v.clone())
-                .unwrap_or_default(),
+            first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
             elapsed,
             engine: engine.to_owned(),
+            cpu: ProcessCpu::now(),
         }
+    }
+}
+
+/// This process's CPU time and peak memory, from `/proc/self` (Linux only; `None` elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessCpu {
+    pub user: Duration,
+    pub sys: Duration,
+    /// Peak resident set size (VmHWM), bytes.
+    pub peak_rss: u64,
+}
+
+impl ProcessCpu {
+    pub fn now() -> Option<ProcessCpu> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| -> Option<Duration> {
+            let ticks: u64 = fields.get(i)?.parse().ok()?;
+            let hz = rustix::param::clock_ticks_per_second().max(1);
+            Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+        };
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+        let (user, sys) = (tick(11)?, tick(12)?);
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let peak_rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        Some(ProcessCpu { user, sys, peak_rss })
     }
 }
 
@@ -107,6 +136,8 @@ pub struct Summary {
     pub first_failures: Vec<(String, String)>,
     pub elapsed: Duration,
     pub engine: String,
+    /// The whole process's CPU and peak RSS at the end of the run.
+    pub cpu: Option<ProcessCpu>,
 }
 
 impl Summary {
@@ -123,6 +154,13 @@ impl Summary {
 
     pub fn objects_per_sec(&self) -> f64 {
         (self.written + self.dirs) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Client CPU (user + sys) per object written, in microseconds.
+    pub fn cpu_us_per_object(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        let n = (self.written + self.dirs).max(1) as f64;
+        Some((cpu.user + cpu.sys).as_secs_f64() * 1e6 / n)
     }
 
     pub fn mib_per_sec(&self) -> f64 {
@@ -147,10 +185,7 @@ impl Summary {
             self.engine
         );
         if self.listing_incomplete {
-            let _ = writeln!(
-                s,
-                "listing stopped early: keys after the failure were not copied"
-            );
+            let _ = writeln!(s, "listing stopped early: keys after the failure were not copied");
         }
         if !self.first_failures.is_empty() {
             let _ = writeln!(s, "first failures:");

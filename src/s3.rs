@@ -32,22 +32,24 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long DNS answers are reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
+/// Host name → (when resolved, addresses).
+type DnsCache = HashMap<String, (Instant, Vec<IpAddr>)>;
+
 /// A DNS resolver that reuses answers for [`DNS_TTL`], so a burst of new connections to
 /// one endpoint costs one lookup.
 #[derive(Debug, Clone, Default)]
 struct CachingResolver {
-    cache: Arc<Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>>,
+    cache: Arc<Mutex<DnsCache>>,
 }
 
 impl ResolveDns for CachingResolver {
     fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
         DnsFuture::new(async move {
-            if let Ok(cache) = self.cache.lock() {
-                if let Some((at, addrs)) = cache.get(name) {
-                    if at.elapsed() < DNS_TTL {
-                        return Ok(addrs.clone());
-                    }
-                }
+            if let Ok(cache) = self.cache.lock()
+                && let Some((at, addrs)) = cache.get(name)
+                && at.elapsed() < DNS_TTL
+            {
+                return Ok(addrs.clone());
             }
             let addrs: Vec<IpAddr> = tokio::net::lookup_host((name, 0))
                 .await
@@ -67,9 +69,7 @@ impl ResolveDns for CachingResolver {
 pub async fn client(settings: &S3Settings) -> Client {
     let http_client = aws_smithy_http_client::Builder::new()
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
         .build_with_resolver(CachingResolver::default());
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
@@ -82,10 +82,7 @@ pub async fn client(settings: &S3Settings) -> Client {
     match &settings.credentials {
         Credentials::DefaultChain => {}
         Credentials::Anonymous => loader = loader.no_credentials(),
-        Credentials::Static {
-            access_key,
-            secret_key,
-        } => {
+        Credentials::Static { access_key, secret_key } => {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 access_key.clone(),
                 secret_key.clone(),
@@ -205,18 +202,13 @@ pub async fn get(client: &Client, bucket: &str, key: &str) -> Result<Fetched, St
         .await
         .map_err(|e| format!("reading body: {}", chain(&e)))?
         .into_bytes();
-    if let Some(n) = expected {
-        if n >= 0 && body.len() as u64 != n as u64 {
-            return Err(format!(
-                "body has {} bytes, Content-Length said {n}",
-                body.len()
-            ));
-        }
+    if let Some(n) = expected
+        && n >= 0
+        && body.len() as u64 != n as u64
+    {
+        return Err(format!("body has {} bytes, Content-Length said {n}", body.len()));
     }
-    Ok(Fetched {
-        body,
-        last_modified,
-    })
+    Ok(Fetched { body, last_modified })
 }
 
 /// The error and its sources on one line: `a: b: c`.
@@ -248,10 +240,11 @@ where
             let msg = err.message().unwrap_or("");
             let hint = match (code, bucket) {
                 ("NoSuchBucket", Some(b)) => format!(": bucket '{b}' does not exist"),
-                ("InvalidAccessKeyId" | "SignatureDoesNotMatch", _) => {
-                    ": the credentials were rejected (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)"
-                        .to_owned()
-                }
+                (
+                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NotSignedUp" | "InvalidToken" | "ExpiredToken",
+                    _,
+                ) => ": the credentials were rejected (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)"
+                    .to_owned(),
                 ("AccessDenied", _) => ": access denied (check the credentials' permissions)".to_owned(),
                 ("PermanentRedirect" | "AuthorizationHeaderMalformed", _) => {
                     ": the bucket is in another region (set --region)".to_owned()

@@ -1,1 +1,8 @@
+//! The integration suite: one binary (ripgrep's layout), one module per theme. Every test
+//! runs the real `s3uring` binary against the embedded s3s endpoint on 127.0.0.1 through
+//! the real aws-sdk-s3 client, and checks real files.
 
+mod copy;
+mod errors;
+mod keys;
+mod util;

@@ -94,9 +94,7 @@ pub fn start(
     let (tx, rx) = async_channel::bounded(hand_off.max(1));
     let uring = match engine {
         IoEngine::Threads => None,
-        IoEngine::Uring => {
-            Some(uring::UringWriter::new().map_err(|e| format!("--io-engine uring: {e}"))?)
-        }
+        IoEngine::Uring => Some(uring::UringWriter::new().map_err(|e| format!("--io-engine uring: {e}"))?),
         IoEngine::Auto => match uring::UringWriter::new() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -179,13 +177,7 @@ impl DirCache {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| {
-            format!(
-                "cannot open DEST '{}': {}",
-                dest.display(),
-                io::Error::from(e)
-            )
-        })?;
+        .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
         Ok(DirCache {
             root: Arc::new(root),
             map: Mutex::new(HashMap::new()),
@@ -205,11 +197,7 @@ impl DirCache {
         self.get_locked(&mut map, rel)
     }
 
-    fn get_locked(
-        &self,
-        map: &mut HashMap<String, Arc<OwnedFd>>,
-        rel: &str,
-    ) -> Result<Arc<OwnedFd>, String> {
+    fn get_locked(&self, map: &mut HashMap<String, Arc<OwnedFd>>, rel: &str) -> Result<Arc<OwnedFd>, String> {
         if rel.is_empty() {
             return Ok(self.root.clone());
         }
@@ -218,7 +206,7 @@ impl DirCache {
         }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let parent_fd = self.get_locked(map, parent)?;
-        let fd = Arc::new(open_or_create_dir(&parent_fd, name).map_err(|e| dir_error(rel, e))?);
+        let fd = Arc::new(open_or_create_dir(&parent_fd, name).map_err(|e| dir_error(&parent_fd, name, rel, e))?);
         if map.len() >= self.cap {
             map.retain(|_, v| Arc::strong_count(v) > 1);
         }
@@ -235,14 +223,17 @@ fn dir_cache_cap() -> usize {
     ((soft / 2) as usize).clamp(16, 4096)
 }
 
-fn dir_error(rel: &str, e: Errno) -> String {
+fn dir_error(parent: &OwnedFd, name: &str, rel: &str, e: Errno) -> String {
+    // `O_NOFOLLOW | O_DIRECTORY` on a symlink answers ENOTDIR (or ELOOP): tell them apart.
+    let is_symlink = || {
+        rustix::fs::statat(parent.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
+    };
     match e {
-        Errno::LOOP => {
+        Errno::LOOP | Errno::NOTDIR if is_symlink() => {
             format!("cannot use directory '{rel}': it is a symbolic link; refusing to follow it")
         }
-        Errno::NOTDIR => format!(
-            "cannot create directory '{rel}': a file is in the way (another key is a file there)"
-        ),
+        Errno::NOTDIR => format!("cannot create directory '{rel}': a file is in the way (another key is a file there)"),
         e => io_reason("cannot create directory", rel, e.raw_os_error()),
     }
 }
@@ -283,13 +274,8 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<()
     let rel = job.target.rel_path();
     let tmp = tmp_name(seq.fetch_add(1, Ordering::Relaxed));
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(
-        dir.as_fd(),
-        tmp.as_c_str(),
-        flags,
-        Mode::from_raw_mode(0o666),
-    )
-    .map_err(|e| io_reason("cannot create a temporary file for", &rel, e.raw_os_error()))?;
+    let fd = rustix::fs::openat(dir.as_fd(), tmp.as_c_str(), flags, Mode::from_raw_mode(0o666))
+        .map_err(|e| io_reason("cannot create a temporary file for", &rel, e.raw_os_error()))?;
     let mut file = std::fs::File::from(fd);
     let result = file
         .write_all(&job.body)

@@ -209,11 +209,7 @@ impl Loop<'_> {
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
-                    ) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) => {}
                 Err(e) => {
                     // The ring itself is unusable: fail what is in flight rather than spin.
                     self.abort_all(&format!("io_uring_enter failed: {e}"));
@@ -234,16 +230,12 @@ impl Loop<'_> {
             Some(Ok(n)) => n,
             Some(Err(reason)) => return self.report.fail(&job.key, &reason),
             None => {
-                return self
-                    .report
-                    .fail(&job.key, "internal error: file job without a name");
+                return self.report.fail(&job.key, "internal error: file job without a name");
             }
         };
         let Some(slot) = self.free.pop() else {
             // Callers only start files while a slot is free.
-            return self
-                .report
-                .fail(&job.key, "internal error: no free file slot");
+            return self.report.fail(&job.key, "internal error: no free file slot");
         };
         self.seq += 1;
         let n_writes = job.body.len().div_ceil(MAX_WRITE);
@@ -269,9 +261,7 @@ impl Loop<'_> {
         let ud = |op: u64| (u64::from(slot) << 8) | op;
         let dirfd = types::Fd(e.dir.as_fd().as_raw_fd());
         let Ok(dest) = types::DestinationSlot::try_from_slot_target(slot) else {
-            return self
-                .report
-                .fail(&e.job.key, "internal error: bad file slot");
+            return self.report.fail(&e.job.key, "internal error: bad file slot");
         };
         let mut sqes = Vec::with_capacity(3 + n_writes);
         sqes.push(
@@ -298,11 +288,7 @@ impl Loop<'_> {
                 .flags(squeue::Flags::IO_HARDLINK)
                 .user_data(ud(OP_RENAME)),
         );
-        sqes.push(
-            opcode::Close::new(types::Fixed(slot))
-                .build()
-                .user_data(ud(OP_CLOSE)),
-        );
+        sqes.push(opcode::Close::new(types::Fixed(slot)).build().user_data(ud(OP_CLOSE)));
         self.push_chain(&sqes);
     }
 
@@ -317,10 +303,7 @@ impl Loop<'_> {
                 break;
             }
             if let Err(e) = self.ring.submit() {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
-                ) {
+                if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) {
                     tracing::warn!("io_uring submit failed: {e}");
                 }
                 // Make room by reaping what has completed.
@@ -356,20 +339,17 @@ impl Loop<'_> {
             match op {
                 OP_OPEN if res >= 0 => e.open_ok = true,
                 OP_OPEN => {
-                    e.err.get_or_insert_with(|| {
-                        io_reason("cannot create a temporary file for", &rel, -res)
-                    });
+                    e.err
+                        .get_or_insert_with(|| io_reason("cannot create a temporary file for", &rel, -res));
                 }
                 OP_WRITE if res >= 0 && (res as u64) < want => {
                     e.short_write = true;
-                    e.err.get_or_insert_with(|| {
-                        format!("short write to '{rel}': {res} of {want} bytes")
-                    });
+                    e.err
+                        .get_or_insert_with(|| format!("short write to '{rel}': {res} of {want} bytes"));
                 }
                 OP_RENAME if res == 0 => e.renamed = true,
                 OP_CLOSE if res < 0 && e.open_ok => {
-                    e.err
-                        .get_or_insert_with(|| io_reason("cannot close", &rel, -res));
+                    e.err.get_or_insert_with(|| io_reason("cannot close", &rel, -res));
                 }
                 _ if res < 0 && res != -libc::ECANCELED && op != OP_CLOSE => {
                     let what = if op == OP_WRITE {
@@ -401,11 +381,7 @@ impl Loop<'_> {
             return self.report.written(e.job.body.len() as u64);
         }
         if e.open_ok && !e.renamed {
-            let _ = rustix::fs::unlinkat(
-                e.dir.as_fd(),
-                e.tmp.as_c_str(),
-                rustix::fs::AtFlags::empty(),
-            );
+            let _ = rustix::fs::unlinkat(e.dir.as_fd(), e.tmp.as_c_str(), rustix::fs::AtFlags::empty());
         }
         if e.short_write && !e.renamed && e.attempt == 0 {
             self.retry.push_back((e.job, 1));

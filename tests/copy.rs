@@ -1,0 +1,161 @@
+//! Whole-tree copies: the destination equals the source byte for byte.
+
+use bytes::Bytes;
+
+use crate::util::*;
+
+/// Nested prefixes, empty objects, folder markers, 10,000 small objects and a few of 1–20 MiB.
+fn mixed_bucket() -> Vec<(String, Bytes)> {
+    let mut objs = Vec::new();
+    for i in 0..10_000usize {
+        let key = format!("small/d{:02}/e{:02}/obj-{i:05}.bin", i % 17, i % 5);
+        let size = (i * 37) % 9000;
+        objs.push((key.clone(), content(&key, size)));
+    }
+    for (key, size) in [
+        ("large/one.bin", 1 << 20),
+        ("large/five.bin", 5 << 20),
+        ("large/twenty.bin", 20 << 20),
+    ] {
+        objs.push((key.to_owned(), content(key, size)));
+    }
+    for key in ["empty.txt", "deep/a/b/c/d/e/empty"] {
+        objs.push((key.to_owned(), Bytes::new()));
+    }
+    for key in ["markers/", "markers/only-a-folder/", "deep/a/"] {
+        objs.push((key.to_owned(), Bytes::new()));
+    }
+    objs.push(("top-level.txt".to_owned(), Bytes::from_static(b"hello\n")));
+    objs
+}
+
+#[test]
+fn mixed_bucket_copies_byte_for_byte_with_each_engine() {
+    let objs = mixed_bucket();
+    let env = Env::new(vec![bucket("mixed", objs.clone())]);
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args(["--io-engine", engine, "s3://mixed"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "engine {engine}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("10006 files written, 3 directories, 0 skipped, 0 failed"),
+            "{err}"
+        );
+        let engine_name = if engine == "uring" { "io_uring" } else { "threads" };
+        assert!(err.contains(&format!("io engine: {engine_name}")), "{err}");
+        assert_same_tree(&read_tree(&scratch.dest()), &want);
+        assert!(scratch.outside_dest().is_empty());
+    }
+}
+
+#[test]
+fn a_prefix_copies_only_that_prefix_relative_to_it() {
+    let objs: Vec<(String, Bytes)> = [
+        "images/a.jpg",
+        "images/sub/b.jpg",
+        "images/",
+        "images2/c.jpg",
+        "other/d",
+        "imagesx",
+    ]
+    .iter()
+    .map(|k| {
+        (
+            k.to_string(),
+            if k.ends_with('/') {
+                Bytes::new()
+            } else {
+                content(k, 100)
+            },
+        )
+    })
+    .collect();
+    let env = Env::new(vec![bucket("bkt", objs.clone())]);
+    for source in ["s3://bkt/images", "s3://bkt/images/"] {
+        let scratch = Scratch::new();
+        let out = run(env.cmd().arg(source).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{source}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, "images/"));
+        assert!(read_tree(&scratch.dest()).contains_key("sub/b.jpg"));
+    }
+    // A nested prefix.
+    let scratch = Scratch::new();
+    let out = run(env.cmd().arg("s3://bkt/images/sub").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, "images/sub/"));
+}
+
+#[test]
+fn extreme_concurrency_settings_give_the_same_tree() {
+    let objs: Vec<(String, Bytes)> = (0..600)
+        .map(|i| format!("p{}/k{i:04}", i % 7))
+        .map(|k| (k.clone(), content(&k, 1000 + k.len())))
+        .collect();
+    let env = Env::new(vec![bucket("conc", objs.clone())]);
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        for (workers, queue) in [("1", "1"), ("2000", "10")] {
+            let scratch = Scratch::new();
+            let out = run(env
+                .cmd()
+                .args([
+                    "--workers",
+                    workers,
+                    "--queue",
+                    queue,
+                    "--io-engine",
+                    engine,
+                    "s3://conc",
+                ])
+                .arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{engine} {workers}/{queue}");
+            assert_same_tree(&read_tree(&scratch.dest()), &want);
+        }
+    }
+}
+
+#[test]
+fn anonymous_requests_read_a_public_bucket() {
+    let objs = vec![("pub/x.txt".to_owned(), content("pub/x.txt", 10))];
+    let env = Env::anonymous(vec![bucket("public", objs.clone())]);
+    let scratch = Scratch::new();
+    let out = run(env.cmd().arg("s3://public").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+}
+
+#[test]
+fn a_second_run_overwrites_in_place_and_leaves_no_temporaries() {
+    let objs: Vec<(String, Bytes)> = (0..50)
+        .map(|i| format!("k{i}"))
+        .map(|k| (k.clone(), content(&k, 64)))
+        .collect();
+    let env = Env::new(vec![bucket("rerun", objs.clone())]);
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(scratch.dest()).unwrap();
+    std::fs::write(scratch.dest().join("k1"), b"stale").unwrap();
+    for engine in engines() {
+        let out = run(env
+            .cmd()
+            .args(["--io-engine", engine, "s3://rerun"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+}
+
+#[test]
+fn quiet_prints_nothing_on_success() {
+    let objs = vec![("a".to_owned(), content("a", 10))];
+    let env = Env::new(vec![bucket("quiet", objs)]);
+    let scratch = Scratch::new();
+    let out = run(env.cmd().args(["-q", "s3://quiet"]).arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), "");
+    assert!(out.stdout.is_empty());
+}

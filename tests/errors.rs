@@ -1,0 +1,174 @@
+//! Bad input and broken surroundings: one clear line, the right exit code, nothing lost.
+
+use crate::util::*;
+
+fn small_env() -> Env {
+    Env::new(vec![bucket("there", vec![("k".to_owned(), content("k", 10))])])
+}
+
+fn assert_one_line_error(out: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code));
+    let err = stderr(out);
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("RUST_BACKTRACE"), "{err}");
+}
+
+#[test]
+fn a_missing_bucket_is_named() {
+    let env = small_env();
+    let scratch = Scratch::new();
+    let out = run(env.cmd().arg("s3://not-there").arg(scratch.dest()));
+    assert_one_line_error(&out, 2, "bucket 'not-there' does not exist");
+    assert_eq!(stderr(&out).lines().count(), 1);
+}
+
+#[test]
+fn wrong_credentials_are_rejected_clearly() {
+    let env = small_env();
+    let scratch = Scratch::new();
+    let out = run(env
+        .cmd()
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        .arg("s3://there")
+        .arg(scratch.dest()));
+    assert_one_line_error(&out, 2, "credentials were rejected");
+    let out = run(env
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", "nobody")
+        .arg("s3://there")
+        .arg(scratch.dest()));
+    assert_one_line_error(&out, 2, "credentials were rejected");
+    // Anonymous requests to a bucket that requires signing.
+    let out = run(env.cmd().arg("--no-sign-request").arg("s3://there").arg(scratch.dest()));
+    assert_one_line_error(&out, 2, "AccessDenied");
+}
+
+#[test]
+fn an_unreachable_endpoint_is_named() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let scratch = Scratch::new();
+    let out = run(bare_cmd()
+        .env("AWS_ACCESS_KEY_ID", AK)
+        .env("AWS_SECRET_ACCESS_KEY", SK)
+        .args(["--endpoint-url", &format!("http://127.0.0.1:{port}"), "s3://b"])
+        .arg(scratch.dest()));
+    assert_one_line_error(&out, 2, "cannot connect");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2_before_any_request() {
+    let scratch = Scratch::new();
+    let file = scratch.dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    // No endpoint exists at all: these must fail before trying one.
+    let url = ["--endpoint-url", "http://127.0.0.1:9"];
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["bucket/prefix".into(), "d".into()], "is not an s3:// URL"),
+        (vec!["s3://".into(), "d".into()], "has no bucket name"),
+        (
+            vec!["s3://b".into(), file.to_str().unwrap().into()],
+            "exists and is not a directory",
+        ),
+        (
+            vec!["--workers".into(), "0".into(), "s3://b".into(), "d".into()],
+            "--workers",
+        ),
+        (
+            vec!["--queue".into(), "0".into(), "s3://b".into(), "d".into()],
+            "--queue",
+        ),
+        (
+            vec!["--io-engine".into(), "magic".into(), "s3://b".into(), "d".into()],
+            "--io-engine",
+        ),
+        (
+            vec![
+                "--endpoint-url".into(),
+                "localhost:9000".into(),
+                "s3://b".into(),
+                "d".into(),
+            ],
+            "not an http",
+        ),
+        (vec!["s3://b".into()], "DEST"),
+    ];
+    for (args, needle) in cases {
+        let mut c = bare_cmd();
+        c.current_dir(scratch.dir.path());
+        if !args.contains(&"--endpoint-url".to_owned()) {
+            c.args(url);
+        }
+        let out = run(c.args(&args));
+        assert_one_line_error(&out, 2, needle);
+    }
+    assert!(!scratch.dir.path().join("d").exists(), "a usage error created DEST");
+}
+
+#[test]
+fn a_read_only_dest_fails_each_key_with_the_cause() {
+    let env = Env::new(vec![bucket(
+        "read-only",
+        (0..20)
+            .map(|i| format!("d/k{i}"))
+            .map(|k| (k.clone(), content(&k, 10)))
+            .collect(),
+    )]);
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    std::fs::create_dir_all(&dest).unwrap();
+    let Some(_mount) = Mount::tmpfs(&dest, "ro,size=1m") else {
+        eprintln!("SKIPPED: cannot mount a read-only tmpfs here (needs root and mount permission)");
+        return;
+    };
+    for engine in engines() {
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://read-only"]).arg(&dest));
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains("read-only file system"), "{err}");
+        assert!(err.contains("'d'"), "the path is named: {err}");
+        assert!(err.contains("20 failed"), "{err}");
+    }
+}
+
+/// A tmpfs too small for the bucket: the files that fit are complete, the others fail with
+/// "no space left on device", no partial file has a final name, no temporary is left.
+#[test]
+fn a_full_disk_fails_files_cleanly_and_leaves_no_partial_file() {
+    let objs: Vec<(String, bytes::Bytes)> = (0..40)
+        .map(|i| format!("f{i:02}"))
+        .map(|k| (k.clone(), content(&k, 100 * 1024)))
+        .collect();
+    let env = Env::new(vec![bucket("full-disk", objs.clone())]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(&dest).unwrap();
+        let Some(_mount) = Mount::tmpfs(&dest, "size=1m") else {
+            eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root and mount permission)");
+            return;
+        };
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://full-disk"]).arg(&dest));
+        let tree = read_tree(&dest);
+        assert_eq!(out.status.code(), Some(1), "{engine}");
+        let err = stderr(&out);
+        assert!(err.contains("no space left on device"), "{err}");
+        let written = tree.len();
+        assert!(written > 0 && written < objs.len(), "{written} files fit");
+        assert!(err.contains(&format!("{} failed", objs.len() - written)), "{err}");
+        for (path, data) in &tree {
+            assert!(!path.starts_with(".s3uring-tmp."), "temporary left: {path}");
+            assert_eq!(
+                data.as_deref(),
+                Some(&content(path, 100 * 1024)[..]),
+                "{path} is partial"
+            );
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Keys that are awkward (copied exactly) and keys that are hostile (refused, with nothing
+//! written outside DEST and the rest of the bucket copied).
+
+use bytes::Bytes;
+
+use crate::util::*;
+
+#[test]
+fn unusual_keys_are_copied_exactly() {
+    let long = "L".repeat(255);
+    let keys = [
+        "with space/file name.txt".to_owned(),
+        "ünïcødé/日本語/файл.txt".to_owned(),
+        "plus+sign=equals".to_owned(),
+        "percent%20not-decoded%2F".to_owned(),
+        "hash#frag".to_owned(),
+        "question?x=1&y=2".to_owned(),
+        "semi;colon,comma'quote\"dq".to_owned(),
+        "tilde~star*paren(1)[2]{3}".to_owned(),
+        "...three-dots".to_owned(),
+        ".hidden/.also".to_owned(),
+        format!("d/{long}"),
+        format!("{long}/{long}"),
+        "emoji-😀/x".to_owned(),
+    ];
+    let objs: Vec<(String, Bytes)> = keys.iter().map(|k| (k.clone(), content(k, 333))).collect();
+    let env = Env::new(vec![bucket("unusual", objs.clone())]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args(["--io-engine", engine, "s3://unusual"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engine}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+}
+
+#[test]
+fn hostile_keys_are_refused_and_nothing_escapes_dest() {
+    let hostile = [
+        "../x".to_owned(),
+        "a/../../x".to_owned(),
+        "/abs".to_owned(),
+        "a//b".to_owned(),
+        ".".to_owned(),
+        "./dot".to_owned(),
+        "dir/..".to_owned(),
+        "x".repeat(256),
+        format!("ok/{}", "y".repeat(256)),
+        ".s3uring-tmp.1.1".to_owned(),
+    ];
+    let good = ["fine/one.txt", "fine/two.txt", "top.txt"];
+    let mut objs: Vec<(String, Bytes)> = hostile.iter().map(|k| (k.clone(), content(k, 17))).collect();
+    objs.extend(good.iter().map(|k| (k.to_string(), content(k, 17))));
+    let env = Env::new(vec![bucket("hostile", objs.clone())]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args(["--io-engine", engine, "s3://hostile"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{engine}");
+        let err = stderr(&out);
+        for k in &hostile {
+            let shown = if k.len() > 200 { &k[..100] } else { k.as_str() };
+            assert!(err.contains(&format!("failed '{shown}")), "{k} not reported in {err}");
+        }
+        assert!(err.contains("unsafe key"), "{err}");
+        assert!(err.contains(&format!("{} failed", hostile.len())), "{err}");
+        let good_objs: Vec<_> = objs
+            .iter()
+            .filter(|(k, _)| good.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&good_objs, ""));
+        assert!(scratch.outside_dest().is_empty(), "{:?}", scratch.outside_dest());
+    }
+}
+
+#[test]
+fn a_file_and_a_directory_of_the_same_name_fail_clearly() {
+    // Sorted listing order puts "a" before "a/b"; both orders are raced by the writer.
+    let objs: Vec<(String, Bytes)> = ["a", "a/b", "c/d", "c", "ok"]
+        .iter()
+        .map(|k| (k.to_string(), content(k, 40)))
+        .collect();
+    let env = Env::new(vec![bucket("clash", objs.clone())]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args(["--io-engine", engine, "--workers", "1", "s3://clash"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{engine}");
+        let err = stderr(&out);
+        assert!(err.contains("2 failed"), "{err}");
+        assert!(err.contains("is in the way"), "{err}");
+        let tree = read_tree(&scratch.dest());
+        // Exactly one of each pair landed, complete; the other failed; never overwritten.
+        for (file, nested) in [("a", "a/b"), ("c", "c/d")] {
+            let as_file = tree.get(file) == Some(&Some(content(file, 40).to_vec()));
+            let as_dir = tree.get(nested) == Some(&Some(content(nested, 40).to_vec()));
+            assert!(as_file ^ as_dir, "{file} vs {nested}: {tree:?}");
+        }
+        assert_eq!(tree.get("ok"), Some(&Some(content("ok", 40).to_vec())));
+    }
+}
+
+#[test]
+fn symlinks_already_in_dest_are_never_followed() {
+    let objs: Vec<(String, Bytes)> = ["link/escape.txt", "filelink", "deep/link/x", "plain"]
+        .iter()
+        .map(|k| (k.to_string(), content(k, 21)))
+        .collect();
+    let env = Env::new(vec![bucket("symlinks", objs.clone())]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let outside = scratch.dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"original").unwrap();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(dest.join("deep")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("deep/link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), dest.join("filelink")).unwrap();
+
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://symlinks"]).arg(&dest));
+        assert_eq!(out.status.code(), Some(1), "{engine}");
+        let err = stderr(&out);
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(err.contains("2 failed"), "{err}");
+        // Nothing was written through the links.
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"original");
+        // The final-name symlink was replaced by the object, not followed.
+        let meta = std::fs::symlink_metadata(dest.join("filelink")).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(
+            std::fs::read(dest.join("filelink")).unwrap(),
+            content("filelink", 21).to_vec()
+        );
+        assert_eq!(
+            std::fs::read(dest.join("plain")).unwrap(),
+            content("plain", 21).to_vec()
+        );
+    }
+}

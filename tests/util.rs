@@ -1,0 +1,266 @@
+//! Test helpers: an embedded endpoint on 127.0.0.1, the real `s3uring` binary run against it
+//! through the real aws-sdk-s3 client, and tree comparison.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bytes::Bytes;
+use s3uring::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig};
+
+pub const AK: &str = "test-access-key";
+pub const SK: &str = "test-secret-key";
+
+/// The io engines to run a test body over. `uring` is left out, with a message, where
+/// io_uring is unavailable.
+pub fn engines() -> Vec<&'static str> {
+    match s3uring::writer::uring::available() {
+        Ok(()) => vec!["uring", "threads"],
+        Err(why) => {
+            eprintln!("io_uring unavailable here ({why}): testing the threads engine only");
+            vec!["threads"]
+        }
+    }
+}
+
+/// A running endpoint with its own runtime; the binary is run against it.
+pub struct Env {
+    rt: tokio::runtime::Runtime,
+    endpoint: Option<Endpoint>,
+    pub url: String,
+    pub signed: bool,
+}
+
+impl Env {
+    /// An endpoint requiring SigV4 with [`AK`]/[`SK`].
+    pub fn new(buckets: Vec<BucketSpec>) -> Env {
+        Env::start(buckets, true)
+    }
+
+    /// An endpoint serving anonymous requests.
+    pub fn anonymous(buckets: Vec<BucketSpec>) -> Env {
+        Env::start(buckets, false)
+    }
+
+    fn start(buckets: Vec<BucketSpec>, signed: bool) -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let credentials = signed.then(|| (AK.to_owned(), SK.to_owned()));
+        let endpoint = rt
+            .block_on(Endpoint::start(EndpointConfig {
+                buckets,
+                credentials,
+                ..Default::default()
+            }))
+            .unwrap();
+        let url = endpoint.url();
+        Env {
+            rt,
+            endpoint: Some(endpoint),
+            url,
+            signed,
+        }
+    }
+
+    /// `s3uring --endpoint-url URL` with credentials in the environment and nothing else
+    /// of the machine's AWS configuration.
+    pub fn cmd(&self) -> Command {
+        let mut c = bare_cmd();
+        c.arg("--endpoint-url").arg(&self.url);
+        if self.signed {
+            c.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+        } else {
+            c.arg("--no-sign-request");
+        }
+        c
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _guard = self.rt.enter();
+        self.endpoint.take();
+    }
+}
+
+/// The binary with a clean AWS environment: no profile files, no IMDS, a fixed region.
+pub fn bare_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_s3uring"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs and captures; prints stderr so a failing test shows what the tool said.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn s3uring");
+    eprintln!(
+        "--- {:?} exited {:?}\n{}",
+        cmd.get_args().collect::<Vec<_>>(),
+        out.status.code(),
+        stderr(&out)
+    );
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn bucket(name: &str, objects: Vec<(String, Bytes)>) -> BucketSpec {
+    BucketSpec {
+        name: name.to_owned(),
+        contents: Contents::Objects(objects),
+    }
+}
+
+/// Deterministic content for test objects.
+pub fn content(key: &str, size: usize) -> Bytes {
+    Bytes::from(s3uring::endpoint::generated_content(key, size as u64))
+}
+
+/// A directory tree: relative path → `Some(bytes)` for a file, `None` for a directory.
+pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
+/// Reads a whole tree (without following symlinks; a symlink is an error).
+pub fn read_tree(root: &Path) -> Tree {
+    let mut tree = Tree::new();
+    walk(root, root, &mut tree);
+    tree
+}
+
+fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+        let ft = entry.file_type().unwrap();
+        if ft.is_dir() {
+            tree.insert(rel, None);
+            walk(root, &path, tree);
+        } else if ft.is_file() {
+            tree.insert(rel, Some(std::fs::read(&path).unwrap()));
+        } else {
+            panic!("unexpected file type at {}", path.display());
+        }
+    }
+}
+
+/// The tree a bucket's objects should produce under DEST (keys relative to `prefix`).
+pub fn expected_tree(objects: &[(String, Bytes)], prefix: &str) -> Tree {
+    let mut tree = Tree::new();
+    for (key, data) in objects {
+        let Some(rel) = key.strip_prefix(prefix) else { continue };
+        if rel.is_empty() {
+            continue;
+        }
+        let (path, is_dir) = match rel.strip_suffix('/') {
+            Some(p) => (p, true),
+            None => (rel, false),
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        for i in 1..parts.len() {
+            tree.insert(parts[..i].join("/"), None);
+        }
+        tree.insert(path.to_owned(), if is_dir { None } else { Some(data.to_vec()) });
+    }
+    tree
+}
+
+/// Compares trees and reports the first differences by path (not megabytes of bytes).
+pub fn assert_same_tree(got: &Tree, want: &Tree) {
+    let mut diffs = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => diffs.push(format!("missing: {k}")),
+            Some(g) if g != v => diffs.push(format!("differs: {k}")),
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        if !want.contains_key(k) {
+            diffs.push(format!("unexpected: {k}"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences, first: {:?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+}
+
+/// A fresh temporary directory; `dest()` is a not-yet-existing directory inside it, so
+/// tests can also check that nothing appeared beside DEST.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn dest(&self) -> PathBuf {
+        self.dir.path().join("dest")
+    }
+
+    /// Everything in the scratch dir except DEST.
+    pub fn outside_dest(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "dest")
+            .collect()
+    }
+}
+
+/// A tmpfs mounted for a test, unmounted on drop (also when the test fails). `None` where
+/// mounting is not permitted (not root, no CAP_SYS_ADMIN): the caller skips with a message.
+pub struct Mount {
+    path: PathBuf,
+}
+
+impl Mount {
+    pub fn tmpfs(path: &Path, options: &str) -> Option<Mount> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount { path: path.to_owned() })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // An exited process's io_uring is torn down asynchronously by the kernel, so the
+        // mount can stay busy for a moment: retry, then detach lazily.
+        for _ in 0..40 {
+            let ok = std::process::Command::new("umount")
+                .arg(&self.path)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
