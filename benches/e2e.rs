@@ -1,11 +1,13 @@
 //! End-to-end benchmark: the real `s3uring` binary restoring generated objects from the
 //! embedded endpoint (`s3uring serve`, a separate process, so client and server CPU are
 //! measured apart) into tmpfs and into a disk directory, with each io engine, repeated and
-//! interleaved so that drift on a shared machine hits every configuration alike.
+//! interleaved so that drift on a shared machine hits every configuration alike. The
+//! `bare-loop` engine is the file system's floor, without S3: this process creating the
+//! same tree with plain syscalls on one thread (temporary name, write, rename).
 //!
 //! ```text
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
-//!     [--engines uring,threads] [--dests /dev/shm,target/bench-disk] [--workers 128] [--queue 4096]
+//!     [--engines uring,threads,bare-loop] [--dests /dev/shm,target/bench-disk] [--workers 256] [--queue 4096]
 //!     [--latency-ms 0]
 //!     [--out bench-results/DATE-MACHINE]
 //! ```
@@ -13,6 +15,10 @@
 //! Writes `raw.csv` (one row per run) and `summary.md` (medians, and the ratio of each
 //! engine against `threads` on the same destination, measured in the same run).
 
+#[path = "common.rs"]
+mod common;
+
+use common::{bare_loop, median, proc_cpu, self_cpu, sh};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,9 +42,9 @@ fn parse_opts() -> Opts {
         objects: 20_000,
         size: 4096,
         repeat: 5,
-        engines: vec!["uring".into(), "threads".into()],
+        engines: vec!["uring".into(), "threads".into(), "bare-loop".into()],
         dests: vec![PathBuf::from("/dev/shm"), PathBuf::from("target/bench-disk")],
-        workers: "128".into(),
+        workers: "256".into(),
         queue: "4096".into(),
         latency_ms: "0".into(),
         out: None,
@@ -68,21 +74,9 @@ fn parse_opts() -> Opts {
     o
 }
 
-fn sh(cmd: &str) -> String {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// CPU seconds (user+sys) of another process, from /proc.
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(i) = stat.rfind(')') else { return 0.0 };
-    let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-    let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
+/// Where this bench process puts its runs under a destination base.
+fn scratch(base: &Path) -> PathBuf {
+    base.join(format!("s3uring-bench-{}", std::process::id()))
 }
 
 struct Server {
@@ -143,11 +137,6 @@ fn parse_summary(stderr: &str) -> (f64, f64) {
     (num_before(" µs/object"), num_before(" MiB"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
-
 fn main() {
     let o = parse_opts();
     let bin = env!("CARGO_BIN_EXE_s3uring");
@@ -171,9 +160,32 @@ fn main() {
     for rep in 0..o.repeat {
         for dest_base in &o.dests {
             for engine in &o.engines {
-                std::fs::create_dir_all(dest_base).expect("create dest base");
-                let dest = dest_base.join(format!("s3uring-bench-{}", std::process::id()));
-                let _ = std::fs::remove_dir_all(&dest);
+                // A fresh directory per run, all removed at the end: deleting a tree between
+                // runs makes ext4's inode allocator crawl over "recently deleted" inodes in
+                // the next run, which would measure the previous run's cleanup.
+                let dest = scratch(dest_base).join(format!("{rep}-{engine}"));
+                if engine == "bare-loop" {
+                    let t = Instant::now();
+                    let cpu0 = self_cpu();
+                    bare_loop(&dest, o.objects, o.size);
+                    let secs = t.elapsed().as_secs_f64();
+                    let row = Row {
+                        rep,
+                        dest: dest_base.display().to_string(),
+                        engine: engine.clone(),
+                        secs,
+                        objects_per_sec: o.objects as f64 / secs,
+                        client_cpu_us: (self_cpu() - cpu0) * 1e6 / o.objects as f64,
+                        server_cpu_us: 0.0,
+                        peak_rss_mib: 0.0,
+                    };
+                    eprintln!(
+                        "rep {rep} {:<20} {:<9} {:>8.0} files/s",
+                        row.dest, row.engine, row.objects_per_sec
+                    );
+                    rows.push(row);
+                    continue;
+                }
                 let cpu0 = proc_cpu(server.child.id());
                 let t = Instant::now();
                 let res = Command::new(bin)
@@ -206,11 +218,13 @@ fn main() {
                     row.dest, row.engine, row.objects_per_sec, row.client_cpu_us, row.server_cpu_us, row.peak_rss_mib
                 );
                 rows.push(row);
-                let _ = std::fs::remove_dir_all(&dest);
             }
         }
     }
     let _ = server.child.kill();
+    for d in &o.dests {
+        let _ = std::fs::remove_dir_all(scratch(d));
+    }
     write_results(&out, &o, &rows, &date, &machine);
 }
 
@@ -230,13 +244,13 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     for r in rows {
         groups.entry((r.dest.clone(), r.engine.clone())).or_default().push(r);
     }
-    let fs_type = |d: &str| sh(&format!("stat -f -c %T {d}"));
+    let fs_type = |d: &str| sh(&format!("findmnt -no FSTYPE -T {d} | head -1"));
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency\n\n\
          - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}`\n\
          - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\n\
-         | dest (fs) | engine | runs | median objects/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | dest (fs) | engine | runs | median objects/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         o.objects,
         o.size,
         o.latency_ms,
@@ -251,17 +265,21 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     );
     for ((dest, engine), rs) in &groups {
         let ops = median(rs.iter().map(|r| r.objects_per_sec).collect());
-        let base = groups
-            .get(&(dest.clone(), "threads".to_owned()))
-            .map(|b| median(b.iter().map(|r| r.objects_per_sec).collect()));
+        let median_of = |engine: &str| {
+            groups
+                .get(&(dest.clone(), engine.to_owned()))
+                .map(|b| median(b.iter().map(|r| r.objects_per_sec).collect()))
+        };
+        let ratio = |base: Option<f64>| base.map_or("-".to_owned(), |b| format!("{:.2}×", ops / b.max(1.0)));
         md += &format!(
-            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
             fs_type(dest),
             rs.len(),
             median(rs.iter().map(|r| r.client_cpu_us).collect()),
             median(rs.iter().map(|r| r.server_cpu_us).collect()),
             median(rs.iter().map(|r| r.peak_rss_mib).collect()),
-            base.map_or("-".to_owned(), |b| format!("{:.2}×", ops / b.max(1.0)))
+            ratio(median_of("threads")),
+            ratio(median_of("bare-loop")),
         );
     }
     std::fs::write(out.join("summary.md"), &md).expect("write summary.md");

@@ -125,7 +125,7 @@ impl Config {
 }
 
 /// Default `--workers`: see the README's tuning section and `bench-results/`.
-pub const DEFAULT_WORKERS: usize = 128;
+pub const DEFAULT_WORKERS: usize = 256;
 /// Default `--queue`.
 pub const DEFAULT_QUEUE: usize = 4096;
 /// Default `--io-threads`.

@@ -55,9 +55,13 @@ struct Listed {
 pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
     let started = Instant::now();
     prepare_dest(cfg)?;
-    let hand_off = cfg.workers.clamp(64, 4096);
-    let writer =
-        writer::start(cfg.io_engine, &cfg.dest, cfg.io_threads, hand_off, report.clone()).map_err(Fatal::Setup)?;
+    let writer_options = writer::WriterOptions {
+        engine: cfg.io_engine,
+        io_threads: cfg.io_threads,
+        hand_off: cfg.workers.clamp(64, 4096),
+        files_per_submit: usize::MAX,
+    };
+    let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
     let client = s3::client(&cfg.s3).await;
 

@@ -184,6 +184,15 @@ impl Summary {
             self.mib_per_sec(),
             self.engine
         );
+        if let (Some(cpu), Some(per)) = (self.cpu, self.cpu_us_per_object()) {
+            let _ = writeln!(
+                s,
+                "CPU {:.2} s user + {:.2} s sys = {per:.0} µs/object, peak RSS {:.0} MiB",
+                cpu.user.as_secs_f64(),
+                cpu.sys.as_secs_f64(),
+                cpu.peak_rss as f64 / (1 << 20) as f64
+            );
+        }
         if self.listing_incomplete {
             let _ = writeln!(s, "listing stopped early: keys after the failure were not copied");
         }
@@ -243,5 +252,14 @@ mod tests {
         assert!(!s.success());
         assert_eq!(s.first_failures, vec![("k".to_owned(), "why".to_owned())]);
         assert!(s.render().contains("1 failed"));
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    #[test]
+    fn process_cpu_reads_proc() {
+        let cpu = super::ProcessCpu::now().expect("/proc/self readable");
+        assert!(cpu.peak_rss > 0);
     }
 }

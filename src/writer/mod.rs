@@ -82,20 +82,28 @@ impl Writer {
     }
 }
 
-/// Opens DEST and starts the chosen engine. `hand_off` bounds the jobs waiting for it.
-pub fn start(
-    engine: IoEngine,
-    dest: &Path,
-    io_threads: usize,
-    hand_off: usize,
-    report: Arc<Report>,
-) -> Result<Writer, String> {
+/// How to run a writer.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub engine: IoEngine,
+    /// Threads of the `threads` engine.
+    pub io_threads: usize,
+    /// Jobs waiting for the writer, at most.
+    pub hand_off: usize,
+    /// `uring`: new files started per `io_uring_enter`, at most (`usize::MAX`: all that are
+    /// ready). 1 reproduces one-file-per-submit, for measuring what batching buys.
+    pub files_per_submit: usize,
+}
+
+/// Opens DEST and starts the chosen engine.
+pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<Writer, String> {
     let dirs = Arc::new(DirCache::open(dest)?);
-    let (tx, rx) = async_channel::bounded(hand_off.max(1));
-    let uring = match engine {
+    let (tx, rx) = async_channel::bounded(opts.hand_off.max(1));
+    let new_ring = || uring::UringWriter::new().map(|w| w.files_per_submit(opts.files_per_submit));
+    let uring = match opts.engine {
         IoEngine::Threads => None,
-        IoEngine::Uring => Some(uring::UringWriter::new().map_err(|e| format!("--io-engine uring: {e}"))?),
-        IoEngine::Auto => match uring::UringWriter::new() {
+        IoEngine::Uring => Some(new_ring().map_err(|e| format!("--io-engine uring: {e}"))?),
+        IoEngine::Auto => match new_ring() {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("io_uring is unavailable ({e}); using the thread-pool writer");
@@ -116,7 +124,7 @@ pub fn start(
     }
     let seq = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
-    for i in 0..io_threads.max(1) {
+    for i in 0..opts.io_threads.max(1) {
         let (rx, dirs, report, seq) = (rx.clone(), dirs.clone(), report.clone(), seq.clone());
         let t = std::thread::Builder::new()
             .name(format!("s3uring-io-{i}"))

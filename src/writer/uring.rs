@@ -60,6 +60,7 @@ const OP_CLOSE: u64 = 3;
 /// A ring that passed the probe, ready to run on its own thread.
 pub struct UringWriter {
     ring: IoUring,
+    files_per_submit: usize,
 }
 
 /// Whether io_uring can be used here, and why not.
@@ -102,7 +103,16 @@ impl UringWriter {
         // Best effort: older kernels lack the call, and the defaults still work.
         let mut max = [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS];
         let _ = submitter.register_iowq_max_workers(&mut max);
-        Ok(UringWriter { ring })
+        Ok(UringWriter {
+            ring,
+            files_per_submit: usize::MAX,
+        })
+    }
+
+    /// Starts at most `n` new files per `io_uring_enter` (see `WriterOptions`).
+    pub fn files_per_submit(mut self, n: usize) -> UringWriter {
+        self.files_per_submit = n.max(1);
+        self
     }
 
     /// Writes every job received until the channel closes and the last file completes.
@@ -115,6 +125,7 @@ impl UringWriter {
             seq: 0,
             retry: VecDeque::new(),
             broken: None,
+            files_per_submit: self.files_per_submit,
             dirs,
             report,
         };
@@ -149,6 +160,7 @@ struct Loop<'a> {
     retry: VecDeque<(FileJob, u8)>,
     /// Set when io_uring_enter itself fails: every later job fails with this reason.
     broken: Option<String>,
+    files_per_submit: usize,
     dirs: &'a DirCache,
     report: &'a Report,
 }
@@ -169,7 +181,9 @@ impl Loop<'_> {
             }
             // Take everything that is ready (block only when nothing is in flight), so one
             // enter carries as many chains as possible.
-            while !self.free.is_empty() {
+            let mut started = 0;
+            while !self.free.is_empty() && started < self.files_per_submit {
+                started += 1;
                 let job = if let Some((job, attempt)) = self.retry.pop_front() {
                     self.start(job, attempt);
                     continue;

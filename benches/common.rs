@@ -1,0 +1,57 @@
+//! Helpers shared by the benches.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+pub fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// CPU seconds (user+sys) of another process, from /proc.
+pub fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(i) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+    let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// This process's CPU seconds.
+pub fn self_cpu() -> f64 {
+    proc_cpu(std::process::id())
+}
+
+/// The floor a copier is measured against on a file system: one thread creating the same
+/// tree with plain syscalls (temporary name, write, rename, close), in listing order.
+pub fn bare_loop(dest: &Path, objects: u64, size: u64) {
+    use std::io::Write;
+    let data = vec![7u8; size as usize];
+    let mut keys: Vec<String> = (0..objects).map(|i| format!("p{:04}/obj{i:08}", i % 100)).collect();
+    keys.sort();
+    for (n, key) in keys.iter().enumerate() {
+        let path = dest.join(key);
+        let dir = path.parent().expect("key has a directory");
+        if n == 0 || !dir.exists() {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        let tmp = dir.join(format!(".tmp.{n}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .expect("create");
+        f.write_all(&data).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+}
+
+/// The median (upper middle for even counts).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}

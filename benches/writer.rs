@@ -1,0 +1,149 @@
+//! Writer-only benchmark: in-memory bodies fed straight into each writer, no network, so the
+//! numbers are the cost of putting files on disk — what the io engine choice decides.
+//!
+//! ```text
+//! cargo bench --bench writer -- [--files 20000] [--size 4096] [--repeat 5]
+//!     [--dests /dev/shm,target/bench-disk] [--out bench-results/DATE-MACHINE-writer]
+//! ```
+//!
+//! Configurations, interleaved in every repetition:
+//! - `uring`: the ring writer, as many files per `io_uring_enter` as are ready;
+//! - `uring-1`: the same ring, one new file per `io_uring_enter` — what an API with one
+//!   round trip per operation (tokio-uring) cannot do better than;
+//! - `threads-16`, `threads-1`: the portable engine;
+//! - `bare-loop`: one thread, plain syscalls, no writer at all (the file system's floor).
+
+#[path = "common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::{bare_loop, median, self_cpu, sh};
+use s3uring::config::IoEngine;
+use s3uring::report::Report;
+use s3uring::writer::{self, FileJob, Job, WriterOptions};
+
+const CONFIGS: &[&str] = &["uring", "uring-1", "threads-16", "threads-1", "bare-loop"];
+
+fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
+    let (engine, threads, per_submit) = match config {
+        "uring" => (IoEngine::Uring, 1, usize::MAX),
+        "uring-1" => (IoEngine::Uring, 1, 1),
+        "threads-16" => (IoEngine::Threads, 16, usize::MAX),
+        "threads-1" => (IoEngine::Threads, 1, usize::MAX),
+        _ => unreachable!(),
+    };
+    std::fs::create_dir_all(dest).expect("create dest");
+    let report = Arc::new(Report::silent());
+    let opts = WriterOptions {
+        engine,
+        io_threads: threads,
+        hand_off: 1024,
+        files_per_submit: per_submit,
+    };
+    let w = writer::start(&opts, dest, report.clone()).expect("start writer");
+    let body = Bytes::from(vec![7u8; size as usize]);
+    let mut keys: Vec<String> = (0..files).map(|i| format!("p{:04}/obj{i:08}", i % 100)).collect();
+    keys.sort();
+    for key in keys {
+        let target = s3uring::keymap::map_key(&key).expect("valid key");
+        let job = Job::File(FileJob {
+            key,
+            target,
+            body: body.clone(),
+            permit: None,
+        });
+        w.jobs.send_blocking(job).expect("writer alive");
+    }
+    w.finish().expect("writer finished");
+    let s = report.summary(std::time::Duration::ZERO, "");
+    assert_eq!((s.written, s.failed), (files, 0), "{config}: {:?}", s.first_failures);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or(default.to_owned())
+    };
+    let files: u64 = arg("--files", "20000").parse().expect("--files N");
+    let size: u64 = arg("--size", "4096").parse().expect("--size BYTES");
+    let repeat: usize = arg("--repeat", "5").parse().expect("--repeat N");
+    let dests: Vec<PathBuf> = arg("--dests", "/dev/shm,target/bench-disk")
+        .split(',')
+        .map(PathBuf::from)
+        .collect();
+    let date = sh("date -u +%Y-%m-%d");
+    let out = PathBuf::from(arg(
+        "--out",
+        &format!("bench-results/{date}-{}core-writer", sh("nproc")),
+    ));
+    std::fs::create_dir_all(&out).expect("create output dir");
+    if let Err(why) = s3uring::writer::uring::available() {
+        eprintln!("io_uring unavailable ({why}): nothing to compare");
+        return;
+    }
+
+    let mut csv = String::from("rep,dest,config,seconds,files_per_sec,cpu_us_per_file\n");
+    let mut groups: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for rep in 0..repeat {
+        for base in &dests {
+            for config in CONFIGS {
+                // A fresh directory per run, all removed at the end (see the e2e bench).
+                let dest = base.join(format!("s3uring-writer-bench-{}/{rep}-{config}", std::process::id()));
+                let (t, cpu0) = (Instant::now(), self_cpu());
+                if *config == "bare-loop" {
+                    bare_loop(&dest, files, size);
+                } else {
+                    run_writer(config, &dest, files, size);
+                }
+                let secs = t.elapsed().as_secs_f64();
+                let cpu_us = (self_cpu() - cpu0) * 1e6 / files as f64;
+                let fps = files as f64 / secs;
+                eprintln!(
+                    "rep {rep} {:<20} {config:<10} {fps:>8.0} files/s {cpu_us:>6.1} µs CPU/file",
+                    base.display()
+                );
+                csv += &format!("{rep},{},{config},{secs:.3},{fps:.0},{cpu_us:.1}\n", base.display());
+                groups
+                    .entry((base.display().to_string(), config.to_string()))
+                    .or_default()
+                    .push((fps, cpu_us));
+            }
+        }
+    }
+    for base in &dests {
+        let _ = std::fs::remove_dir_all(base.join(format!("s3uring-writer-bench-{}", std::process::id())));
+    }
+    std::fs::write(out.join("raw.csv"), csv).expect("write raw.csv");
+    let mut md = format!(
+        "# Writers alone: {files} files × {size} bytes, in-memory bodies\n\n- date: {date}\n- machine: {} cores ({}), kernel {}\n\
+         - command: `cargo bench --bench writer -- --files {files} --size {size} --repeat {repeat}`\n\n\
+         | dest (fs) | config | runs | median files/s | median CPU µs/file | files/s vs threads-16 |\n|---|---|---|---|---|---|\n",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        sh("uname -r")
+    );
+    for ((dest, config), v) in &groups {
+        let fps = median(v.iter().map(|x| x.0).collect());
+        let base = groups
+            .get(&(dest.clone(), "threads-16".to_owned()))
+            .map(|b| median(b.iter().map(|x| x.0).collect()));
+        md += &format!(
+            "| {dest} ({}) | {config} | {} | {fps:.0} | {:.1} | {} |\n",
+            sh(&format!("findmnt -no FSTYPE -T {dest} | head -1")),
+            v.len(),
+            median(v.iter().map(|x| x.1).collect()),
+            base.map_or("-".to_owned(), |b| format!("{:.2}×", fps / b.max(1.0)))
+        );
+    }
+    std::fs::write(out.join("summary.md"), &md).expect("write summary.md");
+    println!("{md}");
+}
