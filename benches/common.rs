@@ -40,11 +40,7 @@ pub fn bare_loop(dest: &Path, objects: u64, size: u64) {
             std::fs::create_dir_all(dir).expect("mkdir");
         }
         let tmp = dir.join(format!(".tmp.{n}"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .expect("create");
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).expect("create");
         f.write_all(&data).expect("write");
         std::fs::rename(&tmp, &path).expect("rename");
     }

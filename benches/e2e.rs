@@ -87,14 +87,7 @@ struct Server {
 fn start_server(bin: &str, o: &Opts) -> Server {
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "bench"])
-        .args([
-            "--objects",
-            &o.objects.to_string(),
-            "--size",
-            &o.size.to_string(),
-            "--prefixes",
-            "100",
-        ])
+        .args(["--objects", &o.objects.to_string(), "--size", &o.size.to_string(), "--prefixes", "100"])
         .args(["--latency-ms", &o.latency_ms])
         .stdout(Stdio::piped())
         .spawn()
@@ -128,11 +121,7 @@ struct Row {
 fn parse_summary(stderr: &str) -> (f64, f64) {
     let line = stderr.lines().find(|l| l.starts_with("CPU ")).unwrap_or_default();
     let num_before = |pat: &str| -> f64 {
-        line.split(pat)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        line.split(pat).next().and_then(|s| s.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
     };
     (num_before(" µs/object"), num_before(" MiB"))
 }
@@ -143,18 +132,9 @@ fn main() {
     let mut server = start_server(bin, &o);
     let date = sh("date -u +%Y-%m-%d");
     let machine = format!("{}core-{}", sh("nproc"), sh("uname -r"));
-    let out = o
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-e2e", sh("nproc"))));
+    let out = o.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-e2e", sh("nproc"))));
     std::fs::create_dir_all(&out).expect("create output dir");
-    eprintln!(
-        "endpoint {} · {} objects × {} bytes · results → {}",
-        server.url,
-        o.objects,
-        o.size,
-        out.display()
-    );
+    eprintln!("endpoint {} · {} objects × {} bytes · results → {}", server.url, o.objects, o.size, out.display());
 
     let mut rows = Vec::new();
     for rep in 0..o.repeat {
@@ -179,10 +159,7 @@ fn main() {
                         server_cpu_us: 0.0,
                         peak_rss_mib: 0.0,
                     };
-                    eprintln!(
-                        "rep {rep} {:<20} {:<9} {:>8.0} files/s",
-                        row.dest, row.engine, row.objects_per_sec
-                    );
+                    eprintln!("rep {rep} {:<20} {:<9} {:>8.0} files/s", row.dest, row.engine, row.objects_per_sec);
                     rows.push(row);
                     continue;
                 }

@@ -39,24 +39,15 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     };
     std::fs::create_dir_all(dest).expect("create dest");
     let report = Arc::new(Report::silent());
-    let opts = WriterOptions {
-        engine,
-        io_threads: threads,
-        hand_off: 1024,
-        files_per_submit: per_submit,
-    };
+    let opts = WriterOptions { engine, io_threads: threads, hand_off: 1024, files_per_submit: per_submit };
     let w = writer::start(&opts, dest, report.clone()).expect("start writer");
     let body = Bytes::from(vec![7u8; size as usize]);
     let mut keys: Vec<String> = (0..files).map(|i| format!("p{:04}/obj{i:08}", i % 100)).collect();
     keys.sort();
     for key in keys {
         let target = s3uring::keymap::map_key(&key).expect("valid key");
-        let job = Job::File(FileJob {
-            key,
-            target,
-            body: body.clone(),
-            permit: None,
-        });
+        let now = Instant::now();
+        let job = Job::File(FileJob { key, target, body: body.clone(), permit: None, picked: now, fetched: now });
         w.jobs.send_blocking(job).expect("writer alive");
     }
     w.finish().expect("writer finished");
@@ -67,24 +58,14 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or(default.to_owned())
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.to_owned())
     };
     let files: u64 = arg("--files", "20000").parse().expect("--files N");
     let size: u64 = arg("--size", "4096").parse().expect("--size BYTES");
     let repeat: usize = arg("--repeat", "5").parse().expect("--repeat N");
-    let dests: Vec<PathBuf> = arg("--dests", "/dev/shm,target/bench-disk")
-        .split(',')
-        .map(PathBuf::from)
-        .collect();
+    let dests: Vec<PathBuf> = arg("--dests", "/dev/shm,target/bench-disk").split(',').map(PathBuf::from).collect();
     let date = sh("date -u +%Y-%m-%d");
-    let out = PathBuf::from(arg(
-        "--out",
-        &format!("bench-results/{date}-{}core-writer", sh("nproc")),
-    ));
+    let out = PathBuf::from(arg("--out", &format!("bench-results/{date}-{}core-writer", sh("nproc"))));
     std::fs::create_dir_all(&out).expect("create output dir");
     if let Err(why) = s3uring::writer::uring::available() {
         eprintln!("io_uring unavailable ({why}): nothing to compare");
@@ -107,15 +88,9 @@ fn main() {
                 let secs = t.elapsed().as_secs_f64();
                 let cpu_us = (self_cpu() - cpu0) * 1e6 / files as f64;
                 let fps = files as f64 / secs;
-                eprintln!(
-                    "rep {rep} {:<20} {config:<10} {fps:>8.0} files/s {cpu_us:>6.1} µs CPU/file",
-                    base.display()
-                );
+                eprintln!("rep {rep} {:<20} {config:<10} {fps:>8.0} files/s {cpu_us:>6.1} µs CPU/file", base.display());
                 csv += &format!("{rep},{},{config},{secs:.3},{fps:.0},{cpu_us:.1}\n", base.display());
-                groups
-                    .entry((base.display().to_string(), config.to_string()))
-                    .or_default()
-                    .push((fps, cpu_us));
+                groups.entry((base.display().to_string(), config.to_string())).or_default().push((fps, cpu_us));
             }
         }
     }
@@ -133,9 +108,8 @@ fn main() {
     );
     for ((dest, config), v) in &groups {
         let fps = median(v.iter().map(|x| x.0).collect());
-        let base = groups
-            .get(&(dest.clone(), "threads-16".to_owned()))
-            .map(|b| median(b.iter().map(|x| x.0).collect()));
+        let base =
+            groups.get(&(dest.clone(), "threads-16".to_owned())).map(|b| median(b.iter().map(|x| x.0).collect()));
         md += &format!(
             "| {dest} ({}) | {config} | {} | {fps:.0} | {:.1} | {} |\n",
             sh(&format!("findmnt -no FSTYPE -T {dest} | head -1")),

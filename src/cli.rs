@@ -124,9 +124,19 @@ struct Output {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
-    /// No summary; only errors.
+    /// No summary, no progress; only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+
+    /// When stderr is not a terminal, print a progress line every SECS seconds (0: never).
+    /// On a terminal a live progress bar is shown instead.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, global = true)]
+    progress_interval: f64,
+
+    /// Write the run's statistics (counters, throughput, CPU, per-stage latency percentiles,
+    /// config, machine) as JSON to FILE; see the README for the fields.
+    #[arg(long, value_name = "FILE", global = true)]
+    stats_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,7 +209,7 @@ pub fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Some(Command::Demo(args)) => runtime.block_on(demo(args, cli.output.quiet)),
+        Some(Command::Demo(args)) => runtime.block_on(demo(args, &cli.output)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         None => match resolve(&cli) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
@@ -227,7 +237,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("s3uring={ours},{theirs}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
@@ -254,17 +264,23 @@ fn resolve(cli: &Cli) -> Result<Config, String> {
         endpoint_url: s3.endpoint_url.clone(),
         region: s3.region.clone(),
         profile: s3.profile.clone(),
-        credentials: if s3.no_sign_request {
-            Credentials::Anonymous
-        } else {
-            Credentials::DefaultChain
-        },
+        credentials: if s3.no_sign_request { Credentials::Anonymous } else { Credentials::DefaultChain },
         force_path_style: s3.force_path_style.unwrap_or(s3.endpoint_url.is_some()),
     };
     let mut cfg = Config::new(source, dest, settings);
     apply_tuning(&mut cfg, &cli.tuning);
-    cfg.summary = !cli.output.quiet;
+    apply_output(&mut cfg, &cli.output)?;
     Ok(cfg)
+}
+
+fn apply_output(cfg: &mut Config, o: &Output) -> Result<(), String> {
+    if !o.progress_interval.is_finite() || o.progress_interval < 0.0 {
+        return Err(format!("--progress-interval {} must be a number of seconds ≥ 0", o.progress_interval));
+    }
+    cfg.summary = !o.quiet;
+    cfg.progress = crate::progress::Mode::detect(o.quiet, std::time::Duration::from_secs_f64(o.progress_interval));
+    cfg.stats_json = o.stats_json.clone();
+    Ok(())
 }
 
 fn apply_tuning(cfg: &mut Config, t: &Tuning) {
@@ -278,10 +294,26 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
 /// Runs a copy and prints its summary; the exit code says how it went.
 pub async fn copy(cfg: Config) -> Exit {
     let report = Arc::new(Report::new());
-    match pipeline::run(&cfg, report).await {
+    let progress = crate::progress::Progress::start(report.clone(), cfg.progress);
+    let result = pipeline::run(&cfg, report).await;
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+    match result {
         Ok(summary) => {
+            if let Some(path) = &cfg.stats_json {
+                let doc = crate::report::stats_json(&summary, &cfg);
+                let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("s3uring: error: cannot write --stats-json '{}': {e}", path.display());
+                    return Exit::KeysFailed;
+                }
+            }
             if cfg.summary {
                 eprint!("{}", summary.render());
+                if !summary.stages.is_empty() {
+                    eprint!("{}", crate::stats::render_table(&summary.stages));
+                }
             }
             if summary.success() { Exit::Ok } else { Exit::KeysFailed }
         }
@@ -296,16 +328,12 @@ pub async fn copy(cfg: Config) -> Exit {
     }
 }
 
-async fn demo(args: DemoArgs, quiet: bool) -> Exit {
+async fn demo(args: DemoArgs, output: &Output) -> Exit {
     let g = &args.generated;
     let endpoint = match Endpoint::start(EndpointConfig {
         buckets: vec![BucketSpec {
             name: "demo".into(),
-            contents: Contents::Generated {
-                count: g.objects,
-                size: g.size,
-                prefixes: g.prefixes,
-            },
+            contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes },
         }],
         credentials: Some((DEMO_ACCESS_KEY.into(), DEMO_SECRET_KEY.into())),
         ..Default::default()
@@ -321,13 +349,8 @@ async fn demo(args: DemoArgs, quiet: bool) -> Exit {
     let (dest, temporary) = match &args.dest {
         Some(d) => (d.clone(), false),
         None => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            (
-                std::env::temp_dir().join(format!("s3uring-demo-{}-{nanos:x}", std::process::id())),
-                true,
-            )
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+            (std::env::temp_dir().join(format!("s3uring-demo-{}-{nanos:x}", std::process::id())), true)
         }
     };
     eprintln!(
@@ -341,22 +364,15 @@ async fn demo(args: DemoArgs, quiet: bool) -> Exit {
         endpoint_url: Some(endpoint.url()),
         region: Some("us-east-1".into()),
         profile: None,
-        credentials: Credentials::Static {
-            access_key: DEMO_ACCESS_KEY.into(),
-            secret_key: DEMO_SECRET_KEY.into(),
-        },
+        credentials: Credentials::Static { access_key: DEMO_ACCESS_KEY.into(), secret_key: DEMO_SECRET_KEY.into() },
         force_path_style: true,
     };
-    let mut cfg = Config::new(
-        S3Url {
-            bucket: "demo".into(),
-            prefix: String::new(),
-        },
-        dest.clone(),
-        settings,
-    );
+    let mut cfg = Config::new(S3Url { bucket: "demo".into(), prefix: String::new() }, dest.clone(), settings);
     apply_tuning(&mut cfg, &args.tuning);
-    cfg.summary = !quiet;
+    if let Err(msg) = apply_output(&mut cfg, output) {
+        eprintln!("s3uring: error: {msg}");
+        return Exit::Usage;
+    }
     let mut code = copy(cfg).await;
     if code == Exit::Ok {
         let (n, size, prefixes) = (g.objects, g.size, g.prefixes);
@@ -399,11 +415,7 @@ async fn serve(args: ServeArgs) -> Exit {
     let endpoint = match Endpoint::start(EndpointConfig {
         buckets: vec![BucketSpec {
             name: args.bucket.clone(),
-            contents: Contents::Generated {
-                count: g.objects,
-                size: g.size,
-                prefixes: g.prefixes,
-            },
+            contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes },
         }],
         credentials: credentials.clone(),
         listen: Some(args.listen),
@@ -419,10 +431,7 @@ async fn serve(args: ServeArgs) -> Exit {
         }
     };
     println!("endpoint: {}", endpoint.url());
-    println!(
-        "bucket:   s3://{}/ ({} objects of {} bytes)",
-        args.bucket, g.objects, g.size
-    );
+    println!("bucket:   s3://{}/ ({} objects of {} bytes)", args.bucket, g.objects, g.size);
     match credentials {
         Some((ak, sk)) => {
             println!("credentials: AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk}");

@@ -27,14 +27,10 @@ impl FromStr for S3Url {
             None => (rest, ""),
         };
         if bucket.is_empty() {
-            return Err(format!(
-                "SOURCE '{s}' has no bucket name (expected s3://bucket[/prefix])"
-            ));
+            return Err(format!("SOURCE '{s}' has no bucket name (expected s3://bucket[/prefix])"));
         }
         if bucket.len() > 255
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+            || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
         {
             return Err(format!("SOURCE '{s}': '{bucket}' is not a valid bucket name"));
         }
@@ -42,10 +38,7 @@ impl FromStr for S3Url {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(S3Url {
-            bucket: bucket.to_owned(),
-            prefix,
-        })
+        Ok(S3Url { bucket: bucket.to_owned(), prefix })
     }
 }
 
@@ -105,6 +98,10 @@ pub struct Config {
     pub buffer_bytes: u64,
     /// Print the summary (off with `--quiet`).
     pub summary: bool,
+    /// Live progress display.
+    pub progress: crate::progress::Mode,
+    /// Write the run's statistics here as JSON.
+    pub stats_json: Option<PathBuf>,
 }
 
 impl Config {
@@ -120,6 +117,8 @@ impl Config {
             io_threads: DEFAULT_IO_THREADS,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,
+            progress: crate::progress::Mode::Off,
+            stats_json: None,
         }
     }
 }
@@ -152,14 +151,7 @@ mod tests {
 
     #[test]
     fn bad_s3_urls_say_why() {
-        for bad in [
-            "bucket/x",
-            "http://x",
-            "s3://",
-            "s3:///x",
-            "s3://bad bucket/x",
-            "/tmp/x",
-        ] {
+        for bad in ["bucket/x", "http://x", "s3://", "s3:///x", "s3://bad bucket/x", "/tmp/x"] {
             let err = bad.parse::<S3Url>().unwrap_err();
             assert!(err.contains(bad), "{err}");
         }

@@ -310,11 +310,7 @@ impl S3 for MemS3 {
             continuation_token: input.continuation_token.clone(),
             start_after: input.start_after.clone(),
             is_truncated: Some(truncated),
-            next_continuation_token: if truncated {
-                last_returned.as_deref().map(encode_token)
-            } else {
-                None
-            },
+            next_continuation_token: if truncated { last_returned.as_deref().map(encode_token) } else { None },
             contents: Some(contents),
             common_prefixes: Some(common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
@@ -337,11 +333,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
                 for (k, v) in objs {
                     bucket.insert(
                         k.clone(),
-                        Obj {
-                            body: Body::Stored(v.clone()),
-                            etag: OnceLock::new(),
-                            last_modified: now,
-                        },
+                        Obj { body: Body::Stored(v.clone()), etag: OnceLock::new(), last_modified: now },
                     );
                 }
             }
@@ -349,22 +341,14 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
                 for i in 0..*count {
                     bucket.insert(
                         generated_key(i, *prefixes),
-                        Obj {
-                            body: Body::Generated(*size),
-                            etag: OnceLock::new(),
-                            last_modified: now,
-                        },
+                        Obj { body: Body::Generated(*size), etag: OnceLock::new(), last_modified: now },
                     );
                 }
             }
         }
         buckets.insert(spec.name.clone(), bucket);
     }
-    MemS3 {
-        buckets,
-        get_latency: config.get_latency,
-        list_latency: config.list_latency,
-    }
+    MemS3 { buckets, get_latency: config.get_latency, list_latency: config.list_latency }
 }
 
 /// A running endpoint. Dropping it stops accepting connections.
@@ -396,10 +380,8 @@ impl Endpoint {
                 let service = (*service).clone();
                 tokio::spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(io, service)
-                        .await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service).await;
                 });
             }
         });

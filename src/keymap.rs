@@ -85,10 +85,9 @@ impl fmt::Display for KeyRefused {
             KeyRefused::ComponentTooLong(n) => {
                 write!(f, "unsafe key: a path component is {n} bytes, more than {NAME_MAX}")
             }
-            KeyRefused::Reserved => write!(
-                f,
-                "unsafe key: a path component starts with '{TMP_PREFIX}', reserved for temporary files"
-            ),
+            KeyRefused::Reserved => {
+                write!(f, "unsafe key: a path component starts with '{TMP_PREFIX}', reserved for temporary files")
+            }
         }
     }
 }
@@ -127,19 +126,13 @@ pub fn map_key(rel_key: &str) -> Result<Target, KeyRefused> {
         check_component(c)?;
     }
     if is_dir {
-        return Ok(Target {
-            dir: path.to_owned(),
-            name: String::new(),
-        });
+        return Ok(Target { dir: path.to_owned(), name: String::new() });
     }
     let (dir, name) = match path.rfind('/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => ("", path),
     };
-    Ok(Target {
-        dir: dir.to_owned(),
-        name: name.to_owned(),
-    })
+    Ok(Target { dir: dir.to_owned(), name: name.to_owned() })
 }
 
 #[cfg(test)]
@@ -165,17 +158,7 @@ mod tests {
 
     #[test]
     fn unusual_but_safe_names_pass() {
-        for k in [
-            "with space",
-            "ünïcødé/ß",
-            "a+b=c",
-            "100%",
-            "#hash",
-            "q?x=1",
-            "...",
-            ".hidden",
-            "a/..x",
-        ] {
+        for k in ["with space", "ünïcødé/ß", "a+b=c", "100%", "#hash", "q?x=1", "...", ".hidden", "a/..x"] {
             assert!(map_key(k).is_ok(), "{k}");
         }
         let long = "x".repeat(255);

@@ -15,6 +15,8 @@ pub mod config;
 pub mod endpoint;
 pub mod keymap;
 pub mod pipeline;
+pub mod progress;
 pub mod report;
 pub mod s3;
+pub mod stats;
 pub mod writer;

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::keymap::{Target, map_key};
 use crate::report::{Report, Summary};
 use crate::s3;
+use crate::stats::Stage;
 use crate::writer::{self, FileJob, Job};
 
 /// Budget unit: one permit is this many bytes.
@@ -48,13 +49,14 @@ struct Listed {
     key: String,
     size: u64,
     target: Target,
+    listed_at: Instant,
 }
 
 /// Runs one copy to the end. Failures of single keys are in the summary; the error is for
 /// the run as a whole.
 pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
     let started = Instant::now();
-    prepare_dest(cfg)?;
+    let created_dest = prepare_dest(cfg)?;
     let writer_options = writer::WriterOptions {
         engine: cfg.io_engine,
         io_threads: cfg.io_threads,
@@ -84,6 +86,7 @@ pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
     drop(keys_rx);
 
     let listed = list(cfg, &client, &keys_tx, &report).await;
+    report.listing_done();
     drop(keys_tx);
     for f in fetchers {
         let _ = f.await;
@@ -92,20 +95,24 @@ pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
         .await
         .map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
     finished.map_err(Fatal::Internal)?;
-    listed?;
+    if let Err(e) = listed {
+        if created_dest {
+            // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
+            let _ = std::fs::remove_dir(&cfg.dest);
+        }
+        return Err(e);
+    }
     Ok(report.summary(started.elapsed(), engine))
 }
 
-/// DEST must be a directory; it is created when missing.
-fn prepare_dest(cfg: &Config) -> Result<(), Fatal> {
+/// DEST must be a directory; it is created when missing (then `true`).
+fn prepare_dest(cfg: &Config) -> Result<bool, Fatal> {
     let dest = &cfg.dest;
     match std::fs::metadata(dest) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Fatal::Setup(format!(
-            "DEST '{}' exists and is not a directory",
-            dest.display()
-        ))),
+        Ok(m) if m.is_dir() => Ok(false),
+        Ok(_) => Err(Fatal::Setup(format!("DEST '{}' exists and is not a directory", dest.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dest)
+            .map(|()| true)
             .map_err(|e| Fatal::Setup(format!("cannot create DEST '{}': {e}", dest.display()))),
         Err(e) => Err(Fatal::Setup(format!("cannot use DEST '{}': {e}", dest.display()))),
     }
@@ -120,9 +127,14 @@ async fn list(
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
     let mut lister = s3::Lister::new(client, &cfg.source);
+    let mut rec = report.recorder();
     let mut first = true;
     let mut seen = 0u64;
-    while let Some(page) = lister.next_page().await {
+    loop {
+        let asked = Instant::now();
+        let Some(page) = lister.next_page().await else { break };
+        let listed_at = Instant::now();
+        rec.record(Stage::List, listed_at - asked);
         let objects = match page {
             Ok(o) => o,
             Err(reason) if first => return Err(Fatal::Setup(reason)),
@@ -143,15 +155,8 @@ async fn list(
             }
             match map_key(rel) {
                 Ok(target) => {
-                    if keys
-                        .send(Listed {
-                            key: o.key,
-                            size: o.size,
-                            target,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let item = Listed { key: o.key, size: o.size, target, listed_at };
+                    if keys.send(item).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -175,12 +180,12 @@ struct Fetcher {
 
 impl Fetcher {
     async fn run(self) {
+        let mut rec = self.report.recorder();
         while let Ok(item) = self.keys.recv().await {
+            let picked = Instant::now();
+            rec.record(Stage::Queue, picked - item.listed_at);
             let job = if item.target.file_name().is_none() {
-                Job::Dir {
-                    key: item.key,
-                    target: item.target,
-                }
+                Job::Dir { key: item.key, target: item.target }
             } else {
                 // An object larger than the whole budget passes alone.
                 let units = item.size.div_ceil(BUDGET_UNIT).clamp(1, u64::from(self.budget_units)) as u32;
@@ -189,12 +194,18 @@ impl Fetcher {
                     continue;
                 };
                 match s3::get(&self.client, &self.bucket, &item.key).await {
-                    Ok(fetched) => Job::File(FileJob {
-                        key: item.key,
-                        target: item.target,
-                        body: fetched.body,
-                        permit: Some(permit),
-                    }),
+                    Ok(fetched) => {
+                        rec.record(Stage::Ttfb, fetched.ttfb);
+                        rec.record(Stage::Body, fetched.body_time);
+                        Job::File(FileJob {
+                            key: item.key,
+                            target: item.target,
+                            body: fetched.body,
+                            permit: Some(permit),
+                            picked,
+                            fetched: Instant::now(),
+                        })
+                    }
                     Err(reason) => {
                         self.report.fail(&item.key, &reason);
                         continue;

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::stats::{Recorder, StageSink, StageStats};
+
 /// How many failures the summary repeats at the end.
 const FAILURES_KEPT: usize = 10;
 
@@ -22,8 +24,11 @@ pub struct Report {
     bytes: AtomicU64,
     /// Listing stopped early (after its first page): not every key was seen.
     listing_incomplete: AtomicBool,
+    /// Listing has ended (the total is known).
+    listing_done: AtomicBool,
     first_failures: Mutex<Vec<(String, String)>>,
     quiet_failures: bool,
+    stages: StageSink,
 }
 
 impl Report {
@@ -33,10 +38,12 @@ impl Report {
 
     /// A report that keeps failures for the summary but does not print them as they happen.
     pub fn silent() -> Report {
-        Report {
-            quiet_failures: true,
-            ..Report::default()
-        }
+        Report { quiet_failures: true, ..Report::default() }
+    }
+
+    /// A buffer for one task's stage latencies (see [`crate::stats`]).
+    pub fn recorder(&self) -> Recorder {
+        self.stages.recorder()
     }
 
     pub fn listed(&self, n: u64) {
@@ -60,7 +67,7 @@ impl Report {
     pub fn fail(&self, key: &str, reason: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_failures {
-            eprintln!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason));
+            crate::progress::line(&format!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason)));
         }
         if let Ok(mut v) = self.first_failures.lock()
             && v.len() < FAILURES_KEPT
@@ -71,7 +78,25 @@ impl Report {
 
     pub fn listing_incomplete(&self, reason: &str) {
         self.listing_incomplete.store(true, Ordering::Relaxed);
-        eprintln!("s3uring: {}", sanitize(reason));
+        crate::progress::line(&format!("s3uring: {}", sanitize(reason)));
+    }
+
+    /// Listing has ended; the progress display can show a total and an ETA.
+    pub fn listing_done(&self) {
+        self.listing_done.store(true, Ordering::Relaxed);
+    }
+
+    /// The counters right now.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            listed: self.listed.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            dirs: self.dirs.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            listing_done: self.listing_done.load(Ordering::Relaxed),
+        }
     }
 
     pub fn summary(&self, elapsed: Duration, engine: &str) -> Summary {
@@ -87,6 +112,7 @@ impl Report {
             elapsed,
             engine: engine.to_owned(),
             cpu: ProcessCpu::now(),
+            stages: self.stages.snapshot(),
         }
     }
 }
@@ -123,6 +149,18 @@ impl ProcessCpu {
     }
 }
 
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub listed: u64,
+    pub written: u64,
+    pub dirs: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub listing_done: bool,
+}
+
 /// The numbers of a finished run.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -138,6 +176,8 @@ pub struct Summary {
     pub engine: String,
     /// The whole process's CPU and peak RSS at the end of the run.
     pub cpu: Option<ProcessCpu>,
+    /// Latency percentiles per stage.
+    pub stages: Vec<StageStats>,
 }
 
 impl Summary {
@@ -148,8 +188,7 @@ impl Summary {
 
     /// Keys listed but neither written, skipped nor failed: always 0 (invariant 3).
     pub fn unaccounted(&self) -> u64 {
-        self.listed
-            .saturating_sub(self.written + self.dirs + self.skipped + self.failed)
+        self.listed.saturating_sub(self.written + self.dirs + self.skipped + self.failed)
     }
 
     pub fn objects_per_sec(&self) -> f64 {
@@ -262,4 +301,68 @@ mod cpu_tests {
         let cpu = super::ProcessCpu::now().expect("/proc/self readable");
         assert!(cpu.peak_rss > 0);
     }
+}
+
+/// The `--stats-json` document. Its shape is an interface (README, "Stats JSON"): fields are
+/// only ever added, and `schema` changes if one is removed or changes meaning.
+pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json::Value {
+    use serde_json::json;
+    let secs = summary.elapsed.as_secs_f64();
+    let cpu = summary.cpu.map(|c| {
+        json!({
+            "user_s": c.user.as_secs_f64(),
+            "sys_s": c.sys.as_secs_f64(),
+            "us_per_object": summary.cpu_us_per_object(),
+            "peak_rss_bytes": c.peak_rss,
+        })
+    });
+    let stages: serde_json::Map<String, serde_json::Value> = summary
+        .stages
+        .iter()
+        .map(|s| {
+            let v = json!({
+                "count": s.count, "mean_us": s.mean_us, "p50_us": s.p50_us, "p90_us": s.p90_us,
+                "p99_us": s.p99_us, "p999_us": s.p999_us, "max_us": s.max_us,
+            });
+            (s.stage.to_owned(), v)
+        })
+        .collect();
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    json!({
+        "schema": 1,
+        "tool": { "name": "s3uring", "version": env!("CARGO_PKG_VERSION") },
+        "source": cfg.source.to_string(),
+        "dest": cfg.dest.display().to_string(),
+        "config": {
+            "workers": cfg.workers,
+            "queue": cfg.queue,
+            "io_engine": format!("{:?}", cfg.io_engine).to_lowercase(),
+            "io_threads": cfg.io_threads,
+            "buffer_bytes": cfg.buffer_bytes,
+            "endpoint_url": cfg.s3.endpoint_url,
+            "region": cfg.s3.region,
+            "force_path_style": cfg.s3.force_path_style,
+        },
+        "io_engine": summary.engine,
+        "machine": {
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "kernel": read("/proc/sys/kernel/osrelease"),
+            "hostname": read("/proc/sys/kernel/hostname"),
+            "loadavg": read("/proc/loadavg"),
+        },
+        "elapsed_s": secs,
+        "counters": {
+            "listed": summary.listed,
+            "written": summary.written,
+            "dirs": summary.dirs,
+            "skipped": summary.skipped,
+            "failed": summary.failed,
+            "bytes": summary.bytes,
+            "listing_incomplete": summary.listing_incomplete,
+        },
+        "throughput": { "objects_per_s": summary.objects_per_sec(), "mib_per_s": summary.mib_per_sec() },
+        "cpu": cpu,
+        "stages": stages,
+        "first_failures": summary.first_failures.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>(),
+    })
 }

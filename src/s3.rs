@@ -51,11 +51,8 @@ impl ResolveDns for CachingResolver {
             {
                 return Ok(addrs.clone());
             }
-            let addrs: Vec<IpAddr> = tokio::net::lookup_host((name, 0))
-                .await
-                .map_err(ResolveDnsError::new)?
-                .map(|a| a.ip())
-                .collect();
+            let addrs: Vec<IpAddr> =
+                tokio::net::lookup_host((name, 0)).await.map_err(ResolveDnsError::new)?.map(|a| a.ip()).collect();
             if let Ok(mut cache) = self.cache.lock() {
                 cache.insert(name.to_owned(), (Instant::now(), addrs.clone()));
             }
@@ -133,12 +130,7 @@ pub struct Lister {
 
 impl Lister {
     pub fn new(client: &Client, source: &S3Url) -> Lister {
-        Lister {
-            client: client.clone(),
-            source: source.clone(),
-            token: None,
-            done: false,
-        }
+        Lister { client: client.clone(), source: source.clone(), token: None, done: false }
     }
 
     /// The next page, `None` after the last one.
@@ -154,11 +146,7 @@ impl Lister {
             Ok(out) => out,
             Err(e) => {
                 self.done = true;
-                return Some(Err(format!(
-                    "cannot list {}: {}",
-                    self.source,
-                    describe(&e, Some(&self.source.bucket))
-                )));
+                return Some(Err(format!("cannot list {}: {}", self.source, describe(&e, Some(&self.source.bucket)))));
             }
         };
         self.token = out.next_continuation_token;
@@ -183,32 +171,27 @@ impl Lister {
 pub struct Fetched {
     pub body: Bytes,
     pub last_modified: Option<SystemTime>,
+    /// Request sent to response headers parsed.
+    pub ttfb: Duration,
+    /// Headers to the last body byte.
+    pub body_time: Duration,
 }
 
 /// GETs one object and collects its body, checking its length against Content-Length.
 pub async fn get(client: &Client, bucket: &str, key: &str) -> Result<Fetched, String> {
-    let out = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| describe(&e, Some(bucket)))?;
+    let sent = Instant::now();
+    let out = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| describe(&e, Some(bucket)))?;
+    let headers = Instant::now();
     let expected = out.content_length;
     let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
-    let body = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| format!("reading body: {}", chain(&e)))?
-        .into_bytes();
+    let body = out.body.collect().await.map_err(|e| format!("reading body: {}", chain(&e)))?.into_bytes();
     if let Some(n) = expected
         && n >= 0
         && body.len() as u64 != n as u64
     {
         return Err(format!("body has {} bytes, Content-Length said {n}", body.len()));
     }
-    Ok(Fetched { body, last_modified })
+    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed() })
 }
 
 /// The error and its sources on one line: `a: b: c`.
@@ -251,11 +234,7 @@ where
                 }
                 _ => String::new(),
             };
-            if msg.is_empty() {
-                format!("{code}{hint}")
-            } else {
-                format!("{code}{hint} ({msg})")
-            }
+            if msg.is_empty() { format!("{code}{hint}") } else { format!("{code}{hint} ({msg})") }
         }
         SdkError::DispatchFailure(df) => {
             let what = if df.is_timeout() {
@@ -265,10 +244,17 @@ where
             } else {
                 "request failed"
             };
-            match df.as_connector_error() {
-                Some(ce) => format!("{what}: {}", chain(ce)),
-                None => what.to_owned(),
+            let cause = df.as_connector_error().map(|ce| chain(ce)).unwrap_or_default();
+            if cause.contains("loading credentials") || cause.contains("credential provider") {
+                // One line: the provider chain's per-provider report is multi-line.
+                let cause = cause.lines().next().unwrap_or_default().trim_end_matches(" Attempted:");
+                // The identity resolver failed before any request was sent.
+                return format!(
+                    "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                     AWS_PROFILE or --profile, or use --no-sign-request for a public bucket): {cause}"
+                );
             }
+            if cause.is_empty() { what.to_owned() } else { format!("{what}: {cause}") }
         }
         SdkError::TimeoutError(_) => "timed out".to_owned(),
         SdkError::ResponseError(_) => format!("bad response: {}", chain(e)),

@@ -12,11 +12,7 @@ fn mixed_bucket() -> Vec<(String, Bytes)> {
         let size = (i * 37) % 9000;
         objs.push((key.clone(), content(&key, size)));
     }
-    for (key, size) in [
-        ("large/one.bin", 1 << 20),
-        ("large/five.bin", 5 << 20),
-        ("large/twenty.bin", 20 << 20),
-    ] {
+    for (key, size) in [("large/one.bin", 1 << 20), ("large/five.bin", 5 << 20), ("large/twenty.bin", 20 << 20)] {
         objs.push((key.to_owned(), content(key, size)));
     }
     for key in ["empty.txt", "deep/a/b/c/d/e/empty"] {
@@ -36,16 +32,10 @@ fn mixed_bucket_copies_byte_for_byte_with_each_engine() {
     let want = expected_tree(&objs, "");
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env
-            .cmd()
-            .args(["--io-engine", engine, "s3://mixed"])
-            .arg(scratch.dest()));
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://mixed"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "engine {engine}");
         let err = stderr(&out);
-        assert!(
-            err.contains("10006 files written, 3 directories, 0 skipped, 0 failed"),
-            "{err}"
-        );
+        assert!(err.contains("10006 files written, 3 directories, 0 skipped, 0 failed"), "{err}");
         let engine_name = if engine == "uring" { "io_uring" } else { "threads" };
         assert!(err.contains(&format!("io engine: {engine_name}")), "{err}");
         assert_same_tree(&read_tree(&scratch.dest()), &want);
@@ -55,26 +45,11 @@ fn mixed_bucket_copies_byte_for_byte_with_each_engine() {
 
 #[test]
 fn a_prefix_copies_only_that_prefix_relative_to_it() {
-    let objs: Vec<(String, Bytes)> = [
-        "images/a.jpg",
-        "images/sub/b.jpg",
-        "images/",
-        "images2/c.jpg",
-        "other/d",
-        "imagesx",
-    ]
-    .iter()
-    .map(|k| {
-        (
-            k.to_string(),
-            if k.ends_with('/') {
-                Bytes::new()
-            } else {
-                content(k, 100)
-            },
-        )
-    })
-    .collect();
+    let objs: Vec<(String, Bytes)> =
+        ["images/a.jpg", "images/sub/b.jpg", "images/", "images2/c.jpg", "other/d", "imagesx"]
+            .iter()
+            .map(|k| (k.to_string(), if k.ends_with('/') { Bytes::new() } else { content(k, 100) }))
+            .collect();
     let env = Env::new(vec![bucket("bkt", objs.clone())]);
     for source in ["s3://bkt/images", "s3://bkt/images/"] {
         let scratch = Scratch::new();
@@ -92,10 +67,8 @@ fn a_prefix_copies_only_that_prefix_relative_to_it() {
 
 #[test]
 fn extreme_concurrency_settings_give_the_same_tree() {
-    let objs: Vec<(String, Bytes)> = (0..600)
-        .map(|i| format!("p{}/k{i:04}", i % 7))
-        .map(|k| (k.clone(), content(&k, 1000 + k.len())))
-        .collect();
+    let objs: Vec<(String, Bytes)> =
+        (0..600).map(|i| format!("p{}/k{i:04}", i % 7)).map(|k| (k.clone(), content(&k, 1000 + k.len()))).collect();
     let env = Env::new(vec![bucket("conc", objs.clone())]);
     let want = expected_tree(&objs, "");
     for engine in engines() {
@@ -103,15 +76,7 @@ fn extreme_concurrency_settings_give_the_same_tree() {
             let scratch = Scratch::new();
             let out = run(env
                 .cmd()
-                .args([
-                    "--workers",
-                    workers,
-                    "--queue",
-                    queue,
-                    "--io-engine",
-                    engine,
-                    "s3://conc",
-                ])
+                .args(["--workers", workers, "--queue", queue, "--io-engine", engine, "s3://conc"])
                 .arg(scratch.dest()));
             assert_eq!(out.status.code(), Some(0), "{engine} {workers}/{queue}");
             assert_same_tree(&read_tree(&scratch.dest()), &want);
@@ -131,19 +96,13 @@ fn anonymous_requests_read_a_public_bucket() {
 
 #[test]
 fn a_second_run_overwrites_in_place_and_leaves_no_temporaries() {
-    let objs: Vec<(String, Bytes)> = (0..50)
-        .map(|i| format!("k{i}"))
-        .map(|k| (k.clone(), content(&k, 64)))
-        .collect();
+    let objs: Vec<(String, Bytes)> = (0..50).map(|i| format!("k{i}")).map(|k| (k.clone(), content(&k, 64))).collect();
     let env = Env::new(vec![bucket("rerun", objs.clone())]);
     let scratch = Scratch::new();
     std::fs::create_dir_all(scratch.dest()).unwrap();
     std::fs::write(scratch.dest().join("k1"), b"stale").unwrap();
     for engine in engines() {
-        let out = run(env
-            .cmd()
-            .args(["--io-engine", engine, "s3://rerun"])
-            .arg(scratch.dest()));
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://rerun"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0));
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     }
@@ -158,4 +117,41 @@ fn quiet_prints_nothing_on_success() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stderr(&out), "");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn stats_json_and_progress_lines_describe_the_run() {
+    let objs: Vec<(String, Bytes)> =
+        (0..300).map(|i| format!("s/k{i:03}")).map(|k| (k.clone(), content(&k, 500))).collect();
+    let env = Env::new(vec![bucket("stats", objs)]);
+    let scratch = Scratch::new();
+    let json_path = scratch.dir.path().join("stats.json");
+    let out = run(env
+        .cmd()
+        .args(["--progress-interval", "0.001", "--stats-json"])
+        .arg(&json_path)
+        .arg("s3://stats")
+        .arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    // Not a terminal: plain progress lines, then the summary and the stage table.
+    assert!(err.lines().any(|l| l.starts_with("progress: ") && l.contains("objects")), "{err}");
+    assert!(err.contains("stage        count"), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["counters"]["written"], 300);
+    assert_eq!(doc["counters"]["failed"], 0);
+    assert_eq!(doc["config"]["workers"], 256);
+    assert!(doc["io_engine"].is_string());
+    assert!(doc["throughput"]["objects_per_s"].as_f64().unwrap() > 0.0);
+    for stage in ["queue", "ttfb", "body", "handoff", "write", "total"] {
+        assert_eq!(doc["stages"][stage]["count"], 300, "{stage}");
+        let s = &doc["stages"][stage];
+        assert!(s["p50_us"].as_u64() <= s["p99_us"].as_u64() && s["p99_us"].as_u64() <= s["max_us"].as_u64());
+    }
+    assert_eq!(doc["stages"]["list"]["count"], 1);
+    // The quiet run prints no progress.
+    let out =
+        run(env.cmd().args(["-q", "--progress-interval", "0.001", "s3://stats"]).arg(scratch.dir.path().join("q")));
+    assert_eq!(stderr(&out), "");
 }

@@ -21,23 +21,16 @@ fn a_missing_bucket_is_named() {
     let out = run(env.cmd().arg("s3://not-there").arg(scratch.dest()));
     assert_one_line_error(&out, 2, "bucket 'not-there' does not exist");
     assert_eq!(stderr(&out).lines().count(), 1);
+    assert!(!scratch.dest().exists(), "a failed setup left DEST behind");
 }
 
 #[test]
 fn wrong_credentials_are_rejected_clearly() {
     let env = small_env();
     let scratch = Scratch::new();
-    let out = run(env
-        .cmd()
-        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-        .arg("s3://there")
-        .arg(scratch.dest()));
+    let out = run(env.cmd().env("AWS_SECRET_ACCESS_KEY", "wrong-secret").arg("s3://there").arg(scratch.dest()));
     assert_one_line_error(&out, 2, "credentials were rejected");
-    let out = run(env
-        .cmd()
-        .env("AWS_ACCESS_KEY_ID", "nobody")
-        .arg("s3://there")
-        .arg(scratch.dest()));
+    let out = run(env.cmd().env("AWS_ACCESS_KEY_ID", "nobody").arg("s3://there").arg(scratch.dest()));
     assert_one_line_error(&out, 2, "credentials were rejected");
     // Anonymous requests to a bucket that requires signing.
     let out = run(env.cmd().arg("--no-sign-request").arg("s3://there").arg(scratch.dest()));
@@ -45,13 +38,18 @@ fn wrong_credentials_are_rejected_clearly() {
 }
 
 #[test]
+fn missing_credentials_say_how_to_provide_them() {
+    let env = small_env();
+    let scratch = Scratch::new();
+    let out = run(bare_cmd().args(["--endpoint-url", &env.url, "s3://there"]).arg(scratch.dest()));
+    assert_one_line_error(&out, 2, "no usable AWS credentials");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+#[test]
 fn an_unreachable_endpoint_is_named() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let scratch = Scratch::new();
     let out = run(bare_cmd()
         .env("AWS_ACCESS_KEY_ID", AK)
@@ -72,31 +70,11 @@ fn usage_errors_exit_2_before_any_request() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["bucket/prefix".into(), "d".into()], "is not an s3:// URL"),
         (vec!["s3://".into(), "d".into()], "has no bucket name"),
-        (
-            vec!["s3://b".into(), file.to_str().unwrap().into()],
-            "exists and is not a directory",
-        ),
-        (
-            vec!["--workers".into(), "0".into(), "s3://b".into(), "d".into()],
-            "--workers",
-        ),
-        (
-            vec!["--queue".into(), "0".into(), "s3://b".into(), "d".into()],
-            "--queue",
-        ),
-        (
-            vec!["--io-engine".into(), "magic".into(), "s3://b".into(), "d".into()],
-            "--io-engine",
-        ),
-        (
-            vec![
-                "--endpoint-url".into(),
-                "localhost:9000".into(),
-                "s3://b".into(),
-                "d".into(),
-            ],
-            "not an http",
-        ),
+        (vec!["s3://b".into(), file.to_str().unwrap().into()], "exists and is not a directory"),
+        (vec!["--workers".into(), "0".into(), "s3://b".into(), "d".into()], "--workers"),
+        (vec!["--queue".into(), "0".into(), "s3://b".into(), "d".into()], "--queue"),
+        (vec!["--io-engine".into(), "magic".into(), "s3://b".into(), "d".into()], "--io-engine"),
+        (vec!["--endpoint-url".into(), "localhost:9000".into(), "s3://b".into(), "d".into()], "not an http"),
         (vec!["s3://b".into()], "DEST"),
     ];
     for (args, needle) in cases {
@@ -115,10 +93,7 @@ fn usage_errors_exit_2_before_any_request() {
 fn a_read_only_dest_fails_each_key_with_the_cause() {
     let env = Env::new(vec![bucket(
         "read-only",
-        (0..20)
-            .map(|i| format!("d/k{i}"))
-            .map(|k| (k.clone(), content(&k, 10)))
-            .collect(),
+        (0..20).map(|i| format!("d/k{i}")).map(|k| (k.clone(), content(&k, 10))).collect(),
     )]);
     let scratch = Scratch::new();
     let dest = scratch.dest();
@@ -141,10 +116,8 @@ fn a_read_only_dest_fails_each_key_with_the_cause() {
 /// "no space left on device", no partial file has a final name, no temporary is left.
 #[test]
 fn a_full_disk_fails_files_cleanly_and_leaves_no_partial_file() {
-    let objs: Vec<(String, bytes::Bytes)> = (0..40)
-        .map(|i| format!("f{i:02}"))
-        .map(|k| (k.clone(), content(&k, 100 * 1024)))
-        .collect();
+    let objs: Vec<(String, bytes::Bytes)> =
+        (0..40).map(|i| format!("f{i:02}")).map(|k| (k.clone(), content(&k, 100 * 1024))).collect();
     let env = Env::new(vec![bucket("full-disk", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
@@ -164,11 +137,7 @@ fn a_full_disk_fails_files_cleanly_and_leaves_no_partial_file() {
         assert!(err.contains(&format!("{} failed", objs.len() - written)), "{err}");
         for (path, data) in &tree {
             assert!(!path.starts_with(".s3uring-tmp."), "temporary left: {path}");
-            assert_eq!(
-                data.as_deref(),
-                Some(&content(path, 100 * 1024)[..]),
-                "{path} is partial"
-            );
+            assert_eq!(data.as_deref(), Some(&content(path, 100 * 1024)[..]), "{path} is partial");
         }
     }
 }

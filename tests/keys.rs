@@ -27,10 +27,7 @@ fn unusual_keys_are_copied_exactly() {
     let env = Env::new(vec![bucket("unusual", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env
-            .cmd()
-            .args(["--io-engine", engine, "s3://unusual"])
-            .arg(scratch.dest()));
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://unusual"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{engine}");
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     }
@@ -56,10 +53,7 @@ fn hostile_keys_are_refused_and_nothing_escapes_dest() {
     let env = Env::new(vec![bucket("hostile", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env
-            .cmd()
-            .args(["--io-engine", engine, "s3://hostile"])
-            .arg(scratch.dest()));
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://hostile"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);
         for k in &hostile {
@@ -68,11 +62,7 @@ fn hostile_keys_are_refused_and_nothing_escapes_dest() {
         }
         assert!(err.contains("unsafe key"), "{err}");
         assert!(err.contains(&format!("{} failed", hostile.len())), "{err}");
-        let good_objs: Vec<_> = objs
-            .iter()
-            .filter(|(k, _)| good.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let good_objs: Vec<_> = objs.iter().filter(|(k, _)| good.contains(&k.as_str())).cloned().collect();
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&good_objs, ""));
         assert!(scratch.outside_dest().is_empty(), "{:?}", scratch.outside_dest());
     }
@@ -81,17 +71,12 @@ fn hostile_keys_are_refused_and_nothing_escapes_dest() {
 #[test]
 fn a_file_and_a_directory_of_the_same_name_fail_clearly() {
     // Sorted listing order puts "a" before "a/b"; both orders are raced by the writer.
-    let objs: Vec<(String, Bytes)> = ["a", "a/b", "c/d", "c", "ok"]
-        .iter()
-        .map(|k| (k.to_string(), content(k, 40)))
-        .collect();
+    let objs: Vec<(String, Bytes)> =
+        ["a", "a/b", "c/d", "c", "ok"].iter().map(|k| (k.to_string(), content(k, 40))).collect();
     let env = Env::new(vec![bucket("clash", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env
-            .cmd()
-            .args(["--io-engine", engine, "--workers", "1", "s3://clash"])
-            .arg(scratch.dest()));
+        let out = run(env.cmd().args(["--io-engine", engine, "--workers", "1", "s3://clash"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);
         assert!(err.contains("2 failed"), "{err}");
@@ -136,13 +121,7 @@ fn symlinks_already_in_dest_are_never_followed() {
         // The final-name symlink was replaced by the object, not followed.
         let meta = std::fs::symlink_metadata(dest.join("filelink")).unwrap();
         assert!(meta.file_type().is_file());
-        assert_eq!(
-            std::fs::read(dest.join("filelink")).unwrap(),
-            content("filelink", 21).to_vec()
-        );
-        assert_eq!(
-            std::fs::read(dest.join("plain")).unwrap(),
-            content("plain", 21).to_vec()
-        );
+        assert_eq!(std::fs::read(dest.join("filelink")).unwrap(), content("filelink", 21).to_vec());
+        assert_eq!(std::fs::read(dest.join("plain")).unwrap(), content("plain", 21).to_vec());
     }
 }

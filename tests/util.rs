@@ -43,26 +43,12 @@ impl Env {
     }
 
     fn start(buckets: Vec<BucketSpec>, signed: bool) -> Env {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let credentials = signed.then(|| (AK.to_owned(), SK.to_owned()));
-        let endpoint = rt
-            .block_on(Endpoint::start(EndpointConfig {
-                buckets,
-                credentials,
-                ..Default::default()
-            }))
-            .unwrap();
+        let endpoint =
+            rt.block_on(Endpoint::start(EndpointConfig { buckets, credentials, ..Default::default() })).unwrap();
         let url = endpoint.url();
-        Env {
-            rt,
-            endpoint: Some(endpoint),
-            url,
-            signed,
-        }
+        Env { rt, endpoint: Some(endpoint), url, signed }
     }
 
     /// `s3uring --endpoint-url URL` with credentials in the environment and nothing else
@@ -105,12 +91,7 @@ pub fn bare_cmd() -> Command {
 /// Runs and captures; prints stderr so a failing test shows what the tool said.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn s3uring");
-    eprintln!(
-        "--- {:?} exited {:?}\n{}",
-        cmd.get_args().collect::<Vec<_>>(),
-        out.status.code(),
-        stderr(&out)
-    );
+    eprintln!("--- {:?} exited {:?}\n{}", cmd.get_args().collect::<Vec<_>>(), out.status.code(), stderr(&out));
     out
 }
 
@@ -119,10 +100,7 @@ pub fn stderr(out: &Output) -> String {
 }
 
 pub fn bucket(name: &str, objects: Vec<(String, Bytes)>) -> BucketSpec {
-    BucketSpec {
-        name: name.to_owned(),
-        contents: Contents::Objects(objects),
-    }
+    BucketSpec { name: name.to_owned(), contents: Contents::Objects(objects) }
 }
 
 /// Deterministic content for test objects.
@@ -193,12 +171,7 @@ pub fn assert_same_tree(got: &Tree, want: &Tree) {
             diffs.push(format!("unexpected: {k}"));
         }
     }
-    assert!(
-        diffs.is_empty(),
-        "{} differences, first: {:?}",
-        diffs.len(),
-        &diffs[..diffs.len().min(10)]
-    );
+    assert!(diffs.is_empty(), "{} differences, first: {:?}", diffs.len(), &diffs[..diffs.len().min(10)]);
 }
 
 /// A fresh temporary directory; `dest()` is a not-yet-existing directory inside it, so
@@ -209,9 +182,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Scratch { dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn dest(&self) -> PathBuf {

@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::Bytes;
 use rustix::fs::{Mode, OFlags};
@@ -37,6 +38,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::IoEngine;
 use crate::keymap::{TMP_PREFIX, Target};
 use crate::report::Report;
+use crate::stats::{Recorder, Stage};
 
 /// A downloaded object, ready to be written.
 pub struct FileJob {
@@ -46,6 +48,10 @@ pub struct FileJob {
     pub body: Bytes,
     /// Holds the object's share of the buffer budget until the file is written.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// When a fetcher picked the key (start of the `total` stage).
+    pub picked: Instant,
+    /// When the body was complete (start of the `handoff` stage).
+    pub fetched: Instant,
 }
 
 /// Work for a writer.
@@ -74,11 +80,7 @@ impl Writer {
         for t in self.threads {
             ok &= t.join().is_ok();
         }
-        if ok {
-            Ok(())
-        } else {
-            Err("internal error: a writer thread panicked".to_owned())
-        }
+        if ok { Ok(()) } else { Err("internal error: a writer thread panicked".to_owned()) }
     }
 }
 
@@ -116,11 +118,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
             .name("s3uring-uring".into())
             .spawn(move || w.run(rx, &dirs, &report))
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
-        return Ok(Writer {
-            jobs: tx,
-            engine: "io_uring",
-            threads: vec![t],
-        });
+        return Ok(Writer { jobs: tx, engine: "io_uring", threads: vec![t] });
     }
     let seq = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
@@ -129,18 +127,15 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
         let t = std::thread::Builder::new()
             .name(format!("s3uring-io-{i}"))
             .spawn(move || {
+                let mut rec = report.recorder();
                 while let Ok(job) = rx.recv_blocking() {
-                    run_job_sync(job, &dirs, &report, &seq);
+                    run_job_sync(job, &dirs, &report, &seq, &mut rec);
                 }
             })
             .map_err(|e| format!("cannot start writer threads: {e}"))?;
         threads.push(t);
     }
-    Ok(Writer {
-        jobs: tx,
-        engine: "threads",
-        threads,
-    })
+    Ok(Writer { jobs: tx, engine: "threads", threads })
 }
 
 /// The temporary name for sequence number `seq`: at most 13 + 8 + 1 + 16 = 38 bytes.
@@ -180,17 +175,9 @@ pub struct DirCache {
 
 impl DirCache {
     pub fn open(dest: &Path) -> Result<DirCache, String> {
-        let root = rustix::fs::open(
-            dest,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
-        Ok(DirCache {
-            root: Arc::new(root),
-            map: Mutex::new(HashMap::new()),
-            cap: dir_cache_cap(),
-        })
+        let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
+        Ok(DirCache { root: Arc::new(root), map: Mutex::new(HashMap::new()), cap: dir_cache_cap() })
     }
 
     /// The descriptor of directory `rel` (`""` is DEST), created if missing.
@@ -198,10 +185,7 @@ impl DirCache {
         if rel.is_empty() {
             return Ok(self.root.clone());
         }
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| "internal error: directory cache poisoned".to_owned())?;
+        let mut map = self.map.lock().map_err(|_| "internal error: directory cache poisoned".to_owned())?;
         self.get_locked(&mut map, rel)
     }
 
@@ -225,9 +209,7 @@ impl DirCache {
 
 /// How many directory descriptors to keep open: half the soft RLIMIT_NOFILE, up to 4096.
 fn dir_cache_cap() -> usize {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1024);
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1024);
     ((soft / 2) as usize).clamp(16, 4096)
 }
 
@@ -260,25 +242,30 @@ fn open_or_create_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
 }
 
 /// The thread engine's whole job: plain syscalls, same rules as the ring.
-fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64) {
+fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec: &mut Recorder) {
     match job {
         Job::Dir { key, target } => match dirs.get(target.dir()) {
             Ok(_) => report.dir_done(),
             Err(reason) => report.fail(&key, &reason),
         },
-        Job::File(job) => match write_file_sync(&job, dirs, seq) {
-            Ok(()) => report.written(job.body.len() as u64),
-            Err(reason) => report.fail(&job.key, &reason),
-        },
+        Job::File(job) => {
+            let start = Instant::now();
+            rec.record(Stage::Handoff, start - job.fetched);
+            match write_file_sync(&job, dirs, seq) {
+                Ok(()) => {
+                    rec.record(Stage::Write, start.elapsed());
+                    rec.record(Stage::Total, job.picked.elapsed());
+                    report.written(job.body.len() as u64);
+                }
+                Err(reason) => report.fail(&job.key, &reason),
+            }
+        }
     }
 }
 
 fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<(), String> {
     let dir = dirs.get(job.target.dir())?;
-    let final_name = job
-        .target
-        .file_name()
-        .ok_or("internal error: file job without a name")?;
+    let final_name = job.target.file_name().ok_or("internal error: file job without a name")?;
     let rel = job.target.rel_path();
     let tmp = tmp_name(seq.fetch_add(1, Ordering::Relaxed));
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;

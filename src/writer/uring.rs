@@ -37,11 +37,13 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 
 use super::{DirCache, FileJob, Job, c_name, io_reason, tmp_name};
 use crate::report::Report;
+use crate::stats::{Recorder, Stage};
 
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
@@ -83,9 +85,7 @@ impl UringWriter {
             .map_err(|e| format!("io_uring_setup failed: {e}"))?;
         let submitter = ring.submitter();
         let mut probe = Probe::new();
-        submitter
-            .register_probe(&mut probe)
-            .map_err(|e| format!("probing io_uring opcodes failed: {e}"))?;
+        submitter.register_probe(&mut probe).map_err(|e| format!("probing io_uring opcodes failed: {e}"))?;
         for (code, name) in [
             (opcode::OpenAt::CODE, "OPENAT"),
             (opcode::Write::CODE, "WRITE"),
@@ -96,17 +96,12 @@ impl UringWriter {
                 return Err(format!("the kernel lacks IORING_OP_{name}"));
             }
         }
-        submitter
-            .register_files_sparse(SLOTS)
-            .map_err(|e| format!("registering a sparse file table failed: {e}"))?;
+        submitter.register_files_sparse(SLOTS).map_err(|e| format!("registering a sparse file table failed: {e}"))?;
         // Bound the kernel's io-wq threads, which execute the blocking opens and renames.
         // Best effort: older kernels lack the call, and the defaults still work.
         let mut max = [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS];
         let _ = submitter.register_iowq_max_workers(&mut max);
-        Ok(UringWriter {
-            ring,
-            files_per_submit: usize::MAX,
-        })
+        Ok(UringWriter { ring, files_per_submit: usize::MAX })
     }
 
     /// Starts at most `n` new files per `io_uring_enter` (see `WriterOptions`).
@@ -126,6 +121,7 @@ impl UringWriter {
             retry: VecDeque::new(),
             broken: None,
             files_per_submit: self.files_per_submit,
+            rec: report.recorder(),
             dirs,
             report,
         };
@@ -147,6 +143,8 @@ struct Entry {
     short_write: bool,
     err: Option<String>,
     attempt: u8,
+    /// When the chain was pushed (start of the `write` stage).
+    pushed: Instant,
 }
 
 struct Loop<'a> {
@@ -161,6 +159,7 @@ struct Loop<'a> {
     /// Set when io_uring_enter itself fails: every later job fails with this reason.
     broken: Option<String>,
     files_per_submit: usize,
+    rec: Recorder,
     dirs: &'a DirCache,
     report: &'a Report,
 }
@@ -247,6 +246,9 @@ impl Loop<'_> {
                 return self.report.fail(&job.key, "internal error: file job without a name");
             }
         };
+        if attempt == 0 {
+            self.rec.record(Stage::Handoff, job.fetched.elapsed());
+        }
         let Some(slot) = self.free.pop() else {
             // Callers only start files while a slot is free.
             return self.report.fail(&job.key, "internal error: no free file slot");
@@ -263,6 +265,7 @@ impl Loop<'_> {
             short_write: false,
             err: None,
             attempt,
+            pushed: Instant::now(),
             job,
         };
         let idx = slot as usize;
@@ -353,24 +356,18 @@ impl Loop<'_> {
             match op {
                 OP_OPEN if res >= 0 => e.open_ok = true,
                 OP_OPEN => {
-                    e.err
-                        .get_or_insert_with(|| io_reason("cannot create a temporary file for", &rel, -res));
+                    e.err.get_or_insert_with(|| io_reason("cannot create a temporary file for", &rel, -res));
                 }
                 OP_WRITE if res >= 0 && (res as u64) < want => {
                     e.short_write = true;
-                    e.err
-                        .get_or_insert_with(|| format!("short write to '{rel}': {res} of {want} bytes"));
+                    e.err.get_or_insert_with(|| format!("short write to '{rel}': {res} of {want} bytes"));
                 }
                 OP_RENAME if res == 0 => e.renamed = true,
                 OP_CLOSE if res < 0 && e.open_ok => {
                     e.err.get_or_insert_with(|| io_reason("cannot close", &rel, -res));
                 }
                 _ if res < 0 && res != -libc::ECANCELED && op != OP_CLOSE => {
-                    let what = if op == OP_WRITE {
-                        "cannot write"
-                    } else {
-                        "cannot rename into place"
-                    };
+                    let what = if op == OP_WRITE { "cannot write" } else { "cannot rename into place" };
                     e.err.get_or_insert_with(|| io_reason(what, &rel, -res));
                 }
                 _ => {}
@@ -392,6 +389,8 @@ impl Loop<'_> {
         self.free.push(slot);
         self.inflight -= 1;
         if e.renamed && e.err.is_none() {
+            self.rec.record(Stage::Write, e.pushed.elapsed());
+            self.rec.record(Stage::Total, e.job.picked.elapsed());
             return self.report.written(e.job.body.len() as u64);
         }
         if e.open_ok && !e.renamed {
@@ -401,9 +400,7 @@ impl Loop<'_> {
             self.retry.push_back((e.job, 1));
             return;
         }
-        let reason = e
-            .err
-            .unwrap_or_else(|| "internal error: chain ended without rename".to_owned());
+        let reason = e.err.unwrap_or_else(|| "internal error: chain ended without rename".to_owned());
         self.report.fail(&e.job.key, &reason);
     }
 

@@ -1,0 +1,157 @@
+//! Live progress on stderr: a bar (indicatif) on a terminal, one plain line every
+//! `--progress-interval` seconds otherwise (logs, CI), nothing with `--quiet`.
+//!
+//! Everything else printed to stderr while a bar is live — failure lines, tracing logs — goes
+//! through [`line`] / [`LogWriter`], which suspend the bar around the write, so the two never
+//! interleave on one terminal line.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::report::Report;
+
+/// The live bar, if any: shared with [`line`] and the log writer.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn current_bar() -> Option<ProgressBar> {
+    BAR.lock().ok().and_then(|b| b.clone())
+}
+
+/// Prints one line to stderr without tearing the progress bar.
+pub fn line(s: &str) {
+    match current_bar() {
+        Some(bar) => bar.suspend(|| eprintln!("{s}")),
+        None => eprintln!("{s}"),
+    }
+}
+
+/// A `tracing` writer that suspends the bar around each log record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match current_bar() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogWriter
+    }
+}
+
+/// How to show progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A live bar (stderr is a terminal).
+    Bar,
+    /// A plain line every so often (stderr is a file or pipe).
+    Lines(Duration),
+    Off,
+}
+
+impl Mode {
+    /// The mode for this process: a bar on a terminal, else lines every `interval` (0: none).
+    pub fn detect(quiet: bool, interval: Duration) -> Mode {
+        if quiet {
+            Mode::Off
+        } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Mode::Bar
+        } else if interval.is_zero() {
+            Mode::Off
+        } else {
+            Mode::Lines(interval)
+        }
+    }
+}
+
+/// A running progress display; [`Progress::finish`] removes the bar.
+pub struct Progress {
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub fn start(report: Arc<Report>, mode: Mode) -> Option<Progress> {
+        let tick = match mode {
+            Mode::Off => return None,
+            Mode::Bar => Duration::from_millis(200),
+            Mode::Lines(every) => every,
+        };
+        let bar = (mode == Mode::Bar).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            if let Ok(mut b) = BAR.lock() {
+                *b = Some(bar.clone());
+            }
+            bar
+        });
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::select! {
+                    () = stop2.notified() => break,
+                    () = tokio::time::sleep(tick) => {}
+                }
+                let msg = status_line(&report, started.elapsed());
+                match &bar {
+                    Some(bar) => {
+                        bar.set_message(msg);
+                        bar.tick();
+                    }
+                    None => line(&format!("progress: {msg}")),
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            if let Ok(mut b) = BAR.lock() {
+                *b = None;
+            }
+        });
+        Some(Progress { stop, task })
+    }
+
+    pub async fn finish(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+}
+
+/// `12000/20000 objects · 46.9 MiB · 8400 obj/s · 32.8 MiB/s · 0 failed · ETA 1s`
+pub fn status_line(report: &Report, elapsed: Duration) -> String {
+    let c = report.counts();
+    let done = c.written + c.dirs + c.skipped + c.failed;
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let rate = (c.written + c.dirs + c.skipped) as f64 / secs;
+    let mib = c.bytes as f64 / (1 << 20) as f64;
+    let (total, eta) = if c.listing_done {
+        let left = c.listed.saturating_sub(done) as f64;
+        let eta = if rate > 0.0 { format!(" · ETA {:.0}s", left / rate) } else { String::new() };
+        (format!("{}", c.listed), eta)
+    } else {
+        (format!("{}+ (listing)", c.listed), String::new())
+    };
+    format!(
+        "{done}/{total} objects · {mib:.1} MiB · {rate:.0} obj/s · {:.1} MiB/s · {} failed{eta}",
+        mib / secs,
+        c.failed
+    )
+}
