@@ -14,7 +14,7 @@ use crate::config::{
     Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_WORKERS, IoEngine, S3Settings,
     S3Url,
 };
-use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, generated_content, generated_key};
+use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
 use crate::report::{Report, Summary, sanitize};
 
@@ -191,6 +191,37 @@ struct ServeArgs {
     /// Delay before each list page answers, in milliseconds.
     #[arg(long, default_value_t = 0)]
     list_latency_ms: u64,
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// Fault injection: each a fraction (0..1) of GETs.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fault injection (fractions of GETs, 0..1)")]
+struct FaultArgs {
+    /// Answer 503 SlowDown.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    fail_slowdown: f64,
+    /// Answer 500 InternalError.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    fail_internal: f64,
+    /// Close the connection without answering.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    fail_reset: f64,
+    /// Send half the body, then break the connection.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    fail_truncate: f64,
+    /// Delay the first byte by --slow-ms.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    slow: f64,
+    /// The delay of a slow first byte.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    slow_ms: u64,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{v} is not a fraction between 0 and 1")) }
 }
 
 /// Credentials of the embedded endpoint in `demo` and `serve`.
@@ -421,6 +452,14 @@ async fn serve(args: ServeArgs) -> Exit {
         listen: Some(args.listen),
         get_latency: std::time::Duration::from_millis(args.latency_ms),
         list_latency: std::time::Duration::from_millis(args.list_latency_ms),
+        faults: Faults {
+            slowdown: args.faults.fail_slowdown,
+            internal: args.faults.fail_internal,
+            reset: args.faults.fail_reset,
+            truncate: args.faults.fail_truncate,
+            slow: args.faults.slow,
+            slow_delay: std::time::Duration::from_millis(args.faults.slow_ms),
+        },
     })
     .await
     {
@@ -448,6 +487,11 @@ async fn serve(args: ServeArgs) -> Exit {
         ),
     }
     let _ = tokio::signal::ctrl_c().await;
+    let c = endpoint.fault_counts();
+    println!(
+        "served {} GETs; injected: {} SlowDown, {} InternalError, {} resets, {} truncated, {} slow",
+        c.gets, c.slowdown, c.internal, c.reset, c.truncate, c.slow
+    );
     Exit::Ok
 }
 

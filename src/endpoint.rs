@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -62,7 +63,115 @@ pub struct EndpointConfig {
     pub get_latency: Duration,
     /// Added before each ListObjectsV2 page answers.
     pub list_latency: Duration,
+    /// Faults injected into a fraction of GETs (the reliability work's test bench).
+    pub faults: Faults,
 }
+
+/// What fraction of GetObject requests fail, and how. Each GET draws once: at most one
+/// fault per request, in the order listed.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Answered `503 SlowDown` (S3's throttling).
+    pub slowdown: f64,
+    /// Answered `500 InternalError`.
+    pub internal: f64,
+    /// The connection is closed without an answer.
+    pub reset: f64,
+    /// Headers promise the whole body; the connection breaks after half of it.
+    pub truncate: f64,
+    /// The first byte comes `slow_delay` late.
+    pub slow: f64,
+    pub slow_delay: Duration,
+}
+
+/// How many faults of each kind an endpoint injected so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub gets: u64,
+    pub slowdown: u64,
+    pub internal: u64,
+    pub reset: u64,
+    pub truncate: u64,
+    pub slow: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    SlowDown,
+    Internal,
+    Reset,
+    Truncate,
+    Slow,
+}
+
+/// Draws faults and counts them; shared by the S3 implementation and the connection layer.
+#[derive(Debug, Default)]
+struct FaultState {
+    faults: Faults,
+    rng: AtomicU64,
+    gets: AtomicU64,
+    counts: [AtomicU64; 5],
+}
+
+impl FaultState {
+    fn new(faults: Faults) -> FaultState {
+        FaultState { faults, rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15), ..FaultState::default() }
+    }
+
+    fn any(&self) -> bool {
+        let f = &self.faults;
+        f.slowdown + f.internal + f.reset + f.truncate + f.slow > 0.0
+    }
+
+    /// A uniform number in [0, 1) from a shared splitmix64 sequence.
+    fn uniform(&self) -> f64 {
+        let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Draws the fate of one GET.
+    fn draw(&self) -> Option<Fault> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        if !self.any() {
+            return None;
+        }
+        let f = &self.faults;
+        let mut x = self.uniform();
+        for (p, fault) in [
+            (f.slowdown, Fault::SlowDown),
+            (f.internal, Fault::Internal),
+            (f.reset, Fault::Reset),
+            (f.truncate, Fault::Truncate),
+            (f.slow, Fault::Slow),
+        ] {
+            if x < p {
+                self.counts[fault as usize].fetch_add(1, Ordering::Relaxed);
+                return Some(fault);
+            }
+            x -= p;
+        }
+        None
+    }
+
+    fn counts(&self) -> FaultCounts {
+        let c = |f: Fault| self.counts[f as usize].load(Ordering::Relaxed);
+        FaultCounts {
+            gets: self.gets.load(Ordering::Relaxed),
+            slowdown: c(Fault::SlowDown),
+            internal: c(Fault::Internal),
+            reset: c(Fault::Reset),
+            truncate: c(Fault::Truncate),
+            slow: c(Fault::Slow),
+        }
+    }
+}
+
+/// The draw for a request that the connection layer made, handed to `get_object`.
+#[derive(Debug, Clone, Copy)]
+struct Drawn(Option<Fault>);
 
 /// The key of generated object `i` among `prefixes` prefixes: `p0003/obj00000042`.
 pub fn generated_key(i: u64, prefixes: u64) -> String {
@@ -135,6 +244,7 @@ struct MemS3 {
     buckets: HashMap<String, Bucket>,
     get_latency: Duration,
     list_latency: Duration,
+    faults: Arc<FaultState>,
 }
 
 async fn delay(d: Duration) {
@@ -215,6 +325,14 @@ impl S3 for MemS3 {
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         delay(self.get_latency).await;
+        // The connection layer drew this request's fate (and already handled resets).
+        let fault = req.extensions.get::<Drawn>().and_then(|d| d.0);
+        match fault {
+            Some(Fault::SlowDown) => return Err(s3_error!(SlowDown, "injected: please reduce your request rate")),
+            Some(Fault::Internal) => return Err(s3_error!(InternalError, "injected: internal error")),
+            Some(Fault::Slow) => delay(self.faults.faults.slow_delay).await,
+            _ => {}
+        }
         let input = &req.input;
         let obj = self.object(&input.bucket, &input.key)?;
         let mut data = obj.bytes(&input.key);
@@ -230,7 +348,15 @@ impl S3 for MemS3 {
             content_range: content_range.clone(),
             e_tag: Some(obj.etag(&input.key)),
             last_modified: Some(Timestamp::from(obj.last_modified)),
-            body: Some(StreamingBlob::from(s3s::Body::from(data))),
+            body: Some(if fault == Some(Fault::Truncate) {
+                // Half the body, then a broken stream: hyper aborts the connection.
+                let half = data.slice(..data.len() / 2);
+                let parts: Vec<Result<Bytes, std::io::Error>> =
+                    vec![Ok(half), Err(std::io::Error::other("injected: body cut short"))];
+                StreamingBlob::wrap(futures_util::stream::iter(parts))
+            } else {
+                StreamingBlob::from(s3s::Body::from(data))
+            }),
             ..Default::default()
         };
         let mut resp = S3Response::new(out);
@@ -348,7 +474,20 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         }
         buckets.insert(spec.name.clone(), bucket);
     }
-    MemS3 { buckets, get_latency: config.get_latency, list_latency: config.list_latency }
+    MemS3 {
+        buckets,
+        get_latency: config.get_latency,
+        list_latency: config.list_latency,
+        faults: Arc::new(FaultState::new(config.faults.clone())),
+    }
+}
+
+/// Is this HTTP request a GetObject (path style `/bucket/key`, or virtual-hosted `/key`,
+/// without a sub-resource query)? Only GETs get faults.
+fn is_get_object(req: &http::Request<hyper::body::Incoming>) -> bool {
+    req.method() == http::Method::GET
+        && req.uri().query().is_none_or(|q| !q.contains("list-type") && !q.contains("location"))
+        && req.uri().path().trim_start_matches('/').contains('/')
 }
 
 /// A running endpoint. Dropping it stops accepting connections.
@@ -356,12 +495,14 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
 pub struct Endpoint {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    faults: Arc<FaultState>,
 }
 
 impl Endpoint {
     /// Binds and starts serving on the current tokio runtime.
     pub async fn start(config: EndpointConfig) -> std::io::Result<Endpoint> {
         let store = build_store(&config);
+        let faults = store.faults.clone();
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some((ak, sk)) = &config.credentials {
             builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
@@ -370,22 +511,33 @@ impl Endpoint {
         let listen = config.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let service = Arc::new(service);
+        let fault_state = faults.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+                let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
-                let service = (*service).clone();
+                let service = service.clone();
+                let faults = fault_state.clone();
                 tokio::spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service).await;
+                    // Draw each GET's fate here: a reset must drop the connection before
+                    // any answer, which only this layer can do.
+                    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                        let service = service.clone();
+                        let drawn = if is_get_object(&req) { faults.draw() } else { None };
+                        req.extensions_mut().insert(Drawn(drawn));
+                        async move {
+                            if drawn == Some(Fault::Reset) {
+                                return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected reset"))));
+                            }
+                            service.call(req.map(s3s::Body::from)).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
                 });
             }
         });
-        Ok(Endpoint { addr, task })
+        Ok(Endpoint { addr, task, faults })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -396,6 +548,11 @@ impl Endpoint {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// GETs served and faults injected so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.faults.counts()
     }
 }
 

@@ -3,6 +3,7 @@
 //! the real aws-sdk-s3 client, and checks real files.
 
 mod copy;
+mod endpoint;
 mod errors;
 mod keys;
 mod util;

@@ -43,12 +43,20 @@ impl Env {
     }
 
     fn start(buckets: Vec<BucketSpec>, signed: bool) -> Env {
+        Env::with_config(EndpointConfig { buckets, ..Default::default() }, signed)
+    }
+
+    /// Any endpoint configuration (latency, faults); `signed` sets the credentials.
+    pub fn with_config(mut config: EndpointConfig, signed: bool) -> Env {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let credentials = signed.then(|| (AK.to_owned(), SK.to_owned()));
-        let endpoint =
-            rt.block_on(Endpoint::start(EndpointConfig { buckets, credentials, ..Default::default() })).unwrap();
+        config.credentials = signed.then(|| (AK.to_owned(), SK.to_owned()));
+        let endpoint = rt.block_on(Endpoint::start(config)).unwrap();
         let url = endpoint.url();
         Env { rt, endpoint: Some(endpoint), url, signed }
+    }
+
+    pub fn fault_counts(&self) -> s3uring::endpoint::FaultCounts {
+        self.endpoint.as_ref().map(|e| e.fault_counts()).unwrap_or_default()
     }
 
     /// `s3uring --endpoint-url URL` with credentials in the environment and nothing else
