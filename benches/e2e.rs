@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
-//!     [--engines uring,threads,bare-loop] [--dests /dev/shm,target/bench-disk] [--workers 256] [--queue 4096]
+//!     [--engines uring,threads,bare-loop,s5cmd,rclone,rclone-fast-list,aws] [--dests /dev/shm,target/bench-disk] [--workers 256] [--queue 4096]
 //!     [--latency-ms 0]
 //!     [--out bench-results/DATE-MACHINE]
 //! ```
@@ -42,7 +42,7 @@ fn parse_opts() -> Opts {
         objects: 20_000,
         size: 4096,
         repeat: 5,
-        engines: vec!["uring".into(), "threads".into(), "bare-loop".into()],
+        engines: vec![],
         dests: vec![PathBuf::from("/dev/shm"), PathBuf::from("target/bench-disk")],
         workers: "256".into(),
         queue: "4096".into(),
@@ -84,6 +84,14 @@ struct Server {
     url: String,
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Also when a run fails: never leave the endpoint behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_server(bin: &str, o: &Opts) -> Server {
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "bench"])
@@ -115,19 +123,115 @@ struct Row {
     client_cpu_us: f64,
     server_cpu_us: f64,
     peak_rss_mib: f64,
+    /// s3uring runs only: ttfb p50/p99, total p50/p99 (µs), files per submit.
+    stages: Option<[f64; 5]>,
 }
 
-/// Pulls "CPU 0.35 s user + 0.21 s sys = 28 µs/object, peak RSS 40 MiB" apart.
-fn parse_summary(stderr: &str) -> (f64, f64) {
-    let line = stderr.lines().find(|l| l.starts_with("CPU ")).unwrap_or_default();
-    let num_before = |pat: &str| -> f64 {
-        line.split(pat).next().and_then(|s| s.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-    };
-    (num_before(" µs/object"), num_before(" MiB"))
+/// The command line of one client: s3uring with an io engine, or a peer tool, all against
+/// the same endpoint and data, run under GNU time for CPU and peak RSS measured alike.
+fn client_command(bin: &str, engine: &str, url: &str, o: &Opts, dest: &Path) -> Command {
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "BENCHTIME %e %U %S %M"]);
+    // The machine sets AWS_CA_BUNDLE; the Go SDK inside rclone refuses it on its transport,
+    // and plain HTTP to 127.0.0.1 needs no CA.
+    c.env_remove("AWS_CA_BUNDLE");
+    c.env("AWS_ACCESS_KEY_ID", "s3uring")
+        .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    match engine {
+        "aws" => {
+            c.args(["aws", "--endpoint-url", url, "s3", "cp", "--recursive", "--only-show-errors", "s3://bench"])
+                .arg(dest);
+        }
+        "s5cmd" => {
+            c.args(["s5cmd", "--endpoint-url", url, "cp", "s3://bench/*"]).arg(format!("{}/", dest.display()));
+        }
+        "rclone" | "rclone-fast-list" => {
+            c.env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+                .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+                .env("RCLONE_CONFIG_BENCH_LIST_VERSION", "2")
+                .env("RCLONE_CONFIG_BENCH_ENDPOINT", url)
+                .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", "s3uring")
+                .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", "s3uring-demo-secret")
+                .args(["rclone", "copy", "bench:bench"])
+                .arg(dest);
+            if engine == "rclone" {
+                c.args(["--transfers", "64", "--checkers", "64"]);
+            } else {
+                c.args(["--transfers", "256", "--checkers", "64", "--fast-list"]);
+            }
+        }
+        _ => {
+            c.arg(bin)
+                .args(["-q", "--endpoint-url", url, "--io-engine", engine])
+                .arg("--stats-json")
+                .arg(stats_path(dest))
+                .args(["--workers", &o.workers, "--queue", &o.queue, "s3://bench"])
+                .arg(dest);
+        }
+    }
+    c
+}
+
+/// Peers that are installed, with their versions (recorded in the summary).
+fn peer_versions() -> Vec<(String, String)> {
+    [("aws", "aws --version 2>&1"), ("s5cmd", "s5cmd version 2>&1"), ("rclone", "rclone version 2>&1 | head -1")]
+        .iter()
+        .filter(|(tool, _)| !sh(&format!("command -v {tool}")).is_empty())
+        .map(|(tool, v)| (tool.to_string(), sh(v)))
+        .collect()
+}
+
+/// Where an s3uring run of the bench writes its `--stats-json` (beside DEST, not in it).
+fn stats_path(dest: &Path) -> PathBuf {
+    dest.with_extension("stats.json")
+}
+
+/// ttfb p50, ttfb p99, total p50, total p99 (µs) and files per submit from a stats file.
+fn read_stats(dest: &Path) -> Option<[f64; 5]> {
+    let text = std::fs::read_to_string(stats_path(dest)).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let st = |stage: &str, p: &str| doc["stages"][stage][p].as_f64().unwrap_or(0.0);
+    let fps = doc["writer"]["files_per_submit"].as_f64().unwrap_or(0.0);
+    Some([st("ttfb", "p50_us"), st("ttfb", "p99_us"), st("total", "p50_us"), st("total", "p99_us"), fps])
+}
+
+fn count_files(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Client CPU µs per object and peak RSS MiB from the `BENCHTIME` line of GNU time.
+fn parse_time(stderr: &str, objects: u64) -> (f64, f64) {
+    let Some(line) = stderr.lines().rev().find(|l| l.starts_with("BENCHTIME ")) else { return (0.0, 0.0) };
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    match f.as_slice() {
+        [_, user, sys, rss_kb] => ((user + sys) * 1e6 / objects as f64, rss_kb / 1024.0),
+        _ => (0.0, 0.0),
+    }
 }
 
 fn main() {
-    let o = parse_opts();
+    let mut o = parse_opts();
+    if o.engines.is_empty() {
+        // The AWS CLI (~230 objects/s here) is opt-in: `--engines ...,aws`.
+        o.engines = vec!["uring".into(), "threads".into(), "bare-loop".into()];
+        for (peer, _) in peer_versions() {
+            match peer.as_str() {
+                "s5cmd" => o.engines.push(peer),
+                "rclone" => o.engines.extend(["rclone".to_owned(), "rclone-fast-list".to_owned()]),
+                _ => {}
+            }
+        }
+    }
     let bin = env!("CARGO_BIN_EXE_s3uring");
     let mut server = start_server(bin, &o);
     let date = sh("date -u +%Y-%m-%d");
@@ -158,6 +262,7 @@ fn main() {
                         client_cpu_us: (self_cpu() - cpu0) * 1e6 / o.objects as f64,
                         server_cpu_us: 0.0,
                         peak_rss_mib: 0.0,
+                        stages: None,
                     };
                     eprintln!("rep {rep} {:<20} {:<9} {:>8.0} files/s", row.dest, row.engine, row.objects_per_sec);
                     rows.push(row);
@@ -165,21 +270,15 @@ fn main() {
                 }
                 let cpu0 = proc_cpu(server.child.id());
                 let t = Instant::now();
-                let res = Command::new(bin)
-                    .env("AWS_ACCESS_KEY_ID", "s3uring")
-                    .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
-                    .env("AWS_REGION", "us-east-1")
-                    .env("AWS_EC2_METADATA_DISABLED", "true")
-                    .args(["--endpoint-url", &server.url, "--io-engine", engine])
-                    .args(["--workers", &o.workers, "--queue", &o.queue, "s3://bench"])
-                    .arg(&dest)
-                    .output()
-                    .expect("run s3uring");
+                let mut cmd = client_command(bin, engine, &server.url, &o, &dest);
+                let res = cmd.output().expect("run the client");
                 let secs = t.elapsed().as_secs_f64();
                 let server_cpu = proc_cpu(server.child.id()) - cpu0;
                 let stderr = String::from_utf8_lossy(&res.stderr);
-                assert!(res.status.success(), "s3uring failed: {stderr}");
-                let (client_cpu_us, peak_rss_mib) = parse_summary(&stderr);
+                assert!(res.status.success(), "{engine} failed: {stderr}");
+                let files = count_files(&dest);
+                assert_eq!(files, o.objects, "{engine} wrote {files} of {} files", o.objects);
+                let (client_cpu_us, peak_rss_mib) = parse_time(&stderr, o.objects);
                 let row = Row {
                     rep,
                     dest: dest_base.display().to_string(),
@@ -189,6 +288,7 @@ fn main() {
                     client_cpu_us,
                     server_cpu_us: server_cpu * 1e6 / o.objects as f64,
                     peak_rss_mib,
+                    stages: read_stats(&dest),
                 };
                 eprintln!(
                     "rep {rep} {:<20} {:<8} {:>8.0} obj/s  client {:>5.0} µs/obj  server {:>5.0} µs/obj  rss {:>4.0} MiB",
@@ -207,12 +307,20 @@ fn main() {
 
 fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) {
     let mut csv = String::from(
-        "rep,dest,engine,seconds,objects_per_sec,client_cpu_us_per_obj,server_cpu_us_per_obj,peak_rss_mib\n",
+        "rep,dest,engine,seconds,objects_per_sec,client_cpu_us_per_obj,server_cpu_us_per_obj,peak_rss_mib,ttfb_p50_us,ttfb_p99_us,total_p50_us,total_p99_us,files_per_submit\n",
     );
     for r in rows {
         csv += &format!(
-            "{},{},{},{:.3},{:.0},{:.1},{:.1},{:.1}\n",
-            r.rep, r.dest, r.engine, r.secs, r.objects_per_sec, r.client_cpu_us, r.server_cpu_us, r.peak_rss_mib
+            "{},{},{},{:.3},{:.0},{:.1},{:.1},{:.1},{}\n",
+            r.rep,
+            r.dest,
+            r.engine,
+            r.secs,
+            r.objects_per_sec,
+            r.client_cpu_us,
+            r.server_cpu_us,
+            r.peak_rss_mib,
+            r.stages.map_or(",,,,".to_owned(), |s| s.map(|v| format!("{v:.1}")).join(","))
         );
     }
     std::fs::write(out.join("raw.csv"), csv).expect("write raw.csv");
@@ -225,9 +333,11 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency\n\n\
          - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}`\n\
-         - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\n\
-         | dest (fs) | engine | runs | median objects/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\
+         - clients run under GNU time (`/usr/bin/time`): client CPU = user + sys, RSS = max resident\n\
+         - peers: {}\n\n\
+         | dest (fs) | engine | runs | median objects/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop | vs best peer |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         o.objects,
         o.size,
         o.latency_ms,
@@ -238,7 +348,8 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         o.repeat,
         o.workers,
         o.queue,
-        o.latency_ms
+        o.latency_ms,
+        peer_versions().iter().map(|(t, v)| format!("{t} ({v})")).collect::<Vec<_>>().join(", ")
     );
     for ((dest, engine), rs) in &groups {
         let ops = median(rs.iter().map(|r| r.objects_per_sec).collect());
@@ -247,9 +358,13 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
                 .get(&(dest.clone(), engine.to_owned()))
                 .map(|b| median(b.iter().map(|r| r.objects_per_sec).collect()))
         };
+        let best_peer = ["aws", "s5cmd", "rclone", "rclone-fast-list"]
+            .iter()
+            .filter_map(|p| median_of(p))
+            .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
         let ratio = |base: Option<f64>| base.map_or("-".to_owned(), |b| format!("{:.2}×", ops / b.max(1.0)));
         md += &format!(
-            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
+            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |\n",
             fs_type(dest),
             rs.len(),
             median(rs.iter().map(|r| r.client_cpu_us).collect()),
@@ -257,8 +372,22 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
             median(rs.iter().map(|r| r.peak_rss_mib).collect()),
             ratio(median_of("threads")),
             ratio(median_of("bare-loop")),
+            ratio(best_peer),
         );
     }
+    md += "\ns3uring's own stage percentiles (median over runs of each percentile, from `--stats-json`):\n\n\
+           | dest | engine | ttfb p50 | ttfb p99 | total p50 | total p99 | files per submit |\n|---|---|---|---|---|---|---|\n";
+    for ((dest, engine), rs) in &groups {
+        let st: Vec<[f64; 5]> = rs.iter().filter_map(|r| r.stages).collect();
+        if st.is_empty() {
+            continue;
+        }
+        let m = |i: usize| median(st.iter().map(|s| s[i]).collect());
+        let ms = |us: f64| format!("{:.1} ms", us / 1000.0);
+        let fps = if m(4) > 0.0 { format!("{:.1}", m(4)) } else { "-".to_owned() };
+        md += &format!("| {dest} | {engine} | {} | {} | {} | {} | {fps} |\n", ms(m(0)), ms(m(1)), ms(m(2)), ms(m(3)));
+    }
+    md += &format!("\nLoad average at the end: {}\n", sh("cat /proc/loadavg"));
     std::fs::write(out.join("summary.md"), &md).expect("write summary.md");
     println!("{md}");
 }

@@ -146,6 +146,37 @@ enum Command {
     Demo(DemoArgs),
     /// Run the embedded S3 endpoint alone (for other tools, benchmarks), until Ctrl-C.
     Serve(ServeArgs),
+    /// Copy SOURCE once per cell of a --workers × --queue grid into SCRATCH and report
+    /// objects/s, CPU per object and latency percentiles per cell (CSV, Markdown, SVG).
+    Tune(TuneArgs),
+}
+
+#[derive(Debug, Args)]
+struct TuneArgs {
+    /// s3://bucket[/prefix] to copy in every cell.
+    #[arg(value_name = "SOURCE")]
+    source: String,
+    /// Scratch directory: each cell copies into a fresh subdirectory, deleted afterwards
+    /// (tmpfs such as /dev/shm measures the network side most cleanly).
+    #[arg(value_name = "SCRATCH")]
+    scratch: PathBuf,
+    /// Comma-separated --workers values.
+    #[arg(long = "workers", value_name = "LIST", default_value = "50,200,500,1000,2000")]
+    workers_list: String,
+    /// Comma-separated --queue values.
+    #[arg(long = "queue", value_name = "LIST", default_value = "100,1000,4000")]
+    queue_list: String,
+    /// Runs per cell (the tables report medians).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Where tune.csv, tune.md and tune.svg go.
+    #[arg(long, value_name = "DIR", default_value = "s3uring-tune")]
+    out: PathBuf,
+    #[command(flatten)]
+    s3: S3Args,
+    /// File writer.
+    #[arg(long, value_enum, default_value_t = IoEngine::Auto)]
+    io_engine: IoEngine,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +273,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Some(Command::Demo(args)) => runtime.block_on(demo(args, &cli.output)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Tune(args)) => runtime.block_on(tune(args)),
         None => match resolve(&cli) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
             Err(msg) => {
@@ -277,15 +309,22 @@ fn init_tracing(verbose: u8, quiet: bool) {
 
 /// Flags → validated config. Everything here runs before any request.
 fn resolve(cli: &Cli) -> Result<Config, String> {
-    let source: S3Url = cli.source.as_deref().unwrap_or_default().parse()?;
     let dest = cli.dest.clone().ok_or("DEST is required")?;
+    let mut cfg = base_config(cli.source.as_deref().unwrap_or_default(), dest, &cli.s3)?;
+    apply_tuning(&mut cfg, &cli.tuning);
+    apply_output(&mut cfg, &cli.output)?;
+    Ok(cfg)
+}
+
+/// SOURCE, DEST and the connection flags, checked; everything else at its default.
+fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, String> {
+    let source: S3Url = source.parse()?;
     if dest.as_os_str().is_empty() {
         return Err("DEST is empty".to_owned());
     }
     if dest.exists() && !dest.is_dir() {
         return Err(format!("DEST '{}' exists and is not a directory", dest.display()));
     }
-    let s3 = &cli.s3;
     if let Some(url) = &s3.endpoint_url
         && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len())
     {
@@ -298,10 +337,7 @@ fn resolve(cli: &Cli) -> Result<Config, String> {
         credentials: if s3.no_sign_request { Credentials::Anonymous } else { Credentials::DefaultChain },
         force_path_style: s3.force_path_style.unwrap_or(s3.endpoint_url.is_some()),
     };
-    let mut cfg = Config::new(source, dest, settings);
-    apply_tuning(&mut cfg, &cli.tuning);
-    apply_output(&mut cfg, &cli.output)?;
-    Ok(cfg)
+    Ok(Config::new(source, dest, settings))
 }
 
 fn apply_output(cfg: &mut Config, o: &Output) -> Result<(), String> {
@@ -493,6 +529,44 @@ async fn serve(args: ServeArgs) -> Exit {
         c.gets, c.slowdown, c.internal, c.reset, c.truncate, c.slow
     );
     Exit::Ok
+}
+
+async fn tune(args: TuneArgs) -> Exit {
+    let setup = (|| {
+        let cfg = base_config(&args.source, args.scratch.clone(), &args.s3)?;
+        let workers = crate::tune::parse_list(&args.workers_list, "--workers")?;
+        let queues = crate::tune::parse_list(&args.queue_list, "--queue")?;
+        Ok::<_, String>((cfg, workers, queues))
+    })();
+    let (mut cfg, workers, queues) = match setup {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("s3uring: error: {msg}");
+            return Exit::Usage;
+        }
+    };
+    cfg.io_engine = args.io_engine;
+    let cells = match crate::tune::sweep(&cfg, &workers, &queues, args.repeat as usize).await {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("s3uring: error: {}", sanitize(&msg));
+            return Exit::Usage;
+        }
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    match crate::tune::write_results(&args.out, &cells, &cfg.source.to_string(), &command) {
+        Ok(files) => {
+            if let Ok(md) = std::fs::read_to_string(&files[1]) {
+                eprint!("{md}");
+            }
+            eprintln!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            if cells.iter().any(|c| !c.summary.success()) { Exit::KeysFailed } else { Exit::Ok }
+        }
+        Err(msg) => {
+            eprintln!("s3uring: error: {msg}");
+            Exit::KeysFailed
+        }
+    }
 }
 
 /// For tests and benches: the summary of a copy run in-process.

@@ -19,4 +19,5 @@ pub mod progress;
 pub mod report;
 pub mod s3;
 pub mod stats;
+pub mod tune;
 pub mod writer;

@@ -26,6 +26,9 @@ pub struct Report {
     listing_incomplete: AtomicBool,
     /// Listing has ended (the total is known).
     listing_done: AtomicBool,
+    /// io_uring writer: enters that submitted work, and files started.
+    ring_submits: AtomicU64,
+    ring_files: AtomicU64,
     first_failures: Mutex<Vec<(String, String)>>,
     quiet_failures: bool,
     stages: StageSink,
@@ -81,6 +84,12 @@ impl Report {
         crate::progress::line(&format!("s3uring: {}", sanitize(reason)));
     }
 
+    /// The io_uring writer's batching: `submits` enters carried `files` files.
+    pub fn ring_batches(&self, submits: u64, files: u64) {
+        self.ring_submits.fetch_add(submits, Ordering::Relaxed);
+        self.ring_files.fetch_add(files, Ordering::Relaxed);
+    }
+
     /// Listing has ended; the progress display can show a total and an ETA.
     pub fn listing_done(&self) {
         self.listing_done.store(true, Ordering::Relaxed);
@@ -113,6 +122,8 @@ impl Report {
             engine: engine.to_owned(),
             cpu: ProcessCpu::now(),
             stages: self.stages.snapshot(),
+            ring_submits: self.ring_submits.load(Ordering::Relaxed),
+            ring_files: self.ring_files.load(Ordering::Relaxed),
         }
     }
 }
@@ -178,6 +189,9 @@ pub struct Summary {
     pub cpu: Option<ProcessCpu>,
     /// Latency percentiles per stage.
     pub stages: Vec<StageStats>,
+    /// io_uring writer: `io_uring_enter` calls that submitted work, and files started.
+    pub ring_submits: u64,
+    pub ring_files: u64,
 }
 
 impl Summary {
@@ -193,6 +207,11 @@ impl Summary {
 
     pub fn objects_per_sec(&self) -> f64 {
         (self.written + self.dirs) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Files started per `io_uring_enter` (io_uring engine only).
+    pub fn files_per_submit(&self) -> Option<f64> {
+        (self.ring_submits > 0).then(|| self.ring_files as f64 / self.ring_submits as f64)
     }
 
     /// Client CPU (user + sys) per object written, in microseconds.
@@ -216,12 +235,13 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (io engine: {})",
+            "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (io engine: {}{})",
             self.bytes as f64 / (1 << 20) as f64,
             self.elapsed.as_secs_f64(),
             self.objects_per_sec(),
             self.mib_per_sec(),
-            self.engine
+            self.engine,
+            self.files_per_submit().map_or(String::new(), |f| format!(", {f:.1} files per submit"))
         );
         if let (Some(cpu), Some(per)) = (self.cpu, self.cpu_us_per_object()) {
             let _ = writeln!(
@@ -361,6 +381,11 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "listing_incomplete": summary.listing_incomplete,
         },
         "throughput": { "objects_per_s": summary.objects_per_sec(), "mib_per_s": summary.mib_per_sec() },
+        "writer": {
+            "ring_submits": summary.ring_submits,
+            "ring_files": summary.ring_files,
+            "files_per_submit": summary.files_per_submit(),
+        },
         "cpu": cpu,
         "stages": stages,
         "first_failures": summary.first_failures.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>(),

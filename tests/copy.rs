@@ -155,3 +155,34 @@ fn stats_json_and_progress_lines_describe_the_run() {
         run(env.cmd().args(["-q", "--progress-interval", "0.001", "s3://stats"]).arg(scratch.dir.path().join("q")));
     assert_eq!(stderr(&out), "");
 }
+
+#[test]
+fn tune_sweeps_a_grid_and_writes_csv_markdown_and_svg() {
+    let objs: Vec<(String, Bytes)> =
+        (0..200).map(|i| format!("t/k{i:03}")).map(|k| (k.clone(), content(&k, 300))).collect();
+    let env = Env::new(vec![bucket("tune-me", objs)]);
+    let scratch = Scratch::new();
+    let out_dir = scratch.dir.path().join("results");
+    let mut cmd = bare_cmd();
+    cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+    let out = run(cmd
+        .args(["tune", "--endpoint-url", &env.url, "--workers", "4,32", "--queue", "1,100", "--repeat", "2", "--out"])
+        .arg(&out_dir)
+        .arg("s3://tune-me")
+        .arg(scratch.dir.path().join("scratch")));
+    assert_eq!(out.status.code(), Some(0));
+    let csv = std::fs::read_to_string(out_dir.join("tune.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 8, "2 workers × 2 queues × 2 repeats: {csv}");
+    for row in &rows {
+        let f: Vec<&str> = row.split(',').collect();
+        assert_eq!((f[3], f[4]), ("200", "0"), "every cell copied all 200 objects: {row}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("tune.md")).unwrap();
+    assert!(md.contains("**best**") && md.contains("| 32 | 100 |"), "{md}");
+    let svg = std::fs::read_to_string(out_dir.join("tune.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("--queue 100"), "{}", &svg[..200.min(svg.len())]);
+    // Cells clean up after themselves.
+    let left = std::fs::read_dir(scratch.dir.path().join("scratch")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0);
+}

@@ -122,10 +122,13 @@ impl UringWriter {
             broken: None,
             files_per_submit: self.files_per_submit,
             rec: report.recorder(),
+            submits: 0,
+            files: 0,
             dirs,
             report,
         };
         lp.run(rx);
+        report.ring_batches(lp.submits, lp.files);
     }
 }
 
@@ -159,6 +162,10 @@ struct Loop<'a> {
     /// Set when io_uring_enter itself fails: every later job fails with this reason.
     broken: Option<String>,
     files_per_submit: usize,
+    /// `io_uring_enter` calls that submitted SQEs, and files started: their ratio is the
+    /// batching the ring achieved.
+    submits: u64,
+    files: u64,
     rec: Recorder,
     dirs: &'a DirCache,
     report: &'a Report,
@@ -221,7 +228,7 @@ impl Loop<'_> {
                 continue;
             }
             match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
+                Ok(n) => self.submits += u64::from(n > 0),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) => {}
                 Err(e) => {
                     // The ring itself is unusable: fail what is in flight rather than spin.
@@ -271,6 +278,7 @@ impl Loop<'_> {
         let idx = slot as usize;
         self.slab[idx] = Some(entry);
         self.inflight += 1;
+        self.files += 1;
         let Some(e) = self.slab[idx].as_ref() else {
             return;
         };
@@ -319,7 +327,11 @@ impl Loop<'_> {
             if room >= sqes.len() {
                 break;
             }
-            if let Err(e) = self.ring.submit() {
+            let submitted = self.ring.submit();
+            if let Ok(n) = submitted {
+                self.submits += u64::from(n > 0);
+            }
+            if let Err(e) = submitted {
                 if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) {
                     tracing::warn!("io_uring submit failed: {e}");
                 }
