@@ -57,6 +57,15 @@ struct Listed {
 pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
     let started = Instant::now();
     let created_dest = prepare_dest(cfg)?;
+    let result = copy(cfg, report, started).await;
+    if created_dest && matches!(result, Err(Fatal::Setup(_))) {
+        // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
+        let _ = std::fs::remove_dir(&cfg.dest);
+    }
+    result
+}
+
+async fn copy(cfg: &Config, report: Arc<Report>, started: Instant) -> Result<Summary, Fatal> {
     let writer_options = writer::WriterOptions {
         engine: cfg.io_engine,
         io_threads: cfg.io_threads,
@@ -95,13 +104,7 @@ pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
         .await
         .map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
     finished.map_err(Fatal::Internal)?;
-    if let Err(e) = listed {
-        if created_dest {
-            // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
-            let _ = std::fs::remove_dir(&cfg.dest);
-        }
-        return Err(e);
-    }
+    listed?;
     Ok(report.summary(started.elapsed(), engine))
 }
 

@@ -155,7 +155,13 @@ fn plot(path: &Path, groups: &[(usize, usize, f64, f64, &Cell)]) -> Result<(), B
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d((min_w * 0.8..max_w * 1.25).log_scale(), 0.0..max_ops)?;
-    chart.configure_mesh().x_desc("--workers").y_desc("objects/s").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("--workers")
+        .y_desc("objects/s")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
     let mut queues: Vec<usize> = groups.iter().map(|g| g.1).collect();
     queues.sort_unstable();
     queues.dedup();

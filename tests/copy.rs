@@ -186,3 +186,24 @@ fn tune_sweeps_a_grid_and_writes_csv_markdown_and_svg() {
     let left = std::fs::read_dir(scratch.dir.path().join("scratch")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0);
 }
+
+#[test]
+fn without_io_uring_auto_falls_back_once_and_uring_refuses_clearly() {
+    let objs: Vec<(String, Bytes)> = (0..30).map(|i| format!("fb/k{i}")).map(|k| (k.clone(), content(&k, 100))).collect();
+    let env = Env::new(vec![bucket("fallback", objs.clone())]);
+    let scratch = Scratch::new();
+    // S3URING_DISABLE_URING makes the probe fail as on a kernel or sandbox without io_uring.
+    let out = run(env.cmd().env("S3URING_DISABLE_URING", "1").arg("s3://fallback").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert_eq!(err.matches("io_uring is unavailable").count(), 1, "{err}");
+    assert!(err.contains("io engine: threads"), "{err}");
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+
+    let other = scratch.dir.path().join("other");
+    let out =
+        run(env.cmd().env("S3URING_DISABLE_URING", "1").args(["--io-engine", "uring", "s3://fallback"]).arg(&other));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--io-engine uring: disabled by S3URING_DISABLE_URING"), "{}", stderr(&out));
+    assert!(!other.exists(), "a setup error left DEST behind");
+}
