@@ -248,37 +248,23 @@ fn main() {
                 // runs makes ext4's inode allocator crawl over "recently deleted" inodes in
                 // the next run, which would measure the previous run's cleanup.
                 let dest = scratch(dest_base).join(format!("{rep}-{engine}"));
-                if engine == "bare-loop" {
-                    let t = Instant::now();
+                let t = Instant::now();
+                let (client_cpu_us, server_cpu_us, peak_rss_mib, stages) = if engine == "bare-loop" {
                     let cpu0 = self_cpu();
                     bare_loop(&dest, o.objects, o.size);
-                    let secs = t.elapsed().as_secs_f64();
-                    let row = Row {
-                        rep,
-                        dest: dest_base.display().to_string(),
-                        engine: engine.clone(),
-                        secs,
-                        objects_per_sec: o.objects as f64 / secs,
-                        client_cpu_us: (self_cpu() - cpu0) * 1e6 / o.objects as f64,
-                        server_cpu_us: 0.0,
-                        peak_rss_mib: 0.0,
-                        stages: None,
-                    };
-                    eprintln!("rep {rep} {:<20} {:<9} {:>8.0} files/s", row.dest, row.engine, row.objects_per_sec);
-                    rows.push(row);
-                    continue;
-                }
-                let cpu0 = proc_cpu(server.child.id());
-                let t = Instant::now();
-                let mut cmd = client_command(bin, engine, &server.url, &o, &dest);
-                let res = cmd.output().expect("run the client");
+                    ((self_cpu() - cpu0) * 1e6 / o.objects as f64, 0.0, 0.0, None)
+                } else {
+                    let cpu0 = proc_cpu(server.child.id());
+                    let res = client_command(bin, engine, &server.url, &o, &dest).output().expect("run the client");
+                    let server_cpu = proc_cpu(server.child.id()) - cpu0;
+                    let stderr = String::from_utf8_lossy(&res.stderr);
+                    assert!(res.status.success(), "{engine} failed: {stderr}");
+                    let files = count_files(&dest);
+                    assert_eq!(files, o.objects, "{engine} wrote {files} of {} files", o.objects);
+                    let (cpu_us, rss) = parse_time(&stderr, o.objects);
+                    (cpu_us, server_cpu * 1e6 / o.objects as f64, rss, read_stats(&dest))
+                };
                 let secs = t.elapsed().as_secs_f64();
-                let server_cpu = proc_cpu(server.child.id()) - cpu0;
-                let stderr = String::from_utf8_lossy(&res.stderr);
-                assert!(res.status.success(), "{engine} failed: {stderr}");
-                let files = count_files(&dest);
-                assert_eq!(files, o.objects, "{engine} wrote {files} of {} files", o.objects);
-                let (client_cpu_us, peak_rss_mib) = parse_time(&stderr, o.objects);
                 let row = Row {
                     rep,
                     dest: dest_base.display().to_string(),
@@ -286,12 +272,12 @@ fn main() {
                     secs,
                     objects_per_sec: o.objects as f64 / secs,
                     client_cpu_us,
-                    server_cpu_us: server_cpu * 1e6 / o.objects as f64,
+                    server_cpu_us,
                     peak_rss_mib,
-                    stages: read_stats(&dest),
+                    stages,
                 };
                 eprintln!(
-                    "rep {rep} {:<20} {:<8} {:>8.0} obj/s  client {:>5.0} µs/obj  server {:>5.0} µs/obj  rss {:>4.0} MiB",
+                    "rep {rep} {:<20} {:<16} {:>8.0} obj/s  client {:>5.0} µs/obj  server {:>5.0} µs/obj  rss {:>4.0} MiB",
                     row.dest, row.engine, row.objects_per_sec, row.client_cpu_us, row.server_cpu_us, row.peak_rss_mib
                 );
                 rows.push(row);

@@ -16,7 +16,7 @@ use crate::config::{
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
-use crate::report::{Report, Summary, sanitize};
+use crate::report::{Report, sanitize};
 
 /// Exit codes: 0 every key written or skipped, 1 some keys failed, 2 usage or setup error,
 /// 130 interrupted.
@@ -567,9 +567,4 @@ async fn tune(args: TuneArgs) -> Exit {
             Exit::KeysFailed
         }
     }
-}
-
-/// For tests and benches: the summary of a copy run in-process.
-pub async fn copy_summary(cfg: &Config) -> Result<Summary, Fatal> {
-    pipeline::run(cfg, Arc::new(Report::silent())).await
 }

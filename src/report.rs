@@ -109,13 +109,14 @@ impl Report {
     }
 
     pub fn summary(&self, elapsed: Duration, engine: &str) -> Summary {
+        let c = self.counts();
         Summary {
-            listed: self.listed.load(Ordering::Relaxed),
-            written: self.written.load(Ordering::Relaxed),
-            dirs: self.dirs.load(Ordering::Relaxed),
-            skipped: self.skipped.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            listed: c.listed,
+            written: c.written,
+            dirs: c.dirs,
+            skipped: c.skipped,
+            failed: c.failed,
+            bytes: c.bytes,
             listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
             first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
             elapsed,

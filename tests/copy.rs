@@ -189,7 +189,8 @@ fn tune_sweeps_a_grid_and_writes_csv_markdown_and_svg() {
 
 #[test]
 fn without_io_uring_auto_falls_back_once_and_uring_refuses_clearly() {
-    let objs: Vec<(String, Bytes)> = (0..30).map(|i| format!("fb/k{i}")).map(|k| (k.clone(), content(&k, 100))).collect();
+    let objs: Vec<(String, Bytes)> =
+        (0..30).map(|i| format!("fb/k{i}")).map(|k| (k.clone(), content(&k, 100))).collect();
     let env = Env::new(vec![bucket("fallback", objs.clone())]);
     let scratch = Scratch::new();
     // S3URING_DISABLE_URING makes the probe fail as on a kernel or sandbox without io_uring.
