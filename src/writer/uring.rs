@@ -62,6 +62,8 @@ const OP_CLOSE: u64 = 3;
 /// A ring that passed the probe, ready to run on its own thread.
 pub struct UringWriter {
     ring: IoUring,
+    /// Created disabled (single issuer): the writer thread enables it.
+    enable_later: bool,
     files_per_submit: usize,
 }
 
@@ -79,10 +81,27 @@ impl UringWriter {
         if std::env::var_os("S3URING_DISABLE_URING").is_some_and(|v| !v.is_empty() && v != "0") {
             return Err("disabled by S3URING_DISABLE_URING".to_owned());
         }
-        let ring = IoUring::builder()
+        // Single issuer + deferred task work (Linux 6.1+): completions are processed only when
+        // the writer asks for them, on its own thread, without IPIs or wake-ups in between.
+        // The ring starts disabled and the writer thread enables it, becoming its one issuer.
+        // Older kernels refuse the flags: fall back to a plain ring.
+        let fast = std::env::var_os("S3URING_RING_PLAIN").is_none();
+        let (ring, enable_later) = match IoUring::builder()
             .setup_cqsize(SQ_ENTRIES * 4)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
             .build(SQ_ENTRIES)
-            .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+        {
+            Ok(ring) if fast => (ring, true),
+            _ => {
+                let ring = IoUring::builder()
+                    .setup_cqsize(SQ_ENTRIES * 4)
+                    .build(SQ_ENTRIES)
+                    .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+                (ring, false)
+            }
+        };
         let submitter = ring.submitter();
         let mut probe = Probe::new();
         submitter.register_probe(&mut probe).map_err(|e| format!("probing io_uring opcodes failed: {e}"))?;
@@ -101,7 +120,7 @@ impl UringWriter {
         // Best effort: older kernels lack the call, and the defaults still work.
         let mut max = [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS];
         let _ = submitter.register_iowq_max_workers(&mut max);
-        Ok(UringWriter { ring, files_per_submit: usize::MAX })
+        Ok(UringWriter { ring, enable_later, files_per_submit: usize::MAX })
     }
 
     /// Starts at most `n` new files per `io_uring_enter` (see `WriterOptions`).
@@ -112,6 +131,15 @@ impl UringWriter {
 
     /// Writes every job received until the channel closes and the last file completes.
     pub fn run(self, rx: async_channel::Receiver<Job>, dirs: &DirCache, report: &Report) {
+        let broken = match self.enable_later {
+            true => self
+                .ring
+                .submitter()
+                .register_enable_rings()
+                .err()
+                .map(|e| format!("enabling the io_uring failed: {e}")),
+            false => None,
+        };
         let mut lp = Loop {
             ring: self.ring,
             slab: (0..SLOTS).map(|_| None).collect(),
@@ -119,7 +147,7 @@ impl UringWriter {
             inflight: 0,
             seq: 0,
             retry: VecDeque::new(),
-            broken: None,
+            broken,
             files_per_submit: self.files_per_submit,
             rec: report.recorder(),
             submits: 0,
