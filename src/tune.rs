@@ -159,6 +159,8 @@ fn plot(path: &Path, groups: &[(usize, usize, f64, f64, &Cell)]) -> Result<(), B
         .configure_mesh()
         .x_desc("--workers")
         .y_desc("objects/s")
+        .x_labels(8)
+        .max_light_lines(2)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
