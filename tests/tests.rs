@@ -6,4 +6,5 @@ mod copy;
 mod endpoint;
 mod errors;
 mod keys;
+mod killed;
 mod util;

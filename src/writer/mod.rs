@@ -177,6 +177,7 @@ impl DirCache {
     pub fn open(dest: &Path) -> Result<DirCache, String> {
         let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
+        remove_stale_temps(&root, "");
         Ok(DirCache { root: Arc::new(root), map: Mutex::new(HashMap::new()), cap: dir_cache_cap() })
     }
 
@@ -198,7 +199,11 @@ impl DirCache {
         }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let parent_fd = self.get_locked(map, parent)?;
-        let fd = Arc::new(open_or_create_dir(&parent_fd, name).map_err(|e| dir_error(&parent_fd, name, rel, e))?);
+        let (fd, existed) = open_or_create_dir(&parent_fd, name).map_err(|e| dir_error(&parent_fd, name, rel, e))?;
+        if existed {
+            remove_stale_temps(&fd, rel);
+        }
+        let fd = Arc::new(fd);
         if map.len() >= self.cap {
             map.retain(|_, v| Arc::strong_count(v) > 1);
         }
@@ -228,17 +233,43 @@ fn dir_error(parent: &OwnedFd, name: &str, rel: &str, e: Errno) -> String {
     }
 }
 
-fn open_or_create_dir(parent: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+/// Opens directory `name` under `parent`, creating it when missing; `true` if it existed.
+fn open_or_create_dir(parent: &OwnedFd, name: &str) -> Result<(OwnedFd, bool), Errno> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     match rustix::fs::openat(parent.as_fd(), name, flags, Mode::empty()) {
         Err(Errno::NOENT) => {}
-        other => return other,
+        other => return other.map(|fd| (fd, true)),
     }
     match rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o777)) {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(e),
     }
-    rustix::fs::openat(parent.as_fd(), name, flags, Mode::empty())
+    rustix::fs::openat(parent.as_fd(), name, flags, Mode::empty()).map(|fd| (fd, false))
+}
+
+/// Removes the temporary files a killed run left in a directory this run is about to use
+/// (invariant 2: a killed run leaves at most temporaries, which the next run cleans up).
+/// Names are `.s3uring-tmp.<pid hex>.<seq hex>`; a temporary of this process, or of a process
+/// that is still alive (another run into the same DEST), is left alone. Runs once per
+/// directory opened, on a writer thread; directories this run created have nothing to clean.
+fn remove_stale_temps(dir: &OwnedFd, rel: &str) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else { return };
+    let me = std::process::id();
+    let mut removed = 0u64;
+    for entry in entries.flatten() {
+        let Some(rest) = entry.file_name().to_str().ok().and_then(|n| n.strip_prefix(TMP_PREFIX)) else { continue };
+        let Some(pid) = rest.split('.').next().and_then(|p| u32::from_str_radix(p, 16).ok()) else { continue };
+        if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if rustix::fs::unlinkat(dir.as_fd(), entry.file_name(), rustix::fs::AtFlags::empty()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        let shown = if rel.is_empty() { "DEST" } else { rel };
+        tracing::info!("removed {removed} temporary files left by an interrupted run in '{shown}'");
+    }
 }
 
 /// The thread engine's whole job: plain syscalls, same rules as the ring.

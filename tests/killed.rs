@@ -1,0 +1,94 @@
+//! Invariant 2: a file at its final path is complete; a killed run leaves at most temporary
+//! files, which the next run cleans up.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use s3uring::endpoint::EndpointConfig;
+
+use crate::util::*;
+
+const TMP: &str = ".s3uring-tmp.";
+
+fn temporaries(tree: &Tree) -> Vec<String> {
+    tree.keys().filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(TMP))).cloned().collect()
+}
+
+#[test]
+fn stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
+    let objs: Vec<(String, Bytes)> = ["sub/a", "b"].iter().map(|k| (k.to_string(), content(k, 64))).collect();
+    let env = Env::new(vec![bucket("stale", objs.clone())]);
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let live = std::process::id();
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        let dead_top = format!("{TMP}{dead:x}.1");
+        let dead_sub = format!("sub/{TMP}{dead:x}.2");
+        let live_top = format!("{TMP}{live:x}.3");
+        for p in [&dead_top, &dead_sub, &live_top] {
+            std::fs::write(dest.join(p), b"partial").unwrap();
+        }
+        let out = run(env.cmd().args(["--io-engine", engine, "s3://stale"]).arg(&dest));
+        assert_eq!(out.status.code(), Some(0));
+        let tree = read_tree(&dest);
+        assert_eq!(temporaries(&tree), vec![live_top.clone()], "{engine}: only the live run's temporary stays");
+        assert_eq!(tree.get("sub/a"), Some(&Some(content("sub/a", 64).to_vec())));
+    }
+}
+
+#[test]
+fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
+    let objs: Vec<(String, Bytes)> =
+        (0..1500).map(|i| format!("k/d{:02}/o{i:05}", i % 13)).map(|k| (k.clone(), content(&k, 3000))).collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket("killme", objs.clone())],
+        get_latency: Duration::from_millis(30),
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        for kill_after_ms in [150, 500] {
+            let scratch = Scratch::new();
+            let dest = scratch.dest();
+            let mut child = env
+                .cmd()
+                .args(["-q", "--workers", "64", "--io-engine", engine, "s3://killme"])
+                .arg(&dest)
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(kill_after_ms));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            // Give an exited process's io_uring a moment to be torn down by the kernel.
+            std::thread::sleep(Duration::from_millis(100));
+            let after_kill = read_tree(&dest);
+            for (path, data) in &after_kill {
+                if let Some(data) = data
+                    && !temporaries(&after_kill).contains(path)
+                {
+                    assert_eq!(Some(data), want.get(path).and_then(|d| d.as_ref()), "{engine}: {path} is not complete");
+                }
+            }
+            let complete = after_kill.values().filter(|v| v.is_some()).count();
+            eprintln!(
+                "{engine}, killed after {kill_after_ms} ms: {complete} files, {} temporaries",
+                temporaries(&after_kill).len()
+            );
+            assert!(complete < objs.len(), "{engine}: the kill came too late to test anything");
+
+            let out = run(env.cmd().args(["--io-engine", engine, "s3://killme"]).arg(&dest));
+            assert_eq!(out.status.code(), Some(0), "{engine}");
+            let tree = read_tree(&dest);
+            assert!(temporaries(&tree).is_empty(), "{engine}: {:?}", temporaries(&tree));
+            assert_same_tree(&tree, &want);
+        }
+    }
+}
