@@ -358,11 +358,37 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.buffer_bytes = t.buffer_mib << 20;
 }
 
+/// SIGINT or SIGTERM: stop listing and fetching, let the writer finish what it holds, print
+/// the summary, exit 130. A second one exits at once: files at their final names are
+/// complete either way (data is renamed into place only when whole), and the temporaries
+/// left behind are removed by the next run.
+async fn watch_signals(stop: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    crate::progress::line("s3uring: interrupted: finishing the files in flight (interrupt again to quit at once)");
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    crate::progress::line("s3uring: interrupted again: quitting now; the next run removes temporary files");
+    std::process::exit(Exit::Interrupted as i32);
+}
+
 /// Runs a copy and prints its summary; the exit code says how it went.
 pub async fn copy(cfg: Config) -> Exit {
     let report = Arc::new(Report::new());
     let progress = crate::progress::Progress::start(report.clone(), cfg.progress);
-    let result = pipeline::run(&cfg, report).await;
+    let (stop_tx, stop) = pipeline::Stop::new();
+    let signals = tokio::spawn(watch_signals(stop_tx));
+    let result = pipeline::run_until(&cfg, report, stop).await;
+    signals.abort();
     if let Some(p) = progress {
         p.finish().await;
     }
@@ -382,7 +408,13 @@ pub async fn copy(cfg: Config) -> Exit {
                     eprint!("{}", crate::stats::render_table(&summary.stages));
                 }
             }
-            if summary.success() { Exit::Ok } else { Exit::KeysFailed }
+            if summary.interrupted {
+                Exit::Interrupted
+            } else if summary.success() {
+                Exit::Ok
+            } else {
+                Exit::KeysFailed
+            }
         }
         Err(Fatal::Setup(msg)) => {
             eprintln!("s3uring: error: {}", sanitize(&msg));

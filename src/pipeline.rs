@@ -55,9 +55,44 @@ struct Listed {
 /// Runs one copy to the end. Failures of single keys are in the summary; the error is for
 /// the run as a whole.
 pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
+    run_until(cfg, report, Stop::never()).await
+}
+
+/// Asks a running copy to stop: listing and fetching end, files already fetched are still
+/// written (or fail cleanly), and the summary says the run was interrupted.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Stop {
+    /// A stop and the handle that triggers it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Stop) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Stop { rx })
+    }
+
+    fn never() -> Stop {
+        Stop::new().1
+    }
+
+    fn requested(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once a stop is requested (never, if the trigger is dropped unused).
+    async fn requested_wait(&mut self) {
+        if self.rx.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// [`run`], stopping early when `stop` is triggered.
+pub async fn run_until(cfg: &Config, report: Arc<Report>, stop: Stop) -> Result<Summary, Fatal> {
     let started = Instant::now();
     let created_dest = prepare_dest(cfg)?;
-    let result = copy(cfg, report, started).await;
+    let result = copy(cfg, report, started, stop).await;
     if created_dest && matches!(result, Err(Fatal::Setup(_))) {
         // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
         let _ = std::fs::remove_dir(&cfg.dest);
@@ -65,7 +100,7 @@ pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
     result
 }
 
-async fn copy(cfg: &Config, report: Arc<Report>, started: Instant) -> Result<Summary, Fatal> {
+async fn copy(cfg: &Config, report: Arc<Report>, started: Instant, stop: Stop) -> Result<Summary, Fatal> {
     let writer_options = writer::WriterOptions {
         engine: cfg.io_engine,
         io_threads: cfg.io_threads,
@@ -89,12 +124,13 @@ async fn copy(cfg: &Config, report: Arc<Report>, started: Instant) -> Result<Sum
             budget: budget.clone(),
             budget_units,
             report: report.clone(),
+            stop: stop.clone(),
         };
         fetchers.push(tokio::spawn(f.run()));
     }
     drop(keys_rx);
 
-    let listed = list(cfg, &client, &keys_tx, &report).await;
+    let listed = list(cfg, &client, &keys_tx, &report, stop.clone()).await;
     report.listing_done();
     drop(keys_tx);
     for f in fetchers {
@@ -105,6 +141,9 @@ async fn copy(cfg: &Config, report: Arc<Report>, started: Instant) -> Result<Sum
         .map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
     finished.map_err(Fatal::Internal)?;
     listed?;
+    if stop.requested() {
+        report.interrupted();
+    }
     Ok(report.summary(started.elapsed(), engine))
 }
 
@@ -127,6 +166,7 @@ async fn list(
     client: &aws_sdk_s3::Client,
     keys: &async_channel::Sender<Listed>,
     report: &Report,
+    mut stop: Stop,
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
     let mut lister = s3::Lister::new(client, &cfg.source);
@@ -135,7 +175,11 @@ async fn list(
     let mut seen = 0u64;
     loop {
         let asked = Instant::now();
-        let Some(page) = lister.next_page().await else { break };
+        let page = tokio::select! {
+            () = stop.requested_wait() => return Ok(()),
+            page = lister.next_page() => page,
+        };
+        let Some(page) = page else { break };
         let listed_at = Instant::now();
         rec.record(Stage::List, listed_at - asked);
         let objects = match page {
@@ -159,7 +203,11 @@ async fn list(
             match map_key(rel) {
                 Ok(target) => {
                     let item = Listed { key: o.key, size: o.size, target, listed_at };
-                    if keys.send(item).await.is_err() {
+                    let sent = tokio::select! {
+                        () = stop.requested_wait() => return Ok(()),
+                        sent = keys.send(item) => sent,
+                    };
+                    if sent.is_err() {
                         return Ok(());
                     }
                 }
@@ -179,12 +227,21 @@ struct Fetcher {
     budget: Arc<Semaphore>,
     budget_units: u32,
     report: Arc<Report>,
+    stop: Stop,
 }
 
 impl Fetcher {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut rec = self.report.recorder();
-        while let Ok(item) = self.keys.recv().await {
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = self.stop.requested_wait() => break,
+                item = self.keys.recv() => match item {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
+            };
             let picked = Instant::now();
             rec.record(Stage::Queue, picked - item.listed_at);
             let job = if item.target.file_name().is_none() {
@@ -196,7 +253,12 @@ impl Fetcher {
                     self.report.fail(&item.key, "internal error: buffer budget closed");
                     continue;
                 };
-                match s3::get(&self.client, &self.bucket, &item.key).await {
+                let got = tokio::select! {
+                    // An interrupted GET is abandoned: its key stays "not copied".
+                    () = self.stop.requested_wait() => break,
+                    got = s3::get(&self.client, &self.bucket, &item.key) => got,
+                };
+                match got {
                     Ok(fetched) => {
                         rec.record(Stage::Ttfb, fetched.ttfb);
                         rec.record(Stage::Body, fetched.body_time);

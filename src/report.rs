@@ -26,6 +26,8 @@ pub struct Report {
     listing_incomplete: AtomicBool,
     /// Listing has ended (the total is known).
     listing_done: AtomicBool,
+    /// The run was stopped (SIGINT/SIGTERM) before every key was handled.
+    interrupted: AtomicBool,
     /// io_uring writer: enters that submitted work, and files started.
     ring_submits: AtomicU64,
     ring_files: AtomicU64,
@@ -90,6 +92,11 @@ impl Report {
         self.ring_files.fetch_add(files, Ordering::Relaxed);
     }
 
+    /// The run was stopped early on request.
+    pub fn interrupted(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
+    }
+
     /// Listing has ended; the progress display can show a total and an ETA.
     pub fn listing_done(&self) {
         self.listing_done.store(true, Ordering::Relaxed);
@@ -118,6 +125,7 @@ impl Report {
             failed: c.failed,
             bytes: c.bytes,
             listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
+            interrupted: self.interrupted.load(Ordering::Relaxed),
             first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
             elapsed,
             engine: engine.to_owned(),
@@ -183,6 +191,8 @@ pub struct Summary {
     pub failed: u64,
     pub bytes: u64,
     pub listing_incomplete: bool,
+    /// Stopped by SIGINT/SIGTERM: the keys not yet handled were not copied.
+    pub interrupted: bool,
     pub first_failures: Vec<(String, String)>,
     pub elapsed: Duration,
     pub engine: String,
@@ -198,7 +208,7 @@ pub struct Summary {
 impl Summary {
     /// True when every listed key was written or skipped and the listing completed.
     pub fn success(&self) -> bool {
-        self.failed == 0 && !self.listing_incomplete && self.unaccounted() == 0
+        self.failed == 0 && !self.listing_incomplete && !self.interrupted && self.unaccounted() == 0
     }
 
     /// Keys listed but neither written, skipped nor failed: always 0 (invariant 3).
@@ -251,6 +261,13 @@ impl Summary {
                 cpu.user.as_secs_f64(),
                 cpu.sys.as_secs_f64(),
                 cpu.peak_rss as f64 / (1 << 20) as f64
+            );
+        }
+        if self.interrupted {
+            let _ = writeln!(
+                s,
+                "interrupted: {} listed keys were not copied (re-run the same command to finish)",
+                self.unaccounted()
             );
         }
         if self.listing_incomplete {
@@ -380,6 +397,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "failed": summary.failed,
             "bytes": summary.bytes,
             "listing_incomplete": summary.listing_incomplete,
+            "interrupted": summary.interrupted,
         },
         "throughput": { "objects_per_s": summary.objects_per_sec(), "mib_per_s": summary.mib_per_sec() },
         "writer": {

@@ -92,3 +92,81 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
         }
     }
 }
+
+fn slow_env(bucket_name: &str, n: usize) -> (Env, Vec<(String, Bytes)>) {
+    let objs: Vec<(String, Bytes)> =
+        (0..n).map(|i| format!("s/d{:02}/o{i:05}", i % 7)).map(|k| (k.clone(), content(&k, 2000))).collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket(bucket_name, objs.clone())],
+        get_latency: Duration::from_millis(40),
+        ..Default::default()
+    };
+    (Env::with_config(config, true), objs)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
+    let (env, objs) = slow_env("sigint", 2000);
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        for sig in ["INT", "TERM"] {
+            let scratch = Scratch::new();
+            let dest = scratch.dest();
+            let child = env
+                .cmd()
+                .args(["--workers", "32", "--io-engine", engine, "s3://sigint"])
+                .arg(&dest)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            signal(&child, sig);
+            let out = child.wait_with_output().unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(130), "{engine} {sig}: {err}");
+            assert!(err.contains("interrupted") && err.contains("listed keys were not copied"), "{err}");
+            let tree = read_tree(&dest);
+            // A graceful stop finishes or abandons cleanly: no temporaries, no partial files.
+            assert!(temporaries(&tree).is_empty(), "{engine} {sig}: {:?}", temporaries(&tree));
+            for (path, data) in tree.iter().filter(|(_, d)| d.is_some()) {
+                assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
+            }
+            assert!(tree.values().filter(|d| d.is_some()).count() < objs.len(), "stopped too late to test");
+            let out = run(env.cmd().args(["--io-engine", engine, "s3://sigint"]).arg(&dest));
+            assert_eq!(out.status.code(), Some(0));
+            assert_same_tree(&read_tree(&dest), &want);
+        }
+    }
+}
+
+#[test]
+fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
+    let (env, objs) = slow_env("sigint-twice", 2000);
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        let child = env
+            .cmd()
+            .args(["-q", "--workers", "32", "--io-engine", engine, "s3://sigint-twice"])
+            .arg(&dest)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        signal(&child, "INT");
+        std::thread::sleep(Duration::from_millis(50));
+        signal(&child, "INT");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{engine}");
+        std::thread::sleep(Duration::from_millis(100));
+        let tree = read_tree(&dest);
+        for (path, data) in tree.iter().filter(|(p, d)| d.is_some() && !temporaries(&tree).contains(p)) {
+            assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
+        }
+    }
+}
