@@ -99,6 +99,7 @@ pub struct WriterOptions {
 
 /// Opens DEST and starts the chosen engine.
 pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<Writer, String> {
+    raise_nofile_limit();
     let dirs = Arc::new(DirCache::open(dest)?);
     let (tx, rx) = async_channel::bounded(opts.hand_off.max(1));
     let new_ring = || uring::UringWriter::new().map(|w| w.files_per_submit(opts.files_per_submit));
@@ -209,6 +210,16 @@ impl DirCache {
         }
         map.insert(rel.to_owned(), fd.clone());
         Ok(fd)
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as s5cmd does), so the directory cache
+/// and the thread engine never meet EMFILE on systems whose soft limit is 1024. Best effort.
+pub fn raise_nofile_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum || (lim.current.is_some() && lim.maximum.is_none()) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum });
     }
 }
 
