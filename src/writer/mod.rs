@@ -308,18 +308,19 @@ fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec
 fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<(), String> {
     let dir = dirs.get(job.target.dir())?;
     let final_name = job.target.file_name().ok_or("internal error: file job without a name")?;
-    let rel = job.target.rel_path();
+    // The path is only formatted for an error: a successful file allocates nothing for it.
+    let reason = |what: &str, errno: i32| io_reason(what, &job.target.rel_path(), errno);
     let tmp = tmp_name(seq.fetch_add(1, Ordering::Relaxed));
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir.as_fd(), tmp.as_c_str(), flags, Mode::from_raw_mode(0o666))
-        .map_err(|e| io_reason("cannot create a temporary file for", &rel, e.raw_os_error()))?;
+        .map_err(|e| reason("cannot create a temporary file for", e.raw_os_error()))?;
     let mut file = std::fs::File::from(fd);
     let result = file
         .write_all(&job.body)
-        .map_err(|e| io_reason("cannot write", &rel, e.raw_os_error().unwrap_or(libc::EIO)))
+        .map_err(|e| reason("cannot write", e.raw_os_error().unwrap_or(libc::EIO)))
         .and_then(|()| {
             rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), final_name)
-                .map_err(|e| io_reason("cannot rename into place", &rel, e.raw_os_error()))
+                .map_err(|e| reason("cannot rename into place", e.raw_os_error()))
         });
     drop(file);
     if result.is_err() {

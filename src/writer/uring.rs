@@ -395,23 +395,28 @@ impl Loop<'_> {
                 tracing::error!("internal error: completion for an empty slot {slot}");
                 continue;
             };
-            let rel = e.job.target.rel_path();
+            // The path is only formatted for an error: a successful file allocates nothing here.
+            let target = &e.job.target;
             match op {
                 OP_OPEN if res >= 0 => e.open_ok = true,
                 OP_OPEN => {
-                    e.err.get_or_insert_with(|| io_reason("cannot create a temporary file for", &rel, -res));
+                    e.err.get_or_insert_with(|| {
+                        io_reason("cannot create a temporary file for", &target.rel_path(), -res)
+                    });
                 }
                 OP_WRITE if res >= 0 && (res as u64) < want => {
                     e.short_write = true;
-                    e.err.get_or_insert_with(|| format!("short write to '{rel}': {res} of {want} bytes"));
+                    e.err.get_or_insert_with(|| {
+                        format!("short write to '{}': {res} of {want} bytes", target.rel_path())
+                    });
                 }
                 OP_RENAME if res == 0 => e.renamed = true,
                 OP_CLOSE if res < 0 && e.open_ok => {
-                    e.err.get_or_insert_with(|| io_reason("cannot close", &rel, -res));
+                    e.err.get_or_insert_with(|| io_reason("cannot close", &target.rel_path(), -res));
                 }
                 _ if res < 0 && res != -libc::ECANCELED && op != OP_CLOSE => {
                     let what = if op == OP_WRITE { "cannot write" } else { "cannot rename into place" };
-                    e.err.get_or_insert_with(|| io_reason(what, &rel, -res));
+                    e.err.get_or_insert_with(|| io_reason(what, &target.rel_path(), -res));
                 }
                 _ => {}
             }
