@@ -11,8 +11,9 @@
 //!   bodies are never held in memory.
 //!
 //! It answers ListObjectsV2 (prefix, delimiter, continuation token, start-after, max-keys;
-//! sorted; at most 1,000 keys a page), GetObject (with Range), HeadObject and HeadBucket, with
-//! a quoted-MD5 ETag, Content-Length and Last-Modified.
+//! sorted; at most 1,000 keys a page) and ListObjects v1 (marker; for peers that still use
+//! it), GetObject (with Range), HeadObject and HeadBucket, with a quoted-MD5 ETag,
+//! Content-Length and Last-Modified.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -25,7 +26,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use s3s::dto::{
     CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
-    HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Range, StreamingBlob, Timestamp,
+    HeadObjectOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Range,
+    StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -304,6 +306,76 @@ fn decode_token(token: &str) -> S3Result<String> {
     String::from_utf8(bytes).map_err(|_| bad())
 }
 
+/// One page of a listing: what both ListObjects versions answer.
+struct Page {
+    contents: Vec<Object>,
+    common: Vec<String>,
+    /// The last key this page covered (a common prefix covers its last key): where the next
+    /// page continues.
+    last: Option<String>,
+    truncated: bool,
+    max_keys: usize,
+}
+
+impl Page {
+    /// Walks `bucket` in key order from after `after` (or from `prefix`), keys under `prefix`,
+    /// rolling keys that contain `delimiter` past the prefix into common prefixes.
+    fn walk(
+        bucket: &Bucket,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+        after: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Page {
+        let prefix = prefix.unwrap_or_default();
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let max_keys = max_keys.map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
+        let lower = match after {
+            Some(a) if a.as_str() >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let mut page = Page { contents: Vec::new(), common: Vec::new(), last: None, truncated: false, max_keys };
+        let mut iter = bucket.range((lower, Bound::Unbounded)).peekable();
+        while let Some((key, obj)) = iter.next() {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if page.contents.len() + page.common.len() >= max_keys {
+                page.truncated = true;
+                break;
+            }
+            if let Some(d) = delimiter
+                && let Some(pos) = key[prefix.len()..].find(d)
+            {
+                // Roll every key under this common prefix into one entry.
+                let cp = key[..prefix.len() + pos + d.len()].to_owned();
+                let mut last = key;
+                while let Some((k, _)) = iter.next_if(|(k, _)| k.starts_with(&cp)) {
+                    last = k;
+                }
+                page.common.push(cp);
+                page.last = Some(last.clone());
+                continue;
+            }
+            page.contents.push(Object {
+                key: Some(key.clone()),
+                size: Some(obj.size() as i64),
+                e_tag: Some(obj.etag(key)),
+                last_modified: Some(Timestamp::from(obj.last_modified)),
+                ..Default::default()
+            });
+            page.last = Some(key.clone());
+        }
+        if max_keys == 0 {
+            page.truncated = bucket
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(prefix));
+        }
+        page
+    }
+}
+
 #[async_trait::async_trait]
 impl S3 for MemS3 {
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
@@ -370,75 +442,52 @@ impl S3 for MemS3 {
         delay(self.list_latency).await;
         let input = &req.input;
         let bucket = self.bucket(&input.bucket)?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
-        let max_keys = input.max_keys.map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
-
-        // Start strictly after the token's key, else after start-after, else at the prefix.
+        // Continue strictly after the token's key, else after start-after.
         let after = match &input.continuation_token {
             Some(t) => Some(decode_token(t)?),
             None => input.start_after.clone(),
         };
-        let lower = match &after {
-            Some(a) if a.as_str() >= prefix.as_str() => Bound::Excluded(a.clone()),
-            _ => Bound::Included(prefix.clone()),
-        };
-
-        let mut contents = Vec::new();
-        let mut common: Vec<String> = Vec::new();
-        let mut last_returned: Option<String> = None;
-        let mut truncated = false;
-        let mut iter = bucket.range((lower, Bound::Unbounded)).peekable();
-        while let Some((key, obj)) = iter.next() {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            if contents.len() + common.len() >= max_keys {
-                truncated = true;
-                break;
-            }
-            if let Some(d) = &delimiter
-                && let Some(pos) = key[prefix.len()..].find(d.as_str())
-            {
-                // Roll every key under this common prefix into one entry; the last of
-                // them is where the next page continues.
-                let cp = key[..prefix.len() + pos + d.len()].to_owned();
-                let mut last = key;
-                while let Some((k, _)) = iter.next_if(|(k, _)| k.starts_with(&cp)) {
-                    last = k;
-                }
-                common.push(cp);
-                last_returned = Some(last.clone());
-                continue;
-            }
-            contents.push(Object {
-                key: Some(key.clone()),
-                size: Some(obj.size() as i64),
-                e_tag: Some(obj.etag(key)),
-                last_modified: Some(Timestamp::from(obj.last_modified)),
-                ..Default::default()
-            });
-            last_returned = Some(key.clone());
-        }
-        if max_keys == 0 {
-            truncated = bucket
-                .range::<String, _>((Bound::Included(prefix.clone()), Bound::Unbounded))
-                .next()
-                .is_some_and(|(k, _)| k.starts_with(&prefix));
-        }
-        let key_count = (contents.len() + common.len()) as i32;
+        let page = Page::walk(bucket, input.prefix.as_deref(), input.delimiter.as_deref(), after, input.max_keys);
         let out = ListObjectsV2Output {
             name: Some(input.bucket.clone()),
             prefix: input.prefix.clone(),
             delimiter: input.delimiter.clone(),
-            max_keys: Some(max_keys as i32),
-            key_count: Some(key_count),
+            max_keys: Some(page.max_keys as i32),
+            key_count: Some((page.contents.len() + page.common.len()) as i32),
             continuation_token: input.continuation_token.clone(),
             start_after: input.start_after.clone(),
-            is_truncated: Some(truncated),
-            next_continuation_token: if truncated { last_returned.as_deref().map(encode_token) } else { None },
-            contents: Some(contents),
-            common_prefixes: Some(common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+            is_truncated: Some(page.truncated),
+            next_continuation_token: if page.truncated { page.last.as_deref().map(encode_token) } else { None },
+            contents: Some(page.contents),
+            common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+            ..Default::default()
+        };
+        Ok(S3Response::new(out))
+    }
+
+    /// ListObjects (v1), for peers that still use it (rclone's default for other providers).
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        delay(self.list_latency).await;
+        let input = &req.input;
+        let bucket = self.bucket(&input.bucket)?;
+        let page = Page::walk(
+            bucket,
+            input.prefix.as_deref(),
+            input.delimiter.as_deref(),
+            input.marker.clone(),
+            input.max_keys,
+        );
+        let out = ListObjectsOutput {
+            name: Some(input.bucket.clone()),
+            prefix: input.prefix.clone(),
+            delimiter: input.delimiter.clone(),
+            marker: input.marker.clone(),
+            max_keys: Some(page.max_keys as i32),
+            is_truncated: Some(page.truncated),
+            // S3 sends NextMarker only with a delimiter; we always do, which clients accept.
+            next_marker: if page.truncated { page.last } else { None },
+            contents: Some(page.contents),
+            common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         };
         Ok(S3Response::new(out))
