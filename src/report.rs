@@ -116,14 +116,8 @@ impl Report {
     }
 
     pub fn summary(&self, elapsed: Duration, engine: &str) -> Summary {
-        let c = self.counts();
         Summary {
-            listed: c.listed,
-            written: c.written,
-            dirs: c.dirs,
-            skipped: c.skipped,
-            failed: c.failed,
-            bytes: c.bytes,
+            counts: self.counts(),
             listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
             interrupted: self.interrupted.load(Ordering::Relaxed),
             first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
@@ -184,12 +178,8 @@ pub struct Counts {
 /// The numbers of a finished run.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    pub listed: u64,
-    pub written: u64,
-    pub dirs: u64,
-    pub skipped: u64,
-    pub failed: u64,
-    pub bytes: u64,
+    /// The counters at the end of the run.
+    pub counts: Counts,
     pub listing_incomplete: bool,
     /// Stopped by SIGINT/SIGTERM: the keys not yet handled were not copied.
     pub interrupted: bool,
@@ -208,16 +198,18 @@ pub struct Summary {
 impl Summary {
     /// True when every listed key was written or skipped and the listing completed.
     pub fn success(&self) -> bool {
-        self.failed == 0 && !self.listing_incomplete && !self.interrupted && self.unaccounted() == 0
+        self.counts.failed == 0 && !self.listing_incomplete && !self.interrupted && self.unaccounted() == 0
     }
 
     /// Keys listed but neither written, skipped nor failed: always 0 (invariant 3).
     pub fn unaccounted(&self) -> u64 {
-        self.listed.saturating_sub(self.written + self.dirs + self.skipped + self.failed)
+        self.counts
+            .listed
+            .saturating_sub(self.counts.written + self.counts.dirs + self.counts.skipped + self.counts.failed)
     }
 
     pub fn objects_per_sec(&self) -> f64 {
-        (self.written + self.dirs) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.counts.written + self.counts.dirs) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Files started per `io_uring_enter` (io_uring engine only).
@@ -228,12 +220,12 @@ impl Summary {
     /// Client CPU (user + sys) per object written, in microseconds.
     pub fn cpu_us_per_object(&self) -> Option<f64> {
         let cpu = self.cpu?;
-        let n = (self.written + self.dirs).max(1) as f64;
+        let n = (self.counts.written + self.counts.dirs).max(1) as f64;
         Some((cpu.user + cpu.sys).as_secs_f64() * 1e6 / n)
     }
 
     pub fn mib_per_sec(&self) -> f64 {
-        self.bytes as f64 / (1 << 20) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.counts.bytes as f64 / (1 << 20) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// The one-screen summary.
@@ -242,12 +234,12 @@ impl Summary {
         let _ = writeln!(
             s,
             "{} keys listed: {} files written, {} directories, {} skipped, {} failed",
-            self.listed, self.written, self.dirs, self.skipped, self.failed
+            self.counts.listed, self.counts.written, self.counts.dirs, self.counts.skipped, self.counts.failed
         );
         let _ = writeln!(
             s,
             "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (io engine: {}{})",
-            self.bytes as f64 / (1 << 20) as f64,
+            self.counts.bytes as f64 / (1 << 20) as f64,
             self.elapsed.as_secs_f64(),
             self.objects_per_sec(),
             self.mib_per_sec(),
@@ -390,12 +382,12 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
         },
         "elapsed_s": secs,
         "counters": {
-            "listed": summary.listed,
-            "written": summary.written,
-            "dirs": summary.dirs,
-            "skipped": summary.skipped,
-            "failed": summary.failed,
-            "bytes": summary.bytes,
+            "listed": summary.counts.listed,
+            "written": summary.counts.written,
+            "dirs": summary.counts.dirs,
+            "skipped": summary.counts.skipped,
+            "failed": summary.counts.failed,
+            "bytes": summary.counts.bytes,
             "listing_incomplete": summary.listing_incomplete,
             "interrupted": summary.interrupted,
         },

@@ -53,7 +53,7 @@ pub async fn sweep(base: &Config, workers: &[usize], queues: &[usize], repeat: u
                 let started = Instant::now();
                 let summary = pipeline::run(&cfg, report).await.map_err(|e| e.to_string())?;
                 let cpu1 = ProcessCpu::now().unwrap_or_default();
-                let objects = (summary.written + summary.dirs).max(1) as f64;
+                let objects = (summary.counts.written + summary.counts.dirs).max(1) as f64;
                 let cpu_us =
                     ((cpu1.user + cpu1.sys).as_secs_f64() - (cpu0.user + cpu0.sys).as_secs_f64()) * 1e6 / objects;
                 let cell = Cell { workers: w, queue: q, rep, summary, cpu_us };
@@ -61,7 +61,7 @@ pub async fn sweep(base: &Config, workers: &[usize], queues: &[usize], repeat: u
                     "workers {w:>5} queue {q:>6} rep {rep}: {:>8.0} objects/s, {:>5.0} µs CPU/object, {} failed ({:.1} s)",
                     cell.summary.objects_per_sec(),
                     cpu_us,
-                    cell.summary.failed,
+                    cell.summary.counts.failed,
                     started.elapsed().as_secs_f64()
                 );
                 let dest = cfg.dest.clone();
@@ -90,8 +90,8 @@ pub fn write_results(out: &Path, cells: &[Cell], source: &str, command: &str) ->
             c.workers,
             c.queue,
             c.rep,
-            s.written + s.dirs,
-            s.failed,
+            s.counts.written + s.counts.dirs,
+            s.counts.failed,
             s.elapsed.as_secs_f64(),
             s.objects_per_sec(),
             s.mib_per_sec(),
