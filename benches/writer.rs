@@ -51,7 +51,7 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
         w.jobs.send_blocking(job).expect("writer alive");
     }
     w.finish().expect("writer finished");
-    let s = report.summary(std::time::Duration::ZERO, "");
+    let s = report.summary(std::time::Duration::ZERO, "", "");
     assert_eq!((s.counts.written, s.counts.failed), (files, 0), "{config}: {:?}", s.first_failures);
 }
 

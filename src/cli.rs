@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_WORKERS, IoEngine, S3Settings,
-    S3Url,
+    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS,
+    FetchEngine, IoEngine, S3Settings, S3Url,
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
@@ -105,6 +105,17 @@ struct Tuning {
     /// File writer: io_uring linked chains, or a pool of threads doing plain syscalls.
     #[arg(long, value_enum, default_value_t = IoEngine::Auto)]
     io_engine: IoEngine,
+
+    /// What sends the GETs: `lean` (hyper + aws-sigv4, the SDK's endpoint rules and
+    /// credentials) or `sdk` (aws-sdk-s3's GetObject, the reference).
+    #[arg(long, value_enum, default_value_t = FetchEngine::Lean)]
+    fetch_engine: FetchEngine,
+
+    /// Retries of a GET that failed transiently (5xx, SlowDown, reset, timeout, short body),
+    /// with exponential backoff and jitter, before the key counts as failed.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RETRIES,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: u32,
 
     /// Threads of the `threads` io engine.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_IO_THREADS as u32,
@@ -354,6 +365,8 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.workers = t.workers as usize;
     cfg.queue = t.queue as usize;
     cfg.io_engine = t.io_engine;
+    cfg.fetch_engine = t.fetch_engine;
+    cfg.retries = t.retries;
     cfg.io_threads = t.io_threads as usize;
     cfg.buffer_bytes = t.buffer_mib << 20;
 }
@@ -528,6 +541,7 @@ async fn serve(args: ServeArgs) -> Exit {
             slow: args.faults.slow,
             slow_delay: std::time::Duration::from_millis(args.faults.slow_ms),
         },
+        ..EndpointConfig::default()
     })
     .await
     {

@@ -59,6 +59,16 @@ pub enum IoEngine {
     Threads,
 }
 
+/// What sends the GETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FetchEngine {
+    /// hyper connections, one per fetch task, signed with aws-sigv4 (the SDK's endpoint
+    /// rules and credentials); ~10× less CPU per object than `sdk`.
+    Lean,
+    /// aws-sdk-s3's GetObject: the reference engine.
+    Sdk,
+}
+
 /// Where credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
@@ -91,6 +101,9 @@ pub struct Config {
     /// Capacity of the key queue between lister and fetchers.
     pub queue: usize,
     pub io_engine: IoEngine,
+    pub fetch_engine: FetchEngine,
+    /// Retries of a failed GET (transient errors and throttling) before the key fails.
+    pub retries: u32,
     /// Threads of the portable writer.
     pub io_threads: usize,
     /// Bytes of object bodies held between GET and disk, at most (one larger object may
@@ -114,6 +127,8 @@ impl Config {
             workers: DEFAULT_WORKERS,
             queue: DEFAULT_QUEUE,
             io_engine: IoEngine::Auto,
+            fetch_engine: FetchEngine::Lean,
+            retries: DEFAULT_RETRIES,
             io_threads: DEFAULT_IO_THREADS,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,
@@ -127,6 +142,8 @@ impl Config {
 pub const DEFAULT_WORKERS: usize = 256;
 /// Default `--queue`.
 pub const DEFAULT_QUEUE: usize = 4096;
+/// Default `--retries`: with backoff up to ~1.6 s, a key survives ~3 s of errors.
+pub const DEFAULT_RETRIES: u32 = 4;
 /// Default `--io-threads`.
 pub const DEFAULT_IO_THREADS: usize = 16;
 /// Default `--buffer-mib`.

@@ -67,6 +67,11 @@ pub struct EndpointConfig {
     pub list_latency: Duration,
     /// Faults injected into a fraction of GETs (the reliability work's test bench).
     pub faults: Faults,
+    /// Keys that are listed but whose GET is refused with `403 AccessDenied` (a bucket
+    /// policy denying some objects).
+    pub denied: Vec<String>,
+    /// Keys that are listed but whose GET answers `404 NoSuchKey` (deleted after listing).
+    pub vanished: Vec<String>,
 }
 
 /// What fraction of GetObject requests fail, and how. Each GET draws once: at most one
@@ -247,6 +252,8 @@ struct MemS3 {
     get_latency: Duration,
     list_latency: Duration,
     faults: Arc<FaultState>,
+    denied: std::collections::HashSet<String>,
+    vanished: std::collections::HashSet<String>,
 }
 
 async fn delay(d: Duration) {
@@ -406,6 +413,12 @@ impl S3 for MemS3 {
             _ => {}
         }
         let input = &req.input;
+        if self.denied.contains(&input.key) {
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        }
+        if self.vanished.contains(&input.key) {
+            return Err(s3_error!(NoSuchKey, "The specified key does not exist."));
+        }
         let obj = self.object(&input.bucket, &input.key)?;
         let mut data = obj.bytes(&input.key);
         let total = data.len() as u64;
@@ -526,6 +539,8 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
     MemS3 {
         buckets,
         get_latency: config.get_latency,
+        denied: config.denied.iter().cloned().collect(),
+        vanished: config.vanished.iter().cloned().collect(),
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
     }

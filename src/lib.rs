@@ -1,7 +1,7 @@
 //! s3uring: restore very many small objects from S3 onto a local Linux file system, fast.
 //!
 //! ```text
-//! lister ─▶ [bounded key queue] ─▶ fetch tasks (aws-sdk-s3) ─▶ [bounded hand-off] ─▶ writer
+//! lister ─▶ [bounded key queue] ─▶ fetch tasks (lean: hyper + aws-sigv4; or aws-sdk-s3) ─▶ [bounded hand-off] ─▶ writer
 //! ```
 //!
 //! See `DESIGN.md` in the steering repository and the README for the why; each module opens
@@ -13,7 +13,9 @@
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod fetch;
 pub mod keymap;
+pub mod lean;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

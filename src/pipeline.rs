@@ -109,7 +109,9 @@ async fn copy(cfg: &Config, report: Arc<Report>, started: Instant, stop: Stop) -
     };
     let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
-    let client = s3::client(&cfg.s3).await;
+    let control = s3::client(&cfg.s3).await;
+    let client = control.client.clone();
+    let fetch = Arc::new(crate::fetch::Engine::new(cfg, &control, &report).await.map_err(Fatal::Setup)?);
 
     let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
     let budget_units = (cfg.buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX)) as u32;
@@ -117,8 +119,9 @@ async fn copy(cfg: &Config, report: Arc<Report>, started: Instant, stop: Stop) -
     let mut fetchers = Vec::with_capacity(cfg.workers);
     for _ in 0..cfg.workers.max(1) {
         let f = Fetcher {
-            client: client.clone(),
-            bucket: cfg.source.bucket.clone(),
+            engine: fetch.clone(),
+            conn: crate::lean::Conn::default(),
+            retries: cfg.retries,
             keys: keys_rx.clone(),
             jobs: writer.jobs.clone(),
             budget: budget.clone(),
@@ -144,7 +147,7 @@ async fn copy(cfg: &Config, report: Arc<Report>, started: Instant, stop: Stop) -
     if stop.requested() {
         report.interrupted();
     }
-    Ok(report.summary(started.elapsed(), engine))
+    Ok(report.summary(started.elapsed(), engine, fetch.name()))
 }
 
 /// DEST must be a directory; it is created when missing (then `true`).
@@ -220,8 +223,10 @@ async fn list(
 
 /// One long-lived fetch task.
 struct Fetcher {
-    client: aws_sdk_s3::Client,
-    bucket: String,
+    engine: Arc<crate::fetch::Engine>,
+    /// This task's connection (lean engine).
+    conn: crate::lean::Conn,
+    retries: u32,
     keys: async_channel::Receiver<Listed>,
     jobs: async_channel::Sender<Job>,
     budget: Arc<Semaphore>,
@@ -256,7 +261,7 @@ impl Fetcher {
                 let got = tokio::select! {
                     // An interrupted GET is abandoned: its key stays "not copied".
                     () = self.stop.requested_wait() => break,
-                    got = s3::get(&self.client, &self.bucket, &item.key) => got,
+                    got = self.engine.fetch(&mut self.conn, &item.key, self.retries, &self.report) => got,
                 };
                 match got {
                     Ok(fetched) => {

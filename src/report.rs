@@ -31,6 +31,10 @@ pub struct Report {
     /// io_uring writer: enters that submitted work, and files started.
     ring_submits: AtomicU64,
     ring_files: AtomicU64,
+    /// Fetching: connections opened (lean engine), attempts retried, of which throttled.
+    connections: AtomicU64,
+    retries: AtomicU64,
+    throttled: AtomicU64,
     first_failures: Mutex<Vec<(String, String)>>,
     quiet_failures: bool,
     stages: StageSink,
@@ -92,6 +96,19 @@ impl Report {
         self.ring_files.fetch_add(files, Ordering::Relaxed);
     }
 
+    /// The lean fetch engine opened a connection.
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A GET attempt failed and is tried again; `throttled` when the service asked to slow down.
+    pub fn retried(&self, throttled: bool) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        if throttled {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The run was stopped early on request.
     pub fn interrupted(&self) {
         self.interrupted.store(true, Ordering::Relaxed);
@@ -115,7 +132,8 @@ impl Report {
         }
     }
 
-    pub fn summary(&self, elapsed: Duration, engine: &str) -> Summary {
+    /// `engine` and `fetch_engine`: the io and fetch engines that ran.
+    pub fn summary(&self, elapsed: Duration, engine: &str, fetch_engine: &str) -> Summary {
         Summary {
             counts: self.counts(),
             listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
@@ -123,6 +141,10 @@ impl Report {
             first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
             elapsed,
             engine: engine.to_owned(),
+            fetch_engine: fetch_engine.to_owned(),
+            connections: self.connections.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
             cpu: ProcessCpu::now(),
             stages: self.stages.snapshot(),
             ring_submits: self.ring_submits.load(Ordering::Relaxed),
@@ -186,6 +208,13 @@ pub struct Summary {
     pub first_failures: Vec<(String, String)>,
     pub elapsed: Duration,
     pub engine: String,
+    /// The fetch engine (`lean` or `sdk`).
+    pub fetch_engine: String,
+    /// Connections the lean engine opened (0 with the SDK engine, whose pool is not counted).
+    pub connections: u64,
+    /// GET attempts retried, and how many of those were throttled (SlowDown, 503, 429).
+    pub retries: u64,
+    pub throttled: u64,
     /// The whole process's CPU and peak RSS at the end of the run.
     pub cpu: Option<ProcessCpu>,
     /// Latency percentiles per stage.
@@ -238,14 +267,19 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (io engine: {}{})",
+            "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (fetch: {}{}; io: {}{})",
             self.counts.bytes as f64 / (1 << 20) as f64,
             self.elapsed.as_secs_f64(),
             self.objects_per_sec(),
             self.mib_per_sec(),
+            self.fetch_engine,
+            if self.connections > 0 { format!(", {} connections", self.connections) } else { String::new() },
             self.engine,
             self.files_per_submit().map_or(String::new(), |f| format!(", {f:.1} files per submit"))
         );
+        if self.retries > 0 {
+            let _ = writeln!(s, "{} GET attempts retried ({} throttled by the service)", self.retries, self.throttled);
+        }
         if let (Some(cpu), Some(per)) = (self.cpu, self.cpu_us_per_object()) {
             let _ = writeln!(
                 s,
@@ -316,7 +350,7 @@ mod tests {
         r.dir_done();
         r.skipped();
         r.fail("k", "why");
-        let s = r.summary(Duration::from_secs(1), "threads");
+        let s = r.summary(Duration::from_secs(1), "threads", "lean");
         assert_eq!(s.unaccounted(), 0);
         assert!(!s.success());
         assert_eq!(s.first_failures, vec![("k".to_owned(), "why".to_owned())]);
@@ -367,6 +401,8 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "workers": cfg.workers,
             "queue": cfg.queue,
             "io_engine": format!("{:?}", cfg.io_engine).to_lowercase(),
+            "fetch_engine": format!("{:?}", cfg.fetch_engine).to_lowercase(),
+            "retries": cfg.retries,
             "io_threads": cfg.io_threads,
             "buffer_bytes": cfg.buffer_bytes,
             "endpoint_url": cfg.s3.endpoint_url,
@@ -374,6 +410,12 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "force_path_style": cfg.s3.force_path_style,
         },
         "io_engine": summary.engine,
+        "fetch_engine": summary.fetch_engine,
+        "fetch": {
+            "connections_opened": summary.connections,
+            "retries": summary.retries,
+            "throttled": summary.throttled,
+        },
         "machine": {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "kernel": read("/proc/sys/kernel/osrelease"),

@@ -1,6 +1,7 @@
-//! Everything that talks to S3 through aws-sdk-s3: building the client (credentials,
-//! region, endpoint, HTTP settings), listing, and GetObject. The only module that imports
-//! `aws_sdk_s3`.
+//! Everything that talks to S3 through aws-sdk-s3 — the control plane: building the client
+//! (credentials, region, endpoint, HTTP settings), listing, resolving a bucket's endpoint and
+//! credentials for the lean data plane ([`crate::lean`]), and the reference GetObject
+//! (`--fetch-engine sdk`). The only module that calls SDK operations.
 //!
 //! HTTP settings that matter at hundreds of concurrent small GETs (issue #2):
 //! - response checksum validation `WhenRequired`: no CRC over every body unless asked;
@@ -22,6 +23,8 @@ use aws_sdk_s3::config::{Region, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
@@ -38,7 +41,7 @@ type DnsCache = HashMap<String, (Instant, Vec<IpAddr>)>;
 /// A DNS resolver that reuses answers for [`DNS_TTL`], so a burst of new connections to
 /// one endpoint costs one lookup.
 #[derive(Debug, Clone, Default)]
-struct CachingResolver {
+pub(crate) struct CachingResolver {
     cache: Arc<Mutex<DnsCache>>,
 }
 
@@ -61,9 +64,146 @@ impl ResolveDns for CachingResolver {
     }
 }
 
+/// The control plane: the SDK client (listing, credentials, region, endpoint rules) and what
+/// the data plane needs from it.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub client: Client,
+    /// The same client with retries off: our own retry loop (shared by both fetch engines)
+    /// decides what to retry, so the SDK engine's GETs use this one.
+    pub client_no_retry: Client,
+    /// What the endpoint rules need besides the bucket.
+    endpoint: EndpointBase,
+    /// The provider chain aws-config resolved (`None`: anonymous).
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
+}
+
+#[derive(Debug, Clone)]
+struct EndpointBase {
+    region: String,
+    endpoint_url: Option<String>,
+    force_path_style: bool,
+    use_fips: bool,
+    use_dual_stack: bool,
+}
+
+/// Where and how to send a bucket's GETs, as the SDK's endpoint rules resolved them.
+#[derive(Debug, Clone)]
+pub struct BucketEndpoint {
+    /// `scheme://authority[/path]`: keys are appended to it (`/bucket` in path style).
+    pub url: String,
+    pub signing_region: String,
+    pub signing_name: String,
+}
+
+impl Control {
+    /// Resolves the endpoint of `bucket` once, with the client's own resolver, so
+    /// virtual-hosted and path style, FIPS, dual-stack and custom endpoints are exactly the
+    /// SDK's. Fails for endpoints that need another signing scheme than SigV4.
+    pub async fn bucket_endpoint(&self, bucket: &str) -> Result<BucketEndpoint, String> {
+        use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint as _};
+        let b = &self.endpoint;
+        let params = Params::builder()
+            .bucket(bucket)
+            .region(b.region.clone())
+            .use_fips(b.use_fips)
+            .use_dual_stack(b.use_dual_stack)
+            .force_path_style(b.force_path_style)
+            .set_endpoint(b.endpoint_url.clone())
+            .build()
+            .map_err(|e| format!("endpoint parameters: {e}"))?;
+        // The client is built with the SDK's default rules (no custom resolver is ever set).
+        let ep = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| format!("cannot resolve the endpoint of bucket '{bucket}': {}", chain(&*e)))?;
+        let mut out = BucketEndpoint {
+            url: ep.url().trim_end_matches('/').to_owned(),
+            signing_region: b.region.clone(),
+            signing_name: "s3".to_owned(),
+        };
+        if let Some(aws_smithy_types::Document::Array(schemes)) = ep.properties().get("authSchemes")
+            && let Some(aws_smithy_types::Document::Object(scheme)) = schemes.first()
+        {
+            let text = |k: &str| match scheme.get(k) {
+                Some(aws_smithy_types::Document::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            match text("name").as_deref() {
+                Some("sigv4") | None => {}
+                Some(other) => return Err(format!("the endpoint of bucket '{bucket}' needs {other} signing")),
+            }
+            if let Some(r) = text("signingRegion") {
+                out.signing_region = r;
+            }
+            if let Some(n) = text("signingName") {
+                out.signing_name = n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The credentials the SDK resolved, cached for a signer (`None`: anonymous requests).
+    pub fn identities(&self) -> Option<Identities> {
+        self.credentials.clone().map(|provider| Identities {
+            provider,
+            current: std::sync::RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// Credentials are fetched again this long before they expire.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+
+/// The SDK's credentials provider (aws-config's chain: environment, profiles, SSO, web
+/// identity, IMDS …), cached and refreshed [`REFRESH_BEFORE_EXPIRY`] before expiry, so every
+/// signature uses current credentials and the provider is asked once per refresh, not per GET.
+pub struct Identities {
+    provider: aws_sdk_s3::config::SharedCredentialsProvider,
+    current: std::sync::RwLock<Option<(Identity, Option<SystemTime>)>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Identities {
+    fn cached(&self) -> Option<Identity> {
+        let guard = self.current.read().ok()?;
+        let (identity, refresh_at) = guard.as_ref()?;
+        match refresh_at {
+            Some(at) if SystemTime::now() >= *at => None,
+            _ => Some(identity.clone()),
+        }
+    }
+
+    /// Current credentials as a signing identity.
+    pub async fn get(&self) -> Result<Identity, GetError> {
+        if let Some(id) = self.cached() {
+            return Ok(id);
+        }
+        let _one_refresh_at_a_time = self.refresh.lock().await;
+        if let Some(id) = self.cached() {
+            return Ok(id);
+        }
+        use aws_sdk_s3::config::ProvideCredentials as _;
+        let creds = self.provider.provide_credentials().await.map_err(|e| GetError {
+            reason: format!("{NO_CREDENTIALS}: {}", chain(&e).lines().next().unwrap_or_default()),
+            retry: Retry::No,
+        })?;
+        let refresh_at = creds.expiry().map(|t| t.checked_sub(REFRESH_BEFORE_EXPIRY).unwrap_or(t));
+        let identity = Identity::from(creds);
+        if let Ok(mut cur) = self.current.write() {
+            *cur = Some((identity.clone(), refresh_at));
+        }
+        Ok(identity)
+    }
+}
+
+const NO_CREDENTIALS: &str = "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+     AWS_PROFILE or --profile, or use --no-sign-request for a public bucket)";
+
 /// Builds the S3 client from the settings: aws-config's provider chain for credentials and
 /// region (like the AWS CLI), our HTTP client settings on top.
-pub async fn client(settings: &S3Settings) -> Client {
+pub async fn client(settings: &S3Settings) -> Control {
     let http_client = aws_smithy_http_client::Builder::new()
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
@@ -101,15 +241,28 @@ pub async fn client(settings: &S3Settings) -> Client {
                 .build(),
         )
         .force_path_style(settings.force_path_style);
-    if sdk.region().is_none() {
-        // Like the AWS CLI: without a configured region, start at us-east-1; S3 names the
-        // bucket's real region in its error if that is wrong.
-        b = b.region(Region::new("us-east-1"));
-    }
-    if let Some(url) = &settings.endpoint_url {
+    // Like the AWS CLI: without a configured region, start at us-east-1; S3 names the
+    // bucket's real region in its error if that is wrong.
+    let region = sdk.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string());
+    b = b.region(Region::new(region.clone()));
+    let endpoint_url = settings.endpoint_url.clone().or_else(|| sdk.endpoint_url().map(str::to_owned));
+    if let Some(url) = &endpoint_url {
         b = b.endpoint_url(url.clone());
     }
-    Client::from_conf(b.build())
+    let conf = b.build();
+    let no_retry = conf.to_builder().retry_config(RetryConfig::disabled()).build();
+    Control {
+        client: Client::from_conf(conf),
+        client_no_retry: Client::from_conf(no_retry),
+        credentials: sdk.credentials_provider(),
+        endpoint: EndpointBase {
+            region,
+            endpoint_url,
+            force_path_style: settings.force_path_style,
+            use_fips: sdk.use_fips().unwrap_or(false),
+            use_dual_stack: sdk.use_dual_stack().unwrap_or(false),
+        },
+    }
 }
 
 /// One listed object.
@@ -177,25 +330,93 @@ pub struct Fetched {
     pub body_time: Duration,
 }
 
-/// GETs one object and collects its body, checking its length against Content-Length.
-pub async fn get(client: &Client, bucket: &str, key: &str) -> Result<Fetched, String> {
-    let sent = Instant::now();
-    let out = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| describe(&e, Some(bucket)))?;
-    let headers = Instant::now();
-    let expected = out.content_length;
-    let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
-    let body = out.body.collect().await.map_err(|e| format!("reading body: {}", chain(&e)))?.into_bytes();
-    if let Some(n) = expected
-        && n >= 0
-        && body.len() as u64 != n as u64
-    {
-        return Err(format!("body has {} bytes, Content-Length said {n}", body.len()));
+/// Whether a failed GET is worth another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Permanent (NoSuchKey, AccessDenied, …): fail the key.
+    No,
+    /// Transient (5xx, reset, timeout, short body): back off and try again.
+    Transient,
+    /// The service asks us to slow down (SlowDown, 503, 429).
+    Throttled,
+}
+
+/// A failed GET attempt: the one-line reason and whether to retry.
+#[derive(Debug, Clone)]
+pub struct GetError {
+    pub reason: String,
+    pub retry: Retry,
+}
+
+impl GetError {
+    pub fn transient(reason: String) -> GetError {
+        GetError { reason, retry: Retry::Transient }
     }
+}
+
+/// How S3 error codes and HTTP statuses are retried (the SDK's standard classification).
+pub fn classify(status: u16, code: &str) -> Retry {
+    match code {
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "ThrottledException"
+        | "RequestThrottled"
+        | "RequestThrottledException"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "ProvisionedThroughputExceededException"
+        | "BandwidthLimitExceeded"
+        | "EC2ThrottledException" => Retry::Throttled,
+        "InternalError"
+        | "RequestTimeout"
+        | "RequestTimeoutException"
+        | "ServiceUnavailable"
+        | "PriorRequestNotComplete"
+        | "TransactionInProgressException" => Retry::Transient,
+        _ => match status {
+            429 | 503 => Retry::Throttled,
+            500 | 502 | 504 => Retry::Transient,
+            _ => Retry::No,
+        },
+    }
+}
+
+/// The body's length must be the announced one: a short body is transient.
+pub fn check_length(got: usize, content_length: Option<u64>) -> Result<(), GetError> {
+    match content_length {
+        Some(n) if got as u64 != n => {
+            Err(GetError::transient(format!("body has {got} bytes, Content-Length said {n}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
+/// collects its body, checking its length against Content-Length. Pass
+/// [`Control::client_no_retry`]: retries are the caller's.
+pub async fn get(client: &Client, bucket: &str, key: &str) -> Result<Fetched, GetError> {
+    let sent = Instant::now();
+    let out = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
+        let retry = match &e {
+            SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or("")),
+            SdkError::DispatchFailure(df) if df.is_user() => Retry::No,
+            SdkError::ConstructionFailure(_) => Retry::No,
+            _ => Retry::Transient,
+        };
+        GetError { reason: describe(&e, Some(bucket)), retry }
+    })?;
+    let headers = Instant::now();
+    let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
+    let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
+    let body =
+        out.body.collect().await.map_err(|e| GetError::transient(format!("reading body: {}", chain(&e))))?.into_bytes();
+    check_length(body.len(), expected)?;
     Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed() })
 }
 
 /// The error and its sources on one line: `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
@@ -219,22 +440,7 @@ where
     match e {
         SdkError::ServiceError(se) => {
             let err = se.err();
-            let code = err.code().unwrap_or("unknown error");
-            let msg = err.message().unwrap_or("");
-            let hint = match (code, bucket) {
-                ("NoSuchBucket", Some(b)) => format!(": bucket '{b}' does not exist"),
-                (
-                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NotSignedUp" | "InvalidToken" | "ExpiredToken",
-                    _,
-                ) => ": the credentials were rejected (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)"
-                    .to_owned(),
-                ("AccessDenied", _) => ": access denied (check the credentials' permissions)".to_owned(),
-                ("PermanentRedirect" | "AuthorizationHeaderMalformed", _) => {
-                    ": the bucket is in another region (set --region)".to_owned()
-                }
-                _ => String::new(),
-            };
-            if msg.is_empty() { format!("{code}{hint}") } else { format!("{code}{hint} ({msg})") }
+            service_error(err.code().unwrap_or("unknown error"), err.message().unwrap_or(""), bucket)
         }
         SdkError::DispatchFailure(df) => {
             let what = if df.is_timeout() {
@@ -249,10 +455,7 @@ where
                 // One line: the provider chain's per-provider report is multi-line.
                 let cause = cause.lines().next().unwrap_or_default().trim_end_matches(" Attempted:");
                 // The identity resolver failed before any request was sent.
-                return format!(
-                    "no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                     AWS_PROFILE or --profile, or use --no-sign-request for a public bucket): {cause}"
-                );
+                return format!("{NO_CREDENTIALS}: {cause}");
             }
             if cause.is_empty() { what.to_owned() } else { format!("{what}: {cause}") }
         }
@@ -261,4 +464,21 @@ where
         SdkError::ConstructionFailure(_) => format!("cannot build the request: {}", chain(e)),
         _ => chain(e),
     }
+}
+
+/// One line for an error S3 answered with: `Code: hint (Message)`. Both fetch engines use it,
+/// so their messages are identical.
+pub fn service_error(code: &str, msg: &str, bucket: Option<&str>) -> String {
+    let hint = match (code, bucket) {
+        ("NoSuchBucket", Some(b)) => format!(": bucket '{b}' does not exist"),
+        ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NotSignedUp" | "InvalidToken" | "ExpiredToken", _) => {
+            ": the credentials were rejected (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)".to_owned()
+        }
+        ("AccessDenied", _) => ": access denied (check the credentials' permissions)".to_owned(),
+        ("PermanentRedirect" | "AuthorizationHeaderMalformed", _) => {
+            ": the bucket is in another region (set --region)".to_owned()
+        }
+        _ => String::new(),
+    };
+    if msg.is_empty() { format!("{code}{hint}") } else { format!("{code}{hint} ({msg})") }
 }

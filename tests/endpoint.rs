@@ -28,17 +28,22 @@ fn every_fault_kind_reaches_the_client() {
         (Faults { truncate: 1.0, ..Faults::default() }, "failed"),
     ];
     for (faults, needle) in cases {
-        let env = faulty(faults.clone());
-        let scratch = Scratch::new();
-        let out = run(env.cmd().args(["--io-engine", "threads", "s3://faulty"]).arg(scratch.dest()));
-        assert_eq!(out.status.code(), Some(1), "{faults:?}");
-        let err = stderr(&out);
-        assert!(err.contains("20 failed") && err.contains(needle), "{faults:?}: {err}");
-        // Nothing partial was written for any of them.
-        assert!(read_tree(&scratch.dest()).values().all(Option::is_none), "{faults:?}");
-        let c = env.fault_counts();
-        let injected = c.slowdown + c.internal + c.reset + c.truncate;
-        assert!(injected >= 20 && injected == c.gets, "{c:?}");
+        for fetch in FETCH_ENGINES {
+            let env = faulty(faults.clone());
+            let scratch = Scratch::new();
+            let out = run(env
+                .cmd()
+                .args(["--io-engine", "threads", "--fetch-engine", fetch, "--retries", "0", "s3://faulty"])
+                .arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(1), "{fetch} {faults:?}");
+            let err = stderr(&out);
+            assert!(err.contains("20 failed") && err.contains(needle), "{fetch} {faults:?}: {err}");
+            // Nothing partial was written for any of them.
+            assert!(read_tree(&scratch.dest()).values().all(Option::is_none), "{faults:?}");
+            let c = env.fault_counts();
+            let injected = c.slowdown + c.internal + c.reset + c.truncate;
+            assert!(injected == 20 && injected == c.gets, "{fetch}: {c:?}");
+        }
     }
 }
 

@@ -103,7 +103,7 @@ fn a_read_only_dest_fails_each_key_with_the_cause() {
         return;
     };
     for engine in engines() {
-        let out = run(env.cmd().args(["--io-engine", engine, "s3://read-only"]).arg(&dest));
+        let out = run(env.cmd().args(engine.args()).args(["s3://read-only"]).arg(&dest));
         assert_eq!(out.status.code(), Some(1));
         let err = stderr(&out);
         assert!(err.contains("read-only file system"), "{err}");
@@ -127,7 +127,7 @@ fn a_full_disk_fails_files_cleanly_and_leaves_no_partial_file() {
             eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root and mount permission)");
             return;
         };
-        let out = run(env.cmd().args(["--io-engine", engine, "s3://full-disk"]).arg(&dest));
+        let out = run(env.cmd().args(engine.args()).args(["s3://full-disk"]).arg(&dest));
         let tree = read_tree(&dest);
         assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);

@@ -27,7 +27,7 @@ fn unusual_keys_are_copied_exactly() {
     let env = Env::new(vec![bucket("unusual", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env.cmd().args(["--io-engine", engine, "s3://unusual"]).arg(scratch.dest()));
+        let out = run(env.cmd().args(engine.args()).args(["s3://unusual"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{engine}");
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     }
@@ -53,7 +53,7 @@ fn hostile_keys_are_refused_and_nothing_escapes_dest() {
     let env = Env::new(vec![bucket("hostile", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env.cmd().args(["--io-engine", engine, "s3://hostile"]).arg(scratch.dest()));
+        let out = run(env.cmd().args(engine.args()).args(["s3://hostile"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);
         for k in &hostile {
@@ -76,7 +76,7 @@ fn a_file_and_a_directory_of_the_same_name_fail_clearly() {
     let env = Env::new(vec![bucket("clash", objs.clone())]);
     for engine in engines() {
         let scratch = Scratch::new();
-        let out = run(env.cmd().args(["--io-engine", engine, "--workers", "1", "s3://clash"]).arg(scratch.dest()));
+        let out = run(env.cmd().args(engine.args()).args(["--workers", "1", "s3://clash"]).arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);
         assert!(err.contains("2 failed"), "{err}");
@@ -110,7 +110,7 @@ fn symlinks_already_in_dest_are_never_followed() {
         std::os::unix::fs::symlink(&outside, dest.join("deep/link")).unwrap();
         std::os::unix::fs::symlink(outside.join("victim"), dest.join("filelink")).unwrap();
 
-        let out = run(env.cmd().args(["--io-engine", engine, "s3://symlinks"]).arg(&dest));
+        let out = run(env.cmd().args(engine.args()).args(["s3://symlinks"]).arg(&dest));
         assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);
         assert!(err.contains("symbolic link"), "{err}");

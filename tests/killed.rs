@@ -35,7 +35,7 @@ fn stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
         for p in [&dead_top, &dead_sub, &live_top] {
             std::fs::write(dest.join(p), b"partial").unwrap();
         }
-        let out = run(env.cmd().args(["--io-engine", engine, "s3://stale"]).arg(&dest));
+        let out = run(env.cmd().args(engine.args()).args(["s3://stale"]).arg(&dest));
         assert_eq!(out.status.code(), Some(0));
         let tree = read_tree(&dest);
         assert_eq!(temporaries(&tree), vec![live_top.clone()], "{engine}: only the live run's temporary stays");
@@ -60,7 +60,8 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
             let dest = scratch.dest();
             let mut child = env
                 .cmd()
-                .args(["-q", "--workers", "64", "--io-engine", engine, "s3://killme"])
+                .args(engine.args())
+                .args(["-q", "--workers", "64", "s3://killme"])
                 .arg(&dest)
                 .spawn()
                 .unwrap();
@@ -84,7 +85,7 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
             );
             assert!(complete < objs.len(), "{engine}: the kill came too late to test anything");
 
-            let out = run(env.cmd().args(["--io-engine", engine, "s3://killme"]).arg(&dest));
+            let out = run(env.cmd().args(engine.args()).args(["s3://killme"]).arg(&dest));
             assert_eq!(out.status.code(), Some(0), "{engine}");
             let tree = read_tree(&dest);
             assert!(temporaries(&tree).is_empty(), "{engine}: {:?}", temporaries(&tree));
@@ -119,7 +120,8 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
             let dest = scratch.dest();
             let child = env
                 .cmd()
-                .args(["--workers", "32", "--io-engine", engine, "s3://sigint"])
+                .args(engine.args())
+                .args(["--workers", "32", "s3://sigint"])
                 .arg(&dest)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -137,7 +139,7 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
                 assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
             }
             assert!(tree.values().filter(|d| d.is_some()).count() < objs.len(), "stopped too late to test");
-            let out = run(env.cmd().args(["--io-engine", engine, "s3://sigint"]).arg(&dest));
+            let out = run(env.cmd().args(engine.args()).args(["s3://sigint"]).arg(&dest));
             assert_eq!(out.status.code(), Some(0));
             assert_same_tree(&read_tree(&dest), &want);
         }
@@ -153,7 +155,8 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
         let dest = scratch.dest();
         let child = env
             .cmd()
-            .args(["-q", "--workers", "32", "--io-engine", engine, "s3://sigint-twice"])
+            .args(engine.args())
+            .args(["-q", "--workers", "32", "s3://sigint-twice"])
             .arg(&dest)
             .spawn()
             .unwrap();

@@ -5,6 +5,7 @@
 mod copy;
 mod endpoint;
 mod errors;
+mod fetch;
 mod keys;
 mod killed;
 mod util;

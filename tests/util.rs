@@ -11,17 +11,40 @@ use s3uring::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig};
 pub const AK: &str = "test-access-key";
 pub const SK: &str = "test-secret-key";
 
-/// The io engines to run a test body over. `uring` is left out, with a message, where
-/// io_uring is unavailable.
-pub fn engines() -> Vec<&'static str> {
-    match s3uring::writer::uring::available() {
+/// One combination of engines a test body runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Engines {
+    pub io: &'static str,
+    pub fetch: &'static str,
+}
+
+impl Engines {
+    pub fn args(self) -> [&'static str; 4] {
+        ["--io-engine", self.io, "--fetch-engine", self.fetch]
+    }
+}
+
+impl std::fmt::Display for Engines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "io {} / fetch {}", self.io, self.fetch)
+    }
+}
+
+/// Every io engine × every fetch engine, to run a test body over. `uring` is left out, with
+/// a message, where io_uring is unavailable.
+pub fn engines() -> Vec<Engines> {
+    let io = match s3uring::writer::uring::available() {
         Ok(()) => vec!["uring", "threads"],
         Err(why) => {
             eprintln!("io_uring unavailable here ({why}): testing the threads engine only");
             vec!["threads"]
         }
-    }
+    };
+    io.into_iter().flat_map(|io| FETCH_ENGINES.map(|fetch| Engines { io, fetch })).collect()
 }
+
+/// The fetch engines, for tests whose writer does not matter.
+pub const FETCH_ENGINES: [&str; 2] = ["lean", "sdk"];
 
 /// A running endpoint with its own runtime; the binary is run against it.
 pub struct Env {

@@ -1,0 +1,124 @@
+//! Both fetch engines (`lean`, `sdk`) against the same endpoint: the same trees, the same
+//! error messages, retries that recover every object, connections reused.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use s3uring::endpoint::{EndpointConfig, Faults};
+
+use crate::util::*;
+
+fn objects(n: usize) -> Vec<(String, Bytes)> {
+    (0..n).map(|i| format!("d{}/obj-{i:05}", i % 7)).map(|k| (k.clone(), content(&k, 700 + k.len()))).collect()
+}
+
+fn stats(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("stats written")).expect("stats are JSON")
+}
+
+/// The per-key failure lines a run printed, sorted.
+fn failure_lines(out: &std::process::Output) -> BTreeSet<String> {
+    stderr(out).lines().filter(|l| l.starts_with("s3uring: failed")).map(str::to_owned).collect()
+}
+
+#[test]
+fn refused_and_vanished_keys_fail_with_identical_messages_in_both_engines() {
+    let objs = objects(40);
+    let denied = objs[3].0.clone();
+    let vanished = objs[11].0.clone();
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("mixed", objs.clone())],
+            denied: vec![denied.clone()],
+            vanished: vec![vanished.clone()],
+            ..Default::default()
+        },
+        true,
+    );
+    let survivors: Vec<_> = objs.iter().filter(|(k, _)| *k != denied && *k != vanished).cloned().collect();
+    let mut lines = Vec::new();
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let out = run(env.cmd().args(["--fetch-engine", fetch, "s3://mixed"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{fetch}");
+        assert!(stderr(&out).contains("38 files written, 0 directories, 0 skipped, 2 failed"), "{fetch}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&survivors, ""));
+        let failed = failure_lines(&out);
+        assert!(
+            failed.contains(&format!(
+                "s3uring: failed '{denied}': AccessDenied: access denied (check the credentials' permissions) (Access Denied)"
+            )),
+            "{fetch}: {failed:?}"
+        );
+        assert!(
+            failed.contains(&format!("s3uring: failed '{vanished}': NoSuchKey (The specified key does not exist.)")),
+            "{fetch}: {failed:?}"
+        );
+        lines.push(failed);
+    }
+    assert_eq!(lines[0], lines[1], "lean and sdk print the same failures");
+}
+
+#[test]
+fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
+    let objs = objects(1500);
+    let want = expected_tree(&objs, "");
+    for engines in engines() {
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("flaky", objs.clone())],
+                faults: Faults { slowdown: 0.05, reset: 0.01, truncate: 0.01, internal: 0.01, ..Faults::default() },
+                ..Default::default()
+            },
+            true,
+        );
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(env
+            .cmd()
+            .args(engines.args())
+            .args(["--workers", "64", "--retries", "10", "--stats-json"])
+            .arg(&json)
+            .arg("s3://flaky")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engines}");
+        assert_same_tree(&read_tree(&scratch.dest()), &want);
+        let c = env.fault_counts();
+        let injected = c.slowdown + c.internal + c.reset + c.truncate;
+        assert!(c.slowdown > 20 && c.reset > 0 && c.truncate > 0, "{engines}: {c:?}");
+        // Every injected fault cost exactly one retry, and nothing else did.
+        let doc = stats(&json);
+        assert_eq!(doc["fetch"]["retries"].as_u64(), Some(injected), "{engines}: {c:?}");
+        assert_eq!(doc["fetch"]["throttled"].as_u64(), Some(c.slowdown), "{engines}: {c:?}");
+        assert_eq!(c.gets, 1500 + injected, "{engines}");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{injected} GET attempts retried ({} throttled", c.slowdown)), "{err}");
+    }
+}
+
+#[test]
+fn the_lean_engine_keeps_one_connection_per_worker() {
+    let objs = objects(600);
+    let env = Env::new(vec![bucket("reuse", objs.clone())]);
+    let scratch = Scratch::new();
+    let json = scratch.dir.path().join("stats.json");
+    let out = run(env.cmd().args(["--workers", "8", "--stats-json"]).arg(&json).arg("s3://reuse").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    let doc = stats(&json);
+    assert_eq!(doc["fetch_engine"], "lean");
+    let opened = doc["fetch"]["connections_opened"].as_u64().expect("counted");
+    assert!((1..=8).contains(&opened), "600 GETs by 8 workers opened {opened} connections");
+}
+
+#[test]
+fn anonymous_requests_work_in_both_engines() {
+    let objs = objects(50);
+    let env = Env::anonymous(vec![bucket("public", objs.clone())]);
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let out = run(env.cmd().args(["--fetch-engine", fetch, "s3://public"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+}
