@@ -8,9 +8,14 @@
 //! ```text
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
 //!     [--engines uring,threads,bare-loop,s5cmd,rclone,rclone-fast-list,aws] [--dests /dev/shm,target/bench-disk] [--workers 256] [--queue 4096]
-//!     [--latency-ms 0]
+//!     [--latency-ms 0] [--anonymous] [--extra "more s3uring flags"]
 //!     [--out bench-results/DATE-MACHINE]
 //! ```
+//!
+//! s3uring engines are `IO[-sdk]`: `uring`/`threads` with the lean fetch engine, `uring-sdk`/
+//! `threads-sdk` with aws-sdk-s3's GetObject. `--anonymous` serves unsigned requests and runs
+//! every client with its no-sign-request option (the server's SigV4 check costs it 26–45
+//! µs/object of the same two cores).
 //!
 //! Writes `raw.csv` (one row per run) and `summary.md` (medians, and the ratio of each
 //! engine against `threads` on the same destination, measured in the same run).
@@ -34,6 +39,8 @@ struct Opts {
     workers: String,
     queue: String,
     latency_ms: String,
+    anonymous: bool,
+    extra: Vec<String>,
     out: Option<PathBuf>,
 }
 
@@ -47,6 +54,8 @@ fn parse_opts() -> Opts {
         workers: "256".into(),
         queue: "4096".into(),
         latency_ms: "0".into(),
+        anonymous: false,
+        extra: vec![],
         out: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,6 +71,12 @@ fn parse_opts() -> Opts {
             "--workers" => o.workers = v,
             "--queue" => o.queue = v,
             "--latency-ms" => o.latency_ms = v,
+            "--anonymous" => {
+                o.anonymous = true;
+                i += 1;
+                continue;
+            }
+            "--extra" => o.extra = v.split_whitespace().map(str::to_owned).collect(),
             "--out" => o.out = Some(PathBuf::from(v)),
             // `cargo bench` passes --bench; ignore anything else of libtest's.
             _ => {
@@ -97,6 +112,7 @@ fn start_server(bin: &str, o: &Opts) -> Server {
         .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "bench"])
         .args(["--objects", &o.objects.to_string(), "--size", &o.size.to_string(), "--prefixes", "100"])
         .args(["--latency-ms", &o.latency_ms])
+        .args(o.anonymous.then_some("--anonymous"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start s3uring serve");
@@ -143,20 +159,27 @@ fn client_command(bin: &str, engine: &str, url: &str, o: &Opts, dest: &Path) -> 
     match engine {
         "aws" => {
             c.args(["aws", "--endpoint-url", url, "s3", "cp", "--recursive", "--only-show-errors", "s3://bench"])
-                .arg(dest);
+                .arg(dest)
+                .args(o.anonymous.then_some("--no-sign-request"));
         }
         "s5cmd" => {
-            c.args(["s5cmd", "--endpoint-url", url, "cp", "s3://bench/*"]).arg(format!("{}/", dest.display()));
+            c.args(["s5cmd", "--endpoint-url", url])
+                .args(o.anonymous.then_some("--no-sign-request"))
+                .args(["cp", "s3://bench/*"])
+                .arg(format!("{}/", dest.display()));
         }
         "rclone" | "rclone-fast-list" => {
             c.env("RCLONE_CONFIG_BENCH_TYPE", "s3")
                 .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
                 .env("RCLONE_CONFIG_BENCH_LIST_VERSION", "2")
                 .env("RCLONE_CONFIG_BENCH_ENDPOINT", url)
-                .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", "s3uring")
-                .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", "s3uring-demo-secret")
                 .args(["rclone", "copy", "bench:bench"])
                 .arg(dest);
+            if !o.anonymous {
+                // Without keys rclone sends anonymous requests.
+                c.env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", "s3uring")
+                    .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", "s3uring-demo-secret");
+            }
             if engine == "rclone" {
                 c.args(["--transfers", "64", "--checkers", "64"]);
             } else {
@@ -164,8 +187,14 @@ fn client_command(bin: &str, engine: &str, url: &str, o: &Opts, dest: &Path) -> 
             }
         }
         _ => {
+            let (io, fetch) = match engine.strip_suffix("-sdk") {
+                Some(io) => (io, "sdk"),
+                None => (engine, "lean"),
+            };
             c.arg(bin)
-                .args(["-q", "--endpoint-url", url, "--io-engine", engine])
+                .args(["-q", "--endpoint-url", url, "--io-engine", io, "--fetch-engine", fetch])
+                .args(o.anonymous.then_some("--no-sign-request"))
+                .args(&o.extra)
                 .arg("--stats-json")
                 .arg(stats_path(dest))
                 .args(["--workers", &o.workers, "--queue", &o.queue, "s3://bench"])
@@ -223,7 +252,7 @@ fn main() {
     let mut o = parse_opts();
     if o.engines.is_empty() {
         // The AWS CLI (~230 objects/s here) is opt-in: `--engines ...,aws`.
-        o.engines = vec!["uring".into(), "threads".into(), "bare-loop".into()];
+        o.engines = vec!["uring".into(), "threads".into(), "uring-sdk".into(), "bare-loop".into()];
         for (peer, _) in peer_versions() {
             match peer.as_str() {
                 "s5cmd" => o.engines.push(peer),
@@ -317,8 +346,8 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     }
     let fs_type = |d: &str| sh(&format!("findmnt -no FSTYPE -T {d} | head -1"));
     let mut md = format!(
-        "# s3uring end to end: {} objects × {} bytes, {} ms GET latency\n\n\
-         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}`\n\
+        "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
+         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{}`\n\
          - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\
          - clients run under GNU time (`/usr/bin/time`): client CPU = user + sys, RSS = max resident\n\
          - peers: {}\n\n\
@@ -327,6 +356,7 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         o.objects,
         o.size,
         o.latency_ms,
+        if o.anonymous { "unsigned" } else { "signed" },
         sh("nproc"),
         sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
         o.objects,
@@ -335,6 +365,8 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         o.workers,
         o.queue,
         o.latency_ms,
+        if o.anonymous { " --anonymous" } else { "" },
+        if o.extra.is_empty() { String::new() } else { format!(" --extra \"{}\"", o.extra.join(" ")) },
         peer_versions().iter().map(|(t, v)| format!("{t} ({v})")).collect::<Vec<_>>().join(", ")
     );
     for ((dest, engine), rs) in &groups {

@@ -573,7 +573,12 @@ impl Endpoint {
         }
         let service = builder.build();
         let listen = config.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = TcpListener::bind(listen).await?;
+        // A deep accept queue: clients open hundreds of connections at once, and std's
+        // backlog of 128 overflows, dropping SYNs that the client resends only after 1 s.
+        let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        let listener: TcpListener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let fault_state = faults.clone();
         let task = tokio::spawn(async move {
