@@ -117,6 +117,12 @@ struct Tuning {
           value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: u32,
 
+    /// Threads of the async runtime running the fetch tasks (0: one per CPU core). The
+    /// writer has its own thread besides.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    fetch_threads: u32,
+
     /// Threads of the `threads` io engine.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_IO_THREADS as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -274,7 +280,11 @@ pub const DEMO_SECRET_KEY: &str = "s3uring-demo-secret";
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.output.verbose, cli.output.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.tuning.fetch_threads > 0 {
+        builder.worker_threads(cli.tuning.fetch_threads as usize);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("s3uring: error: cannot start the async runtime: {e}");
