@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
-//!     [--engines uring,threads,bare-loop,s5cmd,rclone,rclone-fast-list,aws] [--dests /dev/shm,target/bench-disk] [--workers 256] [--queue 4096]
+//!     [--engines uring,threads,bare-loop,s5cmd,rclone,rclone-fast-list,aws] [--dests /dev/shm,target/bench-disk] [--workers 512] [--queue 4096]
 //!     [--latency-ms 0] [--anonymous] [--extra "more s3uring flags"]
 //!     [--out bench-results/DATE-MACHINE]
 //! ```
@@ -51,7 +51,7 @@ fn parse_opts() -> Opts {
         repeat: 5,
         engines: vec![],
         dests: vec![PathBuf::from("/dev/shm"), PathBuf::from("target/bench-disk")],
-        workers: "256".into(),
+        workers: "512".into(),
         queue: "4096".into(),
         latency_ms: "0".into(),
         anonymous: false,

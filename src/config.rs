@@ -139,7 +139,7 @@ impl Config {
 }
 
 /// Default `--workers`: see the README's tuning section and `bench-results/`.
-pub const DEFAULT_WORKERS: usize = 256;
+pub const DEFAULT_WORKERS: usize = 512;
 /// Default `--queue`.
 pub const DEFAULT_QUEUE: usize = 4096;
 /// Default `--retries`: with backoff up to ~1.6 s, a key survives ~3 s of errors.

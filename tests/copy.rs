@@ -133,8 +133,11 @@ fn stats_json_and_progress_lines_describe_the_run() {
     assert_eq!(doc["schema"], 1);
     assert_eq!(doc["counters"]["written"], 300);
     assert_eq!(doc["counters"]["failed"], 0);
-    assert_eq!(doc["config"]["workers"], 256);
+    assert_eq!(doc["config"]["workers"], s3uring::config::DEFAULT_WORKERS);
     assert!(doc["io_engine"].is_string());
+    assert_eq!(doc["fetch_engine"], "lean");
+    assert_eq!(doc["config"]["retries"], s3uring::config::DEFAULT_RETRIES);
+    assert!(doc["fetch"]["connections_opened"].as_u64().unwrap() >= 1);
     assert!(doc["throughput"]["objects_per_s"].as_f64().unwrap() > 0.0);
     for stage in ["queue", "ttfb", "body", "handoff", "write", "total"] {
         assert_eq!(doc["stages"][stage]["count"], 300, "{stage}");

@@ -102,7 +102,11 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     raise_nofile_limit();
     let dirs = Arc::new(DirCache::open(dest)?);
     let (tx, rx) = async_channel::bounded(opts.hand_off.max(1));
-    let new_ring = || uring::UringWriter::new().map(|w| w.files_per_submit(opts.files_per_submit));
+    let new_ring = || {
+        uring::UringWriter::new().map(|w| {
+            w.files_per_submit(opts.files_per_submit).io_workers(opts.io_threads.min(u32::MAX as usize) as u32)
+        })
+    };
     let uring = match opts.engine {
         IoEngine::Threads => None,
         IoEngine::Uring => Some(new_ring().map_err(|e| format!("--io-engine uring: {e}"))?),

@@ -119,11 +119,16 @@ impl UringWriter {
             }
         }
         submitter.register_files_sparse(SLOTS).map_err(|e| format!("registering a sparse file table failed: {e}"))?;
-        // Bound the kernel's io-wq threads, which execute the blocking opens and renames.
-        // Best effort: older kernels lack the call, and the defaults still work.
-        let mut max = [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS];
-        let _ = submitter.register_iowq_max_workers(&mut max);
-        Ok(UringWriter { ring, enable_later, files_per_submit: usize::MAX })
+        Ok(UringWriter { ring, enable_later, files_per_submit: usize::MAX }.io_workers(IOWQ_MAX_WORKERS))
+    }
+
+    /// Bounds the kernel's io-wq threads, which execute the blocking opens and renames
+    /// (`--io-threads`). The limit is the ring's and applies to the writer thread's io-wq
+    /// when it first submits. Best effort: older kernels lack the call and keep defaults.
+    pub fn io_workers(self, n: u32) -> UringWriter {
+        let mut max = [n.max(1), n.max(1)];
+        let _ = self.ring.submitter().register_iowq_max_workers(&mut max);
+        self
     }
 
     /// Starts at most `n` new files per `io_uring_enter` (see `WriterOptions`).
