@@ -347,7 +347,7 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     let fs_type = |d: &str| sh(&format!("findmnt -no FSTYPE -T {d} | head -1"));
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
-         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{}`\n\
+         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}`\n\
          - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\
          - clients run under GNU time (`/usr/bin/time`): client CPU = user + sys, RSS = max resident\n\
          - peers: {}\n\n\
@@ -367,6 +367,8 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         o.latency_ms,
         if o.anonymous { " --anonymous" } else { "" },
         if o.extra.is_empty() { String::new() } else { format!(" --extra \"{}\"", o.extra.join(" ")) },
+        o.engines.join(","),
+        o.dests.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","),
         peer_versions().iter().map(|(t, v)| format!("{t} ({v})")).collect::<Vec<_>>().join(", ")
     );
     for ((dest, engine), rs) in &groups {
