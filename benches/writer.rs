@@ -47,7 +47,16 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     for key in keys {
         let target = s3uring::keymap::map_key(&key).expect("valid key");
         let now = Instant::now();
-        let job = Job::File(FileJob { key, target, body: body.clone(), permit: None, picked: now, fetched: now });
+        let job = Job::File(FileJob {
+            key,
+            target,
+            body: body.clone(),
+            permit: None,
+            picked: now,
+            fetched: now,
+            // Real runs set every file's mtime: include its cost.
+            mtime: Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+        });
         w.jobs.send_blocking(job).expect("writer alive");
     }
     w.finish().expect("writer finished");

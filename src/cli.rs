@@ -117,6 +117,15 @@ struct Tuning {
           value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: u32,
 
+    /// Rewrite files already in DEST. By default a file whose size and mtime equal the
+    /// object's size and LastModified is skipped (the writer sets mtime from LastModified).
+    #[arg(long, conflicts_with = "skip_existing")]
+    overwrite: bool,
+
+    /// Skip every file that already exists in DEST, by name alone.
+    #[arg(long)]
+    skip_existing: bool,
+
     /// Threads of the async runtime running the fetch tasks (0: one per CPU core). The
     /// writer has its own thread besides.
     #[arg(long, value_name = "N", default_value_t = 0,
@@ -376,6 +385,13 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.queue = t.queue as usize;
     cfg.io_engine = t.io_engine;
     cfg.fetch_engine = t.fetch_engine;
+    cfg.existing = if t.overwrite {
+        crate::existing::ExistingMode::Overwrite
+    } else if t.skip_existing {
+        crate::existing::ExistingMode::SkipExisting
+    } else {
+        crate::existing::ExistingMode::Compare
+    };
     cfg.retries = t.retries;
     cfg.io_threads = t.io_threads as usize;
     cfg.buffer_bytes = t.buffer_mib << 20;

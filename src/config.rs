@@ -102,6 +102,8 @@ pub struct Config {
     pub queue: usize,
     pub io_engine: IoEngine,
     pub fetch_engine: FetchEngine,
+    /// What to do with files already in DEST (default: skip when size and mtime match).
+    pub existing: crate::existing::ExistingMode,
     /// Retries of a failed GET (transient errors and throttling) before the key fails.
     pub retries: u32,
     /// Threads of the portable writer.
@@ -128,6 +130,7 @@ impl Config {
             queue: DEFAULT_QUEUE,
             io_engine: IoEngine::Auto,
             fetch_engine: FetchEngine::Lean,
+            existing: crate::existing::ExistingMode::Compare,
             retries: DEFAULT_RETRIES,
             io_threads: DEFAULT_IO_THREADS,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,

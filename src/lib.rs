@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod existing;
 pub mod fetch;
 pub mod keymap;
 pub mod lean;

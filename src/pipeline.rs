@@ -23,6 +23,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::existing::{Existing, ExistingMode};
 use crate::keymap::{Target, map_key};
 use crate::report::{Report, Summary};
 use crate::s3;
@@ -48,6 +49,7 @@ pub enum Fatal {
 struct Listed {
     key: String,
     size: u64,
+    last_modified: Option<std::time::SystemTime>,
     target: Target,
     listed_at: Instant,
 }
@@ -92,7 +94,7 @@ impl Stop {
 pub async fn run_until(cfg: &Config, report: Arc<Report>, stop: Stop) -> Result<Summary, Fatal> {
     let started = Instant::now();
     let created_dest = prepare_dest(cfg)?;
-    let result = copy(cfg, report, started, stop).await;
+    let result = copy(cfg, report, started, stop, created_dest).await;
     if created_dest && matches!(result, Err(Fatal::Setup(_))) {
         // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
         let _ = std::fs::remove_dir(&cfg.dest);
@@ -100,7 +102,13 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, stop: Stop) -> Result<
     result
 }
 
-async fn copy(cfg: &Config, report: Arc<Report>, started: Instant, stop: Stop) -> Result<Summary, Fatal> {
+async fn copy(
+    cfg: &Config,
+    report: Arc<Report>,
+    started: Instant,
+    stop: Stop,
+    created_dest: bool,
+) -> Result<Summary, Fatal> {
     let writer_options = writer::WriterOptions {
         engine: cfg.io_engine,
         io_threads: cfg.io_threads,
@@ -133,7 +141,13 @@ async fn copy(cfg: &Config, report: Arc<Report>, started: Instant, stop: Stop) -
     }
     drop(keys_rx);
 
-    let listed = list(cfg, &client, &keys_tx, &report, stop.clone()).await;
+    // A DEST this run created holds nothing to compare against.
+    let existing = match cfg.existing {
+        ExistingMode::Overwrite => None,
+        _ if created_dest => None,
+        mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
+    };
+    let listed = list(cfg, &client, &keys_tx, &report, stop.clone(), existing).await;
     report.listing_done();
     drop(keys_tx);
     for f in fetchers {
@@ -170,6 +184,7 @@ async fn list(
     keys: &async_channel::Sender<Listed>,
     report: &Report,
     mut stop: Stop,
+    mut existing: Option<Existing>,
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
     let mut lister = s3::Lister::new(client, &cfg.source);
@@ -196,6 +211,7 @@ async fn list(
         first = false;
         report.listed(objects.len() as u64);
         seen += objects.len() as u64;
+        let mut items = Vec::with_capacity(objects.len());
         for o in objects {
             let rel = o.key.strip_prefix(prefix.as_str()).unwrap_or(&o.key);
             if rel.is_empty() {
@@ -205,16 +221,42 @@ async fn list(
             }
             match map_key(rel) {
                 Ok(target) => {
-                    let item = Listed { key: o.key, size: o.size, target, listed_at };
-                    let sent = tokio::select! {
-                        () = stop.requested_wait() => return Ok(()),
-                        sent = keys.send(item) => sent,
-                    };
-                    if sent.is_err() {
-                        return Ok(());
-                    }
+                    items.push(Listed { key: o.key, size: o.size, last_modified: o.last_modified, target, listed_at })
                 }
                 Err(refused) => report.fail(&o.key, &refused.to_string()),
+            }
+        }
+        if let Some(ex) = existing.take() {
+            // One blocking call per page: no file-system call on a tokio thread.
+            let checked = tokio::task::spawn_blocking(move || {
+                let mut ex = ex;
+                let done: Vec<bool> = items.iter().map(|i| ex.is_done(&i.target, i.size, i.last_modified)).collect();
+                (ex, items, done)
+            })
+            .await
+            .map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
+            let (ex, all, done) = checked;
+            existing = Some(ex);
+            items = all
+                .into_iter()
+                .zip(done)
+                .filter_map(|(i, d)| {
+                    if d {
+                        report.skipped();
+                        None
+                    } else {
+                        Some(i)
+                    }
+                })
+                .collect();
+        }
+        for item in items {
+            let sent = tokio::select! {
+                () = stop.requested_wait() => return Ok(()),
+                sent = keys.send(item) => sent,
+            };
+            if sent.is_err() {
+                return Ok(());
             }
         }
     }
@@ -274,6 +316,7 @@ impl Fetcher {
                             permit: Some(permit),
                             picked,
                             fetched: Instant::now(),
+                            mtime: fetched.last_modified.or(item.last_modified),
                         })
                     }
                     Err(reason) => {

@@ -87,16 +87,43 @@ fn extreme_concurrency_settings_give_the_same_tree() {
 }
 
 #[test]
-fn a_second_run_overwrites_in_place_and_leaves_no_temporaries() {
-    let objs: Vec<(String, Bytes)> = (0..50).map(|i| format!("k{i}")).map(|k| (k.clone(), content(&k, 64))).collect();
+fn a_rerun_skips_complete_files_and_rewrites_stale_ones() {
+    let objs: Vec<(String, Bytes)> = (0..50).map(|i| format!("d/k{i}")).map(|k| (k.clone(), content(&k, 64))).collect();
     let env = Env::new(vec![bucket("rerun", objs.clone())]);
-    let scratch = Scratch::new();
-    std::fs::create_dir_all(scratch.dest()).unwrap();
-    std::fs::write(scratch.dest().join("k1"), b"stale").unwrap();
+    let want = expected_tree(&objs, "");
     for engine in engines() {
-        let out = run(env.cmd().args(engine.args()).args(["s3://rerun"]).arg(scratch.dest()));
-        assert_eq!(out.status.code(), Some(0));
-        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(dest.join("d")).unwrap();
+        std::fs::write(dest.join("d/k1"), b"stale").unwrap();
+        let gets = || env.fault_counts().gets;
+        let copy = |extra: &[&str]| {
+            let before = gets();
+            let out = run(env.cmd().args(engine.args()).args(extra).arg("s3://rerun").arg(&dest));
+            assert_eq!(out.status.code(), Some(0), "{engine} {extra:?}");
+            assert_same_tree(&read_tree(&dest), &want);
+            (stderr(&out), gets() - before)
+        };
+        // First run: everything fetched, the stale file replaced.
+        let (err, n) = copy(&[]);
+        assert!(err.contains("50 files written, 0 directories, 0 skipped"), "{engine}: {err}");
+        assert_eq!(n, 50);
+        // Re-run: size and mtime match for every file, nothing is fetched.
+        let (err, n) = copy(&[]);
+        assert!(err.contains("0 files written, 0 directories, 50 skipped"), "{engine}: {err}");
+        assert_eq!(n, 0, "{engine}");
+        // Same size, other content and mtime: the mtime tells, only that one is fetched.
+        std::fs::write(dest.join("d/k7"), vec![b'x'; 64]).unwrap();
+        let (err, n) = copy(&[]);
+        assert!(err.contains("1 files written, 0 directories, 49 skipped"), "{engine}: {err}");
+        assert_eq!(n, 1, "{engine}");
+        // --overwrite rewrites everything; --skip-existing trusts names alone.
+        let (_, n) = copy(&["--overwrite"]);
+        assert_eq!(n, 50, "{engine}");
+        std::fs::remove_file(dest.join("d/k3")).unwrap();
+        let (err, n) = copy(&["--skip-existing"]);
+        assert!(err.contains("1 files written, 0 directories, 49 skipped"), "{engine}: {err}");
+        assert_eq!(n, 1, "{engine}");
     }
 }
 

@@ -85,11 +85,18 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
             );
             assert!(complete < objs.len(), "{engine}: the kill came too late to test anything");
 
+            let gets_before = env.fault_counts().gets;
             let out = run(env.cmd().args(engine.args()).args(["s3://killme"]).arg(&dest));
             assert_eq!(out.status.code(), Some(0), "{engine}");
             let tree = read_tree(&dest);
             assert!(temporaries(&tree).is_empty(), "{engine}: {:?}", temporaries(&tree));
             assert_same_tree(&tree, &want);
+            // The re-run fetched only what was missing: every final file carries its
+            // object's mtime (set before the rename), so every one of them is skipped.
+            let fetched = env.fault_counts().gets - gets_before;
+            let finals = (complete - temporaries(&after_kill).len()) as u64;
+            assert_eq!(objs.len() as u64 - fetched, finals, "{engine}: every complete file is skipped");
+            assert!(stderr(&out).contains(&format!("{fetched} files written, 0 directories, {finals} skipped")));
         }
     }
 }

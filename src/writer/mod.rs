@@ -15,6 +15,8 @@
 //!   file's temporary is unlinked.
 //! - **Per-file failures never stop the loop.** Each ends as one [`Report::fail`] line naming
 //!   the key and the cause.
+//! - **mtime = the object's LastModified**, so a later run can tell a complete, current file
+//!   from anything else by size and mtime alone ([`Existing`]).
 //! - **No file-system syscall on a tokio thread.** Directory creation happens here, cached,
 //!   so each directory is created once.
 
@@ -28,7 +30,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use rustix::fs::{Mode, OFlags};
@@ -52,6 +54,16 @@ pub struct FileJob {
     pub picked: Instant,
     /// When the body was complete (start of the `handoff` stage).
     pub fetched: Instant,
+    /// The object's LastModified: becomes the file's mtime (and atime).
+    pub mtime: Option<SystemTime>,
+}
+
+/// Timestamps setting both atime and mtime to `t` (whole seconds and nanoseconds since the
+/// epoch; `None` before 1970, which S3 never returns).
+pub(crate) fn timestamps(t: SystemTime) -> Option<rustix::fs::Timestamps> {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let ts = rustix::fs::Timespec { tv_sec: i64::try_from(d.as_secs()).ok()?, tv_nsec: d.subsec_nanos().into() };
+    Some(rustix::fs::Timestamps { last_access: ts, last_modification: ts })
 }
 
 /// Work for a writer.
@@ -322,6 +334,11 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<()
     let result = file
         .write_all(&job.body)
         .map_err(|e| reason("cannot write", e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|()| match job.mtime.and_then(timestamps) {
+            Some(ts) => rustix::fs::futimens(&file, &ts)
+                .map_err(|e| reason("cannot set the modification time of", e.raw_os_error())),
+            None => Ok(()),
+        })
         .and_then(|()| {
             rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), final_name)
                 .map_err(|e| reason("cannot rename into place", e.raw_os_error()))

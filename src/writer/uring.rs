@@ -7,18 +7,24 @@
 //! io_uring here comes from exactly those: a file costs one chain pushed into the SQ, and one
 //! `io_uring_enter` carries the chains of every file that is ready.
 //!
-//! The chain for one file, in a directory already opened by [`DirCache`]:
+//! One file, in a directory already opened by [`DirCache`], takes two steps:
 //!
 //! ```text
-//! OPENAT(dirfd, tmp, O_WRONLY|O_CREAT|O_EXCL, → direct slot)  IO_LINK
-//! WRITE(slot, body[chunk], offset) …                            IO_LINK
-//! RENAMEAT(dirfd, tmp → dirfd, final)                           IO_HARDLINK
-//! CLOSE(slot)
+//! 1. OPENAT(dirfd, tmp, O_WRONLY|O_CREAT|O_EXCL, → direct slot)  IO_LINK
+//!    WRITE(slot, body[chunk], offset) …                            IO_LINK
+//!    CLOSE(slot)
+//!    — all completed and succeeded: utimensat(dirfd, tmp, LastModified) on this thread —
+//! 2. RENAMEAT(dirfd, tmp → dirfd, final)
 //! ```
 //!
-//! - A failed open or write (a short write counts as failed for links) cancels the rename,
-//!   so nothing partial ever reaches the final name. The rename is *hard*-linked to the
-//!   close, so the close runs whatever happened before it and the slot is always released.
+//! - The rename is pushed only after the whole first chain succeeded and the temporary has
+//!   its final mtime, so a file at its final name is complete *and* carries the object's
+//!   LastModified: a killed run never leaves a complete file that the next run cannot
+//!   recognise (io_uring has no timestamp op; a synchronous `utimensat` costs ~1–2 µs). The
+//!   renames of every file that finished step 1 go out with the next `io_uring_enter`.
+//! - A failed open or write (a short write counts as failed for links) cancels the rest of
+//!   the chain; the temporary is unlinked and nothing reaches the final name. If a failed
+//!   write cancels the close, the next OPENAT into that direct slot replaces (closes) it.
 //! - No `IOSQE_CQE_SKIP_SUCCESS`: every SQE posts exactly one CQE (success, error or
 //!   `-ECANCELED`), so an entry is finished when its count of outstanding CQEs reaches zero.
 //!   This is deterministic whatever the kernel's ordering of completions in a failed chain;
@@ -155,6 +161,7 @@ impl UringWriter {
             inflight: 0,
             seq: 0,
             retry: VecDeque::new(),
+            to_rename: Vec::new(),
             broken,
             files_per_submit: self.files_per_submit,
             rec: report.recorder(),
@@ -178,6 +185,9 @@ struct Entry {
     /// CQEs still to come for this chain.
     pending: u32,
     open_ok: bool,
+    closed: bool,
+    /// Step 2 (the rename) has been pushed.
+    rename_pushed: bool,
     renamed: bool,
     short_write: bool,
     err: Option<String>,
@@ -195,6 +205,8 @@ struct Loop<'a> {
     seq: u64,
     /// Files to write again (after a short write).
     retry: VecDeque<(FileJob, u8)>,
+    /// Slots whose first step succeeded: their renames go out with the next enter.
+    to_rename: Vec<u32>,
     /// Set when io_uring_enter itself fails: every later job fails with this reason.
     broken: Option<String>,
     files_per_submit: usize,
@@ -221,6 +233,7 @@ impl Loop<'_> {
                 }
                 return;
             }
+            self.push_renames();
             // Take everything that is ready (block only when nothing is in flight), so one
             // enter carries as many chains as possible.
             let mut started = 0;
@@ -302,8 +315,10 @@ impl Loop<'_> {
             tmp: tmp_name(self.seq),
             name,
             dir,
-            pending: (3 + n_writes) as u32,
+            pending: (2 + n_writes) as u32,
             open_ok: false,
+            closed: false,
+            rename_pushed: false,
             renamed: false,
             short_write: false,
             err: None,
@@ -324,7 +339,7 @@ impl Loop<'_> {
         let Ok(dest) = types::DestinationSlot::try_from_slot_target(slot) else {
             return self.report.fail(&e.job.key, "internal error: bad file slot");
         };
-        let mut sqes = Vec::with_capacity(3 + n_writes);
+        let mut sqes = Vec::with_capacity(2 + n_writes);
         sqes.push(
             opcode::OpenAt::new(dirfd, e.tmp.as_ptr())
                 .flags(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
@@ -343,14 +358,20 @@ impl Loop<'_> {
                     .user_data(ud(OP_WRITE) | ((chunk.len() as u64) << 32)),
             );
         }
-        sqes.push(
-            opcode::RenameAt::new(dirfd, e.tmp.as_ptr(), dirfd, e.name.as_ptr())
-                .build()
-                .flags(squeue::Flags::IO_HARDLINK)
-                .user_data(ud(OP_RENAME)),
-        );
         sqes.push(opcode::Close::new(types::Fixed(slot)).build().user_data(ud(OP_CLOSE)));
         self.push_chain(&sqes);
+    }
+
+    /// Step 2 for every file whose first chain succeeded: one RENAMEAT each.
+    fn push_renames(&mut self) {
+        while let Some(slot) = self.to_rename.pop() {
+            let Some(e) = self.slab.get(slot as usize).and_then(Option::as_ref) else { continue };
+            let dirfd = types::Fd(e.dir.as_fd().as_raw_fd());
+            let sqe = opcode::RenameAt::new(dirfd, e.tmp.as_ptr(), dirfd, e.name.as_ptr())
+                .build()
+                .user_data((u64::from(slot) << 8) | OP_RENAME);
+            self.push_chain(&[sqe]);
+        }
     }
 
     /// Pushes a whole chain into the SQ, submitting first if it does not fit.
@@ -416,6 +437,7 @@ impl Loop<'_> {
                     });
                 }
                 OP_RENAME if res == 0 => e.renamed = true,
+                OP_CLOSE if res >= 0 => e.closed = true,
                 OP_CLOSE if res < 0 && e.open_ok => {
                     e.err.get_or_insert_with(|| io_reason("cannot close", &target.rel_path(), -res));
                 }
@@ -436,6 +458,30 @@ impl Loop<'_> {
     }
 
     fn finish(&mut self, slot: u32) {
+        if let Some(e) = self.slab[slot as usize].as_mut()
+            && !e.rename_pushed
+            && e.err.is_none()
+            && e.open_ok
+            && e.closed
+        {
+            // Step 1 done: the temporary gets its mtime (no io_uring op for it), then step 2.
+            let set = match e.job.mtime.and_then(super::timestamps) {
+                Some(ts) => rustix::fs::utimensat(e.dir.as_fd(), e.tmp.as_c_str(), &ts, rustix::fs::AtFlags::empty())
+                    .map_err(|err| {
+                        io_reason("cannot set the modification time of", &e.job.target.rel_path(), err.raw_os_error())
+                    }),
+                None => Ok(()),
+            };
+            match set {
+                Ok(()) => {
+                    e.rename_pushed = true;
+                    e.pending = 1;
+                    self.to_rename.push(slot);
+                    return;
+                }
+                Err(reason) => e.err = Some(reason),
+            }
+        }
         let Some(e) = self.slab[slot as usize].take() else {
             return;
         };

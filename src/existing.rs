@@ -1,0 +1,138 @@
+//! Resume and skip: which listed objects are already in DEST (issue #5).
+//!
+//! The writer sets every file's mtime to its object's LastModified, so a file whose size and
+//! mtime both equal the listing's is the object, exactly, without reading it: re-running a
+//! command after a crash or Ctrl-C fetches only what is missing or changed. A file at a final
+//! name is always complete (data lands under a temporary name first), so size + mtime is
+//! enough. `--overwrite` rewrites everything, `--skip-existing` skips by name alone.
+//!
+//! The check is a `fstatat` per key against directory descriptors opened one component at a
+//! time with `O_NOFOLLOW` (never through a symlink, like the writer), cached per directory,
+//! run on a blocking thread one listing page at a time: ~1–2 µs per key, far below a GET.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use crate::keymap::Target;
+
+/// What to do with a file that already exists at a key's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExistingMode {
+    /// Skip it when its size and mtime equal the object's size and LastModified.
+    #[default]
+    Compare,
+    /// Rewrite it (`--overwrite`).
+    Overwrite,
+    /// Skip it whatever it holds (`--skip-existing`).
+    SkipExisting,
+}
+
+/// Directories cached at most (then the cache starts over).
+const MAX_DIRS: usize = 1024;
+
+/// Looks up existing files under DEST without following symlinks or creating anything.
+pub struct Existing {
+    root: Arc<OwnedFd>,
+    mode: ExistingMode,
+    /// Relative directory → its descriptor, `None` when it does not exist (or is not a
+    /// plain directory): nothing below it exists for us.
+    dirs: HashMap<String, Option<Arc<OwnedFd>>>,
+}
+
+impl Existing {
+    pub fn open(dest: &Path, mode: ExistingMode) -> Result<Existing, String> {
+        let root = rustix::fs::open(dest, dir_flags(), Mode::empty())
+            .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), std::io::Error::from(e)))?;
+        Ok(Existing { root: Arc::new(root), mode, dirs: HashMap::new() })
+    }
+
+    /// True when the object (`size` bytes, `last_modified`) is already at `target`.
+    pub fn is_done(&mut self, target: &Target, size: u64, last_modified: Option<SystemTime>) -> bool {
+        let Some(name) = target.file_name() else { return false };
+        if self.mode == ExistingMode::Overwrite {
+            return false;
+        }
+        let Some(dir) = self.dir(target.dir()) else { return false };
+        let Ok(st) = rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) else { return false };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return false;
+        }
+        match self.mode {
+            ExistingMode::SkipExisting => true,
+            ExistingMode::Overwrite => false,
+            ExistingMode::Compare => {
+                let Some(lm) = last_modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) else {
+                    return false;
+                };
+                st.st_size as u64 == size
+                    && st.st_mtime as i64 == lm.as_secs() as i64
+                    && st.st_mtime_nsec as i64 == i64::from(lm.subsec_nanos())
+            }
+        }
+    }
+
+    fn dir(&mut self, rel: &str) -> Option<Arc<OwnedFd>> {
+        if rel.is_empty() {
+            return Some(self.root.clone());
+        }
+        if let Some(d) = self.dirs.get(rel) {
+            return d.clone();
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let opened = self
+            .dir(parent)
+            .and_then(|p| rustix::fs::openat(p.as_fd(), name, dir_flags(), Mode::empty()).ok())
+            .map(Arc::new);
+        if self.dirs.len() >= MAX_DIRS {
+            self.dirs.clear();
+        }
+        self.dirs.insert(rel.to_owned(), opened.clone());
+        opened
+    }
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keymap::map_key;
+    use std::time::Duration;
+
+    #[test]
+    fn size_and_mtime_decide_and_symlinks_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/f"), b"hello").unwrap();
+        std::fs::write(outside.path().join("g"), b"hello").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let lm = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let f = std::fs::File::options().write(true).open(dir.path().join("a/f")).unwrap();
+        f.set_modified(lm).unwrap();
+
+        let t = |k: &str| map_key(k).unwrap();
+        let mut ex = Existing::open(dir.path(), ExistingMode::Compare).unwrap();
+        assert!(ex.is_done(&t("a/f"), 5, Some(lm)));
+        assert!(!ex.is_done(&t("a/f"), 6, Some(lm)), "size differs");
+        assert!(!ex.is_done(&t("a/f"), 5, Some(lm + Duration::from_secs(1))), "mtime differs");
+        assert!(!ex.is_done(&t("a/f"), 5, None), "no LastModified: cannot tell");
+        assert!(!ex.is_done(&t("a/missing"), 5, Some(lm)));
+        assert!(!ex.is_done(&t("b/f"), 5, Some(lm)), "missing directory");
+        assert!(!ex.is_done(&t("a"), 0, Some(lm)), "a directory is not a file");
+        assert!(!ex.is_done(&t("link/g"), 5, None), "never through a symlink");
+
+        let mut skip = Existing::open(dir.path(), ExistingMode::SkipExisting).unwrap();
+        assert!(skip.is_done(&t("a/f"), 999, None));
+        assert!(!skip.is_done(&t("link/g"), 5, None));
+        let mut over = Existing::open(dir.path(), ExistingMode::Overwrite).unwrap();
+        assert!(!over.is_done(&t("a/f"), 5, Some(lm)));
+    }
+}
