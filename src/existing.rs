@@ -70,8 +70,8 @@ impl Existing {
                     return false;
                 };
                 st.st_size as u64 == size
-                    && st.st_mtime as i64 == lm.as_secs() as i64
-                    && st.st_mtime_nsec as i64 == i64::from(lm.subsec_nanos())
+                    && i64::from(st.st_mtime) == lm.as_secs() as i64
+                    && st.st_mtime_nsec == u64::from(lm.subsec_nanos())
             }
         }
     }
