@@ -70,7 +70,7 @@ impl Existing {
                     return false;
                 };
                 st.st_size as u64 == size
-                    && i64::from(st.st_mtime) == lm.as_secs() as i64
+                    && u64::try_from(st.st_mtime).ok() == Some(lm.as_secs())
                     && st.st_mtime_nsec == u64::from(lm.subsec_nanos())
             }
         }
