@@ -126,6 +126,12 @@ struct Tuning {
     #[arg(long)]
     skip_existing: bool,
 
+    /// Copy exactly the keys in FILE (one per line, `-` for stdin; text after a tab is
+    /// ignored, so a --failed-keys file can be fed back) instead of listing the prefix. Keys
+    /// are full keys and must be under SOURCE's prefix.
+    #[arg(long, value_name = "FILE")]
+    keys_from: Option<PathBuf>,
+
     /// Threads of the async runtime running the fetch tasks (0: one per CPU core). The
     /// writer has its own thread besides.
     #[arg(long, value_name = "N", default_value_t = 0,
@@ -158,6 +164,11 @@ struct Output {
     /// On a terminal a live progress bar is shown instead.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, global = true)]
     progress_interval: f64,
+
+    /// Write each key that could not be copied to FILE, one `KEY<TAB>REASON` line per key
+    /// (feed it back with --keys-from FILE to retry exactly those).
+    #[arg(long, value_name = "FILE")]
+    failed_keys: Option<PathBuf>,
 
     /// Write the run's statistics (counters, throughput, CPU, per-stage latency percentiles,
     /// config, machine) as JSON to FILE; see the README for the fields.
@@ -377,6 +388,7 @@ fn apply_output(cfg: &mut Config, o: &Output) -> Result<(), String> {
     cfg.summary = !o.quiet;
     cfg.progress = crate::progress::Mode::detect(o.quiet, std::time::Duration::from_secs_f64(o.progress_interval));
     cfg.stats_json = o.stats_json.clone();
+    cfg.failed_keys = o.failed_keys.clone();
     Ok(())
 }
 
@@ -385,6 +397,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.queue = t.queue as usize;
     cfg.io_engine = t.io_engine;
     cfg.fetch_engine = t.fetch_engine;
+    cfg.keys_from = t.keys_from.clone();
     cfg.existing = if t.overwrite {
         crate::existing::ExistingMode::Overwrite
     } else if t.skip_existing {

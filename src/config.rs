@@ -117,6 +117,10 @@ pub struct Config {
     pub progress: crate::progress::Mode,
     /// Write the run's statistics here as JSON.
     pub stats_json: Option<PathBuf>,
+    /// `--failed-keys FILE`: one failed key per line, with its reason.
+    pub failed_keys: Option<PathBuf>,
+    /// `--keys-from FILE`: copy these keys instead of listing.
+    pub keys_from: Option<PathBuf>,
 }
 
 impl Config {
@@ -137,6 +141,8 @@ impl Config {
             summary: true,
             progress: crate::progress::Mode::Off,
             stats_json: None,
+            failed_keys: None,
+            keys_from: None,
         }
     }
 }

@@ -65,13 +65,15 @@ pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
 #[derive(Debug, Clone)]
 pub struct Stop {
     rx: tokio::sync::watch::Receiver<bool>,
+    /// The run's own stop (a full disk: [`Report::abort`]).
+    abort: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Stop {
     /// A stop and the handle that triggers it.
     pub fn new() -> (tokio::sync::watch::Sender<bool>, Stop) {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Stop { rx })
+        (tx, Stop { rx, abort: None })
     }
 
     fn never() -> Stop {
@@ -79,20 +81,35 @@ impl Stop {
     }
 
     fn requested(&self) -> bool {
-        *self.rx.borrow()
+        *self.rx.borrow() || self.abort.as_ref().is_some_and(|a| *a.borrow())
     }
 
-    /// Resolves once a stop is requested (never, if the trigger is dropped unused).
+    /// Resolves once a stop is requested (never, if the triggers are dropped unused).
     async fn requested_wait(&mut self) {
-        if self.rx.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
+        async fn wait(rx: &mut tokio::sync::watch::Receiver<bool>) {
+            if rx.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        match &mut self.abort {
+            None => wait(&mut self.rx).await,
+            Some(abort) => tokio::select! {
+                () = wait(&mut self.rx) => {}
+                () = wait(abort) => {}
+            },
         }
     }
 }
 
 /// [`run`], stopping early when `stop` is triggered.
-pub async fn run_until(cfg: &Config, report: Arc<Report>, stop: Stop) -> Result<Summary, Fatal> {
+pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Result<Summary, Fatal> {
     let started = Instant::now();
+    let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
+    report.on_abort(abort_tx);
+    stop.abort = Some(abort_rx);
+    if let Some(path) = &cfg.failed_keys {
+        report.write_failed_keys(path).map_err(Fatal::Setup)?;
+    }
     let created_dest = prepare_dest(cfg)?;
     let result = copy(cfg, report, started, stop, created_dest).await;
     if created_dest && matches!(result, Err(Fatal::Setup(_))) {
@@ -158,10 +175,12 @@ async fn copy(
         .map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
     finished.map_err(Fatal::Internal)?;
     listed?;
-    if stop.requested() {
+    if stop.requested() && report.aborted().is_none() {
         report.interrupted();
     }
-    Ok(report.summary(started.elapsed(), engine, fetch.name()))
+    let mut summary = report.summary(started.elapsed(), engine, fetch.name());
+    summary.failed_keys = report.finish_failed_keys();
+    Ok(summary)
 }
 
 /// DEST must be a directory; it is created when missing (then `true`).
@@ -187,7 +206,10 @@ async fn list(
     mut existing: Option<Existing>,
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
-    let mut lister = s3::Lister::new(client, &cfg.source);
+    let mut lister = match &cfg.keys_from {
+        Some(path) => Pages::Keys(read_keys(path).map_err(Fatal::Setup)?),
+        None => Pages::Listing(s3::Lister::new(client, &cfg.source)),
+    };
     let mut rec = report.recorder();
     let mut first = true;
     let mut seen = 0u64;
@@ -213,7 +235,10 @@ async fn list(
         seen += objects.len() as u64;
         let mut items = Vec::with_capacity(objects.len());
         for o in objects {
-            let rel = o.key.strip_prefix(prefix.as_str()).unwrap_or(&o.key);
+            let Some(rel) = o.key.strip_prefix(prefix.as_str()) else {
+                report.fail(&o.key, &format!("not under the source prefix '{prefix}'"));
+                continue;
+            };
             if rel.is_empty() {
                 // The prefix's own folder marker: DEST itself.
                 report.dir_done();
@@ -261,6 +286,65 @@ async fn list(
         }
     }
     Ok(())
+}
+
+/// Where keys come from: ListObjectsV2 pages, or `--keys-from FILE`.
+enum Pages {
+    Listing(s3::Lister),
+    Keys(tokio::sync::mpsc::Receiver<Result<Vec<s3::ListedObject>, String>>),
+}
+
+impl Pages {
+    async fn next_page(&mut self) -> Option<Result<Vec<s3::ListedObject>, String>> {
+        match self {
+            Pages::Listing(l) => l.next_page().await,
+            Pages::Keys(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// Keys read per page from a `--keys-from` file.
+const KEYS_PER_PAGE: usize = 1000;
+
+/// Streams `--keys-from FILE` (`-`: stdin) in pages of keys, read on a blocking thread so the
+/// file is never held in memory. A line is a key up to its first tab (so a `--failed-keys`
+/// file can be fed back as it is); empty lines are ignored. Sizes and LastModified are not
+/// known: such keys are fetched unless `--skip-existing` finds them.
+fn read_keys(
+    path: &std::path::Path,
+) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<s3::ListedObject>, String>>, String> {
+    use std::io::BufRead as _;
+    let shown = path.display().to_string();
+    let input: Box<dyn std::io::Read + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(|e| format!("cannot read --keys-from '{shown}': {e}"))?)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut page = Vec::with_capacity(KEYS_PER_PAGE);
+        for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(format!("reading --keys-from '{shown}' line {}: {e}", n + 1)));
+                    return;
+                }
+            };
+            let key = line.split('\t').next().unwrap_or_default();
+            if key.is_empty() {
+                continue;
+            }
+            page.push(s3::ListedObject { key: key.to_owned(), size: 0, last_modified: None });
+            if page.len() == KEYS_PER_PAGE && tx.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
+                return;
+            }
+        }
+        if !page.is_empty() {
+            let _ = tx.blocking_send(Ok(page));
+        }
+    });
+    Ok(rx)
 }
 
 /// One long-lived fetch task.

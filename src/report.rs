@@ -36,6 +36,10 @@ pub struct Report {
     retries: AtomicU64,
     throttled: AtomicU64,
     first_failures: Mutex<Vec<(String, String)>>,
+    /// `--failed-keys FILE`: one `KEY<TAB>REASON` line per failed key.
+    failed_keys: Mutex<Option<FailedKeys>>,
+    /// Why the run stopped on its own (a full disk), and how the pipeline is told.
+    abort: Mutex<(Option<String>, Option<tokio::sync::watch::Sender<bool>>)>,
     quiet_failures: bool,
     stages: StageSink,
 }
@@ -78,6 +82,11 @@ impl Report {
         if !self.quiet_failures {
             crate::progress::line(&format!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason)));
         }
+        if let Ok(mut f) = self.failed_keys.lock()
+            && let Some(f) = f.as_mut()
+        {
+            f.add(key, reason);
+        }
         if let Ok(mut v) = self.first_failures.lock()
             && v.len() < FAILURES_KEPT
         {
@@ -109,6 +118,66 @@ impl Report {
         }
     }
 
+    /// Writes every failed key from now on to `path` (created or truncated).
+    pub fn write_failed_keys(&self, path: &std::path::Path) -> Result<(), String> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| format!("cannot create --failed-keys file '{}': {e}", path.display()))?;
+        if let Ok(mut f) = self.failed_keys.lock() {
+            *f = Some(FailedKeys {
+                path: path.to_owned(),
+                out: std::io::BufWriter::new(file),
+                written: 0,
+                unlisted: 0,
+                error: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Flushes the `--failed-keys` file; the summary line about it, if there is one.
+    pub fn finish_failed_keys(&self) -> Option<String> {
+        let mut guard = self.failed_keys.lock().ok()?;
+        let f = guard.as_mut()?;
+        use std::io::Write as _;
+        if let Err(e) = f.out.flush() {
+            f.error.get_or_insert_with(|| e.to_string());
+        }
+        Some(match &f.error {
+            Some(e) => format!("cannot write --failed-keys file '{}': {e}", f.path.display()),
+            None if f.unlisted > 0 => format!(
+                "{} failed keys written to '{}' ({} keys containing a tab or a line break are only in the log)",
+                f.written,
+                f.path.display(),
+                f.unlisted
+            ),
+            None => format!("{} failed keys written to '{}'", f.written, f.path.display()),
+        })
+    }
+
+    /// Who to tell when the run must stop on its own ([`Report::abort`]).
+    pub fn on_abort(&self, trigger: tokio::sync::watch::Sender<bool>) {
+        if let Ok(mut a) = self.abort.lock() {
+            a.1 = Some(trigger);
+        }
+    }
+
+    /// Stops the run: nothing more is fetched, the summary gives `reason` (the first one).
+    pub fn abort(&self, reason: &str) {
+        let Ok(mut a) = self.abort.lock() else { return };
+        if a.0.is_none() {
+            crate::progress::line(&format!("s3uring: stopping: {}", sanitize(reason)));
+            a.0 = Some(reason.to_owned());
+        }
+        if let Some(t) = &a.1 {
+            t.send_replace(true);
+        }
+    }
+
+    /// Why the run stopped on its own, if it did.
+    pub fn aborted(&self) -> Option<String> {
+        self.abort.lock().ok().and_then(|a| a.0.clone())
+    }
+
     /// The run was stopped early on request.
     pub fn interrupted(&self) {
         self.interrupted.store(true, Ordering::Relaxed);
@@ -138,6 +207,8 @@ impl Report {
             counts: self.counts(),
             listing_incomplete: self.listing_incomplete.load(Ordering::Relaxed),
             interrupted: self.interrupted.load(Ordering::Relaxed),
+            aborted: self.aborted(),
+            failed_keys: None,
             first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
             elapsed,
             engine: engine.to_owned(),
@@ -185,6 +256,34 @@ impl ProcessCpu {
     }
 }
 
+/// The `--failed-keys` file.
+#[derive(Debug)]
+struct FailedKeys {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    written: u64,
+    /// Keys a line cannot hold (tab, CR or LF in the key).
+    unlisted: u64,
+    error: Option<String>,
+}
+
+impl FailedKeys {
+    /// `KEY<TAB>REASON`: `--keys-from` reads the key back up to the tab.
+    fn add(&mut self, key: &str, reason: &str) {
+        use std::io::Write as _;
+        if key.contains(['\t', '\n', '\r']) {
+            self.unlisted += 1;
+            return;
+        }
+        if self.error.is_none() {
+            match writeln!(self.out, "{key}\t{}", sanitize(reason)) {
+                Ok(()) => self.written += 1,
+                Err(e) => self.error = Some(e.to_string()),
+            }
+        }
+    }
+}
+
 /// A snapshot of the counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
@@ -205,6 +304,10 @@ pub struct Summary {
     pub listing_incomplete: bool,
     /// Stopped by SIGINT/SIGTERM: the keys not yet handled were not copied.
     pub interrupted: bool,
+    /// The run stopped on its own (a full disk): the keys not yet handled were not copied.
+    pub aborted: Option<String>,
+    /// What happened to the `--failed-keys` file, if one was asked for.
+    pub failed_keys: Option<String>,
     pub first_failures: Vec<(String, String)>,
     pub elapsed: Duration,
     pub engine: String,
@@ -227,7 +330,11 @@ pub struct Summary {
 impl Summary {
     /// True when every listed key was written or skipped and the listing completed.
     pub fn success(&self) -> bool {
-        self.counts.failed == 0 && !self.listing_incomplete && !self.interrupted && self.unaccounted() == 0
+        self.counts.failed == 0
+            && !self.listing_incomplete
+            && !self.interrupted
+            && self.aborted.is_none()
+            && self.unaccounted() == 0
     }
 
     /// Keys listed but neither written, skipped nor failed: always 0 (invariant 3).
@@ -296,6 +403,14 @@ impl Summary {
                 self.unaccounted()
             );
         }
+        if let Some(reason) = &self.aborted {
+            let _ = writeln!(
+                s,
+                "stopped early: {}: {} listed keys were not copied (fix the cause, then re-run the same command)",
+                sanitize(reason),
+                self.unaccounted()
+            );
+        }
         if self.listing_incomplete {
             let _ = writeln!(s, "listing stopped early: keys after the failure were not copied");
         }
@@ -304,6 +419,9 @@ impl Summary {
             for (k, r) in &self.first_failures {
                 let _ = writeln!(s, "  '{}': {}", sanitize(k), sanitize(r));
             }
+        }
+        if let Some(note) = &self.failed_keys {
+            let _ = writeln!(s, "{}", sanitize(note));
         }
         s
     }
@@ -432,6 +550,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "bytes": summary.counts.bytes,
             "listing_incomplete": summary.listing_incomplete,
             "interrupted": summary.interrupted,
+            "aborted": summary.aborted,
         },
         "throughput": { "objects_per_s": summary.objects_per_sec(), "mib_per_s": summary.mib_per_sec() },
         "writer": {

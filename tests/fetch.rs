@@ -122,3 +122,75 @@ fn anonymous_requests_work_in_both_engines() {
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     }
 }
+
+#[test]
+fn failed_keys_written_then_fed_back_retry_exactly_those() {
+    let objs = objects(60);
+    let (denied, vanished) = (objs[5].0.clone(), objs[17].0.clone());
+    let broken = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("retry", objs.clone())],
+            denied: vec![denied.clone()],
+            vanished: vec![vanished.clone()],
+            ..Default::default()
+        },
+        true,
+    );
+    let healed = Env::new(vec![bucket("retry", objs.clone())]);
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let list = scratch.dir.path().join("failed.txt");
+        let out = run(broken
+            .cmd()
+            .args(["--fetch-engine", fetch, "--failed-keys"])
+            .arg(&list)
+            .arg("s3://retry")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{fetch}");
+        assert!(stderr(&out).contains(&format!("2 failed keys written to '{}'", list.display())), "{fetch}");
+        let text = std::fs::read_to_string(&list).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines.iter().any(|l| l.starts_with(&format!("{denied}\tAccessDenied"))), "{text}");
+        assert!(lines.iter().any(|l| l.starts_with(&format!("{vanished}\tNoSuchKey"))), "{text}");
+
+        // Fed back against the healed bucket: exactly those two are fetched.
+        let gets = healed.fault_counts().gets;
+        let out = run(healed
+            .cmd()
+            .args(["--fetch-engine", fetch, "--keys-from"])
+            .arg(&list)
+            .arg("s3://retry")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}");
+        assert!(stderr(&out).contains("2 keys listed: 2 files written"), "{fetch}");
+        assert_eq!(healed.fault_counts().gets - gets, 2);
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+}
+
+#[test]
+fn keys_from_stdin_copies_those_keys_relative_to_the_prefix() {
+    let objs = objects(30);
+    let env = Env::new(vec![bucket("pick", objs.clone())]);
+    let scratch = Scratch::new();
+    let picked: Vec<_> = objs.iter().filter(|(k, _)| k.starts_with("d3/")).cloned().collect();
+    let mut input: String = picked.iter().map(|(k, _)| format!("{k}\n")).collect();
+    input.push_str("\nd4/obj-00004\n"); // an empty line, and a key outside the prefix
+    let mut child = env
+        .cmd()
+        .args(["--keys-from", "-", "s3://pick/d3/"])
+        .arg(scratch.dest())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("'d4/obj-00004': not under the source prefix 'd3/'"), "{}", stderr(&out));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&picked, "d3/"));
+}

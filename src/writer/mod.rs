@@ -167,13 +167,26 @@ pub(crate) fn c_name(name: &str) -> Result<CString, String> {
     CString::new(name).map_err(|_| "name contains a NUL byte".to_owned())
 }
 
+const NO_SPACE: &str = "no space left on device";
+const NO_QUOTA: &str = "disk quota exceeded";
+
+/// Fails a file. A full disk or quota also stops the run (issue #5): every later file would
+/// fail the same way, so fetching them is waste; the summary says how many were not copied.
+pub(crate) fn fail_file(report: &Report, key: &str, reason: &str) {
+    report.fail(key, reason);
+    if reason.ends_with(NO_SPACE) || reason.ends_with(NO_QUOTA) {
+        report.abort(reason);
+    }
+}
+
 /// The one-line reason for an errno while doing `what` to `path`.
 pub(crate) fn io_reason(what: &str, path: &str, errno: i32) -> String {
     let cause = match errno {
         libc::EISDIR | libc::ENOTEMPTY => {
             "a directory is in the way (another key uses this path as a directory)".to_owned()
         }
-        libc::ENOSPC => "no space left on device".to_owned(),
+        libc::ENOSPC => NO_SPACE.to_owned(),
+        libc::EDQUOT => NO_QUOTA.to_owned(),
         libc::EROFS => "read-only file system".to_owned(),
         libc::EACCES | libc::EPERM => "permission denied".to_owned(),
         _ => io::Error::from_raw_os_error(errno).to_string(),
@@ -315,7 +328,7 @@ fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec
                     rec.record(Stage::Total, job.picked.elapsed());
                     report.written(job.body.len() as u64);
                 }
-                Err(reason) => report.fail(&job.key, &reason),
+                Err(reason) => fail_file(report, &job.key, &reason),
             }
         }
     }

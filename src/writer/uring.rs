@@ -500,7 +500,7 @@ impl Loop<'_> {
             return;
         }
         let reason = e.err.unwrap_or_else(|| "internal error: chain ended without rename".to_owned());
-        self.report.fail(&e.job.key, &reason);
+        super::fail_file(self.report, &e.job.key, &reason);
     }
 
     /// Last resort when the ring stops working: drain what can be drained and fail the rest.
