@@ -117,6 +117,11 @@ struct Tuning {
           value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: u32,
 
+    /// Check every body against the checksum its object carries (x-amz-checksum-* when
+    /// present, else an ETag that is a plain MD5); a mismatch is retried, never written.
+    #[arg(long)]
+    verify: bool,
+
     /// Rewrite files already in DEST. By default a file whose size and mtime equal the
     /// object's size and LastModified is skipped (the writer sets mtime from LastModified).
     #[arg(long, conflicts_with = "skip_existing")]
@@ -279,6 +284,9 @@ struct FaultArgs {
     /// Send half the body, then break the connection.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
     fail_truncate: f64,
+    /// Change one byte of the body (length, ETag and checksum unchanged).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    fail_corrupt: f64,
     /// Delay the first byte by --slow-ms.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
     slow: f64,
@@ -398,6 +406,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.io_engine = t.io_engine;
     cfg.fetch_engine = t.fetch_engine;
     cfg.keys_from = t.keys_from.clone();
+    cfg.verify = t.verify;
     cfg.existing = if t.overwrite {
         crate::existing::ExistingMode::Overwrite
     } else if t.skip_existing {
@@ -579,6 +588,7 @@ async fn serve(args: ServeArgs) -> Exit {
             truncate: args.faults.fail_truncate,
             slow: args.faults.slow,
             slow_delay: std::time::Duration::from_millis(args.faults.slow_ms),
+            corrupt: args.faults.fail_corrupt,
         },
         ..EndpointConfig::default()
     })
@@ -610,8 +620,8 @@ async fn serve(args: ServeArgs) -> Exit {
     let _ = tokio::signal::ctrl_c().await;
     let c = endpoint.fault_counts();
     println!(
-        "served {} GETs; injected: {} SlowDown, {} InternalError, {} resets, {} truncated, {} slow",
-        c.gets, c.slowdown, c.internal, c.reset, c.truncate, c.slow
+        "served {} GETs; injected: {} SlowDown, {} InternalError, {} resets, {} truncated, {} slow, {} corrupted",
+        c.gets, c.slowdown, c.internal, c.reset, c.truncate, c.slow, c.corrupt
     );
     Exit::Ok
 }

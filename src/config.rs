@@ -104,6 +104,8 @@ pub struct Config {
     pub fetch_engine: FetchEngine,
     /// What to do with files already in DEST (default: skip when size and mtime match).
     pub existing: crate::existing::ExistingMode,
+    /// `--verify`: check each body against its checksum or MD5 ETag.
+    pub verify: bool,
     /// Retries of a failed GET (transient errors and throttling) before the key fails.
     pub retries: u32,
     /// Threads of the portable writer.
@@ -136,6 +138,7 @@ impl Config {
             fetch_engine: FetchEngine::Lean,
             existing: crate::existing::ExistingMode::Compare,
             retries: DEFAULT_RETRIES,
+            verify: false,
             io_threads: DEFAULT_IO_THREADS,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,

@@ -25,9 +25,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use s3s::dto::{
-    CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
-    HeadObjectOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Range,
-    StreamingBlob, Timestamp,
+    ChecksumMode, CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output,
+    Object, Range, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -72,6 +72,9 @@ pub struct EndpointConfig {
     pub denied: Vec<String>,
     /// Keys that are listed but whose GET answers `404 NoSuchKey` (deleted after listing).
     pub vanished: Vec<String>,
+    /// Never send `x-amz-checksum-crc32c`, even when asked (objects uploaded without a
+    /// checksum: only the ETag's MD5 is there to verify against).
+    pub no_checksums: bool,
 }
 
 /// What fraction of GetObject requests fail, and how. Each GET draws once: at most one
@@ -89,6 +92,8 @@ pub struct Faults {
     /// The first byte comes `slow_delay` late.
     pub slow: f64,
     pub slow_delay: Duration,
+    /// The body arrives whole but with one byte changed (ETag and checksum stay right).
+    pub corrupt: f64,
 }
 
 /// How many faults of each kind an endpoint injected so far.
@@ -100,6 +105,7 @@ pub struct FaultCounts {
     pub reset: u64,
     pub truncate: u64,
     pub slow: u64,
+    pub corrupt: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +115,7 @@ enum Fault {
     Reset,
     Truncate,
     Slow,
+    Corrupt,
 }
 
 /// Draws faults and counts them; shared by the S3 implementation and the connection layer.
@@ -117,7 +124,7 @@ struct FaultState {
     faults: Faults,
     rng: AtomicU64,
     gets: AtomicU64,
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; 6],
 }
 
 impl FaultState {
@@ -127,7 +134,7 @@ impl FaultState {
 
     fn any(&self) -> bool {
         let f = &self.faults;
-        f.slowdown + f.internal + f.reset + f.truncate + f.slow > 0.0
+        f.slowdown + f.internal + f.reset + f.truncate + f.slow + f.corrupt > 0.0
     }
 
     /// A uniform number in [0, 1) from a shared splitmix64 sequence.
@@ -153,6 +160,7 @@ impl FaultState {
             (f.reset, Fault::Reset),
             (f.truncate, Fault::Truncate),
             (f.slow, Fault::Slow),
+            (f.corrupt, Fault::Corrupt),
         ] {
             if x < p {
                 self.counts[fault as usize].fetch_add(1, Ordering::Relaxed);
@@ -172,6 +180,7 @@ impl FaultState {
             reset: c(Fault::Reset),
             truncate: c(Fault::Truncate),
             slow: c(Fault::Slow),
+            corrupt: c(Fault::Corrupt),
         }
     }
 }
@@ -254,6 +263,7 @@ struct MemS3 {
     faults: Arc<FaultState>,
     denied: std::collections::HashSet<String>,
     vanished: std::collections::HashSet<String>,
+    no_checksums: bool,
 }
 
 async fn delay(d: Duration) {
@@ -428,9 +438,24 @@ impl S3 for MemS3 {
             data = data.slice(first as usize..=last as usize);
             content_range = Some(format!("bytes {first}-{last}/{total}"));
         }
+        // Like S3 for an object uploaded with a CRC32C checksum: sent when asked for.
+        let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let checksum_crc32c = (asked && !self.no_checksums && input.range.is_none()).then(|| {
+            use aws_smithy_checksums::ChecksumAlgorithm;
+            let mut c = ChecksumAlgorithm::Crc32c.into_impl();
+            c.update(&data);
+            c.header_value().to_str().unwrap_or_default().to_owned()
+        });
+        if fault == Some(Fault::Corrupt) && !data.is_empty() {
+            let mut bad = data.to_vec();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x20;
+            data = Bytes::from(bad);
+        }
         let out = GetObjectOutput {
             content_length: Some(data.len() as i64),
             content_range: content_range.clone(),
+            checksum_crc32c,
             e_tag: Some(obj.etag(&input.key)),
             last_modified: Some(Timestamp::from(obj.last_modified)),
             body: Some(if fault == Some(Fault::Truncate) {
@@ -541,6 +566,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         get_latency: config.get_latency,
         denied: config.denied.iter().cloned().collect(),
         vanished: config.vanished.iter().cloned().collect(),
+        no_checksums: config.no_checksums,
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
     }

@@ -13,14 +13,19 @@ use std::time::Duration;
 use crate::config::{Config, FetchEngine};
 use crate::lean::{Conn, Lean};
 use crate::report::Report;
-use crate::s3::{self, Control, Fetched, Retry};
+use crate::s3::{self, Control, Fetched, GetError, Retry};
 
 /// First backoff bound; doubles per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
-/// The engine all fetch tasks share.
-pub enum Engine {
+/// The engine all fetch tasks share, and whether bodies are verified (`--verify`).
+pub struct Engine {
+    kind: Kind,
+    verify: bool,
+}
+
+enum Kind {
     Lean(Box<Lean>),
     Sdk { client: aws_sdk_s3::Client, bucket: String },
 }
@@ -30,23 +35,25 @@ impl Engine {
     /// cannot sign for (S3 Express, multi-region access points).
     pub async fn new(cfg: &Config, control: &Control, report: &Arc<Report>) -> Result<Engine, String> {
         let bucket = &cfg.source.bucket;
-        let sdk = || Engine::Sdk { client: control.client_no_retry.clone(), bucket: bucket.clone() };
-        match cfg.fetch_engine {
-            FetchEngine::Sdk => Ok(sdk()),
+        let verify = cfg.verify;
+        let sdk = || Kind::Sdk { client: control.client_no_retry.clone(), bucket: bucket.clone() };
+        let kind = match cfg.fetch_engine {
+            FetchEngine::Sdk => sdk(),
             FetchEngine::Lean => match control.bucket_endpoint(bucket).await {
-                Ok(ep) => Ok(Engine::Lean(Box::new(Lean::new(bucket, &ep, control.identities(), report.clone())?))),
+                Ok(ep) => Kind::Lean(Box::new(Lean::new(bucket, &ep, control.identities(), report.clone(), verify)?)),
                 Err(why) => {
                     tracing::warn!("{why}: using --fetch-engine sdk");
-                    Ok(sdk())
+                    sdk()
                 }
             },
-        }
+        };
+        Ok(Engine { kind, verify })
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            Engine::Lean(_) => "lean",
-            Engine::Sdk { .. } => "sdk",
+        match self.kind {
+            Kind::Lean(_) => "lean",
+            Kind::Sdk { .. } => "sdk",
         }
     }
 
@@ -54,9 +61,18 @@ impl Engine {
     pub async fn fetch(&self, conn: &mut Conn, key: &str, retries: u32, report: &Report) -> Result<Fetched, String> {
         let mut attempt = 0u32;
         loop {
-            let got = match self {
-                Engine::Lean(lean) => lean.get(conn, key).await,
-                Engine::Sdk { client, bucket } => s3::get(client, bucket, key).await,
+            let got = match &self.kind {
+                Kind::Lean(lean) => lean.get(conn, key).await,
+                Kind::Sdk { client, bucket } => s3::get(client, bucket, key, self.verify).await,
+            };
+            let got = match got {
+                Ok(f) if self.verify => verify(f, report),
+                Err(e) if self.verify && e.reason.contains("checksum mismatch") => {
+                    // The SDK validates a requested checksum itself, while reading the body.
+                    report.corrupt();
+                    Err(e)
+                }
+                other => other,
             };
             match got {
                 Ok(f) => return Ok(f),
@@ -74,6 +90,22 @@ impl Engine {
                     attempt += 1;
                 }
             }
+        }
+    }
+}
+
+/// `--verify`: a body that does not match its checksum is a transient failure (retried;
+/// never written).
+fn verify(f: Fetched, report: &Report) -> Result<Fetched, GetError> {
+    let integrity = f.integrity.clone().unwrap_or_default();
+    match crate::verify::check(&f.body, &integrity) {
+        Ok(how) => {
+            report.verified(how);
+            Ok(f)
+        }
+        Err(reason) => {
+            report.corrupt();
+            Err(GetError::transient(reason))
         }
     }
 }

@@ -50,6 +50,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// SHA-256 of the empty body: GET requests sign it instead of hashing nothing every time.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
 const USER_AGENT: &str = concat!("s3uring/", env!("CARGO_PKG_VERSION"));
 
 /// One fetch task's connection (none until the first GET).
@@ -72,6 +73,8 @@ pub struct Lean {
     resolver: CachingResolver,
     next_addr: AtomicUsize,
     report: Arc<Report>,
+    /// `--verify`: ask for checksums and keep the ETag.
+    verify: bool,
 }
 
 struct Signer {
@@ -87,6 +90,7 @@ impl Lean {
         endpoint: &BucketEndpoint,
         identities: Option<Identities>,
         report: Arc<Report>,
+        verify: bool,
     ) -> Result<Lean, String> {
         let bad = |why: &str| format!("endpoint '{}' {why}", endpoint.url);
         let uri: http::Uri = endpoint.url.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
@@ -116,6 +120,7 @@ impl Lean {
             resolver: CachingResolver::default(),
             next_addr: AtomicUsize::new(0),
             report,
+            verify,
         })
     }
 
@@ -142,6 +147,7 @@ impl Lean {
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         let last_modified = header_str(&resp, header::LAST_MODIFIED).and_then(parse_http_date);
         let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
+        let integrity = self.verify.then(|| integrity(&resp));
         let limit = if status == StatusCode::OK { usize::MAX } else { MAX_ERROR_BODY };
         let body = read_body(resp.into_body(), content_length, limit).await?;
         // The whole response was read: the connection can carry the next request.
@@ -150,7 +156,7 @@ impl Lean {
             return Err(self.error_response(status, &body, bucket_region.as_deref()));
         }
         check_length(body.len(), content_length)?;
-        Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed() })
+        Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity })
     }
 
     async fn request(&self, key: &str) -> Result<Request<Empty<Bytes>>, GetError> {
@@ -160,7 +166,11 @@ impl Lean {
         encode_key(key, &mut path);
         let mut req = Request::get(path.as_str())
             .header(header::HOST, self.host_header.clone())
-            .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
+            .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if self.verify {
+            req = req.header(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
+        }
+        let mut req = req
             .body(Empty::new())
             .map_err(|e| GetError { reason: format!("cannot build the request: {e}"), retry: Retry::No })?;
         if let Some(signer) = &self.signer {
@@ -236,15 +246,13 @@ impl Signer {
             .build()
             .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?
             .into();
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let signable = SignableRequest::new(
-            "GET",
-            path,
-            std::iter::once(("host", host)),
-            SignableBody::Precomputed(EMPTY_SHA256.to_owned()),
-        )
-        .and_then(|r| sign(r, &params))
-        .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?;
+        // Every header sent so far is signed (S3 requires it of x-amz-* headers).
+        let headers: Vec<(&str, &str)> =
+            req.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect();
+        let signable =
+            SignableRequest::new("GET", path, headers.into_iter(), SignableBody::Precomputed(EMPTY_SHA256.to_owned()))
+                .and_then(|r| sign(r, &params))
+                .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?;
         let (instructions, _signature) = signable.into_parts();
         instructions.apply_to_request_http1x(req);
         Ok(())
@@ -271,6 +279,20 @@ fn transport(what: &str, e: &(dyn std::error::Error + 'static)) -> GetError {
 
 fn header_str<B>(resp: &http::Response<B>, name: impl header::AsHeaderName) -> Option<&str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The ETag, encryption and checksum headers of a response, for `--verify`.
+fn integrity<B>(resp: &http::Response<B>) -> crate::verify::Integrity {
+    let sse = header_str(resp, "x-amz-server-side-encryption").unwrap_or_default();
+    crate::verify::Integrity {
+        etag: header_str(resp, header::ETAG).map(str::to_owned),
+        encrypted: sse.starts_with("aws:kms")
+            || resp.headers().contains_key("x-amz-server-side-encryption-customer-algorithm"),
+        checksums: crate::verify::CHECKSUM_HEADERS
+            .iter()
+            .filter_map(|(name, _)| Some((*name, header_str(resp, *name)?.to_owned())))
+            .collect(),
+    }
 }
 
 fn parse_http_date(s: &str) -> Option<SystemTime> {

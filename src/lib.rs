@@ -23,4 +23,5 @@ pub mod report;
 pub mod s3;
 pub mod stats;
 pub mod tune;
+pub mod verify;
 pub mod writer;

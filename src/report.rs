@@ -35,6 +35,12 @@ pub struct Report {
     connections: AtomicU64,
     retries: AtomicU64,
     throttled: AtomicU64,
+    /// `--verify`: bodies checked against a checksum header, against the ETag's MD5, with
+    /// nothing to check against, and bodies that did not match.
+    verified_checksum: AtomicU64,
+    verified_md5: AtomicU64,
+    unverifiable: AtomicU64,
+    corrupt: AtomicU64,
     first_failures: Mutex<Vec<(String, String)>>,
     /// `--failed-keys FILE`: one `KEY<TAB>REASON` line per failed key.
     failed_keys: Mutex<Option<FailedKeys>>,
@@ -178,6 +184,22 @@ impl Report {
         self.abort.lock().ok().and_then(|a| a.0.clone())
     }
 
+    /// `--verify` checked a body.
+    pub fn verified(&self, how: crate::verify::Verified) {
+        use crate::verify::Verified;
+        let c = match how {
+            Verified::Checksum(_) => &self.verified_checksum,
+            Verified::EtagMd5 => &self.verified_md5,
+            Verified::Unverifiable => &self.unverifiable,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `--verify` found a body that does not match its checksum.
+    pub fn corrupt(&self) {
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The run was stopped early on request.
     pub fn interrupted(&self) {
         self.interrupted.store(true, Ordering::Relaxed);
@@ -216,6 +238,12 @@ impl Report {
             connections: self.connections.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            verify: [
+                self.verified_checksum.load(Ordering::Relaxed),
+                self.verified_md5.load(Ordering::Relaxed),
+                self.unverifiable.load(Ordering::Relaxed),
+                self.corrupt.load(Ordering::Relaxed),
+            ],
             cpu: ProcessCpu::now(),
             stages: self.stages.snapshot(),
             ring_submits: self.ring_submits.load(Ordering::Relaxed),
@@ -318,6 +346,8 @@ pub struct Summary {
     /// GET attempts retried, and how many of those were throttled (SlowDown, 503, 429).
     pub retries: u64,
     pub throttled: u64,
+    /// `--verify`: [by checksum, by ETag MD5, nothing to verify against, mismatches].
+    pub verify: [u64; 4],
     /// The whole process's CPU and peak RSS at the end of the run.
     pub cpu: Option<ProcessCpu>,
     /// Latency percentiles per stage.
@@ -394,6 +424,15 @@ impl Summary {
                 cpu.user.as_secs_f64(),
                 cpu.sys.as_secs_f64(),
                 cpu.peak_rss as f64 / (1 << 20) as f64
+            );
+        }
+        let [by_checksum, by_md5, unverifiable, corrupt] = self.verify;
+        if by_checksum + by_md5 + unverifiable + corrupt > 0 {
+            let _ = writeln!(
+                s,
+                "verified {} bodies ({by_checksum} by x-amz-checksum, {by_md5} by ETag MD5); {unverifiable} had nothing to \
+                 verify against; {corrupt} did not match and were fetched again",
+                by_checksum + by_md5
             );
         }
         if self.interrupted {
@@ -521,6 +560,8 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "io_engine": format!("{:?}", cfg.io_engine).to_lowercase(),
             "fetch_engine": format!("{:?}", cfg.fetch_engine).to_lowercase(),
             "retries": cfg.retries,
+            "verify": cfg.verify,
+            "existing": format!("{:?}", cfg.existing).to_lowercase(),
             "io_threads": cfg.io_threads,
             "buffer_bytes": cfg.buffer_bytes,
             "endpoint_url": cfg.s3.endpoint_url,
@@ -533,6 +574,12 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "connections_opened": summary.connections,
             "retries": summary.retries,
             "throttled": summary.throttled,
+        },
+        "verify": {
+            "by_checksum": summary.verify[0],
+            "by_etag_md5": summary.verify[1],
+            "unverifiable": summary.verify[2],
+            "mismatches": summary.verify[3],
         },
         "machine": {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),

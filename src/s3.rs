@@ -328,6 +328,8 @@ pub struct Fetched {
     pub ttfb: Duration,
     /// Headers to the last body byte.
     pub body_time: Duration,
+    /// ETag and checksums, when `--verify` asked for them.
+    pub integrity: Option<crate::verify::Integrity>,
 }
 
 /// Whether a failed GET is worth another attempt.
@@ -395,9 +397,13 @@ pub fn check_length(got: usize, content_length: Option<u64>) -> Result<(), GetEr
 /// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
 /// collects its body, checking its length against Content-Length. Pass
 /// [`Control::client_no_retry`]: retries are the caller's.
-pub async fn get(client: &Client, bucket: &str, key: &str) -> Result<Fetched, GetError> {
+pub async fn get(client: &Client, bucket: &str, key: &str, verify: bool) -> Result<Fetched, GetError> {
     let sent = Instant::now();
-    let out = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
+    let mut req = client.get_object().bucket(bucket).key(key);
+    if verify {
+        req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+    }
+    let out = req.send().await.map_err(|e| {
         let retry = match &e {
             SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or("")),
             SdkError::DispatchFailure(df) if df.is_user() => Retry::No,
@@ -409,10 +415,30 @@ pub async fn get(client: &Client, bucket: &str, key: &str) -> Result<Fetched, Ge
     let headers = Instant::now();
     let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
     let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
+    let integrity = verify.then(|| {
+        use aws_sdk_s3::types::ServerSideEncryption as Sse;
+        let values = [
+            out.checksum_crc64_nvme.clone(),
+            out.checksum_crc32_c.clone(),
+            out.checksum_crc32.clone(),
+            out.checksum_sha256.clone(),
+            out.checksum_sha1.clone(),
+        ];
+        crate::verify::Integrity {
+            etag: out.e_tag.clone(),
+            encrypted: matches!(out.server_side_encryption, Some(Sse::AwsKms | Sse::AwsKmsDsse))
+                || out.sse_customer_algorithm.is_some(),
+            checksums: crate::verify::CHECKSUM_HEADERS
+                .iter()
+                .zip(values)
+                .filter_map(|((name, _), v)| Some((*name, v?)))
+                .collect(),
+        }
+    });
     let body =
         out.body.collect().await.map_err(|e| GetError::transient(format!("reading body: {}", chain(&e))))?.into_bytes();
     check_length(body.len(), expected)?;
-    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed() })
+    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity })
 }
 
 /// The error and its sources on one line: `a: b: c`.

@@ -194,3 +194,47 @@ fn keys_from_stdin_copies_those_keys_relative_to_the_prefix() {
     assert!(stderr(&out).contains("'d4/obj-00004': not under the source prefix 'd3/'"), "{}", stderr(&out));
     assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&picked, "d3/"));
 }
+
+#[test]
+fn verify_refetches_corrupted_bodies_and_never_writes_them() {
+    let objs = objects(400);
+    let want = expected_tree(&objs, "");
+    for no_checksums in [false, true] {
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("bitrot", objs.clone())],
+                faults: Faults { corrupt: 0.05, ..Faults::default() },
+                no_checksums,
+                ..Default::default()
+            },
+            true,
+        );
+        // Without --verify the corruption is real and lands on disk: the fault is not a no-op.
+        let scratch = Scratch::new();
+        let out = run(env.cmd().arg("s3://bitrot").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0));
+        assert_ne!(read_tree(&scratch.dest()), want, "corrupted bodies were written without --verify");
+        for fetch in FETCH_ENGINES {
+            let scratch = Scratch::new();
+            let json = scratch.dir.path().join("stats.json");
+            let before = env.fault_counts().corrupt;
+            let out = run(env
+                .cmd()
+                .args(["--verify", "--retries", "10", "--fetch-engine", fetch, "--stats-json"])
+                .arg(&json)
+                .arg("s3://bitrot")
+                .arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{fetch}");
+            assert_same_tree(&read_tree(&scratch.dest()), &want);
+            let corrupted = env.fault_counts().corrupt - before;
+            assert!(corrupted > 5, "{corrupted}");
+            let doc = stats(&json);
+            let v = &doc["verify"];
+            assert_eq!(v["mismatches"].as_u64(), Some(corrupted), "{fetch}: {v}");
+            let (by_checksum, by_md5) = if no_checksums { (0, 400) } else { (400, 0) };
+            assert_eq!(v["by_checksum"].as_u64(), Some(by_checksum), "{fetch}: {v}");
+            assert_eq!(v["by_etag_md5"].as_u64(), Some(by_md5), "{fetch}: {v}");
+            assert!(stderr(&out).contains("did not match and were fetched again"), "{fetch}");
+        }
+    }
+}

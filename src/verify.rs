@@ -1,0 +1,105 @@
+//! `--verify`: check each body against the checksum its object carries (issue #5).
+//!
+//! In order of preference: the `x-amz-checksum-*` value S3 returns when the GET asks for it
+//! (`x-amz-checksum-mode: ENABLED`; CRC64NVME, CRC32C, CRC32, SHA-256 or SHA-1, computed by
+//! `aws-smithy-checksums`, the SDK's own implementations), else the ETag when it is a plain
+//! MD5 of the content — a quoted 32-hex-digit ETag of an object not encrypted with SSE-KMS or
+//! SSE-C (multipart ETags end in `-N`; encrypted objects' ETags are not the MD5 of the data).
+//! Composite (multipart) checksums (`…-N`) cannot be checked against a whole body. A
+//! mismatch is a transient error: the GET is retried, and the bad bytes never reach disk.
+
+use aws_smithy_checksums::ChecksumAlgorithm;
+use md5::{Digest, Md5};
+
+/// What a response said about its content, for verification.
+#[derive(Debug, Clone, Default)]
+pub struct Integrity {
+    pub etag: Option<String>,
+    /// SSE-KMS or SSE-C: the ETag is not the MD5 of the content.
+    pub encrypted: bool,
+    /// `(header name, base64 value)` of the `x-amz-checksum-*` headers present.
+    pub checksums: Vec<(&'static str, String)>,
+}
+
+/// The checksum headers, strongest first.
+pub const CHECKSUM_HEADERS: [(&str, ChecksumAlgorithm); 5] = [
+    ("x-amz-checksum-crc64nvme", ChecksumAlgorithm::Crc64Nvme),
+    ("x-amz-checksum-crc32c", ChecksumAlgorithm::Crc32c),
+    ("x-amz-checksum-crc32", ChecksumAlgorithm::Crc32),
+    ("x-amz-checksum-sha256", ChecksumAlgorithm::Sha256),
+    ("x-amz-checksum-sha1", ChecksumAlgorithm::Sha1),
+];
+
+/// How a body was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Against this checksum header.
+    Checksum(&'static str),
+    /// Against the ETag's MD5.
+    EtagMd5,
+    /// Nothing to verify against (multipart or encrypted object without a checksum).
+    Unverifiable,
+}
+
+/// Checks `body`; `Err` names what did not match.
+pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
+    for (name, algo) in CHECKSUM_HEADERS {
+        let Some((_, want)) = integrity.checksums.iter().find(|(n, _)| *n == name) else { continue };
+        if want.contains('-') {
+            continue; // composite: a checksum of part checksums
+        }
+        let mut c = algo.into_impl();
+        c.update(body);
+        let got = c.header_value();
+        let got = got.to_str().unwrap_or_default();
+        return if got == want {
+            Ok(Verified::Checksum(name))
+        } else {
+            Err(format!("content does not match its {name} (got {got}, expected {want})"))
+        };
+    }
+    if let Some(md5) = integrity.etag.as_deref().and_then(plain_md5)
+        && !integrity.encrypted
+    {
+        let got: String = Md5::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+        return if got == md5 {
+            Ok(Verified::EtagMd5)
+        } else {
+            Err(format!("content does not match its ETag MD5 (got {got}, expected {md5})"))
+        };
+    }
+    Ok(Verified::Unverifiable)
+}
+
+/// The MD5 in an ETag that is one (`"<32 hex>"`), lower-cased.
+fn plain_md5(etag: &str) -> Option<String> {
+    let hex = etag.trim_matches('"');
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_win_over_etags_and_mismatches_are_named() {
+        let body = b"hello world";
+        // crc32c("hello world") = 0xc99465aa; md5 = 5eb63bbbe01eeed093cb22bb8f5acdc3
+        let crc = ("x-amz-checksum-crc32c", "yZRlqg==".to_owned());
+        let md5 = Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3\"".to_owned());
+        let i = Integrity { etag: md5.clone(), encrypted: false, checksums: vec![crc.clone()] };
+        assert_eq!(check(body, &i), Ok(Verified::Checksum("x-amz-checksum-crc32c")));
+        assert!(check(b"hello worle", &i).unwrap_err().contains("x-amz-checksum-crc32c"));
+        let i = Integrity { etag: md5.clone(), encrypted: false, checksums: vec![] };
+        assert_eq!(check(body, &i), Ok(Verified::EtagMd5));
+        assert!(check(b"hello worle", &i).unwrap_err().contains("ETag MD5"));
+        // Multipart ETag, encrypted object, composite checksum: nothing to check.
+        let multipart = Integrity { etag: Some("\"abc-3\"".into()), ..Integrity::default() };
+        assert_eq!(check(body, &multipart), Ok(Verified::Unverifiable));
+        let kms = Integrity { etag: md5, encrypted: true, checksums: vec![] };
+        assert_eq!(check(b"anything", &kms), Ok(Verified::Unverifiable));
+        let composite =
+            Integrity { checksums: vec![("x-amz-checksum-crc32c", "AAAA-2".into())], ..Integrity::default() };
+        assert_eq!(check(body, &composite), Ok(Verified::Unverifiable));
+    }
+}
