@@ -122,6 +122,12 @@ struct Tuning {
     #[arg(long)]
     verify: bool,
 
+    /// Make every file durable before the run reports it: each file's data is fsynced
+    /// (batched through the writer) before it is renamed into place, and every directory
+    /// that received files is fsynced before the summary.
+    #[arg(long)]
+    fsync: bool,
+
     /// Rewrite files already in DEST. By default a file whose size and mtime equal the
     /// object's size and LastModified is skipped (the writer sets mtime from LastModified).
     #[arg(long, conflicts_with = "skip_existing")]
@@ -407,6 +413,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.fetch_engine = t.fetch_engine;
     cfg.keys_from = t.keys_from.clone();
     cfg.verify = t.verify;
+    cfg.fsync = t.fsync;
     cfg.existing = if t.overwrite {
         crate::existing::ExistingMode::Overwrite
     } else if t.skip_existing {

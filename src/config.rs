@@ -104,6 +104,8 @@ pub struct Config {
     pub fetch_engine: FetchEngine,
     /// What to do with files already in DEST (default: skip when size and mtime match).
     pub existing: crate::existing::ExistingMode,
+    /// `--fsync`: every file durable before it counts as written.
+    pub fsync: bool,
     /// `--verify`: check each body against its checksum or MD5 ETag.
     pub verify: bool,
     /// Retries of a failed GET (transient errors and throttling) before the key fails.
@@ -139,6 +141,7 @@ impl Config {
             existing: crate::existing::ExistingMode::Compare,
             retries: DEFAULT_RETRIES,
             verify: false,
+            fsync: false,
             io_threads: DEFAULT_IO_THREADS,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,

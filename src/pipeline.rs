@@ -131,6 +131,7 @@ async fn copy(
         io_threads: cfg.io_threads,
         hand_off: cfg.workers.clamp(64, 4096),
         files_per_submit: usize::MAX,
+        fsync: cfg.fsync,
     };
     let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;

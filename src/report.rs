@@ -561,6 +561,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "fetch_engine": format!("{:?}", cfg.fetch_engine).to_lowercase(),
             "retries": cfg.retries,
             "verify": cfg.verify,
+            "fsync": cfg.fsync,
             "existing": format!("{:?}", cfg.existing).to_lowercase(),
             "io_threads": cfg.io_threads,
             "buffer_bytes": cfg.buffer_bytes,

@@ -230,3 +230,26 @@ fn without_io_uring_auto_falls_back_once_and_uring_refuses_clearly() {
     assert!(stderr(&out).contains("--io-engine uring: disabled by S3URING_DISABLE_URING"), "{}", stderr(&out));
     assert!(!other.exists(), "a setup error left DEST behind");
 }
+
+#[test]
+fn fsync_and_verify_give_the_same_tree_with_each_engine() {
+    let objs: Vec<(String, Bytes)> =
+        (0..300).map(|i| format!("s{}/f{i}", i % 9)).map(|k| (k.clone(), content(&k, 1000 + k.len()))).collect();
+    let env = Env::new(vec![bucket("durable", objs.clone())]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(env
+            .cmd()
+            .args(engine.args())
+            .args(["--fsync", "--verify", "--stats-json"])
+            .arg(&json)
+            .arg("s3://durable")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engine}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(doc["config"]["fsync"], true);
+        assert_eq!(doc["verify"]["by_checksum"], 300, "{engine}");
+    }
+}

@@ -81,6 +81,7 @@ pub struct Writer {
     pub jobs: async_channel::Sender<Job>,
     pub engine: &'static str,
     threads: Vec<JoinHandle<()>>,
+    dirs: Arc<DirCache>,
 }
 
 impl Writer {
@@ -92,7 +93,10 @@ impl Writer {
         for t in self.threads {
             ok &= t.join().is_ok();
         }
-        if ok { Ok(()) } else { Err("internal error: a writer thread panicked".to_owned()) }
+        if !ok {
+            return Err("internal error: a writer thread panicked".to_owned());
+        }
+        self.dirs.sync_touched()
     }
 }
 
@@ -104,6 +108,8 @@ pub struct WriterOptions {
     pub io_threads: usize,
     /// Jobs waiting for the writer, at most.
     pub hand_off: usize,
+    /// `--fsync`: file data durable before the rename, directories at the end.
+    pub fsync: bool,
     /// `uring`: new files started per `io_uring_enter`, at most (`usize::MAX`: all that are
     /// ready). 1 reproduces one-file-per-submit, for measuring what batching buys.
     pub files_per_submit: usize,
@@ -112,11 +118,17 @@ pub struct WriterOptions {
 /// Opens DEST and starts the chosen engine.
 pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<Writer, String> {
     raise_nofile_limit();
-    let dirs = Arc::new(DirCache::open(dest)?);
+    let mut dirs = DirCache::open(dest)?;
+    if opts.fsync {
+        dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
+    }
+    let dirs = Arc::new(dirs);
     let (tx, rx) = async_channel::bounded(opts.hand_off.max(1));
     let new_ring = || {
         uring::UringWriter::new().map(|w| {
-            w.files_per_submit(opts.files_per_submit).io_workers(opts.io_threads.min(u32::MAX as usize) as u32)
+            w.files_per_submit(opts.files_per_submit)
+                .io_workers(opts.io_threads.min(u32::MAX as usize) as u32)
+                .fsync(opts.fsync)
         })
     };
     let uring = match opts.engine {
@@ -131,28 +143,30 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
         },
     };
     if let Some(w) = uring {
+        let ring_dirs = dirs.clone();
         let t = std::thread::Builder::new()
             .name("s3uring-uring".into())
-            .spawn(move || w.run(rx, &dirs, &report))
+            .spawn(move || w.run(rx, &ring_dirs, &report))
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
-        return Ok(Writer { jobs: tx, engine: "io_uring", threads: vec![t] });
+        return Ok(Writer { jobs: tx, engine: "io_uring", threads: vec![t], dirs });
     }
     let seq = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for i in 0..opts.io_threads.max(1) {
         let (rx, dirs, report, seq) = (rx.clone(), dirs.clone(), report.clone(), seq.clone());
+        let fsync = opts.fsync;
         let t = std::thread::Builder::new()
             .name(format!("s3uring-io-{i}"))
             .spawn(move || {
                 let mut rec = report.recorder();
                 while let Ok(job) = rx.recv_blocking() {
-                    run_job_sync(job, &dirs, &report, &seq, &mut rec);
+                    run_job_sync(job, &dirs, &report, &seq, &mut rec, fsync);
                 }
             })
             .map_err(|e| format!("cannot start writer threads: {e}"))?;
         threads.push(t);
     }
-    Ok(Writer { jobs: tx, engine: "threads", threads })
+    Ok(Writer { jobs: tx, engine: "threads", threads, dirs })
 }
 
 /// The temporary name for sequence number `seq`: at most 13 + 8 + 1 + 16 = 38 bytes.
@@ -201,6 +215,8 @@ pub struct DirCache {
     root: Arc<OwnedFd>,
     map: Mutex<HashMap<String, Arc<OwnedFd>>>,
     cap: usize,
+    /// `--fsync`: directories that received files, synced at the end.
+    touched: Option<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl DirCache {
@@ -208,7 +224,33 @@ impl DirCache {
         let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
         remove_stale_temps(&root, "");
-        Ok(DirCache { root: Arc::new(root), map: Mutex::new(HashMap::new()), cap: dir_cache_cap() })
+        Ok(DirCache { root: Arc::new(root), map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None })
+    }
+
+    /// `--fsync`: a file was renamed into directory `rel`.
+    pub(crate) fn touched(&self, rel: &str) {
+        if let Some(t) = &self.touched
+            && let Ok(mut t) = t.lock()
+            && !t.contains(rel)
+        {
+            t.insert(rel.to_owned());
+        }
+    }
+
+    /// `--fsync`: makes the renames durable, one fsync per directory that received files
+    /// (and DEST, which may have gained directories).
+    fn sync_touched(&self) -> Result<(), String> {
+        let Some(t) = &self.touched else { return Ok(()) };
+        let mut dirs: Vec<String> = t.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        dirs.push(String::new());
+        dirs.sort();
+        for rel in dirs {
+            let fd = self.get(&rel)?;
+            rustix::fs::fsync(fd.as_fd()).map_err(|e| {
+                io_reason("cannot fsync directory", if rel.is_empty() { "DEST" } else { &rel }, e.raw_os_error())
+            })?;
+        }
+        Ok(())
     }
 
     /// The descriptor of directory `rel` (`""` is DEST), created if missing.
@@ -313,7 +355,7 @@ fn remove_stale_temps(dir: &OwnedFd, rel: &str) {
 }
 
 /// The thread engine's whole job: plain syscalls, same rules as the ring.
-fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec: &mut Recorder) {
+fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec: &mut Recorder, fsync: bool) {
     match job {
         Job::Dir { key, target } => match dirs.get(target.dir()) {
             Ok(_) => report.dir_done(),
@@ -322,8 +364,11 @@ fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec
         Job::File(job) => {
             let start = Instant::now();
             rec.record(Stage::Handoff, start - job.fetched);
-            match write_file_sync(&job, dirs, seq) {
+            match write_file_sync(&job, dirs, seq, fsync) {
                 Ok(()) => {
+                    if fsync {
+                        dirs.touched(job.target.dir());
+                    }
                     rec.record(Stage::Write, start.elapsed());
                     rec.record(Stage::Total, job.picked.elapsed());
                     report.written(job.body.len() as u64);
@@ -334,7 +379,7 @@ fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec
     }
 }
 
-fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<(), String> {
+fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64, fsync: bool) -> Result<(), String> {
     let dir = dirs.get(job.target.dir())?;
     let final_name = job.target.file_name().ok_or("internal error: file job without a name")?;
     // The path is only formatted for an error: a successful file allocates nothing for it.
@@ -351,6 +396,10 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64) -> Result<()
             Some(ts) => rustix::fs::futimens(&file, &ts)
                 .map_err(|e| reason("cannot set the modification time of", e.raw_os_error())),
             None => Ok(()),
+        })
+        .and_then(|()| match fsync {
+            true => file.sync_data().map_err(|e| reason("cannot fsync", e.raw_os_error().unwrap_or(libc::EIO))),
+            false => Ok(()),
         })
         .and_then(|()| {
             rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), final_name)

@@ -67,6 +67,7 @@ const OP_OPEN: u64 = 0;
 const OP_WRITE: u64 = 1;
 const OP_RENAME: u64 = 2;
 const OP_CLOSE: u64 = 3;
+const OP_FSYNC: u64 = 4;
 
 /// A ring that passed the probe, ready to run on its own thread.
 pub struct UringWriter {
@@ -74,6 +75,8 @@ pub struct UringWriter {
     /// Created disabled (single issuer): the writer thread enables it.
     enable_later: bool,
     files_per_submit: usize,
+    /// `--fsync`: FSYNC in each file's chain, before its close.
+    fsync: bool,
 }
 
 /// Whether io_uring can be used here, and why not.
@@ -125,7 +128,7 @@ impl UringWriter {
             }
         }
         submitter.register_files_sparse(SLOTS).map_err(|e| format!("registering a sparse file table failed: {e}"))?;
-        Ok(UringWriter { ring, enable_later, files_per_submit: usize::MAX }.io_workers(IOWQ_MAX_WORKERS))
+        Ok(UringWriter { ring, enable_later, files_per_submit: usize::MAX, fsync: false }.io_workers(IOWQ_MAX_WORKERS))
     }
 
     /// Bounds the kernel's io-wq threads, which execute the blocking opens and renames
@@ -140,6 +143,13 @@ impl UringWriter {
     /// Starts at most `n` new files per `io_uring_enter` (see `WriterOptions`).
     pub fn files_per_submit(mut self, n: usize) -> UringWriter {
         self.files_per_submit = n.max(1);
+        self
+    }
+
+    /// `--fsync`: each file's data is made durable (an FSYNC linked after its writes) before
+    /// it is renamed into place.
+    pub fn fsync(mut self, on: bool) -> UringWriter {
+        self.fsync = on;
         self
     }
 
@@ -164,6 +174,7 @@ impl UringWriter {
             to_rename: Vec::new(),
             broken,
             files_per_submit: self.files_per_submit,
+            fsync: self.fsync,
             rec: report.recorder(),
             submits: 0,
             files: 0,
@@ -210,6 +221,7 @@ struct Loop<'a> {
     /// Set when io_uring_enter itself fails: every later job fails with this reason.
     broken: Option<String>,
     files_per_submit: usize,
+    fsync: bool,
     /// `io_uring_enter` calls that submitted SQEs, and files started: their ratio is the
     /// batching the ring achieved.
     submits: u64,
@@ -315,7 +327,7 @@ impl Loop<'_> {
             tmp: tmp_name(self.seq),
             name,
             dir,
-            pending: (2 + n_writes) as u32,
+            pending: (2 + n_writes + usize::from(self.fsync)) as u32,
             open_ok: false,
             closed: false,
             rename_pushed: false,
@@ -356,6 +368,11 @@ impl Loop<'_> {
                     .build()
                     .flags(squeue::Flags::IO_LINK)
                     .user_data(ud(OP_WRITE) | ((chunk.len() as u64) << 32)),
+            );
+        }
+        if self.fsync {
+            sqes.push(
+                opcode::Fsync::new(types::Fixed(slot)).build().flags(squeue::Flags::IO_LINK).user_data(ud(OP_FSYNC)),
             );
         }
         sqes.push(opcode::Close::new(types::Fixed(slot)).build().user_data(ud(OP_CLOSE)));
@@ -442,7 +459,11 @@ impl Loop<'_> {
                     e.err.get_or_insert_with(|| io_reason("cannot close", &target.rel_path(), -res));
                 }
                 _ if res < 0 && res != -libc::ECANCELED && op != OP_CLOSE => {
-                    let what = if op == OP_WRITE { "cannot write" } else { "cannot rename into place" };
+                    let what = match op {
+                        OP_WRITE => "cannot write",
+                        OP_FSYNC => "cannot fsync",
+                        _ => "cannot rename into place",
+                    };
                     e.err.get_or_insert_with(|| io_reason(what, &target.rel_path(), -res));
                 }
                 _ => {}
@@ -488,6 +509,9 @@ impl Loop<'_> {
         self.free.push(slot);
         self.inflight -= 1;
         if e.renamed && e.err.is_none() {
+            if self.fsync {
+                self.dirs.touched(e.job.target.dir());
+            }
             self.rec.record(Stage::Write, e.pushed.elapsed());
             self.rec.record(Stage::Total, e.job.picked.elapsed());
             return self.report.written(e.job.body.len() as u64);
