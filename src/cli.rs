@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_IO_THREADS, DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS,
-    FetchEngine, IoEngine, S3Settings, S3Url,
+    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_IO_THREADS, DEFAULT_QUEUE,
+    DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
@@ -127,6 +127,11 @@ struct Tuning {
     /// that received files is fsynced before the summary.
     #[arg(long)]
     fsync: bool,
+
+    /// Send a second request, on a new connection, for a GET (of an object up to 8 MiB)
+    /// that has not completed after MS milliseconds; the first answer wins (0: never).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_HEDGE_AFTER_MS)]
+    hedge_after: u64,
 
     /// Rewrite files already in DEST. By default a file whose size and mtime equal the
     /// object's size and LastModified is skipped (the writer sets mtime from LastModified).
@@ -414,6 +419,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.keys_from = t.keys_from.clone();
     cfg.verify = t.verify;
     cfg.fsync = t.fsync;
+    cfg.hedge_after_ms = t.hedge_after;
     cfg.existing = if t.overwrite {
         crate::existing::ExistingMode::Overwrite
     } else if t.skip_existing {

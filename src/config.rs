@@ -104,6 +104,8 @@ pub struct Config {
     pub fetch_engine: FetchEngine,
     /// What to do with files already in DEST (default: skip when size and mtime match).
     pub existing: crate::existing::ExistingMode,
+    /// `--hedge-after MS`: re-issue a small GET still unanswered after this long (0: never).
+    pub hedge_after_ms: u64,
     /// `--fsync`: every file durable before it counts as written.
     pub fsync: bool,
     /// `--verify`: check each body against its checksum or MD5 ETag.
@@ -142,6 +144,7 @@ impl Config {
             retries: DEFAULT_RETRIES,
             verify: false,
             fsync: false,
+            hedge_after_ms: DEFAULT_HEDGE_AFTER_MS,
             io_threads: DEFAULT_IO_THREADS,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,
@@ -159,6 +162,9 @@ pub const DEFAULT_WORKERS: usize = 512;
 pub const DEFAULT_QUEUE: usize = 4096;
 /// Default `--retries`: with backoff up to ~1.6 s, a key survives ~3 s of errors.
 pub const DEFAULT_RETRIES: u32 = 4;
+/// Default `--hedge-after`: AWS's advice for small objects is to retry a GET that has not
+/// started answering after ~2 s.
+pub const DEFAULT_HEDGE_AFTER_MS: u64 = 2000;
 /// Default `--io-threads`.
 pub const DEFAULT_IO_THREADS: usize = 16;
 /// Default `--buffer-mib`.

@@ -179,6 +179,7 @@ async fn copy(
     if stop.requested() && report.aborted().is_none() {
         report.interrupted();
     }
+    report.set_min_in_flight(fetch.min_in_flight() as u64);
     let mut summary = report.summary(started.elapsed(), engine, fetch.name());
     summary.failed_keys = report.finish_failed_keys();
     Ok(summary)
@@ -388,7 +389,7 @@ impl Fetcher {
                 let got = tokio::select! {
                     // An interrupted GET is abandoned: its key stays "not copied".
                     () = self.stop.requested_wait() => break,
-                    got = self.engine.fetch(&mut self.conn, &item.key, self.retries, &self.report) => got,
+                    got = self.engine.fetch(&mut self.conn, &item.key, item.size, self.retries, &self.report) => got,
                 };
                 match got {
                     Ok(fetched) => {

@@ -35,6 +35,11 @@ pub struct Report {
     connections: AtomicU64,
     retries: AtomicU64,
     throttled: AtomicU64,
+    /// Hedged attempts started, and how many of them answered first.
+    hedged: AtomicU64,
+    hedge_won: AtomicU64,
+    /// The fewest GETs the throttle allowed in flight.
+    min_in_flight: AtomicU64,
     /// `--verify`: bodies checked against a checksum header, against the ETag's MD5, with
     /// nothing to check against, and bodies that did not match.
     verified_checksum: AtomicU64,
@@ -184,6 +189,21 @@ impl Report {
         self.abort.lock().ok().and_then(|a| a.0.clone())
     }
 
+    /// A second attempt was started for a slow GET (`--hedge-after`).
+    pub fn hedged(&self) {
+        self.hedged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The second attempt answered first.
+    pub fn hedge_won(&self) {
+        self.hedge_won.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The throttle's lowest limit, recorded at the end of the run.
+    pub fn set_min_in_flight(&self, n: u64) {
+        self.min_in_flight.store(n, Ordering::Relaxed);
+    }
+
     /// `--verify` checked a body.
     pub fn verified(&self, how: crate::verify::Verified) {
         use crate::verify::Verified;
@@ -238,6 +258,9 @@ impl Report {
             connections: self.connections.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            hedged: self.hedged.load(Ordering::Relaxed),
+            hedge_won: self.hedge_won.load(Ordering::Relaxed),
+            min_in_flight: self.min_in_flight.load(Ordering::Relaxed),
             verify: [
                 self.verified_checksum.load(Ordering::Relaxed),
                 self.verified_md5.load(Ordering::Relaxed),
@@ -346,6 +369,12 @@ pub struct Summary {
     /// GET attempts retried, and how many of those were throttled (SlowDown, 503, 429).
     pub retries: u64,
     pub throttled: u64,
+    /// Hedged attempts, and how many answered first.
+    pub hedged: u64,
+    pub hedge_won: u64,
+    /// The fewest GETs in flight the throttle allowed (equal to `--workers` when the
+    /// service never asked to slow down).
+    pub min_in_flight: u64,
     /// `--verify`: [by checksum, by ETag MD5, nothing to verify against, mismatches].
     pub verify: [u64; 4],
     /// The whole process's CPU and peak RSS at the end of the run.
@@ -415,7 +444,18 @@ impl Summary {
             self.files_per_submit().map_or(String::new(), |f| format!(", {f:.1} files per submit"))
         );
         if self.retries > 0 {
-            let _ = writeln!(s, "{} GET attempts retried ({} throttled by the service)", self.retries, self.throttled);
+            let _ = writeln!(
+                s,
+                "{} GET attempts retried ({} throttled by the service; GETs in flight lowered to {} at the least)",
+                self.retries, self.throttled, self.min_in_flight
+            );
+        }
+        if self.hedged > 0 {
+            let _ = writeln!(
+                s,
+                "{} slow GETs hedged with a second request ({} answered first)",
+                self.hedged, self.hedge_won
+            );
         }
         if let (Some(cpu), Some(per)) = (self.cpu, self.cpu_us_per_object()) {
             let _ = writeln!(
@@ -575,6 +615,9 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "connections_opened": summary.connections,
             "retries": summary.retries,
             "throttled": summary.throttled,
+            "min_in_flight": summary.min_in_flight,
+            "hedged": summary.hedged,
+            "hedge_won": summary.hedge_won,
         },
         "verify": {
             "by_checksum": summary.verify[0],

@@ -90,6 +90,9 @@ fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
         let doc = stats(&json);
         assert_eq!(doc["fetch"]["retries"].as_u64(), Some(injected), "{engines}: {c:?}");
         assert_eq!(doc["fetch"]["throttled"].as_u64(), Some(c.slowdown), "{engines}: {c:?}");
+        // SlowDown lowered the GETs in flight (AIMD), from the 64 workers.
+        let lowest = doc["fetch"]["min_in_flight"].as_u64().unwrap();
+        assert!((4..64).contains(&lowest), "{engines}: lowest {lowest}");
         assert_eq!(c.gets, 1500 + injected, "{engines}");
         let err = stderr(&out);
         assert!(err.contains(&format!("{injected} GET attempts retried ({} throttled", c.slowdown)), "{err}");
@@ -108,6 +111,7 @@ fn the_lean_engine_keeps_one_connection_per_worker() {
     let doc = stats(&json);
     assert_eq!(doc["fetch_engine"], "lean");
     let opened = doc["fetch"]["connections_opened"].as_u64().expect("counted");
+    assert_eq!(doc["fetch"]["min_in_flight"], 8, "never throttled, never lowered");
     assert!((1..=8).contains(&opened), "600 GETs by 8 workers opened {opened} connections");
 }
 
@@ -236,5 +240,41 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
             assert_eq!(v["by_etag_md5"].as_u64(), Some(by_md5), "{fetch}: {v}");
             assert!(stderr(&out).contains("did not match and were fetched again"), "{fetch}");
         }
+    }
+}
+
+#[test]
+fn hedged_gets_cut_the_tail_of_slow_first_bytes() {
+    let objs = objects(500);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("tail", objs.clone())],
+            faults: Faults { slow: 0.02, slow_delay: std::time::Duration::from_secs(3), ..Faults::default() },
+            ..Default::default()
+        },
+        true,
+    );
+    let p99 = |doc: &serde_json::Value| doc["stages"]["total"]["p99_us"].as_u64().unwrap();
+    for fetch in FETCH_ENGINES {
+        let mut runs = Vec::new();
+        for hedge in ["0", "200"] {
+            let scratch = Scratch::new();
+            let json = scratch.dir.path().join("stats.json");
+            let out = run(env
+                .cmd()
+                .args(["--workers", "64", "--fetch-engine", fetch, "--hedge-after", hedge, "--stats-json"])
+                .arg(&json)
+                .arg("s3://tail")
+                .arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{fetch}");
+            assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+            runs.push(stats(&json));
+        }
+        let (plain, hedged) = (&runs[0], &runs[1]);
+        // ~2 % of first bytes take 3 s: without hedging they are the p99.
+        assert!(p99(plain) >= 2_900_000, "{fetch}: p99 {} µs without hedging", p99(plain));
+        assert!(p99(hedged) < 1_500_000, "{fetch}: p99 {} µs with hedging", p99(hedged));
+        assert_eq!(plain["fetch"]["hedged"], 0);
+        assert!(hedged["fetch"]["hedge_won"].as_u64().unwrap() > 0, "{fetch}: {}", hedged["fetch"]);
     }
 }
