@@ -83,11 +83,24 @@ impl Engine {
         self.throttle.lowest.load(Ordering::Relaxed)
     }
 
-    /// One attempt on `conn`.
-    async fn attempt(&self, conn: &mut Conn, key: &str) -> Result<Fetched, GetError> {
-        match &self.kind {
-            Kind::Lean(lean) => lean.get(conn, key).await,
-            Kind::Sdk { client, bucket } => s3::get(client, bucket, key, self.verify).await,
+    /// One attempt on `conn`, bounded as a whole by [`attempt_timeout`] (connect and first
+    /// byte have their own, shorter bounds inside the engines).
+    async fn attempt(&self, conn: &mut Conn, key: &str, size: u64) -> Result<Fetched, GetError> {
+        let limit = attempt_timeout(size);
+        let got = tokio::time::timeout(limit, async {
+            match &self.kind {
+                Kind::Lean(lean) => lean.get(conn, key).await,
+                Kind::Sdk { client, bucket } => s3::get(client, bucket, key, self.verify).await,
+            }
+        })
+        .await;
+        match got {
+            Ok(r) => r,
+            Err(_) => {
+                // The connection is mid-response: never reuse it.
+                *conn = Conn::default();
+                Err(GetError::transient(format!("attempt timed out after {} s", limit.as_secs())))
+            }
         }
     }
 
@@ -101,18 +114,18 @@ impl Engine {
         report: &Report,
     ) -> Result<Fetched, GetError> {
         let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
-            return self.attempt(conn, key).await;
+            return self.attempt(conn, key, size).await;
         };
         let mut spare = Conn::default();
         let (result, spare_won) = {
-            let first = self.attempt(conn, key);
+            let first = self.attempt(conn, key, size);
             tokio::pin!(first);
             tokio::select! {
                 biased;
                 r = &mut first => (r, false),
                 () = tokio::time::sleep(after) => {
                     report.hedged();
-                    let second = self.attempt(&mut spare, key);
+                    let second = self.attempt(&mut spare, key, size);
                     tokio::pin!(second);
                     tokio::select! {
                         r = &mut first => (r, false),
@@ -274,6 +287,11 @@ fn verify(f: Fetched, report: &Report) -> Result<Fetched, GetError> {
             Err(GetError::transient(reason))
         }
     }
+}
+
+/// A whole attempt may take 60 s plus one second per MiB (a slow but moving 1 MiB/s).
+fn attempt_timeout(size: u64) -> Duration {
+    Duration::from_secs(60 + (size >> 20))
 }
 
 /// Full-jitter exponential backoff before retry number `attempt + 1`.

@@ -1,0 +1,352 @@
+//! Reliability proof run (issue #5): the real binary restores generated objects from
+//! `s3uring serve` with faults injected, and every file is then checked against the content
+//! the endpoint generates for its key. Per scenario: what was injected, what the client did
+//! about it (retries, throttling, hedges, verification), files lost, files corrupted, and the
+//! cost (time, CPU per object). Also: kill -9 mid-run and re-run, the resume check over a
+//! complete tree, and the cost of `--verify` and `--fsync`.
+//!
+//! ```text
+//! cargo bench --bench reliability -- [--objects 10000] [--size 4096] [--dest /dev/shm]
+//!     [--out bench-results/DATE-2core-reliability]
+//! ```
+//!
+//! Writes `raw.csv` and `summary.md`.
+
+#[path = "common.rs"]
+mod common;
+
+use common::sh;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use s3uring::endpoint::{generated_content, generated_key};
+
+struct Opts {
+    objects: u64,
+    size: u64,
+    dest: PathBuf,
+    out: Option<PathBuf>,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts { objects: 10_000, size: 4096, dest: PathBuf::from("/dev/shm"), out: None };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--objects" => o.objects = v.parse().expect("--objects N"),
+            "--size" => o.size = v.parse().expect("--size BYTES"),
+            "--dest" => o.dest = PathBuf::from(v),
+            "--out" => o.out = Some(PathBuf::from(v)),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(o: &Opts, faults: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_s3uring"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "rel", "--prefixes", "100"])
+            .args(["--objects", &o.objects.to_string(), "--size", &o.size.to_string()])
+            .args(faults)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start s3uring serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").expect("server stdout");
+            if let Some(u) = line.strip_prefix("endpoint: ") {
+                break u.to_owned();
+            }
+        };
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let k = kept.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                k.lock().expect("lines").push(l);
+            }
+        });
+        Server { child, url, lines: kept }
+    }
+
+    /// Stops the server (SIGINT) and returns its "served … injected …" line.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = self.lines.lock().expect("lines");
+        lines.iter().find(|l| l.starts_with("served ")).cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(url: &str, dest: &Path, stats: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_s3uring"));
+    c.env("AWS_ACCESS_KEY_ID", "s3uring")
+        .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["-q", "--endpoint-url", url, "--stats-json"])
+        .arg(stats)
+        .args(extra)
+        .arg("s3://rel")
+        .arg(dest);
+    c
+}
+
+/// Files missing and files whose content is not the object's.
+fn check_tree(o: &Opts, dest: &Path) -> (u64, u64, u64) {
+    let (mut lost, mut corrupted) = (0, 0);
+    for i in 0..o.objects {
+        let key = generated_key(i, 100);
+        match std::fs::read(dest.join(&key)) {
+            Ok(data) if data == generated_content(&key, o.size) => {}
+            Ok(_) => corrupted += 1,
+            Err(_) => lost += 1,
+        }
+    }
+    let temporaries = sh(&format!("find {} -name '.s3uring-tmp.*' | wc -l", dest.display())).parse().unwrap_or(0);
+    (lost, corrupted, temporaries)
+}
+
+#[derive(Default, Clone)]
+struct Row {
+    scenario: String,
+    injected: String,
+    exit: i32,
+    secs: f64,
+    objects_per_sec: f64,
+    cpu_us: f64,
+    written: u64,
+    skipped: u64,
+    failed: u64,
+    retries: u64,
+    throttled: u64,
+    min_in_flight: u64,
+    hedged: u64,
+    verified: u64,
+    mismatches: u64,
+    total_p99_ms: f64,
+    lost: u64,
+    corrupted: u64,
+    temporaries: u64,
+}
+
+fn row_from(scenario: &str, exit: i32, secs: f64, stats: &Path) -> Row {
+    let doc: serde_json::Value =
+        std::fs::read_to_string(stats).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    Row {
+        scenario: scenario.to_owned(),
+        exit,
+        secs,
+        objects_per_sec: doc["throughput"]["objects_per_s"].as_f64().unwrap_or(0.0),
+        // Per listed key, so a run that skips everything shows what the check costs.
+        cpu_us: (doc["cpu"]["user_s"].as_f64().unwrap_or(0.0) + doc["cpu"]["sys_s"].as_f64().unwrap_or(0.0)) * 1e6
+            / (u(&doc["counters"]["listed"]).max(1) as f64),
+        written: u(&doc["counters"]["written"]),
+        skipped: u(&doc["counters"]["skipped"]),
+        failed: u(&doc["counters"]["failed"]),
+        retries: u(&doc["fetch"]["retries"]),
+        throttled: u(&doc["fetch"]["throttled"]),
+        min_in_flight: u(&doc["fetch"]["min_in_flight"]),
+        hedged: u(&doc["fetch"]["hedged"]),
+        verified: u(&doc["verify"]["by_checksum"]) + u(&doc["verify"]["by_etag_md5"]),
+        mismatches: u(&doc["verify"]["mismatches"]),
+        total_p99_ms: doc["stages"]["total"]["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+        ..Row::default()
+    }
+}
+
+fn main() {
+    let o = parse_opts();
+    let date = sh("date -u +%Y-%m-%d");
+    let out =
+        o.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-reliability", sh("nproc"))));
+    std::fs::create_dir_all(&out).expect("output dir");
+    let base = o.dest.join(format!("s3uring-reliability-{}", std::process::id()));
+    let mut rows: Vec<Row> = Vec::new();
+    let mut n = 0;
+    let mut fresh = || {
+        n += 1;
+        let d = base.join(format!("run{n}"));
+        let _ = std::fs::remove_dir_all(&d);
+        (d.clone(), base.join(format!("run{n}.json")))
+    };
+    std::fs::create_dir_all(&base).expect("scratch");
+
+    // (name, server fault flags, client flags)
+    let scenarios: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        ("no faults", vec![], vec![]),
+        ("no faults, --verify", vec![], vec!["--verify"]),
+        ("no faults, --fsync", vec![], vec!["--fsync"]),
+        (
+            "5% SlowDown + 1% resets + 1% truncated bodies",
+            vec!["--fail-slowdown", "0.05", "--fail-reset", "0.01", "--fail-truncate", "0.01"],
+            vec![],
+        ),
+        ("2% InternalError", vec!["--fail-internal", "0.02"], vec![]),
+        ("2% corrupted bodies, without --verify (control)", vec!["--fail-corrupt", "0.02"], vec![]),
+        ("2% corrupted bodies, --verify", vec!["--fail-corrupt", "0.02"], vec!["--verify"]),
+        (
+            "1% first bytes 3 s late, no hedging",
+            vec!["--slow", "0.01", "--slow-ms", "3000"],
+            vec!["--hedge-after", "0"],
+        ),
+        ("1% first bytes 3 s late, --hedge-after 2000 (default)", vec!["--slow", "0.01", "--slow-ms", "3000"], vec![]),
+        (
+            "1% first bytes 3 s late, --hedge-after 300",
+            vec!["--slow", "0.01", "--slow-ms", "3000"],
+            vec!["--hedge-after", "300"],
+        ),
+    ];
+    for (name, faults, flags) in &scenarios {
+        let server = Server::start(&o, faults);
+        let (dest, stats) = fresh();
+        let t = Instant::now();
+        let status = client(&server.url, &dest, &stats, flags).status().expect("run client");
+        let mut row = row_from(name, status.code().unwrap_or(-1), t.elapsed().as_secs_f64(), &stats);
+        row.injected = server.stop();
+        (row.lost, row.corrupted, row.temporaries) = check_tree(&o, &dest);
+        eprintln!("{name}: exit {} lost {} corrupted {} {}", row.exit, row.lost, row.corrupted, row.injected);
+        rows.push(row);
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+
+    // kill -9 mid-run, then the same command again; then once more over the complete tree.
+    // 50 ms per GET: a ~1 s run at 512 workers, so both kill points land mid-run.
+    let server = Server::start(&o, &["--latency-ms", "50"]);
+    for kill_ms in [250u64, 600] {
+        let (dest, stats) = fresh();
+        let mut child = client(&server.url, &dest, &stats, &[]).spawn().expect("run client");
+        std::thread::sleep(Duration::from_millis(kill_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let (lost_after_kill, corrupted_after_kill, temps_after_kill) = check_tree(&o, &dest);
+        let t = Instant::now();
+        let status = client(&server.url, &dest, &stats, &[]).status().expect("re-run");
+        let mut row = row_from(
+            &format!(
+                "kill -9 after {kill_ms} ms ({} complete, {corrupted_after_kill} corrupt, {temps_after_kill} temporaries), then re-run",
+                o.objects - lost_after_kill - corrupted_after_kill
+            ),
+            status.code().unwrap_or(-1),
+            t.elapsed().as_secs_f64(),
+            &stats,
+        );
+        (row.lost, row.corrupted, row.temporaries) = check_tree(&o, &dest);
+        row.injected = format!("SIGKILL; re-run fetched {} (missing were {lost_after_kill})", row.written);
+        rows.push(row);
+        // The resume check alone: the tree is complete now.
+        let t = Instant::now();
+        let status = client(&server.url, &dest, &stats, &[]).status().expect("re-run");
+        let mut row = row_from(
+            "re-run over the complete tree (resume check)",
+            status.code().unwrap_or(-1),
+            t.elapsed().as_secs_f64(),
+            &stats,
+        );
+        (row.lost, row.corrupted, row.temporaries) = check_tree(&o, &dest);
+        row.injected = "none".to_owned();
+        rows.push(row);
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    let _ = server.stop();
+    let _ = std::fs::remove_dir_all(&base);
+    write_results(&out, &o, &rows, &date);
+}
+
+fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str) {
+    let mut csv = String::from(
+        "scenario,injected,exit,seconds,objects_per_s,cpu_us_per_obj,written,skipped,failed,retries,throttled,min_in_flight,hedged,verified,mismatches,total_p99_ms,lost,corrupted,temporaries\n",
+    );
+    let mut md = format!(
+        "# Reliability: {} objects × {} bytes, faults injected by `s3uring serve`\n\n\
+         - date: {date}; machine: {} cores, kernel {}, DEST {} ({})\n\
+         - command: `cargo bench --bench reliability -- --objects {} --size {} --dest {}`\n\
+         - every file is compared with the content the endpoint generates for its key after each run\n\n\
+         | scenario | injected (server's count) | exit | s | objects/s | CPU µs/key | written | skipped | failed | retries (throttled) | lowest in flight | hedged | verified (mismatches) | total p99 ms | lost | corrupted | temporaries left |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        o.objects,
+        o.size,
+        sh("nproc"),
+        sh("uname -r"),
+        o.dest.display(),
+        sh(&format!("findmnt -no FSTYPE -T {} | head -1", o.dest.display())),
+        o.objects,
+        o.size,
+        o.dest.display(),
+    );
+    for r in rows {
+        csv += &format!(
+            "\"{}\",\"{}\",{},{:.3},{:.0},{:.1},{},{},{},{},{},{},{},{},{},{:.1},{},{},{}\n",
+            r.scenario,
+            r.injected,
+            r.exit,
+            r.secs,
+            r.objects_per_sec,
+            r.cpu_us,
+            r.written,
+            r.skipped,
+            r.failed,
+            r.retries,
+            r.throttled,
+            r.min_in_flight,
+            r.hedged,
+            r.verified,
+            r.mismatches,
+            r.total_p99_ms,
+            r.lost,
+            r.corrupted,
+            r.temporaries
+        );
+        let injected = r.injected.split("injected: ").last().unwrap_or(&r.injected);
+        md += &format!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} ({}) | {} | {} | {} ({}) | {:.0} | {} | {} | {} |\n",
+            r.scenario,
+            injected,
+            r.exit,
+            r.secs,
+            r.objects_per_sec,
+            r.cpu_us,
+            r.written,
+            r.skipped,
+            r.failed,
+            r.retries,
+            r.throttled,
+            r.min_in_flight,
+            r.hedged,
+            r.verified,
+            r.mismatches,
+            r.total_p99_ms,
+            r.lost,
+            r.corrupted,
+            r.temporaries
+        );
+    }
+    std::fs::write(out.join("raw.csv"), csv).expect("raw.csv");
+    std::fs::write(out.join("summary.md"), &md).expect("summary.md");
+    println!("{md}");
+}
