@@ -89,26 +89,34 @@ fn usage_errors_exit_2_before_any_request() {
     assert!(!scratch.dir.path().join("d").exists(), "a usage error created DEST");
 }
 
+/// A read-only subtree inside DEST (a read-only tmpfs mounted at DEST/ro: root ignores
+/// permission bits): its keys fail with the path and the cause, the others are copied.
 #[test]
-fn a_read_only_dest_fails_each_key_with_the_cause() {
-    let env = Env::new(vec![bucket(
-        "read-only",
-        (0..20).map(|i| format!("d/k{i}")).map(|k| (k.clone(), content(&k, 10))).collect(),
-    )]);
-    let scratch = Scratch::new();
-    let dest = scratch.dest();
-    std::fs::create_dir_all(&dest).unwrap();
-    let Some(_mount) = Mount::tmpfs(&dest, "ro,size=1m") else {
-        eprintln!("SKIPPED: cannot mount a read-only tmpfs here (needs root and mount permission)");
-        return;
-    };
+fn a_read_only_subtree_fails_its_keys_with_the_path_and_the_rest_is_copied() {
+    let ok: Vec<_> = (0..10).map(|i| format!("ok/k{i}")).map(|k| (k.clone(), content(&k, 10))).collect();
+    let ro: Vec<_> = (0..5)
+        .map(|i| format!("ro/k{i}"))
+        .chain((0..5).map(|i| format!("ro/sub/k{i}")))
+        .map(|k| (k.clone(), content(&k, 10)))
+        .collect();
+    let env = Env::new(vec![bucket("read-only", ok.iter().chain(&ro).cloned().collect())]);
     for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(dest.join("ro")).unwrap();
+        let Some(_mount) = Mount::tmpfs(&dest.join("ro"), "ro,size=1m") else {
+            eprintln!("SKIPPED: cannot mount a read-only tmpfs here (needs root and mount permission)");
+            return;
+        };
         let out = run(env.cmd().args(engine.args()).args(["s3://read-only"]).arg(&dest));
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(1), "{engine}");
         let err = stderr(&out);
-        assert!(err.contains("read-only file system"), "{err}");
-        assert!(err.contains("'d'"), "the path is named: {err}");
-        assert!(err.contains("20 failed"), "{err}");
+        assert!(err.contains("10 files written, 0 directories, 0 skipped, 10 failed"), "{engine}: {err}");
+        assert!(err.contains("'ro/k3': read-only file system"), "the file's path is named: {err}");
+        assert!(err.contains("cannot create directory 'ro/sub': read-only file system"), "{err}");
+        let mut want = expected_tree(&ok, "");
+        want.insert("ro".to_owned(), None); // the mount point itself, empty
+        assert_same_tree(&read_tree(&dest), &want);
     }
 }
 
