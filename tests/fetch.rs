@@ -141,17 +141,17 @@ fn failed_keys_written_then_fed_back_retry_exactly_those() {
         true,
     );
     let healed = Env::new(vec![bucket("retry", objs.clone())]);
-    for fetch in FETCH_ENGINES {
+    for e in engines() {
         let scratch = Scratch::new();
         let list = scratch.dir.path().join("failed.txt");
         let out = run(broken
             .cmd()
-            .args(["--fetch-engine", fetch, "--failed-keys"])
+            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--failed-keys"])
             .arg(&list)
             .arg("s3://retry")
             .arg(scratch.dest()));
-        assert_eq!(out.status.code(), Some(1), "{fetch}");
-        assert!(stderr(&out).contains(&format!("2 failed keys written to '{}'", list.display())), "{fetch}");
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(stderr(&out).contains(&format!("2 failed keys written to '{}'", list.display())), "{e}");
         let text = std::fs::read_to_string(&list).unwrap();
         let mut lines: Vec<&str> = text.lines().collect();
         lines.sort();
@@ -163,12 +163,12 @@ fn failed_keys_written_then_fed_back_retry_exactly_those() {
         let gets = healed.fault_counts().gets;
         let out = run(healed
             .cmd()
-            .args(["--fetch-engine", fetch, "--keys-from"])
+            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--keys-from"])
             .arg(&list)
             .arg("s3://retry")
             .arg(scratch.dest()));
-        assert_eq!(out.status.code(), Some(0), "{fetch}");
-        assert!(stderr(&out).contains("2 keys listed: 2 files written"), "{fetch}");
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert!(stderr(&out).contains("2 keys listed: 2 files written"), "{e}");
         assert_eq!(healed.fault_counts().gets - gets, 2);
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     }
@@ -218,27 +218,27 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
         let out = run(env.cmd().arg("s3://bitrot").arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0));
         assert_ne!(read_tree(&scratch.dest()), want, "corrupted bodies were written without --verify");
-        for fetch in FETCH_ENGINES {
+        for e in engines() {
             let scratch = Scratch::new();
             let json = scratch.dir.path().join("stats.json");
             let before = env.fault_counts().corrupt;
             let out = run(env
                 .cmd()
-                .args(["--verify", "--retries", "10", "--fetch-engine", fetch, "--stats-json"])
+                .args(["--verify", "--retries", "10", "--fetch-engine", e.fetch, "--io-engine", e.io, "--stats-json"])
                 .arg(&json)
                 .arg("s3://bitrot")
                 .arg(scratch.dest()));
-            assert_eq!(out.status.code(), Some(0), "{fetch}");
+            assert_eq!(out.status.code(), Some(0), "{e}");
             assert_same_tree(&read_tree(&scratch.dest()), &want);
             let corrupted = env.fault_counts().corrupt - before;
             assert!(corrupted > 5, "{corrupted}");
             let doc = stats(&json);
             let v = &doc["verify"];
-            assert_eq!(v["mismatches"].as_u64(), Some(corrupted), "{fetch}: {v}");
+            assert_eq!(v["mismatches"].as_u64(), Some(corrupted), "{e}: {v}");
             let (by_checksum, by_md5) = if no_checksums { (0, 400) } else { (400, 0) };
-            assert_eq!(v["by_checksum"].as_u64(), Some(by_checksum), "{fetch}: {v}");
-            assert_eq!(v["by_etag_md5"].as_u64(), Some(by_md5), "{fetch}: {v}");
-            assert!(stderr(&out).contains("did not match and were fetched again"), "{fetch}");
+            assert_eq!(v["by_checksum"].as_u64(), Some(by_checksum), "{e}: {v}");
+            assert_eq!(v["by_etag_md5"].as_u64(), Some(by_md5), "{e}: {v}");
+            assert!(stderr(&out).contains("did not match and were fetched again"), "{e}");
         }
     }
 }
@@ -255,26 +255,36 @@ fn hedged_gets_cut_the_tail_of_slow_first_bytes() {
         true,
     );
     let p99 = |doc: &serde_json::Value| doc["stages"]["total"]["p99_us"].as_u64().unwrap();
-    for fetch in FETCH_ENGINES {
+    for e in engines() {
         let mut runs = Vec::new();
         for hedge in ["0", "200"] {
             let scratch = Scratch::new();
             let json = scratch.dir.path().join("stats.json");
             let out = run(env
                 .cmd()
-                .args(["--workers", "64", "--fetch-engine", fetch, "--hedge-after", hedge, "--stats-json"])
+                .args([
+                    "--workers",
+                    "64",
+                    "--fetch-engine",
+                    e.fetch,
+                    "--io-engine",
+                    e.io,
+                    "--hedge-after",
+                    hedge,
+                    "--stats-json",
+                ])
                 .arg(&json)
                 .arg("s3://tail")
                 .arg(scratch.dest()));
-            assert_eq!(out.status.code(), Some(0), "{fetch}");
+            assert_eq!(out.status.code(), Some(0), "{e}");
             assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
             runs.push(stats(&json));
         }
         let (plain, hedged) = (&runs[0], &runs[1]);
         // ~2 % of first bytes take 3 s: without hedging they are the p99.
-        assert!(p99(plain) >= 2_900_000, "{fetch}: p99 {} µs without hedging", p99(plain));
-        assert!(p99(hedged) < 1_500_000, "{fetch}: p99 {} µs with hedging", p99(hedged));
+        assert!(p99(plain) >= 2_900_000, "{e}: p99 {} µs without hedging", p99(plain));
+        assert!(p99(hedged) < 1_500_000, "{e}: p99 {} µs with hedging", p99(hedged));
         assert_eq!(plain["fetch"]["hedged"], 0);
-        assert!(hedged["fetch"]["hedge_won"].as_u64().unwrap() > 0, "{fetch}: {}", hedged["fetch"]);
+        assert!(hedged["fetch"]["hedge_won"].as_u64().unwrap() > 0, "{e}: {}", hedged["fetch"]);
     }
 }
