@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
     Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_IO_THREADS, DEFAULT_QUEUE,
@@ -61,7 +61,33 @@ pub struct Cli {
     tuning: Tuning,
 
     #[command(flatten)]
+    select: Select,
+
+    #[command(flatten)]
     output: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Selection")]
+struct Select {
+    /// Copy keys matching GLOB (relative to the prefix; `*` matches `/` too). With
+    /// --exclude, rules apply in command-line order and later ones win, as in the AWS CLI.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+
+    /// Do not copy keys matching GLOB (see --include).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+
+    /// Copy only shard I of N: keys whose FNV-1a hash mod N is I. `env/N` reads I from
+    /// JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or AWS_BATCH_JOB_ARRAY_INDEX.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+
+    /// List and print what would be copied (and what would be skipped), then stop: no GET,
+    /// nothing written, DEST not created.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -317,7 +343,11 @@ pub const DEMO_SECRET_KEY: &str = "s3uring-demo-secret";
 
 /// Parses the command line, runs, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing(cli.output.verbose, cli.output.quiet);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cli.tuning.fetch_threads > 0 {
@@ -334,7 +364,7 @@ pub fn main() -> ExitCode {
         Some(Command::Demo(args)) => runtime.block_on(demo(args, &cli.output)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Tune(args)) => runtime.block_on(tune(args)),
-        None => match resolve(&cli) {
+        None => match resolve(&cli, &matches) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
             Err(msg) => {
                 eprintln!("s3uring: error: {msg}");
@@ -368,12 +398,34 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 /// Flags → validated config. Everything here runs before any request.
-fn resolve(cli: &Cli) -> Result<Config, String> {
+fn resolve(cli: &Cli, matches: &clap::ArgMatches) -> Result<Config, String> {
     let dest = cli.dest.clone().ok_or("DEST is required")?;
     let mut cfg = base_config(cli.source.as_deref().unwrap_or_default(), dest, &cli.s3)?;
     apply_tuning(&mut cfg, &cli.tuning);
     apply_output(&mut cfg, &cli.output)?;
+    cfg.selection = selection(&cli.select, matches)?;
+    cfg.dry_run = cli.select.dry_run;
     Ok(cfg)
+}
+
+/// `--include`/`--exclude` in command-line order (clap keeps each flag's values apart; their
+/// indices restore the order), and `--shard`.
+fn selection(s: &Select, matches: &clap::ArgMatches) -> Result<crate::select::Selection, String> {
+    let mut ordered: Vec<(usize, bool, &String)> = Vec::new();
+    for (id, include, values) in [("include", true, &s.include), ("exclude", false, &s.exclude)] {
+        let indices: Vec<usize> = matches.indices_of(id).map(Iterator::collect).unwrap_or_default();
+        ordered.extend(indices.into_iter().zip(values).map(|(i, v)| (i, include, v)));
+    }
+    ordered.sort_by_key(|(i, _, _)| *i);
+    let rules = ordered
+        .into_iter()
+        .map(|(_, include, p)| crate::select::Rule::new(include, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shard = match &s.shard {
+        Some(v) => Some(crate::select::Shard::parse(v, |var| std::env::var(var).ok())?),
+        None => None,
+    };
+    Ok(crate::select::Selection { rules, shard })
 }
 
 /// SOURCE, DEST and the connection flags, checked; everything else at its default.

@@ -127,6 +127,10 @@ pub struct Config {
     pub failed_keys: Option<PathBuf>,
     /// `--keys-from FILE`: copy these keys instead of listing.
     pub keys_from: Option<PathBuf>,
+    /// `--include`/`--exclude`/`--shard`: which keys this run copies.
+    pub selection: crate::select::Selection,
+    /// `--dry-run`: list and print, copy nothing.
+    pub dry_run: bool,
 }
 
 impl Config {
@@ -152,6 +156,8 @@ impl Config {
             stats_json: None,
             failed_keys: None,
             keys_from: None,
+            selection: crate::select::Selection::default(),
+            dry_run: false,
         }
     }
 }

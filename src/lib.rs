@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod s3;
+pub mod select;
 pub mod stats;
 pub mod tune;
 pub mod verify;

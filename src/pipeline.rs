@@ -110,6 +110,9 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Res
     if let Some(path) = &cfg.failed_keys {
         report.write_failed_keys(path).map_err(Fatal::Setup)?;
     }
+    if cfg.dry_run {
+        return dry_run(cfg, report, stop, started).await;
+    }
     let created_dest = prepare_dest(cfg)?;
     let result = copy(cfg, report, started, stop, created_dest).await;
     if created_dest && matches!(result, Err(Fatal::Setup(_))) {
@@ -185,6 +188,40 @@ async fn copy(
     Ok(summary)
 }
 
+/// `--dry-run`: lists (with the selection and the existing-file check, when DEST exists) and
+/// prints `(dryrun) download: s3://bucket/key to path` per key to stdout, like the AWS CLI.
+/// No GET, no write, DEST untouched.
+async fn dry_run(cfg: &Config, report: Arc<Report>, stop: Stop, started: Instant) -> Result<Summary, Fatal> {
+    let control = s3::client(&cfg.s3).await;
+    let existing = match cfg.existing {
+        ExistingMode::Overwrite => None,
+        _ if !cfg.dest.is_dir() => None,
+        mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
+    };
+    let (tx, rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
+    let (dest, bucket, rep) = (cfg.dest.clone(), cfg.source.bucket.clone(), report.clone());
+    let printer = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        while let Ok(item) = rx.recv_blocking() {
+            let path = dest.join(item.target.rel_path());
+            let key = crate::report::sanitize(&item.key);
+            // A closed stdout (`| head`) must not stop the count.
+            let _ = writeln!(out, "(dryrun) download: s3://{bucket}/{key} to {}", path.display());
+            rep.planned(item.size);
+        }
+        let _ = out.flush();
+    });
+    let listed = list(cfg, &control.client, &tx, &report, stop, existing).await;
+    report.listing_done();
+    drop(tx);
+    printer.await.map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
+    listed?;
+    let mut summary = report.summary(started.elapsed(), "none", "none");
+    summary.dry_run = true;
+    Ok(summary)
+}
+
 /// DEST must be a directory; it is created when missing (then `true`).
 fn prepare_dest(cfg: &Config) -> Result<bool, Fatal> {
     let dest = &cfg.dest;
@@ -233,8 +270,19 @@ async fn list(
             }
         };
         first = false;
-        report.listed(objects.len() as u64);
         seen += objects.len() as u64;
+        let objects: Vec<s3::ListedObject> = if cfg.selection.is_everything() {
+            objects
+        } else {
+            let total = objects.len();
+            let kept: Vec<_> = objects
+                .into_iter()
+                .filter(|o| cfg.selection.selects(&o.key, o.key.strip_prefix(prefix.as_str()).unwrap_or(&o.key)))
+                .collect();
+            report.excluded((total - kept.len()) as u64);
+            kept
+        };
+        report.listed(objects.len() as u64);
         let mut items = Vec::with_capacity(objects.len());
         for o in objects {
             let Some(rel) = o.key.strip_prefix(prefix.as_str()) else {

@@ -22,6 +22,11 @@ pub struct Report {
     skipped: AtomicU64,
     failed: AtomicU64,
     bytes: AtomicU64,
+    /// Listed keys left out by `--include`/`--exclude`/`--shard` (not counted as listed).
+    excluded: AtomicU64,
+    /// `--dry-run`: keys (and bytes) that would be copied.
+    planned: AtomicU64,
+    planned_bytes: AtomicU64,
     /// Listing stopped early (after its first page): not every key was seen.
     listing_incomplete: AtomicBool,
     /// Listing has ended (the total is known).
@@ -81,6 +86,17 @@ impl Report {
 
     pub fn dir_done(&self) {
         self.dirs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` listed keys were left out by the selection.
+    pub fn excluded(&self, n: u64) {
+        self.excluded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `--dry-run`: this key would be copied.
+    pub fn planned(&self, bytes: u64) {
+        self.planned.fetch_add(1, Ordering::Relaxed);
+        self.planned_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn skipped(&self) {
@@ -239,6 +255,9 @@ impl Report {
             skipped: self.skipped.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            excluded: self.excluded.load(Ordering::Relaxed),
+            planned: self.planned.load(Ordering::Relaxed),
+            planned_bytes: self.planned_bytes.load(Ordering::Relaxed),
             listing_done: self.listing_done.load(Ordering::Relaxed),
         }
     }
@@ -251,6 +270,7 @@ impl Report {
             interrupted: self.interrupted.load(Ordering::Relaxed),
             aborted: self.aborted(),
             failed_keys: None,
+            dry_run: false,
             first_failures: self.first_failures.lock().map(|v| v.clone()).unwrap_or_default(),
             elapsed,
             engine: engine.to_owned(),
@@ -344,6 +364,11 @@ pub struct Counts {
     pub skipped: u64,
     pub failed: u64,
     pub bytes: u64,
+    /// Left out by `--include`/`--exclude`/`--shard`.
+    pub excluded: u64,
+    /// `--dry-run`: would be copied.
+    pub planned: u64,
+    pub planned_bytes: u64,
     pub listing_done: bool,
 }
 
@@ -359,6 +384,8 @@ pub struct Summary {
     pub aborted: Option<String>,
     /// What happened to the `--failed-keys` file, if one was asked for.
     pub failed_keys: Option<String>,
+    /// `--dry-run`: nothing was fetched or written.
+    pub dry_run: bool,
     pub first_failures: Vec<(String, String)>,
     pub elapsed: Duration,
     pub engine: String,
@@ -398,9 +425,9 @@ impl Summary {
 
     /// Keys listed but neither written, skipped nor failed: always 0 (invariant 3).
     pub fn unaccounted(&self) -> u64 {
-        self.counts
-            .listed
-            .saturating_sub(self.counts.written + self.counts.dirs + self.counts.skipped + self.counts.failed)
+        self.counts.listed.saturating_sub(
+            self.counts.written + self.counts.dirs + self.counts.skipped + self.counts.failed + self.counts.planned,
+        )
     }
 
     pub fn objects_per_sec(&self) -> f64 {
@@ -428,9 +455,28 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} keys listed: {} files written, {} directories, {} skipped, {} failed",
-            self.counts.listed, self.counts.written, self.counts.dirs, self.counts.skipped, self.counts.failed
+            "{} keys listed: {} files written, {} directories, {} skipped, {} failed{}",
+            self.counts.listed,
+            self.counts.written,
+            self.counts.dirs,
+            self.counts.skipped,
+            self.counts.failed,
+            if self.counts.excluded > 0 {
+                format!(" ({} more left out by --include/--exclude/--shard)", self.counts.excluded)
+            } else {
+                String::new()
+            }
         );
+        if self.dry_run {
+            let _ = writeln!(
+                s,
+                "dry run: {} objects ({:.1} MiB) would be copied, {} already in DEST would be skipped; nothing was copied",
+                self.counts.planned,
+                self.counts.planned_bytes as f64 / (1 << 20) as f64,
+                self.counts.skipped
+            );
+            return s;
+        }
         let _ = writeln!(
             s,
             "{:.1} MiB in {:.2} s: {:.0} objects/s, {:.1} MiB/s (fetch: {}{}; io: {}{})",
@@ -640,6 +686,9 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "failed": summary.counts.failed,
             "bytes": summary.counts.bytes,
             "listing_incomplete": summary.listing_incomplete,
+            "excluded": summary.counts.excluded,
+            "dry_run_planned": summary.counts.planned,
+            "dry_run_planned_bytes": summary.counts.planned_bytes,
             "interrupted": summary.interrupted,
             "aborted": summary.aborted,
         },

@@ -99,7 +99,13 @@ fn a_rerun_skips_complete_files_and_rewrites_stale_ones() {
         let gets = || env.fault_counts().gets;
         let copy = |extra: &[&str]| {
             let before = gets();
-            let out = run(env.cmd().args(engine.args()).args(extra).arg("s3://rerun").arg(&dest));
+            let out = run(env
+                .cmd()
+                .args(engine.args())
+                .args(["--hedge-after", "0"])
+                .args(extra)
+                .arg("s3://rerun")
+                .arg(&dest));
             assert_eq!(out.status.code(), Some(0), "{engine} {extra:?}");
             assert_same_tree(&read_tree(&dest), &want);
             (stderr(&out), gets() - before)

@@ -33,7 +33,17 @@ fn every_fault_kind_reaches_the_client() {
             let scratch = Scratch::new();
             let out = run(env
                 .cmd()
-                .args(["--io-engine", "threads", "--fetch-engine", fetch, "--retries", "0", "s3://faulty"])
+                .args([
+                    "--io-engine",
+                    "threads",
+                    "--fetch-engine",
+                    fetch,
+                    "--retries",
+                    "0",
+                    "--hedge-after",
+                    "0",
+                    "s3://faulty",
+                ])
                 .arg(scratch.dest()));
             assert_eq!(out.status.code(), Some(1), "{fetch} {faults:?}");
             let err = stderr(&out);

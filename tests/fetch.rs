@@ -77,7 +77,7 @@ fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
         let out = run(env
             .cmd()
             .args(engines.args())
-            .args(["--workers", "64", "--retries", "10", "--stats-json"])
+            .args(["--workers", "64", "--retries", "10", "--hedge-after", "0", "--stats-json"])
             .arg(&json)
             .arg("s3://flaky")
             .arg(scratch.dest()));
@@ -146,7 +146,7 @@ fn failed_keys_written_then_fed_back_retry_exactly_those() {
         let list = scratch.dir.path().join("failed.txt");
         let out = run(broken
             .cmd()
-            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--failed-keys"])
+            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--hedge-after", "0", "--failed-keys"])
             .arg(&list)
             .arg("s3://retry")
             .arg(scratch.dest()));
@@ -163,7 +163,7 @@ fn failed_keys_written_then_fed_back_retry_exactly_those() {
         let gets = healed.fault_counts().gets;
         let out = run(healed
             .cmd()
-            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--keys-from"])
+            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--hedge-after", "0", "--keys-from"])
             .arg(&list)
             .arg("s3://retry")
             .arg(scratch.dest()));
@@ -224,7 +224,18 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
             let before = env.fault_counts().corrupt;
             let out = run(env
                 .cmd()
-                .args(["--verify", "--retries", "10", "--fetch-engine", e.fetch, "--io-engine", e.io, "--stats-json"])
+                .args([
+                    "--verify",
+                    "--retries",
+                    "10",
+                    "--hedge-after",
+                    "0",
+                    "--fetch-engine",
+                    e.fetch,
+                    "--io-engine",
+                    e.io,
+                    "--stats-json",
+                ])
                 .arg(&json)
                 .arg("s3://bitrot")
                 .arg(scratch.dest()));

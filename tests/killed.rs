@@ -10,6 +10,20 @@ use crate::util::*;
 
 const TMP: &str = ".s3uring-tmp.";
 
+/// The tree once two reads 100 ms apart agree (at most ~5 s).
+fn settled_tree(dest: &std::path::Path) -> Tree {
+    let mut last = read_tree(dest);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read_tree(dest);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 fn temporaries(tree: &Tree) -> Vec<String> {
     tree.keys().filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(TMP))).cloned().collect()
 }
@@ -68,9 +82,9 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
             std::thread::sleep(Duration::from_millis(kill_after_ms));
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
-            // Give an exited process's io_uring a moment to be torn down by the kernel.
-            std::thread::sleep(Duration::from_millis(100));
-            let after_kill = read_tree(&dest);
+            // An exited process's io_uring is torn down by the kernel asynchronously (io-wq
+            // may still finish a rename): wait until the tree stops changing.
+            let after_kill = settled_tree(&dest);
             for (path, data) in &after_kill {
                 if let Some(data) = data
                     && !temporaries(&after_kill).contains(path)
@@ -93,10 +107,16 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
             assert_same_tree(&tree, &want);
             // The re-run fetched only what was missing: every final file carries its
             // object's mtime (set before the rename), so every one of them is skipped.
-            let fetched = env.fault_counts().gets - gets_before;
-            let finals = (complete - temporaries(&after_kill).len()) as u64;
-            assert_eq!(objs.len() as u64 - fetched, finals, "{engine}: every complete file is skipped");
-            assert!(stderr(&out).contains(&format!("{fetched} files written, 0 directories, {finals} skipped")));
+            // (GETs are counted at the endpoint too: at least one per written file, more if
+            // a loaded machine made the run hedge a slow GET.)
+            let finals = complete - temporaries(&after_kill).len();
+            let missing = objs.len() - finals;
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("{missing} files written, 0 directories, {finals} skipped")),
+                "{engine}: {finals} complete files after the kill: {err}"
+            );
+            assert!(env.fault_counts().gets - gets_before >= missing as u64);
         }
     }
 }

@@ -8,4 +8,5 @@ mod errors;
 mod fetch;
 mod keys;
 mod killed;
+mod select;
 mod util;

@@ -30,6 +30,9 @@ impl std::fmt::Display for Engines {
     }
 }
 
+// Tests that count GETs at the endpoint exactly pass `--hedge-after 0`: on a loaded machine
+// a GET can take longer than the default 2 s threshold and be hedged, which adds a GET.
+
 /// Every io engine × every fetch engine, to run a test body over. `uring` is left out, with
 /// a message, where io_uring is unavailable.
 pub fn engines() -> Vec<Engines> {
