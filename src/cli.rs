@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
-    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_IO_THREADS, DEFAULT_QUEUE,
-    DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
+    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_IO_THREADS, DEFAULT_LIST_WORKERS,
+    DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
@@ -167,6 +167,12 @@ struct Tuning {
     /// Skip every file that already exists in DEST, by name alone.
     #[arg(long)]
     skip_existing: bool,
+
+    /// Concurrent ListObjectsV2 requests: the listing fans out over common prefixes ('/')
+    /// and splits large flat ranges at start-after boundaries (1: one sequential listing).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_WORKERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    list_workers: u32,
 
     /// Copy exactly the keys in FILE (one per line, `-` for stdin; text after a tab is
     /// ignored, so a --failed-keys file can be fed back) instead of listing the prefix. Keys
@@ -469,6 +475,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.io_engine = t.io_engine;
     cfg.fetch_engine = t.fetch_engine;
     cfg.keys_from = t.keys_from.clone();
+    cfg.list_workers = t.list_workers as usize;
     cfg.verify = t.verify;
     cfg.fsync = t.fsync;
     cfg.hedge_after_ms = t.hedge_after;

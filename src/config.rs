@@ -131,6 +131,8 @@ pub struct Config {
     pub selection: crate::select::Selection,
     /// `--dry-run`: list and print, copy nothing.
     pub dry_run: bool,
+    /// `--list-workers`: concurrent ListObjectsV2 requests (1: one sequential listing).
+    pub list_workers: usize,
 }
 
 impl Config {
@@ -158,6 +160,7 @@ impl Config {
             keys_from: None,
             selection: crate::select::Selection::default(),
             dry_run: false,
+            list_workers: DEFAULT_LIST_WORKERS,
         }
     }
 }
@@ -171,6 +174,8 @@ pub const DEFAULT_RETRIES: u32 = 4;
 /// Default `--hedge-after`: AWS's advice for small objects is to retry a GET that has not
 /// started answering after ~2 s.
 pub const DEFAULT_HEDGE_AFTER_MS: u64 = 2000;
+/// Default `--list-workers`.
+pub const DEFAULT_LIST_WORKERS: usize = 8;
 /// Default `--io-threads`.
 pub const DEFAULT_IO_THREADS: usize = 16;
 /// Default `--buffer-mib`.

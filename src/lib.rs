@@ -17,6 +17,7 @@ pub mod existing;
 pub mod fetch;
 pub mod keymap;
 pub mod lean;
+pub mod listing;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

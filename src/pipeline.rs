@@ -240,13 +240,20 @@ async fn list(
     cfg: &Config,
     client: &aws_sdk_s3::Client,
     keys: &async_channel::Sender<Listed>,
-    report: &Report,
+    report: &Arc<Report>,
     mut stop: Stop,
     mut existing: Option<Existing>,
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
     let mut lister = match &cfg.keys_from {
         Some(path) => Pages::Keys(read_keys(path).map_err(Fatal::Setup)?),
+        None if cfg.list_workers > 1 => Pages::Keys(crate::listing::start(
+            client.clone(),
+            cfg.source.bucket.clone(),
+            cfg.source.prefix.clone(),
+            cfg.list_workers,
+            report.clone(),
+        )),
         None => Pages::Listing(s3::Lister::new(client, &cfg.source)),
     };
     let mut rec = report.recorder();
@@ -260,7 +267,10 @@ async fn list(
         };
         let Some(page) = page else { break };
         let listed_at = Instant::now();
-        rec.record(Stage::List, listed_at - asked);
+        if matches!(lister, Pages::Listing(_)) {
+            // Parallel listers record their own requests.
+            rec.record(Stage::List, listed_at - asked);
+        }
         let objects = match page {
             Ok(o) => o,
             Err(reason) if first => return Err(Fatal::Setup(reason)),
@@ -338,7 +348,7 @@ async fn list(
     Ok(())
 }
 
-/// Where keys come from: ListObjectsV2 pages, or `--keys-from FILE`.
+/// Where keys come from: ListObjectsV2 pages, pages of a parallel listing, or `--keys-from`.
 enum Pages {
     Listing(s3::Lister),
     Keys(tokio::sync::mpsc::Receiver<Result<Vec<s3::ListedObject>, String>>),

@@ -646,6 +646,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "io_engine": format!("{:?}", cfg.io_engine).to_lowercase(),
             "fetch_engine": format!("{:?}", cfg.fetch_engine).to_lowercase(),
             "retries": cfg.retries,
+            "list_workers": cfg.list_workers,
             "verify": cfg.verify,
             "fsync": cfg.fsync,
             "existing": format!("{:?}", cfg.existing).to_lowercase(),

@@ -273,6 +273,62 @@ pub struct ListedObject {
     pub last_modified: Option<SystemTime>,
 }
 
+/// One ListObjectsV2 page of a parallel listing ([`crate::listing`]).
+#[derive(Debug, Default)]
+pub struct Page {
+    pub objects: Vec<ListedObject>,
+    /// With a delimiter: the "directories" on this page.
+    pub common_prefixes: Vec<String>,
+    /// Continuation token of the next page, if the listing is truncated.
+    pub next: Option<String>,
+}
+
+/// One ListObjectsV2 request: keys under `prefix` (grouped at `/` when `delimiter`), after
+/// `start_after` or from continuation `token`.
+pub async fn list_page(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    delimiter: bool,
+    start_after: Option<&str>,
+    token: Option<String>,
+) -> Result<Page, String> {
+    let mut req = client.list_objects_v2().bucket(bucket);
+    if !prefix.is_empty() {
+        req = req.prefix(prefix);
+    }
+    if delimiter {
+        req = req.delimiter("/");
+    }
+    if token.is_none()
+        && let Some(after) = start_after
+    {
+        req = req.start_after(after);
+    }
+    let out = req
+        .set_continuation_token(token)
+        .send()
+        .await
+        .map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e, Some(bucket))))?;
+    let truncated = out.is_truncated.unwrap_or(false);
+    Ok(Page {
+        objects: out
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key?,
+                    size: o.size.unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
+                })
+            })
+            .collect(),
+        common_prefixes: out.common_prefixes.unwrap_or_default().into_iter().filter_map(|p| p.prefix).collect(),
+        next: if truncated { out.next_continuation_token } else { None },
+    })
+}
+
 /// Streams the keys under a prefix, one ListObjectsV2 page at a time.
 pub struct Lister {
     client: Client,

@@ -8,5 +8,6 @@ mod errors;
 mod fetch;
 mod keys;
 mod killed;
+mod listing;
 mod select;
 mod util;
