@@ -175,7 +175,7 @@ pub const DEFAULT_RETRIES: u32 = 4;
 /// started answering after ~2 s.
 pub const DEFAULT_HEDGE_AFTER_MS: u64 = 2000;
 /// Default `--list-workers`.
-pub const DEFAULT_LIST_WORKERS: usize = 8;
+pub const DEFAULT_LIST_WORKERS: usize = 32;
 /// Default `--io-threads`.
 pub const DEFAULT_IO_THREADS: usize = 16;
 /// Default `--buffer-mib`.

@@ -7,13 +7,18 @@
 //! - **Fan out over common prefixes.** Every scope is listed with delimiter `/`; each common
 //!   prefix on a page becomes a scope of its own, listed concurrently.
 //! - **Split flat ranges.** When a scope's first page is truncated, the rest of its range is
-//!   cut at boundaries guessed from that page — for the page's last key, each character
-//!   position above where the page's keys start to differ, stepped through its alphabet
-//!   (`obj00000999` → `obj00001` … `obj00009`, `obj0001` … `obj0009`, `obj001` …) — and each
+//!   cut at boundaries guessed from that page — the page's last key, stepped through its
+//!   alphabet at the deepest position above where the page's keys differ that has room
+//!   (`obj00000999` → `obj00001` … `obj00009`; `obj00009999` → `obj0001` … `obj0009`) — and each
 //!   piece `(b_i, b_i+1]` becomes a scope (listed with `start-after = b_i`, stopping after
 //!   `b_i+1`). Boundaries are exclusive-start, inclusive-end, so the pieces partition the range
 //!   exactly whatever the keys are: a wrong guess costs one request, never a key twice or
 //!   missed. A piece splits again the same way when its own first page is truncated.
+//!
+//! - **Only as fast as needed.** Listing in parallel costs CPU (more, smaller pages; a split
+//!   costs an extra request or two), which a fast copy needs for fetching. Ranges are split,
+//!   and requests started beside others, only while the key queue is less than half full
+//!   (the fetchers are about to starve); otherwise one request at a time keeps it topped up.
 //!
 //! Pages flow into the same channel as a sequential listing, so everything downstream (the
 //! selection, the bounded key queue, the fetchers) is unchanged and memory stays bounded by
@@ -49,14 +54,20 @@ pub fn start(
     prefix: String,
     workers: usize,
     report: Arc<Report>,
+    hungry: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> tokio::sync::mpsc::Receiver<PageResult> {
-    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(workers.max(1) * 2);
+    // Two pages of slack: the bounded key queue downstream is the buffer; listers that get
+    // ahead of the fetchers wait here instead of holding pages in memory.
+    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(2);
     let (work_tx, work_rx) = async_channel::unbounded::<Scope>();
     let shared = Arc::new(Shared {
         client,
         bucket,
         pending: AtomicUsize::new(1),
         splits: AtomicUsize::new(0),
+        requests: AtomicUsize::new(0),
+        request_done: tokio::sync::Notify::new(),
+        hungry,
         work: work_tx.clone(),
         pages: pages_tx,
         report,
@@ -84,6 +95,11 @@ struct Shared {
     bucket: String,
     pending: AtomicUsize,
     splits: AtomicUsize,
+    /// List requests in flight.
+    requests: AtomicUsize,
+    request_done: tokio::sync::Notify,
+    /// Whether the key queue needs more keys soon.
+    hungry: Box<dyn Fn() -> bool + Send + Sync>,
     work: async_channel::Sender<Scope>,
     pages: tokio::sync::mpsc::Sender<PageResult>,
     report: Arc<Report>,
@@ -98,6 +114,25 @@ impl Shared {
         }
     }
 
+    /// Waits for the right to send a list request: always when none is in flight, beside
+    /// others only while the key queue is hungry.
+    async fn request_slot(&self) {
+        loop {
+            let done = self.request_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let n = self.requests.load(Ordering::Acquire);
+            if (n == 0 || (self.hungry)())
+                && self.requests.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
+                return;
+            }
+            // Look again when a request completes (not on a timer: 32 idle listers polling
+            // cost a fast copy ~7 µs of CPU per object).
+            done.await;
+        }
+    }
+
     /// Lists one scope to its end (or hands its rest on as smaller scopes); false after an
     /// error, which has been sent on as the last page.
     async fn list_scope(&self, scope: Scope) -> bool {
@@ -105,10 +140,13 @@ impl Shared {
         let mut token = None;
         let mut first = true;
         loop {
+            self.request_slot().await;
             let asked = Instant::now();
             let page =
                 s3::list_page(&self.client, &self.bucket, &scope.prefix, true, scope.after.as_deref(), token.take())
                     .await;
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            self.request_done.notify_waiters();
             rec.record(Stage::List, asked.elapsed());
             let page = match page {
                 Ok(p) => p,
@@ -148,7 +186,10 @@ impl Shared {
                     last = Some(k.clone());
                 }
             }
-            let split_from = (first && page.next.is_some() && !past_end).then(|| last.clone()).flatten();
+            // Split only while the fetchers are short of keys: a split costs requests (and the
+            // client's CPU), which is waste when fetching is the bottleneck anyway.
+            let split_from =
+                (first && page.next.is_some() && !past_end && (self.hungry)()).then(|| last.clone()).flatten();
             let boundaries = split_from
                 .as_deref()
                 .map(|from| boundaries(&objects, &scope, from))
@@ -182,8 +223,10 @@ fn boundaries(objects: &[ListedObject], scope: &Scope, from: &str) -> Vec<String
     let common = first.bytes().zip(from.bytes()).take_while(|(a, b)| a == b).count();
     let start = scope.prefix.len();
     let bytes = from.as_bytes();
-    let mut out = Vec::new();
-    // Deepest position first: that order is ascending.
+    // The deepest position above where the page's keys differ that can still be stepped up:
+    // its steps make pieces about one page apart in a dense key space. Shallower positions
+    // are left to the last piece, which splits again the same way when its first page is
+    // truncated, so a large range fans out in a few rounds and few pieces come back empty.
     for p in (start..common.min(bytes.len())).rev() {
         let c = bytes[p];
         let alphabet: &[u8] = match c {
@@ -192,20 +235,22 @@ fn boundaries(objects: &[ListedObject], scope: &Scope, from: &str) -> Vec<String
             b'A'..=b'Z' => b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             _ => continue,
         };
-        for &next in alphabet.iter().filter(|&&n| n > c) {
-            let mut b = bytes[..p].to_vec();
-            b.push(next);
-            // Only ASCII was changed, at a char boundary: still UTF-8.
-            if let Ok(b) = String::from_utf8(b)
-                && b.as_str() > from
-                && scope.until.as_deref().is_none_or(|u| b.as_str() < u)
-            {
-                out.push(b);
-            }
+        let out: Vec<String> = alphabet
+            .iter()
+            .filter(|&&n| n > c)
+            .filter_map(|&next| {
+                let mut b = bytes[..p].to_vec();
+                b.push(next);
+                // Only ASCII was changed, at a char boundary: still UTF-8.
+                String::from_utf8(b).ok()
+            })
+            .filter(|b| b.as_str() > from && scope.until.as_deref().is_none_or(|u| b.as_str() < u))
+            .collect();
+        if !out.is_empty() {
+            return out;
         }
     }
-    out.dedup();
-    out
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -221,13 +266,19 @@ mod tests {
         let scope = Scope { prefix: "d/".into(), after: None, until: None };
         let page = [obj("d/obj00000000"), obj("d/obj00000999")];
         let b = boundaries(&page, &scope, "d/obj00000999");
+        assert_eq!(b.len(), 9);
         assert_eq!(&b[..3], ["d/obj00001", "d/obj00002", "d/obj00003"]);
-        assert!(b.contains(&"d/obj1".to_owned()) && b.contains(&"d/p".to_owned()) && b.contains(&"d/z".to_owned()));
         assert!(b.windows(2).all(|w| w[0] < w[1]), "ascending: {b:?}");
-        assert!(b.iter().all(|x| x.starts_with("d/")), "within the prefix");
+        // No room at the deepest position: one position up.
+        let page = [obj("d/obj00009000"), obj("d/obj00009999")];
+        let b = boundaries(&page, &scope, "d/obj00009999");
+        assert_eq!(&b[..2], ["d/obj0001", "d/obj0002"]);
+        let words = [obj("d/aaa"), obj("d/abz")];
+        assert_eq!(boundaries(&words, &scope, "d/abz")[0], "d/b", "letters step too");
         // Within an upper bound only.
         let bounded = Scope { until: Some("d/obj00005".into()), ..scope };
-        let b = boundaries(&page, &bounded, "d/obj00000999");
+        let first_page = [obj("d/obj00000000"), obj("d/obj00000999")];
+        let b = boundaries(&first_page, &bounded, "d/obj00000999");
         assert_eq!(b, ["d/obj00001", "d/obj00002", "d/obj00003", "d/obj00004"]);
     }
 }

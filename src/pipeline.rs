@@ -253,6 +253,10 @@ async fn list(
             cfg.source.prefix.clone(),
             cfg.list_workers,
             report.clone(),
+            {
+                let keys = keys.clone();
+                Box::new(move || keys.len() < keys.capacity().unwrap_or(usize::MAX) / 2)
+            },
         )),
         None => Pages::Listing(s3::Lister::new(client, &cfg.source)),
     };
