@@ -347,31 +347,18 @@ impl Lister {
         if self.done {
             return None;
         }
-        let mut req = self.client.list_objects_v2().bucket(&self.source.bucket);
-        if !self.source.prefix.is_empty() {
-            req = req.prefix(&self.source.prefix);
-        }
-        let out = match req.set_continuation_token(self.token.take()).send().await {
-            Ok(out) => out,
+        let (bucket, prefix) = (&self.source.bucket, &self.source.prefix);
+        match list_page(&self.client, bucket, prefix, false, None, self.token.take()).await {
+            Ok(page) => {
+                self.token = page.next;
+                self.done = self.token.is_none();
+                Some(Ok(page.objects))
+            }
             Err(e) => {
                 self.done = true;
-                return Some(Err(format!("cannot list {}: {}", self.source, describe(&e, Some(&self.source.bucket)))));
+                Some(Err(e))
             }
-        };
-        self.token = out.next_continuation_token;
-        self.done = !out.is_truncated.unwrap_or(false) || self.token.is_none();
-        Some(Ok(out
-            .contents
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|o| {
-                Some(ListedObject {
-                    key: o.key?,
-                    size: o.size.unwrap_or(0).max(0) as u64,
-                    last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
-                })
-            })
-            .collect()))
+        }
     }
 }
 
