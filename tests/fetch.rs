@@ -61,7 +61,7 @@ fn refused_and_vanished_keys_fail_with_identical_messages_in_both_engines() {
 
 #[test]
 fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
-    let objs = objects(1500);
+    let objs = objects(10_000);
     let want = expected_tree(&objs, "");
     for engines in engines() {
         let env = Env::with_config(
@@ -93,7 +93,7 @@ fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
         // SlowDown lowered the GETs in flight (AIMD), from the 64 workers.
         let lowest = doc["fetch"]["min_in_flight"].as_u64().unwrap();
         assert!((4..64).contains(&lowest), "{engines}: lowest {lowest}");
-        assert_eq!(c.gets, 1500 + injected, "{engines}");
+        assert_eq!(c.gets, 10_000 + injected, "{engines}");
         let err = stderr(&out);
         assert!(err.contains(&format!("{injected} GET attempts retried ({} throttled", c.slowdown)), "{err}");
     }
