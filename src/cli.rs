@@ -105,6 +105,11 @@ struct S3Args {
     #[arg(long)]
     profile: Option<String>,
 
+    /// Accept the charges of a Requester Pays bucket (`requester`, the only value S3 knows;
+    /// sends `x-amz-request-payer: requester` with every list and GET).
+    #[arg(long, value_name = "requester", value_parser = ["requester"])]
+    request_payer: Option<String>,
+
     /// Send anonymous requests (public buckets); no credentials are loaded.
     #[arg(long)]
     no_sign_request: bool,
@@ -454,6 +459,7 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
         profile: s3.profile.clone(),
         credentials: if s3.no_sign_request { Credentials::Anonymous } else { Credentials::DefaultChain },
         force_path_style: s3.force_path_style.unwrap_or(s3.endpoint_url.is_some()),
+        requester_pays: s3.request_payer.is_some(),
     };
     Ok(Config::new(source, dest, settings))
 }
@@ -598,6 +604,7 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         profile: None,
         credentials: Credentials::Static { access_key: DEMO_ACCESS_KEY.into(), secret_key: DEMO_SECRET_KEY.into() },
         force_path_style: true,
+        requester_pays: false,
     };
     let mut cfg = Config::new(S3Url { bucket: "demo".into(), prefix: String::new() }, dest.clone(), settings);
     apply_tuning(&mut cfg, &args.tuning);

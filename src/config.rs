@@ -88,6 +88,8 @@ pub struct S3Settings {
     pub profile: Option<String>,
     pub credentials: Credentials,
     pub force_path_style: bool,
+    /// `--request-payer`: accept the charges of a Requester Pays bucket.
+    pub requester_pays: bool,
 }
 
 /// One copy, resolved.

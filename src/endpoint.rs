@@ -27,7 +27,7 @@ use md5::{Digest, Md5};
 use s3s::dto::{
     ChecksumMode, CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
     HeadObjectInput, HeadObjectOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output,
-    Object, Range, StreamingBlob, Timestamp,
+    Object, Range, RequestPayer, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -72,6 +72,9 @@ pub struct EndpointConfig {
     pub denied: Vec<String>,
     /// Keys that are listed but whose GET answers `404 NoSuchKey` (deleted after listing).
     pub vanished: Vec<String>,
+    /// Buckets that answer `403 AccessDenied` to requests without `x-amz-request-payer:
+    /// requester` (Requester Pays buckets).
+    pub requester_pays: Vec<String>,
     /// Never send `x-amz-checksum-crc32c`, even when asked (objects uploaded without a
     /// checksum: only the ETag's MD5 is there to verify against).
     pub no_checksums: bool,
@@ -264,6 +267,7 @@ struct MemS3 {
     denied: std::collections::HashSet<String>,
     vanished: std::collections::HashSet<String>,
     no_checksums: bool,
+    requester_pays: std::collections::HashSet<String>,
 }
 
 async fn delay(d: Duration) {
@@ -273,6 +277,14 @@ async fn delay(d: Duration) {
 }
 
 impl MemS3 {
+    /// A Requester Pays bucket refuses requests that do not accept the charges.
+    fn check_payer(&self, bucket: &str, payer: Option<&RequestPayer>) -> S3Result<()> {
+        if self.requester_pays.contains(bucket) && payer.is_none_or(|p| p.as_str() != RequestPayer::REQUESTER) {
+            return Err(s3_error!(AccessDenied, "Requester Pays: the request must set x-amz-request-payer: requester"));
+        }
+        Ok(())
+    }
+
     fn bucket(&self, name: &str) -> S3Result<&Bucket> {
         self.buckets.get(name).ok_or_else(|| s3_error!(NoSuchBucket))
     }
@@ -423,6 +435,7 @@ impl S3 for MemS3 {
             _ => {}
         }
         let input = &req.input;
+        self.check_payer(&input.bucket, input.request_payer.as_ref())?;
         if self.denied.contains(&input.key) {
             return Err(s3_error!(AccessDenied, "Access Denied"));
         }
@@ -479,6 +492,7 @@ impl S3 for MemS3 {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         delay(self.list_latency).await;
         let input = &req.input;
+        self.check_payer(&input.bucket, input.request_payer.as_ref())?;
         let bucket = self.bucket(&input.bucket)?;
         // Continue strictly after the token's key, else after start-after.
         let after = match &input.continuation_token {
@@ -507,6 +521,7 @@ impl S3 for MemS3 {
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         delay(self.list_latency).await;
         let input = &req.input;
+        self.check_payer(&input.bucket, input.request_payer.as_ref())?;
         let bucket = self.bucket(&input.bucket)?;
         let page = Page::walk(
             bucket,
@@ -567,6 +582,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         denied: config.denied.iter().cloned().collect(),
         vanished: config.vanished.iter().cloned().collect(),
         no_checksums: config.no_checksums,
+        requester_pays: config.requester_pays.iter().cloned().collect(),
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
     }

@@ -47,7 +47,7 @@ pub struct Engine {
 
 enum Kind {
     Lean(Box<Lean>),
-    Sdk { client: aws_sdk_s3::Client, bucket: String },
+    Sdk { client: aws_sdk_s3::Client, bucket: String, requester_pays: bool },
 }
 
 impl Engine {
@@ -56,11 +56,19 @@ impl Engine {
     pub async fn new(cfg: &Config, control: &Control, report: &Arc<Report>) -> Result<Engine, String> {
         let bucket = &cfg.source.bucket;
         let verify = cfg.verify;
-        let sdk = || Kind::Sdk { client: control.client_no_retry.clone(), bucket: bucket.clone() };
+        let requester_pays = cfg.s3.requester_pays;
+        let sdk = || Kind::Sdk { client: control.client_no_retry.clone(), bucket: bucket.clone(), requester_pays };
         let kind = match cfg.fetch_engine {
             FetchEngine::Sdk => sdk(),
             FetchEngine::Lean => match control.bucket_endpoint(bucket).await {
-                Ok(ep) => Kind::Lean(Box::new(Lean::new(bucket, &ep, control.identities(), report.clone(), verify)?)),
+                Ok(ep) => Kind::Lean(Box::new(Lean::new(
+                    bucket,
+                    &ep,
+                    control.identities(),
+                    report.clone(),
+                    verify,
+                    requester_pays,
+                )?)),
                 Err(why) => {
                     tracing::warn!("{why}: using --fetch-engine sdk");
                     sdk()
@@ -90,7 +98,9 @@ impl Engine {
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
                 Kind::Lean(lean) => lean.get(conn, key).await,
-                Kind::Sdk { client, bucket } => s3::get(client, bucket, key, self.verify).await,
+                Kind::Sdk { client, bucket, requester_pays } => {
+                    s3::get(client, bucket, key, self.verify, *requester_pays).await
+                }
             }
         })
         .await;

@@ -75,6 +75,8 @@ pub struct Lean {
     report: Arc<Report>,
     /// `--verify`: ask for checksums and keep the ETag.
     verify: bool,
+    /// `--request-payer requester`.
+    requester_pays: bool,
 }
 
 struct Signer {
@@ -91,6 +93,7 @@ impl Lean {
         identities: Option<Identities>,
         report: Arc<Report>,
         verify: bool,
+        requester_pays: bool,
     ) -> Result<Lean, String> {
         let bad = |why: &str| format!("endpoint '{}' {why}", endpoint.url);
         let uri: http::Uri = endpoint.url.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
@@ -121,6 +124,7 @@ impl Lean {
             next_addr: AtomicUsize::new(0),
             report,
             verify,
+            requester_pays,
         })
     }
 
@@ -169,6 +173,9 @@ impl Lean {
             .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         if self.verify {
             req = req.header(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
+        }
+        if self.requester_pays {
+            req = req.header("x-amz-request-payer", HeaderValue::from_static("requester"));
         }
         let mut req = req
             .body(Empty::new())

@@ -55,6 +55,7 @@ pub fn start(
     workers: usize,
     report: Arc<Report>,
     hungry: Box<dyn Fn() -> bool + Send + Sync>,
+    requester_pays: bool,
 ) -> tokio::sync::mpsc::Receiver<PageResult> {
     // Two pages of slack: the bounded key queue downstream is the buffer; listers that get
     // ahead of the fetchers wait here instead of holding pages in memory.
@@ -68,6 +69,7 @@ pub fn start(
         requests: AtomicUsize::new(0),
         request_done: tokio::sync::Notify::new(),
         hungry,
+        requester_pays,
         work: work_tx.clone(),
         pages: pages_tx,
         report,
@@ -100,6 +102,7 @@ struct Shared {
     request_done: tokio::sync::Notify,
     /// Whether the key queue needs more keys soon.
     hungry: Box<dyn Fn() -> bool + Send + Sync>,
+    requester_pays: bool,
     work: async_channel::Sender<Scope>,
     pages: tokio::sync::mpsc::Sender<PageResult>,
     report: Arc<Report>,
@@ -142,9 +145,16 @@ impl Shared {
         loop {
             self.request_slot().await;
             let asked = Instant::now();
-            let page =
-                s3::list_page(&self.client, &self.bucket, &scope.prefix, true, scope.after.as_deref(), token.take())
-                    .await;
+            let page = s3::list_page(
+                &self.client,
+                &self.bucket,
+                &scope.prefix,
+                true,
+                scope.after.as_deref(),
+                token.take(),
+                self.requester_pays,
+            )
+            .await;
             self.requests.fetch_sub(1, Ordering::AcqRel);
             self.request_done.notify_waiters();
             rec.record(Stage::List, asked.elapsed());

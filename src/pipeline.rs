@@ -257,8 +257,9 @@ async fn list(
                 let keys = keys.clone();
                 Box::new(move || keys.len() < keys.capacity().unwrap_or(usize::MAX) / 2)
             },
+            cfg.s3.requester_pays,
         )),
-        None => Pages::Listing(s3::Lister::new(client, &cfg.source)),
+        None => Pages::Listing(s3::Lister::new(client, &cfg.source, cfg.s3.requester_pays)),
     };
     let mut rec = report.recorder();
     let mut first = true;

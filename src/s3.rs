@@ -292,8 +292,12 @@ pub async fn list_page(
     delimiter: bool,
     start_after: Option<&str>,
     token: Option<String>,
+    requester_pays: bool,
 ) -> Result<Page, String> {
     let mut req = client.list_objects_v2().bucket(bucket);
+    if requester_pays {
+        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
+    }
     if !prefix.is_empty() {
         req = req.prefix(prefix);
     }
@@ -335,11 +339,12 @@ pub struct Lister {
     source: S3Url,
     token: Option<String>,
     done: bool,
+    requester_pays: bool,
 }
 
 impl Lister {
-    pub fn new(client: &Client, source: &S3Url) -> Lister {
-        Lister { client: client.clone(), source: source.clone(), token: None, done: false }
+    pub fn new(client: &Client, source: &S3Url, requester_pays: bool) -> Lister {
+        Lister { client: client.clone(), source: source.clone(), token: None, done: false, requester_pays }
     }
 
     /// The next page, `None` after the last one.
@@ -348,7 +353,7 @@ impl Lister {
             return None;
         }
         let (bucket, prefix) = (&self.source.bucket, &self.source.prefix);
-        match list_page(&self.client, bucket, prefix, false, None, self.token.take()).await {
+        match list_page(&self.client, bucket, prefix, false, None, self.token.take(), self.requester_pays).await {
             Ok(page) => {
                 self.token = page.next;
                 self.done = self.token.is_none();
@@ -440,9 +445,18 @@ pub fn check_length(got: usize, content_length: Option<u64>) -> Result<(), GetEr
 /// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
 /// collects its body, checking its length against Content-Length. Pass
 /// [`Control::client_no_retry`]: retries are the caller's.
-pub async fn get(client: &Client, bucket: &str, key: &str, verify: bool) -> Result<Fetched, GetError> {
+pub async fn get(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    verify: bool,
+    requester_pays: bool,
+) -> Result<Fetched, GetError> {
     let sent = Instant::now();
     let mut req = client.get_object().bucket(bucket).key(key);
+    if requester_pays {
+        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
+    }
     if verify {
         req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
     }

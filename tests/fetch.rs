@@ -299,3 +299,32 @@ fn hedged_gets_cut_the_tail_of_slow_first_bytes() {
         assert!(hedged["fetch"]["hedge_won"].as_u64().unwrap() > 0, "{e}: {}", hedged["fetch"]);
     }
 }
+
+#[test]
+fn requester_pays_buckets_need_request_payer_in_lists_and_gets() {
+    let objs = objects(120);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("payer", objs.clone())],
+            requester_pays: vec!["payer".to_owned()],
+            ..Default::default()
+        },
+        true,
+    );
+    let scratch = Scratch::new();
+    let out = run(env.cmd().arg("s3://payer").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("AccessDenied"), "{}", stderr(&out));
+    for e in engines() {
+        for workers in ["1", "32"] {
+            let scratch = Scratch::new();
+            let out = run(env
+                .cmd()
+                .args(e.args())
+                .args(["--request-payer", "requester", "--list-workers", workers, "s3://payer"])
+                .arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{e} --list-workers {workers}");
+            assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        }
+    }
+}
