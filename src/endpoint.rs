@@ -27,7 +27,7 @@ use md5::{Digest, Md5};
 use s3s::dto::{
     ChecksumMode, CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
     HeadObjectInput, HeadObjectOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output,
-    Object, Range, RequestPayer, StreamingBlob, Timestamp,
+    Object, ObjectStorageClass, Range, RequestPayer, RestoreStatus, StreamingBlob, Timestamp,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -72,6 +72,9 @@ pub struct EndpointConfig {
     pub denied: Vec<String>,
     /// Keys that are listed but whose GET answers `404 NoSuchKey` (deleted after listing).
     pub vanished: Vec<String>,
+    /// Archived objects: key → (storage class, restored). Listed with their class and restore
+    /// status; a GET of one not restored answers `403 InvalidObjectState`, as S3 does.
+    pub archived: Vec<(String, String, bool)>,
     /// Buckets that answer `403 AccessDenied` to requests without `x-amz-request-payer:
     /// requester` (Requester Pays buckets).
     pub requester_pays: Vec<String>,
@@ -268,6 +271,7 @@ struct MemS3 {
     vanished: std::collections::HashSet<String>,
     no_checksums: bool,
     requester_pays: std::collections::HashSet<String>,
+    archived: HashMap<String, (String, bool)>,
 }
 
 async fn delay(d: Duration) {
@@ -283,6 +287,20 @@ impl MemS3 {
             return Err(s3_error!(AccessDenied, "Requester Pays: the request must set x-amz-request-payer: requester"));
         }
         Ok(())
+    }
+
+    /// Storage class and restore status of archived objects in a listing.
+    fn mark_archived(&self, contents: &mut [Object]) {
+        for o in contents.iter_mut() {
+            if let Some((class, restored)) = o.key.as_ref().and_then(|k| self.archived.get(k)) {
+                o.storage_class = Some(ObjectStorageClass::from(class.clone()));
+                o.restore_status = Some(RestoreStatus {
+                    is_restore_in_progress: Some(false),
+                    restore_expiry_date: restored
+                        .then(|| Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(86_400))),
+                });
+            }
+        }
     }
 
     fn bucket(&self, name: &str) -> S3Result<&Bucket> {
@@ -439,6 +457,14 @@ impl S3 for MemS3 {
         if self.denied.contains(&input.key) {
             return Err(s3_error!(AccessDenied, "Access Denied"));
         }
+        if let Some((class, false)) = self.archived.get(&input.key)
+            && matches!(class.as_str(), "GLACIER" | "DEEP_ARCHIVE")
+        {
+            return Err(s3_error!(
+                InvalidObjectState,
+                "The operation is not valid for the object's storage class {class}"
+            ));
+        }
         if self.vanished.contains(&input.key) {
             return Err(s3_error!(NoSuchKey, "The specified key does not exist."));
         }
@@ -510,7 +536,11 @@ impl S3 for MemS3 {
             start_after: input.start_after.clone(),
             is_truncated: Some(page.truncated),
             next_continuation_token: if page.truncated { page.last.as_deref().map(encode_token) } else { None },
-            contents: Some(page.contents),
+            contents: Some({
+                let mut c = page.contents;
+                self.mark_archived(&mut c);
+                c
+            }),
             common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         };
@@ -539,7 +569,11 @@ impl S3 for MemS3 {
             is_truncated: Some(page.truncated),
             // S3 sends NextMarker only with a delimiter; we always do, which clients accept.
             next_marker: if page.truncated { page.last } else { None },
-            contents: Some(page.contents),
+            contents: Some({
+                let mut c = page.contents;
+                self.mark_archived(&mut c);
+                c
+            }),
             common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         };
@@ -583,6 +617,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         vanished: config.vanished.iter().cloned().collect(),
         no_checksums: config.no_checksums,
         requester_pays: config.requester_pays.iter().cloned().collect(),
+        archived: config.archived.iter().map(|(k, c, r)| (k.clone(), (c.clone(), *r))).collect(),
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
     }

@@ -309,6 +309,10 @@ async fn list(
                 report.dir_done();
                 continue;
             }
+            if let Some(class) = &o.archived {
+                report.archived(&o.key, class);
+                continue;
+            }
             match map_key(rel) {
                 Ok(target) => {
                     items.push(Listed { key: o.key, size: o.size, last_modified: o.last_modified, target, listed_at })
@@ -400,7 +404,7 @@ fn read_keys(
             if key.is_empty() {
                 continue;
             }
-            page.push(s3::ListedObject { key: key.to_owned(), size: 0, last_modified: None });
+            page.push(s3::ListedObject { key: key.to_owned(), size: 0, last_modified: None, archived: None });
             if page.len() == KEYS_PER_PAGE && tx.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
                 return;
             }

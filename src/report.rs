@@ -24,6 +24,8 @@ pub struct Report {
     bytes: AtomicU64,
     /// Listed keys left out by `--include`/`--exclude`/`--shard` (not counted as listed).
     excluded: AtomicU64,
+    /// Skipped keys whose objects are archived and not restored.
+    archived: AtomicU64,
     /// `--dry-run`: keys (and bytes) that would be copied.
     planned: AtomicU64,
     planned_bytes: AtomicU64,
@@ -101,6 +103,18 @@ impl Report {
 
     pub fn skipped(&self) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A key skipped because its object is archived (GLACIER, DEEP_ARCHIVE) and not restored.
+    pub fn archived(&self, key: &str, class: &str) {
+        self.skipped();
+        self.archived.fetch_add(1, Ordering::Relaxed);
+        if !self.quiet_failures {
+            crate::progress::line(&format!(
+                "s3uring: skipped '{}': in {class} and not restored (restore it first, e.g. aws s3api restore-object)",
+                sanitize(key)
+            ));
+        }
     }
 
     /// Records a failed key and prints it: `s3uring: failed 'KEY': REASON`.
@@ -256,6 +270,7 @@ impl Report {
             failed: self.failed.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             excluded: self.excluded.load(Ordering::Relaxed),
+            archived: self.archived.load(Ordering::Relaxed),
             planned: self.planned.load(Ordering::Relaxed),
             planned_bytes: self.planned_bytes.load(Ordering::Relaxed),
             listing_done: self.listing_done.load(Ordering::Relaxed),
@@ -366,6 +381,8 @@ pub struct Counts {
     pub bytes: u64,
     /// Left out by `--include`/`--exclude`/`--shard`.
     pub excluded: u64,
+    /// Skipped because archived (GLACIER, DEEP_ARCHIVE) and not restored.
+    pub archived: u64,
     /// `--dry-run`: would be copied.
     pub planned: u64,
     pub planned_bytes: u64,
@@ -489,6 +506,13 @@ impl Summary {
             self.engine,
             self.files_per_submit().map_or(String::new(), |f| format!(", {f:.1} files per submit"))
         );
+        if self.counts.archived > 0 {
+            let _ = writeln!(
+                s,
+                "{} of the skipped objects are in GLACIER/DEEP_ARCHIVE and not restored: restore them, then re-run",
+                self.counts.archived
+            );
+        }
         if self.retries > 0 {
             let _ = writeln!(
                 s,
@@ -688,6 +712,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "bytes": summary.counts.bytes,
             "listing_incomplete": summary.listing_incomplete,
             "excluded": summary.counts.excluded,
+            "archived": summary.counts.archived,
             "dry_run_planned": summary.counts.planned,
             "dry_run_planned_bytes": summary.counts.planned_bytes,
             "interrupted": summary.interrupted,

@@ -271,6 +271,22 @@ pub struct ListedObject {
     pub key: String,
     pub size: u64,
     pub last_modified: Option<SystemTime>,
+    /// Set when the object is in an archive storage class (GLACIER, DEEP_ARCHIVE) and not
+    /// restored: a GET would fail with InvalidObjectState.
+    pub archived: Option<String>,
+}
+
+/// The archive class of a listed object that cannot be read without a restore.
+fn archived(
+    class: Option<&aws_sdk_s3::types::ObjectStorageClass>,
+    restore: Option<&aws_sdk_s3::types::RestoreStatus>,
+) -> Option<String> {
+    let class = class?.as_str();
+    if !matches!(class, "GLACIER" | "DEEP_ARCHIVE") {
+        return None;
+    }
+    let restored = restore.is_some_and(|r| r.is_restore_in_progress != Some(true) && r.restore_expiry_date.is_some());
+    (!restored).then(|| class.to_owned())
 }
 
 /// One ListObjectsV2 page of a parallel listing ([`crate::listing`]).
@@ -304,6 +320,8 @@ pub async fn list_page(
     if delimiter {
         req = req.delimiter("/");
     }
+    // Archived objects: is a restored copy readable?
+    req = req.optional_object_attributes(aws_sdk_s3::types::OptionalObjectAttributes::RestoreStatus);
     if token.is_none()
         && let Some(after) = start_after
     {
@@ -322,6 +340,7 @@ pub async fn list_page(
             .into_iter()
             .filter_map(|o| {
                 Some(ListedObject {
+                    archived: archived(o.storage_class.as_ref(), o.restore_status.as_ref()),
                     key: o.key?,
                     size: o.size.unwrap_or(0).max(0) as u64,
                     last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),

@@ -328,3 +328,36 @@ fn requester_pays_buckets_need_request_payer_in_lists_and_gets() {
         }
     }
 }
+
+#[test]
+fn archived_objects_are_skipped_with_a_reason_unless_restored() {
+    let objs = objects(30);
+    let (frozen, deep, restored, instant) = (&objs[2].0, &objs[9].0, &objs[14].0, &objs[20].0);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("cold", objs.clone())],
+            archived: vec![
+                (frozen.clone(), "GLACIER".into(), false),
+                (deep.clone(), "DEEP_ARCHIVE".into(), false),
+                (restored.clone(), "DEEP_ARCHIVE".into(), true),
+                (instant.clone(), "GLACIER_IR".into(), false),
+            ],
+            ..Default::default()
+        },
+        true,
+    );
+    let readable: Vec<_> = objs.iter().filter(|(k, _)| k != frozen && k != deep).cloned().collect();
+    for e in engines() {
+        for workers in ["1", "32"] {
+            let scratch = Scratch::new();
+            let out = run(env.cmd().args(e.args()).args(["--list-workers", workers, "s3://cold"]).arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{e}");
+            assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&readable, ""));
+            let err = stderr(&out);
+            assert!(err.contains(&format!("skipped '{frozen}': in GLACIER and not restored")), "{err}");
+            assert!(err.contains(&format!("skipped '{deep}': in DEEP_ARCHIVE and not restored")), "{err}");
+            assert!(err.contains("28 files written, 0 directories, 2 skipped, 0 failed"), "{err}");
+            assert!(err.contains("2 of the skipped objects are in GLACIER/DEEP_ARCHIVE"), "{err}");
+        }
+    }
+}
