@@ -179,6 +179,10 @@ struct Tuning {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     list_workers: u32,
 
+    /// With SOURCE naming one object (s3://bucket/key): copy this version of it.
+    #[arg(long, value_name = "ID")]
+    version_id: Option<String>,
+
     /// Copy exactly the keys in FILE (one per line, `-` for stdin; text after a tab is
     /// ignored, so a --failed-keys file can be fed back) instead of listing the prefix. Keys
     /// are full keys and must be under SOURCE's prefix.
@@ -445,7 +449,8 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
     if dest.as_os_str().is_empty() {
         return Err("DEST is empty".to_owned());
     }
-    if dest.exists() && !dest.is_dir() {
+    // A file DEST is fine for one object (s3://bucket/key); for a prefix the pipeline refuses it.
+    if dest.exists() && !dest.is_dir() && source.object.is_none() {
         return Err(format!("DEST '{}' exists and is not a directory", dest.display()));
     }
     if let Some(url) = &s3.endpoint_url
@@ -482,6 +487,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.fetch_engine = t.fetch_engine;
     cfg.keys_from = t.keys_from.clone();
     cfg.list_workers = t.list_workers as usize;
+    cfg.version_id = t.version_id.clone();
     cfg.verify = t.verify;
     cfg.fsync = t.fsync;
     cfg.hedge_after_ms = t.hedge_after;
@@ -606,7 +612,8 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         force_path_style: true,
         requester_pays: false,
     };
-    let mut cfg = Config::new(S3Url { bucket: "demo".into(), prefix: String::new() }, dest.clone(), settings);
+    let mut cfg =
+        Config::new(S3Url { bucket: "demo".into(), prefix: String::new(), object: None }, dest.clone(), settings);
     apply_tuning(&mut cfg, &args.tuning);
     if let Err(msg) = apply_output(&mut cfg, output) {
         eprintln!("s3uring: error: {msg}");

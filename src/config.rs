@@ -13,6 +13,9 @@ pub struct S3Url {
     pub bucket: String,
     /// Empty, or ending in `/`.
     pub prefix: String,
+    /// The text after the bucket when it does not end in `/`: it may name one object
+    /// (`s3://bucket/key` copies that object when it exists; see the pipeline).
+    pub object: Option<String>,
 }
 
 impl FromStr for S3Url {
@@ -34,11 +37,12 @@ impl FromStr for S3Url {
         {
             return Err(format!("SOURCE '{s}': '{bucket}' is not a valid bucket name"));
         }
+        let object = (!prefix.is_empty() && !prefix.ends_with('/')).then(|| prefix.to_owned());
         let mut prefix = prefix.to_owned();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(S3Url { bucket: bucket.to_owned(), prefix })
+        Ok(S3Url { bucket: bucket.to_owned(), prefix, object })
     }
 }
 
@@ -135,6 +139,19 @@ pub struct Config {
     pub dry_run: bool,
     /// `--list-workers`: concurrent ListObjectsV2 requests (1: one sequential listing).
     pub list_workers: usize,
+    /// `--version-id`: the version of the single object to copy.
+    pub version_id: Option<String>,
+    /// Set by the pipeline when SOURCE names one object: that key, and the file it becomes.
+    pub single: Option<Single>,
+}
+
+/// A single-object copy: `key` is written as `name` in DEST.
+#[derive(Debug, Clone)]
+pub struct Single {
+    pub key: String,
+    pub name: String,
+    pub size: u64,
+    pub last_modified: Option<std::time::SystemTime>,
 }
 
 impl Config {
@@ -163,6 +180,8 @@ impl Config {
             selection: crate::select::Selection::default(),
             dry_run: false,
             list_workers: DEFAULT_LIST_WORKERS,
+            version_id: None,
+            single: None,
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct EndpointConfig {
     pub denied: Vec<String>,
     /// Keys that are listed but whose GET answers `404 NoSuchKey` (deleted after listing).
     pub vanished: Vec<String>,
+    /// Older versions: (key, version id, content), readable with `versionId`.
+    pub versions: Vec<(String, String, Bytes)>,
     /// Archived objects: key → (storage class, restored). Listed with their class and restore
     /// status; a GET of one not restored answers `403 InvalidObjectState`, as S3 does.
     pub archived: Vec<(String, String, bool)>,
@@ -272,6 +274,7 @@ struct MemS3 {
     no_checksums: bool,
     requester_pays: std::collections::HashSet<String>,
     archived: HashMap<String, (String, bool)>,
+    versions: HashMap<(String, String), Bytes>,
 }
 
 async fn delay(d: Duration) {
@@ -281,6 +284,11 @@ async fn delay(d: Duration) {
 }
 
 impl MemS3 {
+    /// An older version's content.
+    fn version(&self, key: &str, version: &str) -> S3Result<Bytes> {
+        self.versions.get(&(key.to_owned(), version.to_owned())).cloned().ok_or_else(|| s3_error!(NoSuchVersion))
+    }
+
     /// A Requester Pays bucket refuses requests that do not accept the charges.
     fn check_payer(&self, bucket: &str, payer: Option<&RequestPayer>) -> S3Result<()> {
         if self.requester_pays.contains(bucket) && payer.is_none_or(|p| p.as_str() != RequestPayer::REQUESTER) {
@@ -433,8 +441,12 @@ impl S3 for MemS3 {
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = &req.input;
         let obj = self.object(&input.bucket, &input.key)?;
+        let size = match &input.version_id {
+            Some(v) => self.version(&input.key, v)?.len(),
+            None => obj.size() as usize,
+        };
         let out = HeadObjectOutput {
-            content_length: Some(obj.size() as i64),
+            content_length: Some(size as i64),
             e_tag: Some(obj.etag(&input.key)),
             last_modified: Some(Timestamp::from(obj.last_modified)),
             ..Default::default()
@@ -469,7 +481,10 @@ impl S3 for MemS3 {
             return Err(s3_error!(NoSuchKey, "The specified key does not exist."));
         }
         let obj = self.object(&input.bucket, &input.key)?;
-        let mut data = obj.bytes(&input.key);
+        let mut data = match &input.version_id {
+            Some(v) => self.version(&input.key, v)?,
+            None => obj.bytes(&input.key),
+        };
         let total = data.len() as u64;
         let mut content_range = None;
         if let Some(range) = &input.range {
@@ -617,6 +632,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         vanished: config.vanished.iter().cloned().collect(),
         no_checksums: config.no_checksums,
         requester_pays: config.requester_pays.iter().cloned().collect(),
+        versions: config.versions.iter().map(|(k, v, b)| ((k.clone(), v.clone()), b.clone())).collect(),
         archived: config.archived.iter().map(|(k, c, r)| (k.clone(), (c.clone(), *r))).collect(),
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),

@@ -43,6 +43,8 @@ pub struct Engine {
     throttle: Throttle,
     /// `--hedge-after`; `None`: no hedging.
     hedge_after: Option<Duration>,
+    /// `--version-id` (single-object copies only).
+    version_id: Option<String>,
 }
 
 enum Kind {
@@ -76,7 +78,13 @@ impl Engine {
             },
         };
         let hedge_after = (cfg.hedge_after_ms > 0).then(|| Duration::from_millis(cfg.hedge_after_ms));
-        Ok(Engine { kind, verify, throttle: Throttle::new(cfg.workers.max(1)), hedge_after })
+        Ok(Engine {
+            kind,
+            verify,
+            throttle: Throttle::new(cfg.workers.max(1)),
+            hedge_after,
+            version_id: cfg.version_id.clone(),
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -97,9 +105,9 @@ impl Engine {
         let limit = attempt_timeout(size);
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
-                Kind::Lean(lean) => lean.get(conn, key).await,
+                Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref()).await,
                 Kind::Sdk { client, bucket, requester_pays } => {
-                    s3::get(client, bucket, key, self.verify, *requester_pays).await
+                    s3::get(client, bucket, key, self.verify, *requester_pays, self.version_id.as_deref()).await
                 }
             }
         })

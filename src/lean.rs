@@ -129,8 +129,8 @@ impl Lean {
     }
 
     /// One GET attempt for `key` on this task's connection.
-    pub async fn get(&self, conn: &mut Conn, key: &str) -> Result<Fetched, GetError> {
-        let req = self.request(key).await?;
+    pub async fn get(&self, conn: &mut Conn, key: &str, version: Option<&str>) -> Result<Fetched, GetError> {
+        let req = self.request(key, version).await?;
         let mut sender = match conn.sender.take() {
             Some(s) if !s.is_closed() => s,
             _ => self.connect().await?,
@@ -163,11 +163,16 @@ impl Lean {
         Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity })
     }
 
-    async fn request(&self, key: &str) -> Result<Request<Empty<Bytes>>, GetError> {
+    async fn request(&self, key: &str, version: Option<&str>) -> Result<Request<Empty<Bytes>>, GetError> {
         let mut path = String::with_capacity(self.path_prefix.len() + 1 + key.len() * 3 / 2);
         path.push_str(&self.path_prefix);
         path.push('/');
         encode_key(key, &mut path);
+        if let Some(v) = version {
+            // Signed as part of the canonical query string.
+            path.push_str("?versionId=");
+            encode_query_value(v, &mut path);
+        }
         let mut req = Request::get(path.as_str())
             .header(header::HOST, self.host_header.clone())
             .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
@@ -361,6 +366,20 @@ fn xml_text(doc: &str, tag: &str) -> Option<String> {
             .replace("&apos;", "'")
             .replace("&amp;", "&"),
     )
+}
+
+/// Appends a query value percent-encoded (everything but unreserved characters).
+fn encode_query_value(v: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in v.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
 }
 
 /// Appends `key` percent-encoded for a URL path as S3 and the SDK expect: unreserved

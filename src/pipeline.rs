@@ -110,6 +110,8 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Res
     if let Some(path) = &cfg.failed_keys {
         report.write_failed_keys(path).map_err(Fatal::Setup)?;
     }
+    let resolved = single_object(cfg).await?;
+    let cfg = resolved.as_ref().unwrap_or(cfg);
     if cfg.dry_run {
         return dry_run(cfg, report, stop, started).await;
     }
@@ -188,6 +190,44 @@ async fn copy(
     Ok(summary)
 }
 
+/// `s3://bucket/key` naming one existing object (HeadObject answers) copies that object, as
+/// `aws s3 cp` does: into DEST when DEST is a directory or ends in `/`, else to the file DEST
+/// (its directory is created when missing). Otherwise SOURCE is a prefix, as always. Returns
+/// the configuration for a single-object copy, `None` for a prefix.
+async fn single_object(cfg: &Config) -> Result<Option<Config>, Fatal> {
+    let key = match (&cfg.source.object, &cfg.keys_from) {
+        (Some(key), None) => key,
+        _ if cfg.version_id.is_some() => {
+            return Err(Fatal::Setup("--version-id needs SOURCE to name one object (s3://bucket/key)".to_owned()));
+        }
+        _ => return Ok(None),
+    };
+    let control = s3::client(&cfg.s3).await;
+    let version = cfg.version_id.as_deref();
+    let Some((size, last_modified)) =
+        s3::head(&control.client, &cfg.source.bucket, key, version, cfg.s3.requester_pays).await
+    else {
+        return match version {
+            Some(v) => Err(Fatal::Setup(format!("s3://{}/{key} has no version '{v}'", cfg.source.bucket))),
+            None => Ok(None),
+        };
+    };
+    let base = key.rsplit('/').next().unwrap_or(key);
+    let into_dir = cfg.dest.is_dir() || cfg.dest.as_os_str().to_string_lossy().ends_with('/');
+    let (dir, name) = if into_dir {
+        (cfg.dest.clone(), base.to_owned())
+    } else {
+        let name = cfg.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| base.to_owned());
+        let dir =
+            cfg.dest.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| ".".into(), |p| p.to_path_buf());
+        (dir, name)
+    };
+    let mut single = cfg.clone();
+    single.dest = dir;
+    single.single = Some(crate::config::Single { key: key.clone(), name, size, last_modified });
+    Ok(Some(single))
+}
+
 /// `--dry-run`: lists (with the selection and the existing-file check, when DEST exists) and
 /// prints `(dryrun) download: s3://bucket/key to path` per key to stdout, like the AWS CLI.
 /// No GET, no write, DEST untouched.
@@ -245,6 +285,23 @@ async fn list(
     mut existing: Option<Existing>,
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
+    if let Some(single) = &cfg.single {
+        report.listed(1);
+        match map_key(&single.name) {
+            Ok(target) => {
+                let item = Listed {
+                    key: single.key.clone(),
+                    size: single.size,
+                    last_modified: single.last_modified,
+                    target,
+                    listed_at: Instant::now(),
+                };
+                let _ = keys.send(item).await;
+            }
+            Err(refused) => report.fail(&single.key, &format!("cannot write it as '{}': {refused}", single.name)),
+        }
+        return Ok(());
+    }
     let mut lister = match &cfg.keys_from {
         Some(path) => Pages::Keys(read_keys(path).map_err(Fatal::Setup)?),
         None if cfg.list_workers > 1 => Pages::Keys(crate::listing::start(

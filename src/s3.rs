@@ -265,6 +265,26 @@ pub async fn client(settings: &S3Settings) -> Control {
     }
 }
 
+/// HeadObject: `Some((size, last_modified))` when `key` (at `version`) exists and can be
+/// read, `None` when it does not (or cannot be looked at: the listing will say why).
+pub async fn head(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+    requester_pays: bool,
+) -> Option<(u64, Option<SystemTime>)> {
+    let mut req = client.head_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
+    if requester_pays {
+        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
+    }
+    let out = req.send().await.ok()?;
+    Some((
+        out.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
+    ))
+}
+
 /// One listed object.
 #[derive(Debug, Clone)]
 pub struct ListedObject {
@@ -470,9 +490,10 @@ pub async fn get(
     key: &str,
     verify: bool,
     requester_pays: bool,
+    version: Option<&str>,
 ) -> Result<Fetched, GetError> {
     let sent = Instant::now();
-    let mut req = client.get_object().bucket(bucket).key(key);
+    let mut req = client.get_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
     if requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
     }

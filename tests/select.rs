@@ -100,3 +100,44 @@ fn dry_run_lists_what_would_be_copied_and_touches_nothing() {
     let out = run(env.cmd().args(["--dry-run", "s3://dry/data"]).arg(&dest));
     assert!(stderr(&out).contains("dry run: 0 objects (0.0 MiB) would be copied, 48 already in DEST would be skipped"));
 }
+
+#[test]
+fn one_object_copies_to_a_file_or_into_a_directory_and_by_version() {
+    let objs = mixed();
+    let key = "data/img/f3.jpg";
+    let old = Bytes::from_static(b"the old version");
+    let env = Env::with_config(
+        s3uring::endpoint::EndpointConfig {
+            buckets: vec![bucket("one", objs.clone())],
+            versions: vec![(key.to_owned(), "v1".to_owned(), old.clone())],
+            ..Default::default()
+        },
+        true,
+    );
+    let want = objs.iter().find(|(k, _)| k == key).map(|(_, b)| b.to_vec()).unwrap();
+    for e in engines() {
+        let scratch = Scratch::new();
+        // Into an existing directory: its base name.
+        std::fs::create_dir_all(scratch.dest()).unwrap();
+        let out = run(env.cmd().args(e.args()).arg(format!("s3://one/{key}")).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert_eq!(std::fs::read(scratch.dest().join("f3.jpg")).unwrap(), want);
+        assert_eq!(read_tree(&scratch.dest()).len(), 1, "only that object");
+        // To a file path (its directory created), and an older version by id.
+        let file = scratch.dir.path().join("new/dir/photo.jpg");
+        let out = run(env.cmd().args(e.args()).arg(format!("s3://one/{key}")).arg(&file));
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), want);
+        let out = run(env.cmd().args(e.args()).args(["--version-id", "v1"]).arg(format!("s3://one/{key}")).arg(&file));
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), old.to_vec(), "{e}: the old version");
+    }
+    // A prefix is still a prefix; --version-id needs an object.
+    let scratch = Scratch::new();
+    let out = run(env.cmd().arg("s3://one/data/img").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(read_tree(&scratch.dest()).len(), 24);
+    let out = run(env.cmd().args(["--version-id", "v9"]).arg(format!("s3://one/{key}")).arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("has no version 'v9'"), "{}", stderr(&out));
+}
