@@ -370,24 +370,20 @@ fn xml_text(doc: &str, tag: &str) -> Option<String> {
 
 /// Appends a query value percent-encoded (everything but unreserved characters).
 fn encode_query_value(v: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in v.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
-    }
+    percent_encode(v, out, b"");
 }
 
 /// Appends `key` percent-encoded for a URL path as S3 and the SDK expect: unreserved
 /// characters and `/` as they are, every other byte as `%XX`.
 fn encode_key(key: &str, out: &mut String) {
+    percent_encode(key, out, b"/");
+}
+
+/// Unreserved characters (and those in `keep`) as they are, every other byte as `%XX`.
+fn percent_encode(s: &str, out: &mut String, keep: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in key.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push('%');
