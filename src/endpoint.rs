@@ -297,6 +297,24 @@ impl MemS3 {
         Ok(())
     }
 
+    /// One page of either ListObjects version, after the list latency: Requester Pays
+    /// checked, archived objects marked with their storage class and restore status.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        payer: Option<&RequestPayer>,
+        prefix: &Option<String>,
+        delimiter: &Option<String>,
+        after: Option<String>,
+        max_keys: Option<i32>,
+    ) -> S3Result<Page> {
+        delay(self.list_latency).await;
+        self.check_payer(bucket, payer)?;
+        let mut page = Page::walk(self.bucket(bucket)?, prefix.as_deref(), delimiter.as_deref(), after, max_keys);
+        self.mark_archived(&mut page.contents);
+        Ok(page)
+    }
+
     /// Storage class and restore status of archived objects in a listing.
     fn mark_archived(&self, contents: &mut [Object]) {
         for o in contents.iter_mut() {
@@ -531,16 +549,22 @@ impl S3 for MemS3 {
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
-        delay(self.list_latency).await;
         let input = &req.input;
-        self.check_payer(&input.bucket, input.request_payer.as_ref())?;
-        let bucket = self.bucket(&input.bucket)?;
         // Continue strictly after the token's key, else after start-after.
         let after = match &input.continuation_token {
             Some(t) => Some(decode_token(t)?),
             None => input.start_after.clone(),
         };
-        let page = Page::walk(bucket, input.prefix.as_deref(), input.delimiter.as_deref(), after, input.max_keys);
+        let page = self
+            .list_page(
+                &input.bucket,
+                input.request_payer.as_ref(),
+                &input.prefix,
+                &input.delimiter,
+                after,
+                input.max_keys,
+            )
+            .await?;
         let out = ListObjectsV2Output {
             name: Some(input.bucket.clone()),
             prefix: input.prefix.clone(),
@@ -551,11 +575,7 @@ impl S3 for MemS3 {
             start_after: input.start_after.clone(),
             is_truncated: Some(page.truncated),
             next_continuation_token: if page.truncated { page.last.as_deref().map(encode_token) } else { None },
-            contents: Some({
-                let mut c = page.contents;
-                self.mark_archived(&mut c);
-                c
-            }),
+            contents: Some(page.contents),
             common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         };
@@ -564,17 +584,17 @@ impl S3 for MemS3 {
 
     /// ListObjects (v1), for peers that still use it (rclone's default for other providers).
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
-        delay(self.list_latency).await;
         let input = &req.input;
-        self.check_payer(&input.bucket, input.request_payer.as_ref())?;
-        let bucket = self.bucket(&input.bucket)?;
-        let page = Page::walk(
-            bucket,
-            input.prefix.as_deref(),
-            input.delimiter.as_deref(),
-            input.marker.clone(),
-            input.max_keys,
-        );
+        let page = self
+            .list_page(
+                &input.bucket,
+                input.request_payer.as_ref(),
+                &input.prefix,
+                &input.delimiter,
+                input.marker.clone(),
+                input.max_keys,
+            )
+            .await?;
         let out = ListObjectsOutput {
             name: Some(input.bucket.clone()),
             prefix: input.prefix.clone(),
@@ -584,11 +604,7 @@ impl S3 for MemS3 {
             is_truncated: Some(page.truncated),
             // S3 sends NextMarker only with a delimiter; we always do, which clients accept.
             next_marker: if page.truncated { page.last } else { None },
-            contents: Some({
-                let mut c = page.contents;
-                self.mark_archived(&mut c);
-                c
-            }),
+            contents: Some(page.contents),
             common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         };

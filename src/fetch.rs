@@ -183,13 +183,13 @@ impl Engine {
             }
             let got = match got {
                 Ok(f) if self.verify => verify(f, report),
-                Err(e) if self.verify && e.reason.contains("checksum mismatch") => {
-                    // The SDK validates a requested checksum itself, while reading the body.
-                    report.corrupt();
-                    Err(e)
-                }
                 other => other,
             };
+            if let Err(e) = &got
+                && e.retry == Retry::Corrupt
+            {
+                report.corrupt();
+            }
             match got {
                 Ok(f) => return Ok(f),
                 Err(e) if e.retry == Retry::No || attempt >= retries => {
@@ -291,7 +291,7 @@ impl Throttle {
     }
 }
 
-/// `--verify`: a body that does not match its checksum is a transient failure (retried;
+/// `--verify`: a body that does not match its checksum is [`Retry::Corrupt`] (retried, counted,
 /// never written).
 fn verify(f: Fetched, report: &Report) -> Result<Fetched, GetError> {
     let integrity = f.integrity.clone().unwrap_or_default();
@@ -300,10 +300,7 @@ fn verify(f: Fetched, report: &Report) -> Result<Fetched, GetError> {
             report.verified(how);
             Ok(f)
         }
-        Err(reason) => {
-            report.corrupt();
-            Err(GetError::transient(reason))
-        }
+        Err(reason) => Err(GetError { reason, retry: Retry::Corrupt }),
     }
 }
 

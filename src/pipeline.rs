@@ -110,13 +110,15 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Res
     if let Some(path) = &cfg.failed_keys {
         report.write_failed_keys(path).map_err(Fatal::Setup)?;
     }
-    let resolved = single_object(cfg).await?;
+    // One SDK client (credentials, region, endpoint rules) serves the whole run.
+    let control = s3::client(&cfg.s3).await;
+    let resolved = single_object(cfg, &control).await?;
     let cfg = resolved.as_ref().unwrap_or(cfg);
     if cfg.dry_run {
-        return dry_run(cfg, report, stop, started).await;
+        return dry_run(cfg, &control, report, stop, started).await;
     }
     let created_dest = prepare_dest(cfg)?;
-    let result = copy(cfg, report, started, stop, created_dest).await;
+    let result = copy(cfg, &control, report, started, stop, created_dest).await;
     if created_dest && matches!(result, Err(Fatal::Setup(_))) {
         // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
         let _ = std::fs::remove_dir(&cfg.dest);
@@ -126,6 +128,7 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Res
 
 async fn copy(
     cfg: &Config,
+    control: &s3::Control,
     report: Arc<Report>,
     started: Instant,
     stop: Stop,
@@ -140,9 +143,8 @@ async fn copy(
     };
     let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
-    let control = s3::client(&cfg.s3).await;
     let client = control.client.clone();
-    let fetch = Arc::new(crate::fetch::Engine::new(cfg, &control, &report).await.map_err(Fatal::Setup)?);
+    let fetch = Arc::new(crate::fetch::Engine::new(cfg, control, &report).await.map_err(Fatal::Setup)?);
 
     let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
     let budget_units = (cfg.buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX)) as u32;
@@ -194,7 +196,7 @@ async fn copy(
 /// `aws s3 cp` does: into DEST when DEST is a directory or ends in `/`, else to the file DEST
 /// (its directory is created when missing). Otherwise SOURCE is a prefix, as always. Returns
 /// the configuration for a single-object copy, `None` for a prefix.
-async fn single_object(cfg: &Config) -> Result<Option<Config>, Fatal> {
+async fn single_object(cfg: &Config, control: &s3::Control) -> Result<Option<Config>, Fatal> {
     let key = match (&cfg.source.object, &cfg.keys_from) {
         (Some(key), None) => key,
         _ if cfg.version_id.is_some() => {
@@ -202,7 +204,6 @@ async fn single_object(cfg: &Config) -> Result<Option<Config>, Fatal> {
         }
         _ => return Ok(None),
     };
-    let control = s3::client(&cfg.s3).await;
     let version = cfg.version_id.as_deref();
     let Some((size, last_modified)) =
         s3::head(&control.client, &cfg.source.bucket, key, version, cfg.s3.requester_pays).await
@@ -231,8 +232,13 @@ async fn single_object(cfg: &Config) -> Result<Option<Config>, Fatal> {
 /// `--dry-run`: lists (with the selection and the existing-file check, when DEST exists) and
 /// prints `(dryrun) download: s3://bucket/key to path` per key to stdout, like the AWS CLI.
 /// No GET, no write, DEST untouched.
-async fn dry_run(cfg: &Config, report: Arc<Report>, stop: Stop, started: Instant) -> Result<Summary, Fatal> {
-    let control = s3::client(&cfg.s3).await;
+async fn dry_run(
+    cfg: &Config,
+    control: &s3::Control,
+    report: Arc<Report>,
+    stop: Stop,
+    started: Instant,
+) -> Result<Summary, Fatal> {
     let existing = match cfg.existing {
         ExistingMode::Overwrite => None,
         _ if !cfg.dest.is_dir() => None,

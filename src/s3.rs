@@ -428,6 +428,8 @@ pub enum Retry {
     Transient,
     /// The service asks us to slow down (SlowDown, 503, 429).
     Throttled,
+    /// The body does not match its checksum (`--verify`): fetch it again.
+    Corrupt,
 }
 
 /// A failed GET attempt: the one-line reason and whether to retry.
@@ -532,10 +534,25 @@ pub async fn get(
                 .collect(),
         }
     });
-    let body =
-        out.body.collect().await.map_err(|e| GetError::transient(format!("reading body: {}", chain(&e))))?.into_bytes();
+    let body = out.body.collect().await.map_err(body_error)?.into_bytes();
     check_length(body.len(), expected)?;
     Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity })
+}
+
+/// A failed body read. With checksum mode on, the SDK validates the checksum while reading:
+/// its mismatch is the same [`Retry::Corrupt`] as the lean engine's `--verify` finding.
+fn body_error(e: aws_smithy_types::byte_stream::error::Error) -> GetError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.downcast_ref::<aws_smithy_checksums::body::validate::Error>().is_some() {
+            return GetError {
+                reason: format!("content does not match its checksum: {}", chain(&e)),
+                retry: Retry::Corrupt,
+            };
+        }
+        source = s.source();
+    }
+    GetError::transient(format!("reading body: {}", chain(&e)))
 }
 
 /// The error and its sources on one line: `a: b: c`.
