@@ -12,7 +12,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
     Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_IO_THREADS, DEFAULT_LIST_WORKERS,
-    DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
+    DEFAULT_PART_CONCURRENCY, DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings,
+    S3Url,
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
@@ -110,6 +111,11 @@ struct S3Args {
     #[arg(long, value_name = "requester", value_parser = ["requester"])]
     request_payer: Option<String>,
 
+    /// Trust exactly the CA certificates in this PEM file for HTTPS (instead of the system's
+    /// trust store), as the AWS CLI does; for endpoints behind a private CA.
+    #[arg(long, value_name = "FILE", env = "AWS_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+
     /// Send anonymous requests (public buckets); no credentials are loaded.
     #[arg(long)]
     no_sign_request: bool,
@@ -199,6 +205,20 @@ struct Tuning {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_IO_THREADS as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     io_threads: u32,
+
+    /// Objects larger than SIZE are fetched in ranged parts, in parallel, and written at
+    /// their offsets as they arrive (memory bounded by the parts in flight).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = part_bytes)]
+    multipart_threshold: u64,
+
+    /// Size of each part of a large object.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = part_bytes)]
+    part_size: u64,
+
+    /// Ranged GETs of one large object at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PART_CONCURRENCY as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    part_concurrency: u32,
 
     /// MiB of object bodies held in memory between GET and disk, at most.
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_BUFFER_MIB,
@@ -316,6 +336,13 @@ struct ServeArgs {
     /// Delay before each list page answers, in milliseconds.
     #[arg(long, default_value_t = 0)]
     list_latency_ms: u64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); clients trust its CA
+    /// with --ca-bundle.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -465,6 +492,10 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
         credentials: if s3.no_sign_request { Credentials::Anonymous } else { Credentials::DefaultChain },
         force_path_style: s3.force_path_style.unwrap_or(s3.endpoint_url.is_some()),
         requester_pays: s3.request_payer.is_some(),
+        ca_bundle: match s3.ca_bundle.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => Some(crate::config::CaBundle::load(path)?),
+            None => None,
+        },
     };
     Ok(Config::new(source, dest, settings))
 }
@@ -501,6 +532,21 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.retries = t.retries;
     cfg.io_threads = t.io_threads as usize;
     cfg.buffer_bytes = t.buffer_mib << 20;
+    cfg.parts = crate::config::Parts {
+        threshold: t.multipart_threshold,
+        part_size: t.part_size,
+        concurrency: t.part_concurrency as usize,
+    };
+}
+
+/// `--part-size` / `--multipart-threshold`: a size (see [`crate::config::parse_size`]) of at
+/// least 4 KiB and at most 5 GiB (S3's largest single PUT, so never a limit in practice).
+fn part_bytes(s: &str) -> Result<u64, String> {
+    let n = crate::config::parse_size(s)?;
+    if !(4096..=5 << 30).contains(&n) {
+        return Err(format!("'{s}' must be between 4KiB and 5GiB"));
+    }
+    Ok(n)
 }
 
 /// SIGINT or SIGTERM: stop listing and fetching, let the writer finish what it holds, print
@@ -611,6 +657,7 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         credentials: Credentials::Static { access_key: DEMO_ACCESS_KEY.into(), secret_key: DEMO_SECRET_KEY.into() },
         force_path_style: true,
         requester_pays: false,
+        ca_bundle: None,
     };
     let mut cfg =
         Config::new(S3Url { bucket: "demo".into(), prefix: String::new(), object: None }, dest.clone(), settings);
@@ -658,7 +705,18 @@ pub fn verify_generated(dest: &std::path::Path, n: u64, size: u64, prefixes: u64
 async fn serve(args: ServeArgs) -> Exit {
     let g = &args.generated;
     let credentials = (!args.anonymous).then(|| (DEMO_ACCESS_KEY.to_owned(), DEMO_SECRET_KEY.to_owned()));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match (std::fs::read(cert), std::fs::read(key)) {
+            (Ok(cert_pem), Ok(key_pem)) => Some(crate::endpoint::TlsIdentity { cert_pem, key_pem }),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("s3uring: error: cannot read --tls-cert/--tls-key: {e}");
+                return Exit::Usage;
+            }
+        },
+        _ => None,
+    };
     let endpoint = match Endpoint::start(EndpointConfig {
+        tls,
         buckets: vec![BucketSpec {
             name: args.bucket.clone(),
             contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes },

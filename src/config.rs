@@ -94,6 +94,41 @@ pub struct S3Settings {
     pub force_path_style: bool,
     /// `--request-payer`: accept the charges of a Requester Pays bucket.
     pub requester_pays: bool,
+    /// `--ca-bundle` / `AWS_CA_BUNDLE`: trust exactly these certificates for HTTPS.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// A PEM file of trusted CA certificates (`--ca-bundle`, or `AWS_CA_BUNDLE` as the AWS CLI
+/// reads it). As in the AWS CLI, it replaces the system's trust store for both engines.
+#[derive(Clone)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    /// The certificates, DER-encoded.
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The file as read (the SDK's trust store takes PEM).
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaBundle({}, {} certificates)", self.path.display(), self.certs.len())
+    }
+}
+
+impl CaBundle {
+    /// Reads and checks the file: it must hold at least one PEM certificate.
+    pub fn load(path: &std::path::Path) -> Result<CaBundle, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        let shown = path.display();
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read --ca-bundle '{shown}': {e}"))?;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--ca-bundle '{shown}' is not a PEM certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("--ca-bundle '{shown}' holds no PEM certificate"));
+        }
+        Ok(CaBundle { path: path.to_owned(), certs, pem })
+    }
 }
 
 /// One copy, resolved.
@@ -143,6 +178,27 @@ pub struct Config {
     pub version_id: Option<String>,
     /// Set by the pipeline when SOURCE names one object: that key, and the file it becomes.
     pub single: Option<Single>,
+    /// Large objects: above `threshold` bytes, fetched in ranged parts of `part_size` bytes,
+    /// `concurrency` parts per object at once.
+    pub parts: Parts,
+}
+
+/// `--multipart-threshold`, `--part-size`, `--part-concurrency`.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub threshold: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+}
+
+impl Default for Parts {
+    fn default() -> Parts {
+        Parts {
+            threshold: DEFAULT_MULTIPART_THRESHOLD,
+            part_size: DEFAULT_PART_SIZE,
+            concurrency: DEFAULT_PART_CONCURRENCY,
+        }
+    }
 }
 
 /// A single-object copy: `key` is written as `name` in DEST.
@@ -182,6 +238,7 @@ impl Config {
             list_workers: DEFAULT_LIST_WORKERS,
             version_id: None,
             single: None,
+            parts: Parts::default(),
         }
     }
 }
@@ -201,6 +258,29 @@ pub const DEFAULT_LIST_WORKERS: usize = 32;
 pub const DEFAULT_IO_THREADS: usize = 16;
 /// Default `--buffer-mib`.
 pub const DEFAULT_BUFFER_MIB: u64 = 256;
+/// Default `--multipart-threshold`: objects above it are fetched in parts.
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Default `--part-size` (the AWS CLI's `multipart_chunksize`).
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// Default `--part-concurrency`: ranged GETs of one object at once.
+pub const DEFAULT_PART_CONCURRENCY: usize = 8;
+
+/// A size such as `8MiB`, `16M`, `1GiB`, `512KiB` or `4096` (bytes). As in the AWS CLI's
+/// configuration, `KB`/`MB`/`GB` are binary units too.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 8MiB, 16M, 1GiB, 4096)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}' has an unknown unit (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
+}
 
 #[cfg(test)]
 mod tests {
@@ -217,6 +297,19 @@ mod tests {
         let u: S3Url = "s3://bucket/a/b/".parse().unwrap();
         assert_eq!(u.prefix, "a/b/");
         assert_eq!(u.to_string(), "s3://bucket/a/b/");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("8MB"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert!(parse_size("8 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 
     #[test]

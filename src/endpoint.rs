@@ -72,6 +72,9 @@ pub struct EndpointConfig {
     pub denied: Vec<String>,
     /// Keys that are listed but whose GET answers `404 NoSuchKey` (deleted after listing).
     pub vanished: Vec<String>,
+    /// Keys overwritten before every GET: each GET sees a new ETag, so a copy in parts tied
+    /// by `If-Match` gets `412 PreconditionFailed` for its other parts.
+    pub changing: Vec<String>,
     /// Older versions: (key, version id, content), readable with `versionId`.
     pub versions: Vec<(String, String, Bytes)>,
     /// Archived objects: key → (storage class, restored). Listed with their class and restore
@@ -83,6 +86,37 @@ pub struct EndpointConfig {
     /// Never send `x-amz-checksum-crc32c`, even when asked (objects uploaded without a
     /// checksum: only the ETag's MD5 is there to verify against).
     pub no_checksums: bool,
+    /// Serve HTTPS with this certificate chain and private key (both PEM) instead of HTTP.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate chain and its private key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsIdentity {
+    /// A rustls acceptor for this identity.
+    fn acceptor(&self) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| std::io::Error::other(format!("TLS {what}: {e}"));
+        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| bad("private key", &e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("setup", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("setup", &e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 /// What fraction of GetObject requests fail, and how. Each GET draws once: at most one
@@ -193,6 +227,10 @@ impl FaultState {
     }
 }
 
+/// A connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// The draw for a request that the connection layer made, handed to `get_object`.
 #[derive(Debug, Clone, Copy)]
 struct Drawn(Option<Fault>);
@@ -203,26 +241,41 @@ pub fn generated_key(i: u64, prefixes: u64) -> String {
     format!("p{p:04}/obj{i:08}")
 }
 
-/// The content of a generated object: `size` bytes of a PRNG stream seeded by the key, so
-/// any copy can be checked against the key alone.
+/// The content of a generated object: `size` bytes of a pseudo-random stream seeded by the
+/// key, so any copy can be checked against the key alone.
 pub fn generated_content(key: &str, size: u64) -> Vec<u8> {
-    // FNV-1a for the seed, xorshift64* for the stream: cheap and deterministic.
+    generated_range(key, 0, size)
+}
+
+/// Bytes `first .. first + len` of [`generated_content`], computed without the bytes before
+/// them (each 8-byte word is a hash of the key's seed and the word's index), so a range of a
+/// 1 GiB object costs only its own length.
+pub fn generated_range(key: &str, first: u64, len: u64) -> Vec<u8> {
+    // FNV-1a for the seed, the SplitMix64 finaliser per word: cheap, deterministic, seekable.
     let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.as_bytes() {
         seed = (seed ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(size as usize);
-    while (out.len() as u64) < size {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let take = ((size - out.len() as u64) as usize).min(8);
-        out.extend_from_slice(&v.to_le_bytes()[..take]);
+    let skip = (first % 8) as usize;
+    let words = (skip as u64 + len).div_ceil(8);
+    let mut out = Vec::with_capacity((words * 8) as usize);
+    for w in first / 8..first / 8 + words {
+        let mut z = seed.wrapping_add(w.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
     }
+    if skip > 0 {
+        out.drain(..skip);
+    }
+    out.truncate(len as usize);
     out
 }
+
+/// Generated objects above this size get a multipart-style ETag (`"…-N"`, as S3 gives
+/// objects uploaded in parts) instead of the MD5 of their content, which would cost a pass
+/// over the whole object.
+const MULTIPART_ETAG_ABOVE: u64 = 64 << 20;
 
 #[derive(Debug)]
 enum Body {
@@ -245,17 +298,26 @@ impl Obj {
         }
     }
 
-    fn bytes(&self, key: &str) -> Bytes {
+    /// Bytes `first ..= last`.
+    fn range(&self, key: &str, first: u64, last: u64) -> Bytes {
         match &self.body {
-            Body::Stored(b) => b.clone(),
-            Body::Generated(n) => Bytes::from(generated_content(key, *n)),
+            Body::Stored(b) => b.slice(first as usize..=last as usize),
+            Body::Generated(_) => Bytes::from(generated_range(key, first, last + 1 - first)),
         }
     }
 
     fn etag(&self, key: &str) -> ETag {
-        let hex = self.etag.get_or_init(|| {
-            let digest = Md5::digest(self.bytes(key));
-            digest.iter().map(|b| format!("{b:02x}")).collect()
+        let hex = self.etag.get_or_init(|| match &self.body {
+            Body::Generated(n) if *n > MULTIPART_ETAG_ABOVE => {
+                let digest = Md5::digest(format!("{key}:{n}"));
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{hex}-{}", n.div_ceil(8 << 20))
+            }
+            _ => {
+                let size = self.size();
+                let digest = Md5::digest(if size == 0 { Bytes::new() } else { self.range(key, 0, size - 1) });
+                digest.iter().map(|b| format!("{b:02x}")).collect()
+            }
         });
         ETag::Strong(hex.clone())
     }
@@ -271,6 +333,8 @@ struct MemS3 {
     faults: Arc<FaultState>,
     denied: std::collections::HashSet<String>,
     vanished: std::collections::HashSet<String>,
+    /// `changing` keys, and how often each was overwritten.
+    changing: std::sync::Mutex<HashMap<String, u64>>,
     no_checksums: bool,
     requester_pays: std::collections::HashSet<String>,
     archived: HashMap<String, (String, bool)>,
@@ -499,17 +563,38 @@ impl S3 for MemS3 {
             return Err(s3_error!(NoSuchKey, "The specified key does not exist."));
         }
         let obj = self.object(&input.bucket, &input.key)?;
-        let mut data = match &input.version_id {
-            Some(v) => self.version(&input.key, v)?,
-            None => obj.bytes(&input.key),
+        let version = match &input.version_id {
+            Some(v) => Some(self.version(&input.key, v)?),
+            None => None,
         };
-        let total = data.len() as u64;
+        let total = version.as_ref().map_or_else(|| obj.size(), |v| v.len() as u64);
         let mut content_range = None;
-        if let Some(range) = &input.range {
-            let (first, last) = resolve_range(range, total)?;
-            data = data.slice(first as usize..=last as usize);
-            content_range = Some(format!("bytes {first}-{last}/{total}"));
+        let (first, last) = match &input.range {
+            Some(range) => {
+                let (first, last) = resolve_range(range, total)?;
+                content_range = Some(format!("bytes {first}-{last}/{total}"));
+                (first, last)
+            }
+            None => (0, total.saturating_sub(1)),
+        };
+        let mut etag = obj.etag(&input.key);
+        if let Ok(mut changing) = self.changing.lock()
+            && let Some(version) = changing.get_mut(&input.key)
+        {
+            *version += 1;
+            etag = ETag::Strong(format!("{}{version}", etag.as_strong().unwrap_or_default()));
         }
+        // If-Match: a part of a version that is no longer the current one is refused.
+        if let Some(s3s::dto::ETagCondition::ETag(want)) = &input.if_match
+            && want.as_strong() != etag.as_strong()
+        {
+            return Err(s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"));
+        }
+        let mut data = match (&version, total) {
+            (_, 0) => Bytes::new(),
+            (Some(v), _) => v.slice(first as usize..=last as usize),
+            (None, _) => obj.range(&input.key, first, last),
+        };
         // Like S3 for an object uploaded with a CRC32C checksum: sent when asked for.
         let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let checksum_crc32c = (asked && !self.no_checksums && input.range.is_none()).then(|| {
@@ -528,7 +613,7 @@ impl S3 for MemS3 {
             content_length: Some(data.len() as i64),
             content_range: content_range.clone(),
             checksum_crc32c,
-            e_tag: Some(obj.etag(&input.key)),
+            e_tag: Some(etag),
             last_modified: Some(Timestamp::from(obj.last_modified)),
             body: Some(if fault == Some(Fault::Truncate) {
                 // Half the body, then a broken stream: hyper aborts the connection.
@@ -646,6 +731,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         get_latency: config.get_latency,
         denied: config.denied.iter().cloned().collect(),
         vanished: config.vanished.iter().cloned().collect(),
+        changing: std::sync::Mutex::new(config.changing.iter().map(|k| (k.clone(), 0)).collect()),
         no_checksums: config.no_checksums,
         requester_pays: config.requester_pays.iter().cloned().collect(),
         versions: config.versions.iter().map(|(k, v, b)| ((k.clone(), v.clone()), b.clone())).collect(),
@@ -667,6 +753,7 @@ fn is_get_object(req: &http::Request<hyper::body::Incoming>) -> bool {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
+    https: bool,
     task: tokio::task::JoinHandle<()>,
     faults: Arc<FaultState>,
 }
@@ -689,6 +776,8 @@ impl Endpoint {
         socket.bind(listen)?;
         let listener: TcpListener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
+        let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+        let https = tls.is_some();
         let fault_state = faults.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -696,8 +785,16 @@ impl Endpoint {
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let faults = fault_state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let io: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => Box::new(s),
+                            Err(_) => return, // a failed handshake: the client sees why
+                        },
+                    };
+                    let io = hyper_util::rt::TokioIo::new(io);
                     // Draw each GET's fate here: a reset must drop the connection before
                     // any answer, which only this layer can do.
                     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -715,12 +812,12 @@ impl Endpoint {
                 });
             }
         });
-        Ok(Endpoint { addr, task, faults })
+        Ok(Endpoint { addr, https, task, faults })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.addr)
     }
 
     /// The bound address.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, FetchEngine};
 use crate::lean::{Conn, Lean};
 use crate::report::Report;
-use crate::s3::{self, Control, Fetched, GetError, Retry};
+use crate::s3::{self, ByteRange, Control, Fetched, GetError, Retry};
 
 /// First backoff bound; doubles per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -70,6 +70,7 @@ impl Engine {
                     report.clone(),
                     verify,
                     requester_pays,
+                    cfg.s3.ca_bundle.as_ref(),
                 )?)),
                 Err(why) => {
                     tracing::warn!("{why}: using --fetch-engine sdk");
@@ -94,6 +95,11 @@ impl Engine {
         }
     }
 
+    /// `--verify`: bodies are checked against their checksums.
+    pub fn verifies(&self) -> bool {
+        self.verify
+    }
+
     /// The fewest GETs the throttle allowed in flight during the run.
     pub fn min_in_flight(&self) -> usize {
         self.throttle.lowest.load(Ordering::Relaxed)
@@ -101,13 +107,20 @@ impl Engine {
 
     /// One attempt on `conn`, bounded as a whole by [`attempt_timeout`] (connect and first
     /// byte have their own, shorter bounds inside the engines).
-    async fn attempt(&self, conn: &mut Conn, key: &str, size: u64) -> Result<Fetched, GetError> {
-        let limit = attempt_timeout(size);
+    async fn attempt(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        size: u64,
+        range: Option<&ByteRange>,
+    ) -> Result<Fetched, GetError> {
+        let limit = attempt_timeout(range.map_or(size, |r| r.len));
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
-                Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref()).await,
+                Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref(), range).await,
                 Kind::Sdk { client, bucket, requester_pays } => {
-                    s3::get(client, bucket, key, self.verify, *requester_pays, self.version_id.as_deref()).await
+                    let version = self.version_id.as_deref();
+                    s3::get(client, bucket, key, self.verify, *requester_pays, version, range).await
                 }
             }
         })
@@ -129,21 +142,22 @@ impl Engine {
         conn: &mut Conn,
         key: &str,
         size: u64,
+        range: Option<&ByteRange>,
         report: &Report,
     ) -> Result<Fetched, GetError> {
-        let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
-            return self.attempt(conn, key, size).await;
+        let Some(after) = self.hedge_after.filter(|_| range.map_or(size, |r| r.len) <= HEDGE_MAX_SIZE) else {
+            return self.attempt(conn, key, size, range).await;
         };
         let mut spare = Conn::default();
         let (result, spare_won) = {
-            let first = self.attempt(conn, key, size);
+            let first = self.attempt(conn, key, size, range);
             tokio::pin!(first);
             tokio::select! {
                 biased;
                 r = &mut first => (r, false),
                 () = tokio::time::sleep(after) => {
                     report.hedged();
-                    let second = self.attempt(&mut spare, key, size);
+                    let second = self.attempt(&mut spare, key, size, range);
                     tokio::pin!(second);
                     tokio::select! {
                         r = &mut first => (r, false),
@@ -160,13 +174,15 @@ impl Engine {
         result
     }
 
-    /// GETs `key` (`size` from the listing, 0 if unknown), retrying as the policy says; the
-    /// error is the last attempt's reason.
+    /// GETs `key` (`size` from the listing, 0 if unknown) or the `range` of it, retrying as
+    /// the policy says; the error is the last attempt's reason. A part is not verified here:
+    /// S3 has no checksum of a byte range.
     pub async fn fetch(
         &self,
         conn: &mut Conn,
         key: &str,
         size: u64,
+        range: Option<&ByteRange>,
         retries: u32,
         report: &Report,
     ) -> Result<Fetched, String> {
@@ -174,7 +190,7 @@ impl Engine {
         loop {
             let got = {
                 let _slot = self.throttle.acquire().await;
-                self.hedged_attempt(conn, key, size, report).await
+                self.hedged_attempt(conn, key, size, range, report).await
             };
             match &got {
                 Ok(_) => self.throttle.success(),
@@ -182,7 +198,7 @@ impl Engine {
                 Err(_) => {}
             }
             let got = match got {
-                Ok(f) if self.verify => verify(f, report),
+                Ok(f) if self.verify && range.is_none() => verify(f, report),
                 other => other,
             };
             if let Err(e) = &got

@@ -40,7 +40,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::report::Report;
-use crate::s3::{BucketEndpoint, CachingResolver, Fetched, GetError, Identities, Retry, check_length};
+use crate::s3::{
+    BucketEndpoint, ByteRange, CachingResolver, Fetched, GetError, Identities, PartInfo, Retry, check_length,
+    content_range_total,
+};
 
 /// TCP connect plus TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,6 +97,7 @@ impl Lean {
         report: Arc<Report>,
         verify: bool,
         requester_pays: bool,
+        ca_bundle: Option<&crate::config::CaBundle>,
     ) -> Result<Lean, String> {
         let bad = |why: &str| format!("endpoint '{}' {why}", endpoint.url);
         let uri: http::Uri = endpoint.url.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
@@ -106,7 +110,7 @@ impl Lean {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has an invalid host"))?;
-        let tls = if https { Some((tls_connector()?, server_name(&host)?)) } else { None };
+        let tls = if https { Some((tls_connector(ca_bundle)?, server_name(&host)?)) } else { None };
         let signer = identities.map(|identities| Signer {
             identities,
             region: endpoint.signing_region.clone(),
@@ -129,8 +133,14 @@ impl Lean {
     }
 
     /// One GET attempt for `key` on this task's connection.
-    pub async fn get(&self, conn: &mut Conn, key: &str, version: Option<&str>) -> Result<Fetched, GetError> {
-        let req = self.request(key, version).await?;
+    pub async fn get(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        version: Option<&str>,
+        range: Option<&ByteRange>,
+    ) -> Result<Fetched, GetError> {
+        let req = self.request(key, version, range).await?;
         let mut sender = match conn.sender.take() {
             Some(s) if !s.is_closed() => s,
             _ => self.connect().await?,
@@ -151,19 +161,29 @@ impl Lean {
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         let last_modified = header_str(&resp, header::LAST_MODIFIED).and_then(parse_http_date);
         let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
-        let integrity = self.verify.then(|| integrity(&resp));
-        let limit = if status == StatusCode::OK { usize::MAX } else { MAX_ERROR_BODY };
+        let integrity = (self.verify && range.is_none()).then(|| integrity(&resp));
+        let part = range.map(|_| PartInfo {
+            etag: header_str(&resp, header::ETAG).map(str::to_owned),
+            total: header_str(&resp, header::CONTENT_RANGE).and_then(content_range_total),
+        });
+        let ok = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let limit = if status == ok { usize::MAX } else { MAX_ERROR_BODY };
         let body = read_body(resp.into_body(), content_length, limit).await?;
         // The whole response was read: the connection can carry the next request.
         conn.sender = Some(sender);
-        if status != StatusCode::OK {
+        if status != ok {
             return Err(self.error_response(status, &body, bucket_region.as_deref()));
         }
         check_length(body.len(), content_length)?;
-        Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity })
+        Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part })
     }
 
-    async fn request(&self, key: &str, version: Option<&str>) -> Result<Request<Empty<Bytes>>, GetError> {
+    async fn request(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        range: Option<&ByteRange>,
+    ) -> Result<Request<Empty<Bytes>>, GetError> {
         let mut path = String::with_capacity(self.path_prefix.len() + 1 + key.len() * 3 / 2);
         path.push_str(&self.path_prefix);
         path.push('/');
@@ -176,7 +196,14 @@ impl Lean {
         let mut req = Request::get(path.as_str())
             .header(header::HOST, self.host_header.clone())
             .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        if self.verify {
+        if let Some(r) = range {
+            let bad =
+                |_| GetError { reason: "cannot build the request: bad range or ETag".to_owned(), retry: Retry::No };
+            req = req.header(header::RANGE, HeaderValue::try_from(r.header()).map_err(bad)?);
+            if let Some(etag) = &r.if_match {
+                req = req.header(header::IF_MATCH, HeaderValue::try_from(etag.as_str()).map_err(bad)?);
+            }
+        } else if self.verify {
             req = req.header(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
         }
         if self.requester_pays {
@@ -286,7 +313,8 @@ where
 
 /// A transport failure: transient, with its cause chain on one line.
 fn transport(what: &str, e: &(dyn std::error::Error + 'static)) -> GetError {
-    GetError::transient(format!("{what}: {}", crate::s3::chain(e)))
+    let cause = crate::s3::chain(e);
+    GetError::transient(format!("{what}: {cause}{}", crate::s3::tls_hint(&cause)))
 }
 
 fn header_str<B>(resp: &http::Response<B>, name: impl header::AsHeaderName) -> Option<&str> {
@@ -393,12 +421,23 @@ fn percent_encode(s: &str, out: &mut String, keep: &[u8]) {
     }
 }
 
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+/// TLS with the system's trust store, or exactly the `--ca-bundle` certificates.
+fn tls_connector(ca_bundle: Option<&crate::config::CaBundle>) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        return Err("no trusted root certificates found on this system".to_owned());
+    match ca_bundle {
+        Some(ca) => {
+            let (added, _ignored) = roots.add_parsable_certificates(ca.certs.iter().cloned());
+            if added == 0 {
+                return Err(format!("--ca-bundle '{}': no usable CA certificate in it", ca.path.display()));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err("no trusted root certificates found on this system".to_owned());
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)

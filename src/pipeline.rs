@@ -27,8 +27,9 @@ use crate::existing::{Existing, ExistingMode};
 use crate::keymap::{Target, map_key};
 use crate::report::{Report, Summary};
 use crate::s3;
+use crate::s3::ByteRange;
 use crate::stats::Stage;
-use crate::writer::{self, FileJob, Job};
+use crate::writer::{self, FileJob, Job, LargeFile};
 
 /// Budget unit: one permit is this many bytes.
 const BUDGET_UNIT: u64 = 1024;
@@ -154,6 +155,8 @@ async fn copy(
         let f = Fetcher {
             engine: fetch.clone(),
             conn: crate::lean::Conn::default(),
+            part_conns: Vec::new(),
+            parts: cfg.parts,
             retries: cfg.retries,
             keys: keys_rx.clone(),
             jobs: writer.jobs.clone(),
@@ -484,6 +487,9 @@ struct Fetcher {
     engine: Arc<crate::fetch::Engine>,
     /// This task's connection (lean engine).
     conn: crate::lean::Conn,
+    /// Connections for the parts of large objects (made on first use).
+    part_conns: Vec<crate::lean::Conn>,
+    parts: crate::config::Parts,
     retries: u32,
     keys: async_channel::Receiver<Listed>,
     jobs: async_channel::Sender<Job>,
@@ -509,6 +515,11 @@ impl Fetcher {
             rec.record(Stage::Queue, picked - item.listed_at);
             let job = if item.target.file_name().is_none() {
                 Job::Dir { key: item.key, target: item.target }
+            } else if item.size > self.parts.threshold {
+                if self.fetch_large(item, picked).await.is_break() {
+                    break;
+                }
+                continue;
             } else {
                 // An object larger than the whole budget passes alone.
                 let units = item.size.div_ceil(BUDGET_UNIT).clamp(1, u64::from(self.budget_units)) as u32;
@@ -519,7 +530,7 @@ impl Fetcher {
                 let got = tokio::select! {
                     // An interrupted GET is abandoned: its key stays "not copied".
                     () = self.stop.requested_wait() => break,
-                    got = self.engine.fetch(&mut self.conn, &item.key, item.size, self.retries, &self.report) => got,
+                    got = self.engine.fetch(&mut self.conn, &item.key, item.size, None, self.retries, &self.report) => got,
                 };
                 match got {
                     Ok(fetched) => {
@@ -542,11 +553,133 @@ impl Fetcher {
                 }
             };
             if let Err(async_channel::SendError(job)) = self.jobs.send(job).await {
-                let key = match &job {
-                    Job::File(f) => &f.key,
-                    Job::Dir { key, .. } => key,
-                };
-                self.report.fail(key, "the writer stopped");
+                self.report.fail(job.key(), "the writer stopped");
+            }
+        }
+    }
+
+    /// A large object, in ranged parts (issue #6): the first part alone (it tells the whole
+    /// size and the ETag), then the rest, `--part-concurrency` at a time, each with
+    /// `If-Match: ETag` so that every part comes from the same version. Each part is handed
+    /// to the writer as it arrives and holds its share of the budget until written, so
+    /// memory is bounded by the parts in flight. Parts that will never come (a failed GET,
+    /// a stopping run) are abandoned in one job, so the writer removes the temporary.
+    /// `Break` when the run is stopping.
+    async fn fetch_large(&mut self, item: Listed, picked: Instant) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let part_size = self.parts.part_size;
+        let mut conns = std::mem::take(&mut self.part_conns);
+        conns.resize_with(self.parts.concurrency.max(1), crate::lean::Conn::default);
+        let this = &*self;
+        let key = item.key.as_str();
+        let head = ByteRange { first: 0, len: part_size.min(item.size), if_match: None };
+        let (first, permit) = match this.part(&mut conns[0], key, &head).await {
+            None => {
+                self.part_conns = conns;
+                return ControlFlow::Break(());
+            }
+            Some(Err(reason)) => {
+                self.report.fail(key, &reason);
+                self.part_conns = conns;
+                return ControlFlow::Continue(());
+            }
+            Some(Ok(got)) => got,
+        };
+        let info = first.part.clone().unwrap_or_default();
+        let size = info.total.unwrap_or(item.size);
+        let parts = size.div_ceil(part_size).max(1);
+        let mtime = first.last_modified.or(item.last_modified);
+        let file = LargeFile::new(item.key.clone(), item.target, size, parts, mtime, picked);
+        if this.engine.verifies() {
+            // S3 keeps no checksum of a byte range, and a whole-object checksum cannot be
+            // checked before every part is in: the parts are tied together by If-Match.
+            this.report.verified(crate::verify::Verified::Unverifiable);
+        }
+        let head_job = Job::Part {
+            file: file.clone(),
+            offset: 0,
+            body: first.body,
+            permit: Some(permit),
+            fetched: Instant::now(),
+        };
+        if this.jobs.send(head_job).await.is_err() {
+            this.report.fail(key, "the writer stopped");
+            self.part_conns = conns;
+            return ControlFlow::Continue(());
+        }
+        let (next, sent) = (AtomicU64::new(1), AtomicU64::new(1));
+        let (stopped, failure) = (AtomicBool::new(false), std::sync::Mutex::new(None::<String>));
+        let failed = || failure.lock().map_or(true, |f| f.is_some());
+        let fail = |reason: String| {
+            if let Ok(mut f) = failure.lock() {
+                f.get_or_insert(reason);
+            }
+        };
+        let lanes = conns.iter_mut().take(parts.saturating_sub(1) as usize).map(|conn| async {
+            while !failed() && !stopped.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= parts {
+                    break;
+                }
+                let first = i * part_size;
+                let len = part_size.min(size - first);
+                let range = ByteRange { first, len, if_match: info.etag.clone() };
+                let what = || format!("part {} of {parts} (bytes {first}-{})", i + 1, first + len - 1);
+                match this.part(conn, key, &range).await {
+                    None => stopped.store(true, Ordering::Relaxed),
+                    Some(Err(reason)) => fail(format!("{}: {reason}", what())),
+                    Some(Ok((got, _))) if got.body.len() as u64 != len => {
+                        fail(format!("{}: {} bytes came instead of {len}", what(), got.body.len()));
+                    }
+                    Some(Ok((got, permit))) => {
+                        let job = Job::Part {
+                            file: file.clone(),
+                            offset: first,
+                            body: got.body,
+                            permit: Some(permit),
+                            fetched: Instant::now(),
+                        };
+                        if this.jobs.send(job).await.is_err() {
+                            fail("the writer stopped".to_owned());
+                        } else {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(lanes).await;
+        let unsent = parts - sent.load(Ordering::Relaxed);
+        let reason = failure.into_inner().ok().flatten();
+        if unsent > 0 {
+            let _ = this.jobs.send(Job::Abandon { file, parts: unsent, reason }).await;
+        }
+        self.part_conns = conns;
+        if stopped.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
+
+    /// One part under the buffer budget; `None` when the run stops first.
+    async fn part(
+        &self,
+        conn: &mut crate::lean::Conn,
+        key: &str,
+        range: &ByteRange,
+    ) -> Option<Result<(crate::s3::Fetched, tokio::sync::OwnedSemaphorePermit), String>> {
+        let units = range.len.div_ceil(BUDGET_UNIT).clamp(1, u64::from(self.budget_units)) as u32;
+        let mut stop = self.stop.clone();
+        let permit = tokio::select! {
+            () = stop.requested_wait() => return None,
+            p = self.budget.clone().acquire_many_owned(units) => match p {
+                Ok(p) => p,
+                Err(_) => return Some(Err("internal error: buffer budget closed".to_owned())),
+            },
+        };
+        tokio::select! {
+            () = stop.requested_wait() => None,
+            got = self.engine.fetch(conn, key, range.len, Some(range), self.retries, &self.report) => {
+                Some(got.map(|f| (f, permit)))
             }
         }
     }

@@ -204,10 +204,18 @@ const NO_CREDENTIALS: &str = "no usable AWS credentials (set AWS_ACCESS_KEY_ID a
 /// Builds the S3 client from the settings: aws-config's provider chain for credentials and
 /// region (like the AWS CLI), our HTTP client settings on top.
 pub async fn client(settings: &S3Settings) -> Control {
-    let http_client = aws_smithy_http_client::Builder::new()
+    let mut http_client = aws_smithy_http_client::Builder::new()
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
-        .build_with_resolver(CachingResolver::default());
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+    if let Some(ca) = &settings.ca_bundle {
+        // The Rust SDK ignores AWS_CA_BUNDLE; the AWS CLI trusts the bundle alone.
+        let store = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(ca.pem.clone());
+        match tls::TlsContext::builder().with_trust_store(store).build() {
+            Ok(ctx) => http_client = http_client.tls_context(ctx),
+            Err(e) => tracing::warn!("--ca-bundle '{}': {e}", ca.path.display()),
+        }
+    }
+    let http_client = http_client.build_with_resolver(CachingResolver::default());
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
     if let Some(profile) = &settings.profile {
@@ -417,6 +425,37 @@ pub struct Fetched {
     pub body_time: Duration,
     /// ETag and checksums, when `--verify` asked for them.
     pub integrity: Option<crate::verify::Integrity>,
+    /// For a ranged GET: the object's ETag and its whole size (from Content-Range).
+    pub part: Option<PartInfo>,
+}
+
+/// What a ranged GET says about the whole object.
+#[derive(Debug, Clone, Default)]
+pub struct PartInfo {
+    pub etag: Option<String>,
+    pub total: Option<u64>,
+}
+
+/// A byte range of an object, for large objects fetched in parts: `len` bytes from `first`,
+/// of the object version whose ETag is `if_match` (S3 answers `412 PreconditionFailed` once
+/// the object changed, so parts of two versions never make one file).
+#[derive(Debug, Clone)]
+pub struct ByteRange {
+    pub first: u64,
+    pub len: u64,
+    pub if_match: Option<String>,
+}
+
+impl ByteRange {
+    /// The `Range` header value.
+    pub fn header(&self) -> String {
+        format!("bytes={}-{}", self.first, self.first + self.len.max(1) - 1)
+    }
+}
+
+/// The whole size in a `Content-Range: bytes FIRST-LAST/TOTAL` header.
+pub fn content_range_total(v: &str) -> Option<u64> {
+    v.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 /// Whether a failed GET is worth another attempt.
@@ -493,12 +532,18 @@ pub async fn get(
     verify: bool,
     requester_pays: bool,
     version: Option<&str>,
+    range: Option<&ByteRange>,
 ) -> Result<Fetched, GetError> {
     let sent = Instant::now();
     let mut req = client.get_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
     if requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
     }
+    if let Some(r) = range {
+        req = req.range(r.header()).set_if_match(r.if_match.clone());
+    }
+    // A part has no checksum of its own to verify against (see `fetch`).
+    let verify = verify && range.is_none();
     if verify {
         req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
     }
@@ -534,9 +579,13 @@ pub async fn get(
                 .collect(),
         }
     });
+    let part = range.map(|_| PartInfo {
+        etag: out.e_tag.clone(),
+        total: out.content_range.as_deref().and_then(content_range_total),
+    });
     let body = out.body.collect().await.map_err(body_error)?.into_bytes();
     check_length(body.len(), expected)?;
-    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity })
+    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part })
 }
 
 /// A failed body read. With checksum mode on, the SDK validates the checksum while reading:
@@ -597,12 +646,21 @@ where
                 // The identity resolver failed before any request was sent.
                 return format!("{NO_CREDENTIALS}: {cause}");
             }
-            if cause.is_empty() { what.to_owned() } else { format!("{what}: {cause}") }
+            if cause.is_empty() { what.to_owned() } else { format!("{what}: {cause}{}", tls_hint(&cause)) }
         }
         SdkError::TimeoutError(_) => "timed out".to_owned(),
         SdkError::ResponseError(_) => format!("bad response: {}", chain(e)),
         SdkError::ConstructionFailure(_) => format!("cannot build the request: {}", chain(e)),
         _ => chain(e),
+    }
+}
+
+/// A hint for a TLS failure caused by an untrusted server certificate.
+pub fn tls_hint(cause: &str) -> &'static str {
+    if cause.contains("invalid peer certificate") {
+        " (the endpoint's certificate is not trusted here: give its CA with --ca-bundle FILE)"
+    } else {
+        ""
     }
 }
 
@@ -615,6 +673,7 @@ pub fn service_error(code: &str, msg: &str, bucket: Option<&str>) -> String {
             ": the credentials were rejected (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)".to_owned()
         }
         ("AccessDenied", _) => ": access denied (check the credentials' permissions)".to_owned(),
+        ("PreconditionFailed", _) => ": the object changed while it was being copied in parts".to_owned(),
         ("PermanentRedirect" | "AuthorizationHeaderMalformed", _) => {
             ": the bucket is in another region (set --region)".to_owned()
         }

@@ -8,6 +8,8 @@ mod errors;
 mod fetch;
 mod keys;
 mod killed;
+mod large;
 mod listing;
 mod select;
+mod tls;
 mod util;

@@ -269,3 +269,20 @@ impl Drop for Mount {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and localhost: the
+/// endpoint's TLS identity and the CA's PEM, for `--ca-bundle`.
+pub fn private_ca() -> (s3uring::endpoint::TlsIdentity, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "s3uring test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = server.signed_by(&key, &Issuer::from_params(&ca, &ca_key)).unwrap();
+    let identity =
+        s3uring::endpoint::TlsIdentity { cert_pem: cert.pem().into_bytes(), key_pem: key.serialize_pem().into_bytes() };
+    (identity, ca_pem)
+}

@@ -74,6 +74,192 @@ pub enum Job {
         key: String,
         target: Target,
     },
+    /// One part of a large object, to be written at `offset` of its file.
+    Part {
+        file: Arc<LargeFile>,
+        offset: u64,
+        body: Bytes,
+        /// The part's share of the buffer budget, held until it is written.
+        permit: Option<OwnedSemaphorePermit>,
+        fetched: Instant,
+    },
+    /// `parts` parts of a large object that will never come: a GET failed (`reason`), or the
+    /// run is stopping (`None`: the key is "not copied", no failure line).
+    Abandon {
+        file: Arc<LargeFile>,
+        parts: u64,
+        reason: Option<String>,
+    },
+}
+
+impl Job {
+    /// The S3 key the job belongs to.
+    pub fn key(&self) -> &str {
+        match self {
+            Job::File(f) => &f.key,
+            Job::Dir { key, .. } => key,
+            Job::Part { file, .. } | Job::Abandon { file, .. } => &file.key,
+        }
+    }
+}
+
+/// A large object written in parts (issue #6): its byte ranges are fetched in parallel and
+/// each is written at its offset as it arrives, in any order. The temporary is created by the
+/// first part to reach a writer; once every part is accounted for, the file gets its mtime
+/// (and fsync) and is renamed into place — or, if any part failed, the temporary is removed.
+/// The same "complete or absent" rule as for small files, with memory bounded by the parts
+/// in flight, not by the object's size.
+pub struct LargeFile {
+    pub key: String,
+    pub target: Target,
+    pub size: u64,
+    pub mtime: Option<SystemTime>,
+    /// When a fetcher picked the key (start of the `total` stage).
+    pub picked: Instant,
+    state: Mutex<LargeState>,
+}
+
+struct LargeState {
+    /// Parts not yet written or abandoned.
+    left: u64,
+    /// The directory, the temporary's name and its descriptor, once created.
+    open: Option<(Arc<OwnedFd>, CString, Arc<OwnedFd>)>,
+    err: Option<String>,
+    /// Abandoned because the run stops: no failure line.
+    silent: bool,
+    /// First part handed to the writer (start of the `write` stage).
+    first: Option<Instant>,
+}
+
+/// Temporaries of large files are numbered from here, apart from the writers' own counters.
+static LARGE_SEQ: AtomicU64 = AtomicU64::new(1 << 48);
+
+impl LargeFile {
+    pub fn new(
+        key: String,
+        target: Target,
+        size: u64,
+        parts: u64,
+        mtime: Option<SystemTime>,
+        picked: Instant,
+    ) -> Arc<LargeFile> {
+        let state = LargeState { left: parts, open: None, err: None, silent: false, first: None };
+        Arc::new(LargeFile { key, target, size, mtime, picked, state: Mutex::new(state) })
+    }
+
+    /// The descriptor to write a part into, creating the temporary on first use; `None`
+    /// once the file has failed (its remaining parts are only counted).
+    pub(crate) fn fd(&self, dirs: &DirCache) -> Option<Arc<OwnedFd>> {
+        let mut st = self.state.lock().ok()?;
+        st.first.get_or_insert_with(Instant::now);
+        if st.err.is_some() {
+            return None;
+        }
+        if let Some((_, _, fd)) = &st.open {
+            return Some(fd.clone());
+        }
+        let opened = dirs.get(self.target.dir()).and_then(|dir| {
+            let tmp = tmp_name(LARGE_SEQ.fetch_add(1, Ordering::Relaxed));
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+            rustix::fs::openat(dir.as_fd(), tmp.as_c_str(), flags, Mode::from_raw_mode(0o666))
+                .map(|fd| (dir, tmp, Arc::new(fd)))
+                .map_err(|e| io_reason("cannot create a temporary file for", &self.target.rel_path(), e.raw_os_error()))
+        });
+        match opened {
+            Ok(open) => {
+                let fd = open.2.clone();
+                st.open = Some(open);
+                Some(fd)
+            }
+            Err(reason) => {
+                st.err = Some(reason);
+                None
+            }
+        }
+    }
+
+    /// Accounts for `parts` parts: written, or not (`Err(None)`: abandoned by a stopping
+    /// run). The last one finishes the file, on the calling writer thread.
+    pub(crate) fn done(
+        &self,
+        parts: u64,
+        result: Result<(), Option<String>>,
+        dirs: &DirCache,
+        report: &Report,
+        rec: &mut Recorder,
+        fsync: bool,
+    ) {
+        let Ok(mut st) = self.state.lock() else {
+            return report.fail(&self.key, "internal error: large file state poisoned");
+        };
+        match result {
+            Ok(()) => {}
+            Err(None) => st.silent = true,
+            Err(Some(reason)) => {
+                st.err.get_or_insert(reason);
+            }
+        }
+        st.left = st.left.saturating_sub(parts);
+        if st.left > 0 {
+            return;
+        }
+        let open = st.open.take();
+        let first = st.first.unwrap_or(self.picked);
+        let mut err = st.err.take();
+        let silent = st.silent;
+        drop(st);
+        let path = || self.target.rel_path();
+        if let Some((dir, tmp, fd)) = open {
+            if err.is_none() && !silent {
+                err = self.complete(&dir, &tmp, fd, fsync).err();
+                if err.is_none() {
+                    if fsync {
+                        dirs.touched(self.target.dir());
+                    }
+                    rec.record(Stage::Write, first.elapsed());
+                    rec.record(Stage::Total, self.picked.elapsed());
+                    return report.written(self.size);
+                }
+            }
+            let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_c_str(), rustix::fs::AtFlags::empty());
+        }
+        match err {
+            Some(reason) => fail_file(report, &self.key, &reason),
+            None if silent => {}
+            None => report.fail(&self.key, &format!("internal error: '{}' ended without data", path())),
+        }
+    }
+
+    /// mtime, optional fsync, close, rename: the file is complete.
+    fn complete(&self, dir: &OwnedFd, tmp: &CString, fd: Arc<OwnedFd>, fsync: bool) -> Result<(), String> {
+        let reason = |what: &str, e: Errno| io_reason(what, &self.target.rel_path(), e.raw_os_error());
+        if let Some(ts) = self.mtime.and_then(timestamps) {
+            rustix::fs::futimens(&fd, &ts).map_err(|e| reason("cannot set the modification time of", e))?;
+        }
+        if fsync {
+            rustix::fs::fdatasync(&fd).map_err(|e| reason("cannot fsync", e))?;
+        }
+        drop(fd);
+        let name = self.target.file_name().ok_or("internal error: file job without a name")?;
+        rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), name)
+            .map_err(|e| reason("cannot rename into place", e))
+    }
+}
+
+/// Writes all of `buf` at `offset` with plain `pwrite` calls.
+pub(crate) fn pwrite_all(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(fd, buf, offset) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The running writer: send jobs, then drop the sender and [`Writer::finish`].
@@ -361,6 +547,17 @@ fn run_job_sync(job: Job, dirs: &DirCache, report: &Report, seq: &AtomicU64, rec
             Ok(_) => report.dir_done(),
             Err(reason) => report.fail(&key, &reason),
         },
+        Job::Part { file, offset, body, permit, fetched } => {
+            rec.record(Stage::Handoff, fetched.elapsed());
+            let result = match file.fd(dirs) {
+                Some(fd) => pwrite_all(&fd, &body, offset)
+                    .map_err(|e| Some(io_reason("cannot write", &file.target.rel_path(), e.raw_os_error()))),
+                None => Ok(()), // the file already failed; this part is only counted
+            };
+            drop(permit);
+            file.done(1, result, dirs, report, rec, fsync);
+        }
+        Job::Abandon { file, parts, reason } => file.done(parts, Err(reason), dirs, report, rec, fsync),
         Job::File(job) => {
             let start = Instant::now();
             rec.record(Stage::Handoff, start - job.fetched);

@@ -50,7 +50,9 @@ use std::time::Instant;
 
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 
-use super::{DirCache, FileJob, Job, c_name, io_reason, tmp_name};
+use super::{DirCache, FileJob, Job, LargeFile, c_name, io_reason, tmp_name};
+
+type Permit = tokio::sync::OwnedSemaphorePermit;
 use crate::report::Report;
 use crate::stats::{Recorder, Stage};
 
@@ -68,6 +70,10 @@ const OP_WRITE: u64 = 1;
 const OP_RENAME: u64 = 2;
 const OP_CLOSE: u64 = 3;
 const OP_FSYNC: u64 = 4;
+/// A part of a large file: one WRITE at its offset, on an ordinary descriptor.
+const OP_PART: u64 = 5;
+/// Parts of large files in flight at once.
+const PART_SLOTS: u32 = 256;
 
 /// A ring that passed the probe, ready to run on its own thread.
 pub struct UringWriter {
@@ -168,6 +174,8 @@ impl UringWriter {
             ring: self.ring,
             slab: (0..SLOTS).map(|_| None).collect(),
             free: (0..SLOTS).rev().collect(),
+            parts: (0..PART_SLOTS).map(|_| None).collect(),
+            free_parts: (0..PART_SLOTS).rev().collect(),
             inflight: 0,
             seq: 0,
             retry: VecDeque::new(),
@@ -184,6 +192,15 @@ impl UringWriter {
         lp.run(rx);
         report.ring_batches(lp.submits, lp.files);
     }
+}
+
+/// One part of a large file in flight: the SQE points into `body` and names `fd`.
+struct PartEntry {
+    file: Arc<LargeFile>,
+    fd: Arc<OwnedFd>,
+    offset: u64,
+    body: bytes::Bytes,
+    permit: Option<Permit>,
 }
 
 /// One file in flight.
@@ -212,6 +229,10 @@ struct Loop<'a> {
     /// Indexed by file slot: slot `i` of the registered table belongs to `slab[i]`.
     slab: Vec<Option<Entry>>,
     free: Vec<u32>,
+    /// Parts of large files, indexed by their own slots.
+    parts: Vec<Option<PartEntry>>,
+    free_parts: Vec<u32>,
+    /// Files and parts in flight.
     inflight: usize,
     seq: u64,
     /// Files to write again (after a short write).
@@ -237,11 +258,7 @@ impl Loop<'_> {
         loop {
             if let Some(reason) = &self.broken {
                 while let Ok(job) = rx.recv_blocking() {
-                    let key = match &job {
-                        Job::File(f) => &f.key,
-                        Job::Dir { key, .. } => key,
-                    };
-                    self.report.fail(key, reason);
+                    self.report.fail(job.key(), reason);
                 }
                 return;
             }
@@ -249,7 +266,7 @@ impl Loop<'_> {
             // Take everything that is ready (block only when nothing is in flight), so one
             // enter carries as many chains as possible.
             let mut started = 0;
-            while !self.free.is_empty() && started < self.files_per_submit {
+            while !self.free.is_empty() && !self.free_parts.is_empty() && started < self.files_per_submit {
                 started += 1;
                 let job = if let Some((job, attempt)) = self.retry.pop_front() {
                     self.start(job, attempt);
@@ -280,6 +297,13 @@ impl Loop<'_> {
                         Ok(_) => self.report.dir_done(),
                         Err(reason) => self.report.fail(&key, &reason),
                     },
+                    Job::Part { file, offset, body, permit, fetched } => {
+                        self.rec.record(Stage::Handoff, fetched.elapsed());
+                        self.start_part(file, offset, body, permit);
+                    }
+                    Job::Abandon { file, parts, reason } => {
+                        file.done(parts, Err(reason), self.dirs, self.report, &mut self.rec, self.fsync);
+                    }
                 }
             }
             if self.inflight == 0 {
@@ -379,6 +403,48 @@ impl Loop<'_> {
         self.push_chain(&sqes);
     }
 
+    /// One part of a large file: a single WRITE at its offset (not linked; the file's
+    /// temporary is created synchronously by its first part, once per large object).
+    fn start_part(&mut self, file: Arc<LargeFile>, offset: u64, body: bytes::Bytes, permit: Option<Permit>) {
+        let Some(fd) = file.fd(self.dirs) else {
+            // The file already failed: this part is only counted.
+            return file.done(1, Ok(()), self.dirs, self.report, &mut self.rec, self.fsync);
+        };
+        let Some(slot) = self.free_parts.pop() else {
+            // Callers only take jobs while a part slot is free.
+            let reason = Some("internal error: no free part slot".to_owned());
+            return file.done(1, Err(reason), self.dirs, self.report, &mut self.rec, self.fsync);
+        };
+        let len = body.len().min(MAX_WRITE);
+        let sqe = opcode::Write::new(types::Fd(fd.as_raw_fd()), body.as_ptr(), len as u32)
+            .offset(offset)
+            .build()
+            .user_data((u64::from(slot) << 8) | OP_PART | ((len as u64) << 32));
+        self.parts[slot as usize] = Some(PartEntry { file, fd, offset, body, permit });
+        self.inflight += 1;
+        self.push_chain(&[sqe]);
+    }
+
+    /// A part's WRITE completed with `res`: the rest of a short (or over-long) part is written
+    /// with plain `pwrite` (rare), then the part counts as done.
+    fn finish_part(&mut self, slot: u32, res: i32) {
+        let Some(p) = self.parts.get_mut(slot as usize).and_then(Option::take) else {
+            return tracing::error!("internal error: completion for an empty part slot {slot}");
+        };
+        self.free_parts.push(slot);
+        self.inflight -= 1;
+        let path = || p.file.target.rel_path();
+        let result = if res < 0 {
+            Err(Some(io_reason("cannot write", &path(), -res)))
+        } else {
+            let done = res as usize;
+            super::pwrite_all(&p.fd, &p.body[done..], p.offset + done as u64)
+                .map_err(|e| Some(io_reason("cannot write", &path(), e.raw_os_error())))
+        };
+        drop(p.permit);
+        p.file.done(1, result, self.dirs, self.report, &mut self.rec, self.fsync);
+    }
+
     /// Step 2 for every file whose first chain succeeded: one RENAMEAT each.
     fn push_renames(&mut self) {
         while let Some(slot) = self.to_rename.pop() {
@@ -415,11 +481,12 @@ impl Loop<'_> {
         }
         let mut sq = self.ring.submission();
         // SAFETY: every pointer in these SQEs (the body bytes, the temporary and final names)
-        // points into the `Entry` stored in `self.slab` for this chain's slot, and the
-        // directory fd is kept open by that entry's `Arc<OwnedFd>`. The entry is removed only
-        // in `reap`, after the last CQE of the chain, so the memory and descriptors stay valid
-        // for as long as the kernel may use them. The room check above guarantees the push
-        // succeeds, so the chain is never split.
+        // points into the `Entry` stored in `self.slab` for this chain's slot (or, for a part,
+        // into the `PartEntry` in `self.parts`), and the descriptors they name are kept open
+        // by that entry's `Arc<OwnedFd>`s. An entry is removed only in `reap`, after the last
+        // CQE of its chain, so the memory and descriptors stay valid for as long as the
+        // kernel may use them. The room check above guarantees the push succeeds, so the
+        // chain is never split.
         unsafe {
             if sq.push_multiple(sqes).is_err() {
                 // Unreachable after the room check; keep the chain whole by not pushing.
@@ -430,10 +497,15 @@ impl Loop<'_> {
 
     fn reap(&mut self) {
         let mut done = Vec::new();
+        let mut parts_done = Vec::new();
         for cqe in self.ring.completion() {
             let ud = cqe.user_data();
             let (slot, op, want) = ((ud >> 8) as u32 & 0x00ff_ffff, ud & 0xff, ud >> 32);
             let res = cqe.result();
+            if op == OP_PART {
+                parts_done.push((slot, res));
+                continue;
+            }
             let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) else {
                 tracing::error!("internal error: completion for an empty slot {slot}");
                 continue;
@@ -475,6 +547,9 @@ impl Loop<'_> {
         }
         for slot in done {
             self.finish(slot);
+        }
+        for (slot, res) in parts_done {
+            self.finish_part(slot, res);
         }
     }
 
@@ -536,6 +611,14 @@ impl Loop<'_> {
                 // it could write into. This path only runs when io_uring_enter itself fails.
                 self.report.fail(&e.job.key, reason);
                 std::mem::forget(e);
+                self.inflight -= 1;
+            }
+        }
+        for slot in 0..self.parts.len() {
+            if let Some(p) = self.parts[slot].take() {
+                // As above: the kernel may still read this part's buffer.
+                self.report.fail(&p.file.key, reason);
+                std::mem::forget(p);
                 self.inflight -= 1;
             }
         }
