@@ -192,8 +192,14 @@ struct Tuning {
     /// Copy exactly the keys in FILE (one per line, `-` for stdin; text after a tab is
     /// ignored, so a --failed-keys file can be fed back) instead of listing the prefix. Keys
     /// are full keys and must be under SOURCE's prefix.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "manifest")]
     keys_from: Option<PathBuf>,
+
+    /// Copy the objects of an S3 Inventory report (CSV) instead of listing: its manifest.json,
+    /// local or s3://bucket/…/manifest.json. Keys outside SOURCE's prefix are left out; sizes,
+    /// LastModifiedDate and ETags from the inventory drive the skip check.
+    #[arg(long, value_name = "FILE|S3URL", value_parser = crate::manifest::Location::parse)]
+    manifest: Option<crate::manifest::Location>,
 
     /// Threads of the async runtime running the fetch tasks (0: one per CPU core). The
     /// writer has its own thread besides.
@@ -517,6 +523,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.io_engine = t.io_engine;
     cfg.fetch_engine = t.fetch_engine;
     cfg.keys_from = t.keys_from.clone();
+    cfg.manifest = t.manifest.clone();
     cfg.list_workers = t.list_workers as usize;
     cfg.version_id = t.version_id.clone();
     cfg.verify = t.verify;

@@ -168,6 +168,8 @@ pub struct Config {
     pub failed_keys: Option<PathBuf>,
     /// `--keys-from FILE`: copy these keys instead of listing.
     pub keys_from: Option<PathBuf>,
+    /// `--manifest`: copy the keys of this S3 Inventory report instead of listing.
+    pub manifest: Option<crate::manifest::Location>,
     /// `--include`/`--exclude`/`--shard`: which keys this run copies.
     pub selection: crate::select::Selection,
     /// `--dry-run`: list and print, copy nothing.
@@ -233,6 +235,7 @@ impl Config {
             stats_json: None,
             failed_keys: None,
             keys_from: None,
+            manifest: None,
             selection: crate::select::Selection::default(),
             dry_run: false,
             list_workers: DEFAULT_LIST_WORKERS,

@@ -51,8 +51,16 @@ impl Existing {
         Ok(Existing { root: Arc::new(root), mode, dirs: HashMap::new() })
     }
 
-    /// True when the object (`size` bytes, `last_modified`) is already at `target`.
-    pub fn is_done(&mut self, target: &Target, size: u64, last_modified: Option<SystemTime>) -> bool {
+    /// True when the object (`size` bytes, `last_modified`) is already at `target`. With an
+    /// `etag` that is a plain MD5 (an S3 Inventory's), a file of the right size whose mtime
+    /// differs is read and recognised by its MD5.
+    pub fn is_done(
+        &mut self,
+        target: &Target,
+        size: u64,
+        last_modified: Option<SystemTime>,
+        etag: Option<&str>,
+    ) -> bool {
         let Some(name) = target.file_name() else { return false };
         if self.mode == ExistingMode::Overwrite {
             return false;
@@ -66,12 +74,15 @@ impl Existing {
             ExistingMode::SkipExisting => true,
             ExistingMode::Overwrite => false,
             ExistingMode::Compare => {
-                let Some(lm) = last_modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) else {
+                if st.st_size as u64 != size {
                     return false;
-                };
-                st.st_size as u64 == size
-                    && u64::try_from(st.st_mtime).ok() == Some(lm.as_secs())
-                    && st.st_mtime_nsec == u64::from(lm.subsec_nanos())
+                }
+                let lm = last_modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
+                let same_mtime = lm.is_some_and(|lm| {
+                    u64::try_from(st.st_mtime).ok() == Some(lm.as_secs())
+                        && st.st_mtime_nsec == u64::from(lm.subsec_nanos())
+                });
+                same_mtime || etag.is_some_and(|etag| same_md5(&dir, name, etag))
             }
         }
     }
@@ -94,6 +105,30 @@ impl Existing {
         self.dirs.insert(rel.to_owned(), opened.clone());
         opened
     }
+}
+
+/// Whether the file's MD5 is `etag` (a plain, 32-hex-digit ETag; multipart ETags never match).
+fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let etag = etag.trim_matches('"');
+    if etag.len() != 32 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return false;
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir.as_fd(), name, flags, Mode::empty()) else { return false };
+    let mut file = std::fs::File::from(fd);
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => md5.update(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+    let hex: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    hex.eq_ignore_ascii_case(etag)
 }
 
 fn dir_flags() -> OFlags {
@@ -120,19 +155,25 @@ mod tests {
 
         let t = |k: &str| map_key(k).unwrap();
         let mut ex = Existing::open(dir.path(), ExistingMode::Compare).unwrap();
-        assert!(ex.is_done(&t("a/f"), 5, Some(lm)));
-        assert!(!ex.is_done(&t("a/f"), 6, Some(lm)), "size differs");
-        assert!(!ex.is_done(&t("a/f"), 5, Some(lm + Duration::from_secs(1))), "mtime differs");
-        assert!(!ex.is_done(&t("a/f"), 5, None), "no LastModified: cannot tell");
-        assert!(!ex.is_done(&t("a/missing"), 5, Some(lm)));
-        assert!(!ex.is_done(&t("b/f"), 5, Some(lm)), "missing directory");
-        assert!(!ex.is_done(&t("a"), 0, Some(lm)), "a directory is not a file");
-        assert!(!ex.is_done(&t("link/g"), 5, None), "never through a symlink");
+        assert!(ex.is_done(&t("a/f"), 5, Some(lm), None));
+        assert!(!ex.is_done(&t("a/f"), 6, Some(lm), None), "size differs");
+        assert!(!ex.is_done(&t("a/f"), 5, Some(lm + Duration::from_secs(1)), None), "mtime differs");
+        assert!(!ex.is_done(&t("a/f"), 5, None, None), "no LastModified: cannot tell");
+        let later = Some(lm + Duration::from_secs(1));
+        let md5 = "5d41402abc4b2a76b9719d911017c592"; // of "hello"
+        assert!(ex.is_done(&t("a/f"), 5, later, Some(&format!("\"{md5}\""))), "mtime differs, MD5 matches");
+        assert!(!ex.is_done(&t("a/f"), 5, later, Some("5d41402abc4b2a76b9719d911017c593")), "MD5 differs");
+        assert!(!ex.is_done(&t("a/f"), 5, later, Some(&format!("{md5}-2"))), "a multipart ETag is no MD5");
+        assert!(!ex.is_done(&t("a/f"), 6, later, Some(md5)), "size first");
+        assert!(!ex.is_done(&t("a/missing"), 5, Some(lm), None));
+        assert!(!ex.is_done(&t("b/f"), 5, Some(lm), None), "missing directory");
+        assert!(!ex.is_done(&t("a"), 0, Some(lm), None), "a directory is not a file");
+        assert!(!ex.is_done(&t("link/g"), 5, None, None), "never through a symlink");
 
         let mut skip = Existing::open(dir.path(), ExistingMode::SkipExisting).unwrap();
-        assert!(skip.is_done(&t("a/f"), 999, None));
-        assert!(!skip.is_done(&t("link/g"), 5, None));
+        assert!(skip.is_done(&t("a/f"), 999, None, None));
+        assert!(!skip.is_done(&t("link/g"), 5, None, None));
         let mut over = Existing::open(dir.path(), ExistingMode::Overwrite).unwrap();
-        assert!(!over.is_done(&t("a/f"), 5, Some(lm)));
+        assert!(!over.is_done(&t("a/f"), 5, Some(lm), None));
     }
 }

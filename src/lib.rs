@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod keymap;
 pub mod lean;
 pub mod listing;
+pub mod manifest;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

@@ -268,7 +268,7 @@ mod tests {
     use super::*;
 
     fn obj(k: &str) -> ListedObject {
-        ListedObject { key: k.to_owned(), size: 0, last_modified: None, archived: None }
+        ListedObject { key: k.to_owned(), size: 0, last_modified: None, archived: None, etag: None }
     }
 
     #[test]

@@ -51,6 +51,8 @@ struct Listed {
     key: String,
     size: u64,
     last_modified: Option<std::time::SystemTime>,
+    /// For the skip check (`--manifest` only).
+    etag: Option<String>,
     target: Target,
     listed_at: Instant,
 }
@@ -302,6 +304,7 @@ async fn list(
                     key: single.key.clone(),
                     size: single.size,
                     last_modified: single.last_modified,
+                    etag: None,
                     target,
                     listed_at: Instant::now(),
                 };
@@ -311,9 +314,15 @@ async fn list(
         }
         return Ok(());
     }
-    let mut lister = match &cfg.keys_from {
-        Some(path) => Pages::Keys(read_keys(path).map_err(Fatal::Setup)?),
-        None if cfg.list_workers > 1 => Pages::Keys(crate::listing::start(
+    let mut lister = match (&cfg.keys_from, &cfg.manifest) {
+        (Some(path), _) => Pages::Keys(read_keys(path).map_err(Fatal::Setup)?),
+        (None, Some(location)) => {
+            let manifest = crate::manifest::Manifest::open(location.clone(), client, &cfg.source.bucket)
+                .await
+                .map_err(Fatal::Setup)?;
+            Pages::Keys(manifest.start(client.clone(), prefix.clone(), report.clone()))
+        }
+        (None, None) if cfg.list_workers > 1 => Pages::Keys(crate::listing::start(
             client.clone(),
             cfg.source.bucket.clone(),
             cfg.source.prefix.clone(),
@@ -325,7 +334,7 @@ async fn list(
             },
             cfg.s3.requester_pays,
         )),
-        None => Pages::Listing(s3::Lister::new(client, &cfg.source, cfg.s3.requester_pays)),
+        (None, None) => Pages::Listing(s3::Lister::new(client, &cfg.source, cfg.s3.requester_pays)),
     };
     let mut rec = report.recorder();
     let mut first = true;
@@ -381,7 +390,8 @@ async fn list(
             }
             match map_key(rel) {
                 Ok(target) => {
-                    items.push(Listed { key: o.key, size: o.size, last_modified: o.last_modified, target, listed_at })
+                    let (key, size, last_modified, etag) = (o.key, o.size, o.last_modified, o.etag);
+                    items.push(Listed { key, size, last_modified, etag, target, listed_at })
                 }
                 Err(refused) => report.fail(&o.key, &refused.to_string()),
             }
@@ -390,7 +400,8 @@ async fn list(
             // One blocking call per page: no file-system call on a tokio thread.
             let checked = tokio::task::spawn_blocking(move || {
                 let mut ex = ex;
-                let done: Vec<bool> = items.iter().map(|i| ex.is_done(&i.target, i.size, i.last_modified)).collect();
+                let done: Vec<bool> =
+                    items.iter().map(|i| ex.is_done(&i.target, i.size, i.last_modified, i.etag.as_deref())).collect();
                 (ex, items, done)
             })
             .await
@@ -470,7 +481,13 @@ fn read_keys(
             if key.is_empty() {
                 continue;
             }
-            page.push(s3::ListedObject { key: key.to_owned(), size: 0, last_modified: None, archived: None });
+            page.push(s3::ListedObject {
+                key: key.to_owned(),
+                size: 0,
+                last_modified: None,
+                archived: None,
+                etag: None,
+            });
             if page.len() == KEYS_PER_PAGE && tx.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
                 return;
             }

@@ -24,6 +24,8 @@ pub struct Report {
     bytes: AtomicU64,
     /// Listed keys left out by `--include`/`--exclude`/`--shard` (not counted as listed).
     excluded: AtomicU64,
+    /// `--manifest` rows left out: older versions, delete markers, keys outside SOURCE.
+    inventory_left_out: AtomicU64,
     /// Skipped keys whose objects are archived and not restored.
     archived: AtomicU64,
     /// `--dry-run`: keys (and bytes) that would be copied.
@@ -93,6 +95,12 @@ impl Report {
     /// `n` listed keys were left out by the selection.
     pub fn excluded(&self, n: u64) {
         self.excluded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `--manifest`: `n` inventory rows were not copied (older versions, delete markers,
+    /// keys outside SOURCE's prefix).
+    pub fn inventory_left_out(&self, n: u64) {
+        self.inventory_left_out.fetch_add(n, Ordering::Relaxed);
     }
 
     /// `--dry-run`: this key would be copied.
@@ -270,6 +278,7 @@ impl Report {
             failed: self.failed.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             excluded: self.excluded.load(Ordering::Relaxed),
+            inventory_left_out: self.inventory_left_out.load(Ordering::Relaxed),
             archived: self.archived.load(Ordering::Relaxed),
             planned: self.planned.load(Ordering::Relaxed),
             planned_bytes: self.planned_bytes.load(Ordering::Relaxed),
@@ -381,6 +390,8 @@ pub struct Counts {
     pub bytes: u64,
     /// Left out by `--include`/`--exclude`/`--shard`.
     pub excluded: u64,
+    /// `--manifest` rows not copied (older versions, delete markers, outside SOURCE).
+    pub inventory_left_out: u64,
     /// Skipped because archived (GLACIER, DEEP_ARCHIVE) and not restored.
     pub archived: u64,
     /// `--dry-run`: would be copied.
@@ -478,10 +489,14 @@ impl Summary {
             self.counts.dirs,
             self.counts.skipped,
             self.counts.failed,
-            if self.counts.excluded > 0 {
-                format!(" ({} more left out by --include/--exclude/--shard)", self.counts.excluded)
-            } else {
-                String::new()
+            match (self.counts.excluded, self.counts.inventory_left_out) {
+                (0, 0) => String::new(),
+                (n, 0) => format!(" ({n} more left out by --include/--exclude/--shard)"),
+                (0, m) => format!(" ({m} inventory rows left out: older versions, delete markers, outside SOURCE)"),
+                (n, m) => format!(
+                    " ({n} more left out by --include/--exclude/--shard; {m} inventory rows left out: older \
+                     versions, delete markers, outside SOURCE)"
+                ),
             }
         );
         if self.dry_run {
@@ -712,6 +727,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "bytes": summary.counts.bytes,
             "listing_incomplete": summary.listing_incomplete,
             "excluded": summary.counts.excluded,
+            "inventory_left_out": summary.counts.inventory_left_out,
             "archived": summary.counts.archived,
             "dry_run_planned": summary.counts.planned,
             "dry_run_planned_bytes": summary.counts.planned_bytes,

@@ -302,6 +302,8 @@ pub struct ListedObject {
     /// Set when the object is in an archive storage class (GLACIER, DEEP_ARCHIVE) and not
     /// restored: a GET would fail with InvalidObjectState.
     pub archived: Option<String>,
+    /// The ETag, when it is used for the skip check (`--manifest` only).
+    pub etag: Option<String>,
 }
 
 /// The archive class of a listed object that cannot be read without a restore.
@@ -372,6 +374,7 @@ pub async fn list_page(
                     key: o.key?,
                     size: o.size.unwrap_or(0).max(0) as u64,
                     last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
+                    etag: None,
                 })
             })
             .collect(),

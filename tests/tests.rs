@@ -10,6 +10,7 @@ mod keys;
 mod killed;
 mod large;
 mod listing;
+mod manifest;
 mod select;
 mod tls;
 mod util;
