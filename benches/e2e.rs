@@ -9,8 +9,14 @@
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
 //!     [--engines uring,threads,bare-loop,s5cmd,rclone,rclone-fast-list,aws] [--dests /dev/shm,target/bench-disk] [--workers 512] [--queue 4096]
 //!     [--latency-ms 0] [--anonymous] [--extra "more s3uring flags"]
-//!     [--out bench-results/DATE-MACHINE]
+//!     [--schemes http,https] [--clean-each] [--out bench-results/DATE-MACHINE]
 //! ```
+//!
+//! `--schemes http,https` starts one endpoint per scheme (the HTTPS one with a certificate
+//! from a private CA made for the run, which s3uring trusts through `--ca-bundle`) and
+//! interleaves them; HTTPS rows are labelled `ENGINE@https`. `--clean-each` deletes each
+//! run's tree right after it is measured (for large objects that would not fit twice; for
+//! many small files it makes ext4's allocator crawl in the next run, so it is off by default).
 //!
 //! s3uring engines are `IO[-sdk]`: `uring`/`threads` with the lean fetch engine, `uring-sdk`/
 //! `threads-sdk` with aws-sdk-s3's GetObject. `--anonymous` serves unsigned requests and runs
@@ -42,6 +48,8 @@ struct Opts {
     anonymous: bool,
     extra: Vec<String>,
     out: Option<PathBuf>,
+    schemes: Vec<String>,
+    clean_each: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -57,6 +65,8 @@ fn parse_opts() -> Opts {
         anonymous: false,
         extra: vec![],
         out: None,
+        schemes: vec!["http".into()],
+        clean_each: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -77,6 +87,12 @@ fn parse_opts() -> Opts {
                 continue;
             }
             "--extra" => o.extra = v.split_whitespace().map(str::to_owned).collect(),
+            "--schemes" => o.schemes = v.split(',').map(str::to_owned).collect(),
+            "--clean-each" => {
+                o.clean_each = true;
+                i += 1;
+                continue;
+            }
             "--out" => o.out = Some(PathBuf::from(v)),
             // `cargo bench` passes --bench; ignore anything else of libtest's.
             _ => {
@@ -97,6 +113,8 @@ fn scratch(base: &Path) -> PathBuf {
 struct Server {
     child: Child,
     url: String,
+    /// HTTPS: the CA's PEM file for the clients.
+    ca: Option<PathBuf>,
 }
 
 impl Drop for Server {
@@ -107,8 +125,19 @@ impl Drop for Server {
     }
 }
 
-fn start_server(bin: &str, o: &Opts) -> Server {
-    let mut child = Command::new(bin)
+fn start_server(bin: &str, o: &Opts, https: bool, dir: &Path) -> Server {
+    let mut cmd = Command::new(bin);
+    let ca = https.then(|| {
+        let (cert, key, ca) = private_ca();
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write a PEM file");
+            path
+        };
+        cmd.arg("--tls-cert").arg(write("server.pem", &cert)).arg("--tls-key").arg(write("server.key", &key));
+        write("ca.pem", &ca)
+    });
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "bench"])
         .args(["--objects", &o.objects.to_string(), "--size", &o.size.to_string(), "--prefixes", "100"])
         .args(["--latency-ms", &o.latency_ms])
@@ -126,7 +155,21 @@ fn start_server(bin: &str, o: &Opts) -> Server {
     };
     // Keep draining stdout in the background so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+    Server { child, url, ca }
+}
+
+/// A server certificate for 127.0.0.1 signed by a new private CA: (cert, key, CA) PEMs.
+fn private_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "s3uring bench CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+    let cert = params.signed_by(&key, &Issuer::from_params(&ca, &ca_key)).expect("server certificate");
+    (cert.pem(), key.serialize_pem(), ca_pem)
 }
 
 #[derive(Debug, Clone)]
@@ -145,7 +188,8 @@ struct Row {
 
 /// The command line of one client: s3uring with an io engine, or a peer tool, all against
 /// the same endpoint and data, run under GNU time for CPU and peak RSS measured alike.
-fn client_command(bin: &str, engine: &str, url: &str, o: &Opts, dest: &Path) -> Command {
+fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Path) -> Command {
+    let url = server.url.as_str();
     let mut c = Command::new("/usr/bin/time");
     c.args(["-f", "BENCHTIME %e %U %S %M"]);
     // The machine sets AWS_CA_BUNDLE; the Go SDK inside rclone refuses it on its transport,
@@ -191,8 +235,12 @@ fn client_command(bin: &str, engine: &str, url: &str, o: &Opts, dest: &Path) -> 
                 Some(io) => (io, "sdk"),
                 None => (engine, "lean"),
             };
-            c.arg(bin)
-                .args(["-q", "--endpoint-url", url, "--io-engine", io, "--fetch-engine", fetch])
+            if let Some(ca) = &server.ca {
+                c.arg(bin).arg("--ca-bundle").arg(ca);
+            } else {
+                c.arg(bin);
+            }
+            c.args(["-q", "--endpoint-url", url, "--io-engine", io, "--fetch-engine", fetch])
                 .args(o.anonymous.then_some("--no-sign-request"))
                 .args(&o.extra)
                 .arg("--stats-json")
@@ -202,6 +250,10 @@ fn client_command(bin: &str, engine: &str, url: &str, o: &Opts, dest: &Path) -> 
         }
     }
     c
+}
+
+fn is_peer(engine: &str) -> bool {
+    matches!(engine, "aws" | "s5cmd" | "rclone" | "rclone-fast-list")
 }
 
 /// Peers that are installed, with their versions (recorded in the summary).
@@ -262,17 +314,29 @@ fn main() {
         }
     }
     let bin = env!("CARGO_BIN_EXE_s3uring");
-    let mut server = start_server(bin, &o);
     let date = sh("date -u +%Y-%m-%d");
     let machine = format!("{}core-{}", sh("nproc"), sh("uname -r"));
     let out = o.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-e2e", sh("nproc"))));
     std::fs::create_dir_all(&out).expect("create output dir");
-    eprintln!("endpoint {} · {} objects × {} bytes · results → {}", server.url, o.objects, o.size, out.display());
+    let pems = scratch(Path::new("target")).join("pem");
+    std::fs::create_dir_all(&pems).expect("create a scratch dir");
+    let mut servers: Vec<(String, Server)> =
+        o.schemes.iter().map(|s| (s.clone(), start_server(bin, &o, s == "https", &pems))).collect();
+    for (_, server) in &servers {
+        eprintln!("endpoint {} · {} objects × {} bytes · results → {}", server.url, o.objects, o.size, out.display());
+    }
 
     let mut rows = Vec::new();
     for rep in 0..o.repeat {
         for dest_base in &o.dests {
-            for engine in &o.engines {
+            for (engine, (scheme, server)) in
+                o.engines.iter().flat_map(|e| servers.iter().map(move |s| (e, s))).filter(|(e, (scheme, _))| {
+                    // A bare loop needs no endpoint: once per destination.
+                    *e != "bare-loop" || scheme == &o.schemes[0]
+                })
+            {
+                assert!(scheme == "http" || !is_peer(engine), "peers are run over http only");
+                let engine = &if scheme == "http" { engine.clone() } else { format!("{engine}@{scheme}") };
                 // A fresh directory per run, all removed at the end: deleting a tree between
                 // runs makes ext4's inode allocator crawl over "recently deleted" inodes in
                 // the next run, which would measure the previous run's cleanup.
@@ -284,7 +348,8 @@ fn main() {
                     ((self_cpu() - cpu0) * 1e6 / o.objects as f64, 0.0, 0.0, None)
                 } else {
                     let cpu0 = proc_cpu(server.child.id());
-                    let res = client_command(bin, engine, &server.url, &o, &dest).output().expect("run the client");
+                    let base = engine.split('@').next().unwrap_or(engine);
+                    let res = client_command(bin, base, server, &o, &dest).output().expect("run the client");
                     let server_cpu = proc_cpu(server.child.id()) - cpu0;
                     let stderr = String::from_utf8_lossy(&res.stderr);
                     assert!(res.status.success(), "{engine} failed: {stderr}");
@@ -310,10 +375,16 @@ fn main() {
                     row.dest, row.engine, row.objects_per_sec, row.client_cpu_us, row.server_cpu_us, row.peak_rss_mib
                 );
                 rows.push(row);
+                if o.clean_each {
+                    let _ = std::fs::remove_dir_all(&dest);
+                }
             }
         }
     }
-    let _ = server.child.kill();
+    for (_, server) in &mut servers {
+        let _ = server.child.kill();
+    }
+    let _ = std::fs::remove_dir_all(scratch(Path::new("target")));
     for d in &o.dests {
         let _ = std::fs::remove_dir_all(scratch(d));
     }
@@ -345,14 +416,19 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         groups.entry((r.dest.clone(), r.engine.clone())).or_default().push(r);
     }
     let fs_type = |d: &str| sh(&format!("findmnt -no FSTYPE -T {d} | head -1"));
+    let more_flags = format!(
+        "{}{}",
+        if o.schemes == ["http"] { String::new() } else { format!(" --schemes {}", o.schemes.join(",")) },
+        if o.clean_each { " --clean-each" } else { "" }
+    );
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
-         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}`\n\
+         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}{}`\n\
          - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\
          - clients run under GNU time (`/usr/bin/time`): client CPU = user + sys, RSS = max resident\n\
          - peers: {}\n\n\
-         | dest (fs) | engine | runs | median objects/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop | vs best peer |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | dest (fs) | engine | runs | median objects/s | median MiB/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop | vs best peer |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         o.objects,
         o.size,
         o.latency_ms,
@@ -369,6 +445,7 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         if o.extra.is_empty() { String::new() } else { format!(" --extra \"{}\"", o.extra.join(" ")) },
         o.engines.join(","),
         o.dests.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","),
+        more_flags,
         peer_versions().iter().map(|(t, v)| format!("{t} ({v})")).collect::<Vec<_>>().join(", ")
     );
     for ((dest, engine), rs) in &groups {
@@ -380,13 +457,15 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         };
         let best_peer = ["aws", "s5cmd", "rclone", "rclone-fast-list"]
             .iter()
+            .filter(|_| !engine.contains('@'))
             .filter_map(|p| median_of(p))
             .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
         let ratio = |base: Option<f64>| base.map_or("-".to_owned(), |b| format!("{:.2}×", ops / b.max(1.0)));
         md += &format!(
-            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} |\n",
             fs_type(dest),
             rs.len(),
+            ops * o.size as f64 / (1 << 20) as f64,
             median(rs.iter().map(|r| r.client_cpu_us).collect()),
             median(rs.iter().map(|r| r.server_cpu_us).collect()),
             median(rs.iter().map(|r| r.peak_rss_mib).collect()),

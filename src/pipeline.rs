@@ -153,11 +153,12 @@ async fn copy(
     let budget_units = (cfg.buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX)) as u32;
     let budget = Arc::new(Semaphore::new(budget_units as usize));
     let mut fetchers = Vec::with_capacity(cfg.workers);
+    let part_conns = Arc::new(std::sync::Mutex::new(Vec::new()));
     for _ in 0..cfg.workers.max(1) {
         let f = Fetcher {
             engine: fetch.clone(),
             conn: crate::lean::Conn::default(),
-            part_conns: Vec::new(),
+            part_conns: part_conns.clone(),
             parts: cfg.parts,
             retries: cfg.retries,
             keys: keys_rx.clone(),
@@ -504,8 +505,10 @@ struct Fetcher {
     engine: Arc<crate::fetch::Engine>,
     /// This task's connection (lean engine).
     conn: crate::lean::Conn,
-    /// Connections for the parts of large objects (made on first use).
-    part_conns: Vec<crate::lean::Conn>,
+    /// Idle connections for the parts of large objects, shared by all fetchers: a part takes
+    /// one only once it holds its budget, so connections are bounded by the parts in flight
+    /// (each idle connection keeps its read buffer), not by workers × `--part-concurrency`.
+    part_conns: Arc<std::sync::Mutex<Vec<crate::lean::Conn>>>,
     parts: crate::config::Parts,
     retries: u32,
     keys: async_channel::Receiver<Listed>,
@@ -587,19 +590,13 @@ impl Fetcher {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
         let part_size = self.parts.part_size;
-        let mut conns = std::mem::take(&mut self.part_conns);
-        conns.resize_with(self.parts.concurrency.max(1), crate::lean::Conn::default);
         let this = &*self;
         let key = item.key.as_str();
         let head = ByteRange { first: 0, len: part_size.min(item.size), if_match: None };
-        let (first, permit) = match this.part(&mut conns[0], key, &head).await {
-            None => {
-                self.part_conns = conns;
-                return ControlFlow::Break(());
-            }
+        let (first, permit) = match this.part(key, &head).await {
+            None => return ControlFlow::Break(()),
             Some(Err(reason)) => {
                 self.report.fail(key, &reason);
-                self.part_conns = conns;
                 return ControlFlow::Continue(());
             }
             Some(Ok(got)) => got,
@@ -623,7 +620,6 @@ impl Fetcher {
         };
         if this.jobs.send(head_job).await.is_err() {
             this.report.fail(key, "the writer stopped");
-            self.part_conns = conns;
             return ControlFlow::Continue(());
         }
         let (next, sent) = (AtomicU64::new(1), AtomicU64::new(1));
@@ -634,7 +630,7 @@ impl Fetcher {
                 f.get_or_insert(reason);
             }
         };
-        let lanes = conns.iter_mut().take(parts.saturating_sub(1) as usize).map(|conn| async {
+        let lanes = (1..parts.min(self.parts.concurrency as u64 + 1)).map(|_| async {
             while !failed() && !stopped.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= parts {
@@ -644,7 +640,7 @@ impl Fetcher {
                 let len = part_size.min(size - first);
                 let range = ByteRange { first, len, if_match: info.etag.clone() };
                 let what = || format!("part {} of {parts} (bytes {first}-{})", i + 1, first + len - 1);
-                match this.part(conn, key, &range).await {
+                match this.part(key, &range).await {
                     None => stopped.store(true, Ordering::Relaxed),
                     Some(Err(reason)) => fail(format!("{}: {reason}", what())),
                     Some(Ok((got, _))) if got.body.len() as u64 != len => {
@@ -673,14 +669,12 @@ impl Fetcher {
         if unsent > 0 {
             let _ = this.jobs.send(Job::Abandon { file, parts: unsent, reason }).await;
         }
-        self.part_conns = conns;
         if stopped.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     }
 
     /// One part under the buffer budget; `None` when the run stops first.
     async fn part(
         &self,
-        conn: &mut crate::lean::Conn,
         key: &str,
         range: &ByteRange,
     ) -> Option<Result<(crate::s3::Fetched, tokio::sync::OwnedSemaphorePermit), String>> {
@@ -693,11 +687,15 @@ impl Fetcher {
                 Err(_) => return Some(Err("internal error: buffer budget closed".to_owned())),
             },
         };
-        tokio::select! {
-            () = stop.requested_wait() => None,
-            got = self.engine.fetch(conn, key, range.len, Some(range), self.retries, &self.report) => {
-                Some(got.map(|f| (f, permit)))
-            }
+        let pool = |conns: &std::sync::Mutex<Vec<_>>| conns.lock().ok().and_then(|mut c| c.pop());
+        let mut conn = pool(&self.part_conns).unwrap_or_default();
+        let got = tokio::select! {
+            () = stop.requested_wait() => return None,
+            got = self.engine.fetch(&mut conn, key, range.len, Some(range), self.retries, &self.report) => got,
+        };
+        if let Ok(mut conns) = self.part_conns.lock() {
+            conns.push(conn);
         }
+        Some(got.map(|f| (f, permit)))
     }
 }

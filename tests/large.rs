@@ -82,6 +82,11 @@ fn a_one_gib_object_is_copied_exactly_in_bounded_memory() {
         let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
         let rss = doc["cpu"]["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
         assert!(rss < 256 << 20, "peak RSS {} MiB for a 1 GiB object with --buffer-mib 32", rss >> 20);
+        // Parts take a connection only once they hold their budget: 32 MiB is 4 parts.
+        if fetch == "lean" {
+            let conns = doc["fetch"]["connections_opened"].as_u64().expect("connections_opened");
+            assert!((1..=8).contains(&conns), "{conns} connections for 4 parts in flight");
+        }
         assert!(scratch.outside_dest().iter().all(|n| n == "stats.json"));
     }
 }
