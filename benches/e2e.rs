@@ -127,6 +127,7 @@ impl Drop for Server {
 
 fn start_server(bin: &str, o: &Opts, https: bool, dir: &Path) -> Server {
     let mut cmd = Command::new(bin);
+    cmd.arg("serve");
     let ca = https.then(|| {
         let (cert, key, ca) = private_ca();
         let write = |name: &str, pem: &str| {
@@ -138,7 +139,7 @@ fn start_server(bin: &str, o: &Opts, https: bool, dir: &Path) -> Server {
         write("ca.pem", &ca)
     });
     let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "bench"])
+        .args(["--listen", "127.0.0.1:0", "--bucket", "bench"])
         .args(["--objects", &o.objects.to_string(), "--size", &o.size.to_string(), "--prefixes", "100"])
         .args(["--latency-ms", &o.latency_ms])
         .args(o.anonymous.then_some("--anonymous"))
