@@ -14,9 +14,11 @@
 //!   normalisation, `x-amz-content-sha256`), session tokens included.
 //! - **HTTP:** one hyper HTTP/1.1 keep-alive connection per fetch task, opened on first use
 //!   and reopened only when the server closes it or a request on it fails; no pool, no lock.
-//!   TLS by rustls (aws-lc-rs) with the platform's roots. Connections opened are counted.
-//! - **Responses:** 200 → the body in one buffer (a single-frame body is passed on without a
-//!   copy), its length checked against Content-Length; anything else → the S3 error body's
+//!   TLS by rustls (aws-lc-rs) with the platform's roots (or `--ca-bundle`). Connections opened
+//!   are counted.
+//! - **Responses:** 200 → the body in one buffer (a single-frame body over 32 KiB is passed on
+//!   without a copy; a smaller one is copied so it does not pin hyper's read buffer), its
+//!   length checked against Content-Length; anything else → the S3 error body's
 //!   `Code` and `Message`, turned into the same one-line message and retry class as the SDK
 //!   engine ([`crate::s3::service_error`], [`crate::s3::classify`]).
 //!
@@ -49,6 +51,8 @@ use crate::s3::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request sent to response headers (first byte).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Single-frame bodies up to this size are copied out of hyper's read buffer (see `read_body`).
+const SMALL_BODY_COPY: usize = 32 * 1024;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// SHA-256 of the empty body: GET requests sign it instead of hashing nothing every time.
@@ -340,8 +344,8 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     SystemTime::try_from(t).ok()
 }
 
-/// Reads a whole body: a single frame is passed on as it came (no copy); several go into
-/// one buffer sized by Content-Length. A stalled body is bounded by the fetcher's timeout
+/// Reads a whole body: a single frame is passed on as it came (no copy) unless it is small;
+/// several go into one buffer sized by Content-Length. A stalled body is bounded by the fetcher's timeout
 /// on the whole attempt (no timer per frame: one fewer timer per GET on the hot path).
 async fn read_body(
     mut body: hyper::body::Incoming,
@@ -376,6 +380,10 @@ async fn read_body(
     }
     Ok(match (first, rest) {
         (_, Some(buf)) => buf.freeze(),
+        // A small body is a slice of hyper's read buffer, whose whole allocation it would
+        // keep alive until the file is written (thousands of files in flight): a copy of a
+        // few KiB is cheaper than that memory (1 M keys: 78 → 67 MiB peak RSS).
+        (Some(one), None) if one.len() <= SMALL_BODY_COPY => Bytes::copy_from_slice(&one),
         (Some(one), None) => one,
         (None, None) => Bytes::new(),
     })
