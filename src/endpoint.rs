@@ -12,8 +12,10 @@
 //!
 //! It answers ListObjectsV2 (prefix, delimiter, continuation token, start-after, max-keys;
 //! sorted; at most 1,000 keys a page) and ListObjects v1 (marker; for peers that still use
-//! it), GetObject (with Range), HeadObject and HeadBucket, with a quoted-MD5 ETag,
-//! Content-Length and Last-Modified.
+//! it), GetObject (with Range and If-Match), HeadObject and HeadBucket, with a quoted-MD5 ETag
+//! (multipart-style above 64 MiB for generated objects), Content-Length and Last-Modified;
+//! over plain HTTP or, given a certificate, HTTPS ([`TlsIdentity`]). Generated objects are
+//! produced per range, so a 1 GiB object costs only the bytes asked for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -604,6 +604,12 @@ impl Fetcher {
         let info = first.part.clone().unwrap_or_default();
         let size = info.total.unwrap_or(item.size);
         let parts = size.div_ceil(part_size).max(1);
+        if first.body.len() as u64 != part_size.min(size) {
+            let reason =
+                format!("part 1 of {parts}: {} bytes came instead of {}", first.body.len(), part_size.min(size));
+            self.report.fail(key, &reason);
+            return ControlFlow::Continue(());
+        }
         let mtime = first.last_modified.or(item.last_modified);
         let file = LargeFile::new(item.key.clone(), item.target, size, parts, mtime, picked);
         if this.engine.verifies() {
