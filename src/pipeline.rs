@@ -57,6 +57,43 @@ struct Listed {
     listed_at: Instant,
 }
 
+/// The key queue's low-water signal. When listing outruns fetching, the queue is full and a
+/// lister blocked in `send` is woken by every single receive — a task wake-up per key, ~6 µs
+/// of CPU per object measured against a fast endpoint. Instead the lister waits here until
+/// the queue is at most half full and then hands on a whole page at once: one wake-up per
+/// page. Consumers signal after each receive that leaves the queue at or below the mark.
+struct Room {
+    notify: tokio::sync::Notify,
+    low: usize,
+}
+
+impl Room {
+    fn new(capacity: usize) -> Arc<Room> {
+        Arc::new(Room { notify: tokio::sync::Notify::new(), low: capacity / 2 })
+    }
+
+    /// A consumer took a key; `len` is what the queue holds now.
+    fn took(&self, len: usize) {
+        if len <= self.low {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits until `queue` is at most half full.
+    async fn wait(&self, queue: &async_channel::Sender<Listed>) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if queue.len() <= self.low || queue.receiver_count() == 0 {
+                return;
+            }
+            // The timeout only guards against consumers that are gone without a signal.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
+        }
+    }
+}
+
 /// Runs one copy to the end. Failures of single keys are in the summary; the error is for
 /// the run as a whole.
 pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
@@ -150,6 +187,7 @@ async fn copy(
     let fetch = Arc::new(crate::fetch::Engine::new(cfg, control, &report).await.map_err(Fatal::Setup)?);
 
     let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
+    let room = Room::new(cfg.queue.max(1));
     let budget_units = (cfg.buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX)) as u32;
     let budget = Arc::new(Semaphore::new(budget_units as usize));
     let mut fetchers = Vec::with_capacity(cfg.workers);
@@ -162,6 +200,7 @@ async fn copy(
             parts: cfg.parts,
             retries: cfg.retries,
             keys: keys_rx.clone(),
+            room: room.clone(),
             jobs: writer.jobs.clone(),
             budget: budget.clone(),
             budget_units,
@@ -178,7 +217,7 @@ async fn copy(
         _ if created_dest => None,
         mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
     };
-    let listed = list(cfg, &client, &keys_tx, &report, stop.clone(), existing).await;
+    let listed = list(cfg, &client, (&keys_tx, &room), &report, stop.clone(), existing).await;
     report.listing_done();
     drop(keys_tx);
     for f in fetchers {
@@ -251,11 +290,14 @@ async fn dry_run(
         mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
     };
     let (tx, rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
+    let room = Room::new(cfg.queue.max(1));
+    let printer_room = room.clone();
     let (dest, bucket, rep) = (cfg.dest.clone(), cfg.source.bucket.clone(), report.clone());
     let printer = tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         while let Ok(item) = rx.recv_blocking() {
+            printer_room.took(rx.len());
             let path = dest.join(item.target.rel_path());
             let key = crate::report::sanitize(&item.key);
             // A closed stdout (`| head`) must not stop the count.
@@ -264,7 +306,7 @@ async fn dry_run(
         }
         let _ = out.flush();
     });
-    let listed = list(cfg, &control.client, &tx, &report, stop, existing).await;
+    let listed = list(cfg, &control.client, (&tx, &room), &report, stop, existing).await;
     report.listing_done();
     drop(tx);
     printer.await.map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;
@@ -291,7 +333,7 @@ fn prepare_dest(cfg: &Config) -> Result<bool, Fatal> {
 async fn list(
     cfg: &Config,
     client: &aws_sdk_s3::Client,
-    keys: &async_channel::Sender<Listed>,
+    (keys, room): (&async_channel::Sender<Listed>, &Room),
     report: &Arc<Report>,
     mut stop: Stop,
     mut existing: Option<Existing>,
@@ -422,6 +464,12 @@ async fn list(
                 })
                 .collect();
         }
+        if !items.is_empty() {
+            tokio::select! {
+                () = stop.requested_wait() => return Ok(()),
+                () = room.wait(keys) => {}
+            }
+        }
         for item in items {
             let sent = tokio::select! {
                 () = stop.requested_wait() => return Ok(()),
@@ -512,6 +560,7 @@ struct Fetcher {
     parts: crate::config::Parts,
     retries: u32,
     keys: async_channel::Receiver<Listed>,
+    room: Arc<Room>,
     jobs: async_channel::Sender<Job>,
     budget: Arc<Semaphore>,
     budget_units: u32,
@@ -531,6 +580,7 @@ impl Fetcher {
                     Err(_) => break,
                 },
             };
+            self.room.took(self.keys.len());
             let picked = Instant::now();
             rec.record(Stage::Queue, picked - item.listed_at);
             let job = if item.target.file_name().is_none() {
