@@ -60,16 +60,21 @@ struct Listed {
 /// The key queue's low-water signal. When listing outruns fetching, the queue is full and a
 /// lister blocked in `send` is woken by every single receive — a task wake-up per key, ~6 µs
 /// of CPU per object measured against a fast endpoint. Instead the lister waits here until
-/// the queue is at most half full and then hands on a whole page at once: one wake-up per
-/// page. Consumers signal after each receive that leaves the queue at or below the mark.
+/// the queue has room for a page and then hands it on at once: one wake-up per page.
+/// Consumers signal after each receive that leaves the queue at or below the mark.
+const ROOM_FOR_A_PAGE: usize = 1000;
+
 struct Room {
     notify: tokio::sync::Notify,
     low: usize,
 }
 
 impl Room {
+    /// The mark leaves room for a whole page (1,000 keys) where the queue is large enough,
+    /// so it stays nearly full; else it is half the queue.
     fn new(capacity: usize) -> Arc<Room> {
-        Arc::new(Room { notify: tokio::sync::Notify::new(), low: capacity / 2 })
+        let low = (capacity / 2).max(capacity.saturating_sub(ROOM_FOR_A_PAGE));
+        Arc::new(Room { notify: tokio::sync::Notify::new(), low })
     }
 
     /// A consumer took a key; `len` is what the queue holds now.
@@ -79,7 +84,7 @@ impl Room {
         }
     }
 
-    /// Waits until `queue` is at most half full.
+    /// Waits until `queue` is at or below the mark.
     async fn wait(&self, queue: &async_channel::Sender<Listed>) {
         loop {
             let notified = self.notify.notified();
