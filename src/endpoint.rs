@@ -311,14 +311,12 @@ impl Obj {
     fn etag(&self, key: &str) -> ETag {
         let hex = self.etag.get_or_init(|| match &self.body {
             Body::Generated(n) if *n > MULTIPART_ETAG_ABOVE => {
-                let digest = Md5::digest(format!("{key}:{n}"));
-                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = crate::verify::hex(&Md5::digest(format!("{key}:{n}")));
                 format!("{hex}-{}", n.div_ceil(8 << 20))
             }
             _ => {
                 let size = self.size();
-                let digest = Md5::digest(if size == 0 { Bytes::new() } else { self.range(key, 0, size - 1) });
-                digest.iter().map(|b| format!("{b:02x}")).collect()
+                crate::verify::hex(&Md5::digest(if size == 0 { Bytes::new() } else { self.range(key, 0, size - 1) }))
             }
         });
         ETag::Strong(hex.clone())
@@ -335,8 +333,9 @@ struct MemS3 {
     faults: Arc<FaultState>,
     denied: std::collections::HashSet<String>,
     vanished: std::collections::HashSet<String>,
-    /// `changing` keys, and how often each was overwritten.
-    changing: std::sync::Mutex<HashMap<String, u64>>,
+    /// `changing` keys, and how often each was overwritten (`None`: no such keys, no lock
+    /// per GET).
+    changing: Option<std::sync::Mutex<HashMap<String, u64>>>,
     no_checksums: bool,
     requester_pays: std::collections::HashSet<String>,
     archived: HashMap<String, (String, bool)>,
@@ -580,7 +579,7 @@ impl S3 for MemS3 {
             None => (0, total.saturating_sub(1)),
         };
         let mut etag = obj.etag(&input.key);
-        if let Ok(mut changing) = self.changing.lock()
+        if let Some(Ok(mut changing)) = self.changing.as_ref().map(|c| c.lock())
             && let Some(version) = changing.get_mut(&input.key)
         {
             *version += 1;
@@ -733,7 +732,8 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         get_latency: config.get_latency,
         denied: config.denied.iter().cloned().collect(),
         vanished: config.vanished.iter().cloned().collect(),
-        changing: std::sync::Mutex::new(config.changing.iter().map(|k| (k.clone(), 0)).collect()),
+        changing: (!config.changing.is_empty())
+            .then(|| std::sync::Mutex::new(config.changing.iter().map(|k| (k.clone(), 0)).collect())),
         no_checksums: config.no_checksums,
         requester_pays: config.requester_pays.iter().cloned().collect(),
         versions: config.versions.iter().map(|(k, v, b)| ((k.clone(), v.clone()), b.clone())).collect(),

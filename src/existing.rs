@@ -111,10 +111,7 @@ impl Existing {
 fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
     use md5::{Digest, Md5};
     use std::io::Read;
-    let etag = etag.trim_matches('"');
-    if etag.len() != 32 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return false;
-    }
+    let Some(want) = crate::verify::plain_md5(etag) else { return false };
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let Ok(fd) = rustix::fs::openat(dir.as_fd(), name, flags, Mode::empty()) else { return false };
     let mut file = std::fs::File::from(fd);
@@ -127,8 +124,7 @@ fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
             Err(_) => return false,
         }
     }
-    let hex: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    hex.eq_ignore_ascii_case(etag)
+    crate::verify::hex(&md5.finalize()) == want
 }
 
 fn dir_flags() -> OFlags {

@@ -114,7 +114,7 @@ impl Engine {
         size: u64,
         range: Option<&ByteRange>,
     ) -> Result<Fetched, GetError> {
-        let limit = attempt_timeout(range.map_or(size, |r| r.len));
+        let limit = attempt_timeout(size);
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
                 Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref(), range).await,
@@ -145,7 +145,7 @@ impl Engine {
         range: Option<&ByteRange>,
         report: &Report,
     ) -> Result<Fetched, GetError> {
-        let Some(after) = self.hedge_after.filter(|_| range.map_or(size, |r| r.len) <= HEDGE_MAX_SIZE) else {
+        let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
             return self.attempt(conn, key, size, range).await;
         };
         let mut spare = Conn::default();
@@ -174,7 +174,8 @@ impl Engine {
         result
     }
 
-    /// GETs `key` (`size` from the listing, 0 if unknown) or the `range` of it, retrying as
+    /// GETs `key` (`size` from the listing, 0 if unknown; for a `range`, its length) or the
+    /// `range` of it, retrying as
     /// the policy says; the error is the last attempt's reason. A part is not verified here:
     /// S3 has no checksum of a byte range.
     pub async fn fetch(

@@ -20,11 +20,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::pipeline::KEYS_PER_PAGE;
 use crate::report::Report;
 use crate::s3::ListedObject;
-
-/// Keys per page sent to the pipeline.
-const KEYS_PER_PAGE: usize = 1000;
 
 /// Where `--manifest` points.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,8 +62,6 @@ struct Listed {
 /// of CPU per object measured against a fast endpoint. Instead the lister waits here until
 /// the queue has room for a page and then hands it on at once: one wake-up per page.
 /// Consumers signal after each receive that leaves the queue at or below the mark.
-const ROOM_FOR_A_PAGE: usize = 1000;
-
 struct Room {
     notify: tokio::sync::Notify,
     low: usize,
@@ -73,7 +71,7 @@ impl Room {
     /// The mark leaves room for a whole page (1,000 keys) where the queue is large enough,
     /// so it stays nearly full; else it is half the queue.
     fn new(capacity: usize) -> Arc<Room> {
-        let low = (capacity / 2).max(capacity.saturating_sub(ROOM_FOR_A_PAGE));
+        let low = (capacity / 2).max(capacity.saturating_sub(KEYS_PER_PAGE));
         Arc::new(Room { notify: tokio::sync::Notify::new(), low })
     }
 
@@ -503,8 +501,8 @@ impl Pages {
     }
 }
 
-/// Keys read per page from a `--keys-from` file.
-const KEYS_PER_PAGE: usize = 1000;
+/// Keys per page from a `--keys-from` file or a `--manifest`: a ListObjectsV2 page's worth.
+pub(crate) const KEYS_PER_PAGE: usize = 1000;
 
 /// Streams `--keys-from FILE` (`-`: stdin) in pages of keys, read on a blocking thread so the
 /// file is never held in memory. A line is a key up to its first tab (so a `--failed-keys`
@@ -640,15 +638,14 @@ impl Fetcher {
     /// memory is bounded by the parts in flight. Parts that will never come (a failed GET,
     /// a stopping run) are abandoned in one job, so the writer removes the temporary.
     /// `Break` when the run is stopping.
-    async fn fetch_large(&mut self, item: Listed, picked: Instant) -> std::ops::ControlFlow<()> {
+    async fn fetch_large(&self, item: Listed, picked: Instant) -> std::ops::ControlFlow<()> {
         use std::ops::ControlFlow;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
         let part_size = self.parts.part_size;
-        let this = &*self;
         let key = item.key.as_str();
         let head = ByteRange { first: 0, len: part_size.min(item.size), if_match: None };
-        let (first, permit) = match this.part(key, &head).await {
+        let (first, permit) = match self.part(key, &head).await {
             None => return ControlFlow::Break(()),
             Some(Err(reason)) => {
                 self.report.fail(key, &reason);
@@ -659,31 +656,13 @@ impl Fetcher {
         let info = first.part.clone().unwrap_or_default();
         let size = info.total.unwrap_or(item.size);
         let parts = size.div_ceil(part_size).max(1);
-        if first.body.len() as u64 != part_size.min(size) {
-            let reason =
-                format!("part 1 of {parts}: {} bytes came instead of {}", first.body.len(), part_size.min(size));
-            self.report.fail(key, &reason);
-            return ControlFlow::Continue(());
-        }
         let mtime = first.last_modified.or(item.last_modified);
         let file = LargeFile::new(item.key.clone(), item.target, size, parts, mtime, picked);
-        if this.engine.verifies() {
+        if self.engine.verifies() {
             // S3 keeps no checksum of a byte range, and a whole-object checksum cannot be
             // checked before every part is in: the parts are tied together by If-Match.
-            this.report.verified(crate::verify::Verified::Unverifiable);
+            self.report.verified(crate::verify::Verified::Unverifiable);
         }
-        let head_job = Job::Part {
-            file: file.clone(),
-            offset: 0,
-            body: first.body,
-            permit: Some(permit),
-            fetched: Instant::now(),
-        };
-        if this.jobs.send(head_job).await.is_err() {
-            this.report.fail(key, "the writer stopped");
-            return ControlFlow::Continue(());
-        }
-        let (next, sent) = (AtomicU64::new(1), AtomicU64::new(1));
         let (stopped, failure) = (AtomicBool::new(false), std::sync::Mutex::new(None::<String>));
         let failed = || failure.lock().map_or(true, |f| f.is_some());
         let fail = |reason: String| {
@@ -691,6 +670,12 @@ impl Fetcher {
                 f.get_or_insert(reason);
             }
         };
+        let sent = AtomicU64::new(0);
+        match self.hand_on(&file, 0, part_size.min(size), first, permit).await {
+            Ok(()) => _ = sent.fetch_add(1, Ordering::Relaxed),
+            Err(reason) => fail(format!("part 1 of {parts}: {reason}")),
+        }
+        let next = AtomicU64::new(1);
         let lanes = (1..parts.min(self.parts.concurrency as u64 + 1)).map(|_| async {
             while !failed() && !stopped.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -700,26 +685,21 @@ impl Fetcher {
                 let first = i * part_size;
                 let len = part_size.min(size - first);
                 let range = ByteRange { first, len, if_match: info.etag.clone() };
-                let what = || format!("part {} of {parts} (bytes {first}-{})", i + 1, first + len - 1);
-                match this.part(key, &range).await {
-                    None => stopped.store(true, Ordering::Relaxed),
-                    Some(Err(reason)) => fail(format!("{}: {reason}", what())),
-                    Some(Ok((got, _))) if got.body.len() as u64 != len => {
-                        fail(format!("{}: {} bytes came instead of {len}", what(), got.body.len()));
+                let got = match self.part(key, &range).await {
+                    None => {
+                        stopped.store(true, Ordering::Relaxed);
+                        continue;
                     }
-                    Some(Ok((got, permit))) => {
-                        let job = Job::Part {
-                            file: file.clone(),
-                            offset: first,
-                            body: got.body,
-                            permit: Some(permit),
-                            fetched: Instant::now(),
-                        };
-                        if this.jobs.send(job).await.is_err() {
-                            fail("the writer stopped".to_owned());
-                        } else {
-                            sent.fetch_add(1, Ordering::Relaxed);
-                        }
+                    Some(got) => got,
+                };
+                let handed = match got {
+                    Ok((got, permit)) => self.hand_on(&file, first, len, got, permit).await,
+                    Err(reason) => Err(reason),
+                };
+                match handed {
+                    Ok(()) => _ = sent.fetch_add(1, Ordering::Relaxed),
+                    Err(reason) => {
+                        fail(format!("part {} of {parts} (bytes {first}-{}): {reason}", i + 1, first + len - 1))
                     }
                 }
             }
@@ -727,10 +707,31 @@ impl Fetcher {
         futures_util::future::join_all(lanes).await;
         let unsent = parts - sent.load(Ordering::Relaxed);
         let reason = failure.into_inner().ok().flatten();
-        if unsent > 0 {
-            let _ = this.jobs.send(Job::Abandon { file, parts: unsent, reason }).await;
+        if unsent > 0
+            && let Err(async_channel::SendError(Job::Abandon { reason: Some(reason), .. })) =
+                self.jobs.send(Job::Abandon { file, parts: unsent, reason }).await
+        {
+            // No writer left to report it.
+            self.report.fail(key, &reason);
         }
         if stopped.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
+
+    /// Hands a fetched part to the writer, after checking that it is `len` bytes long.
+    async fn hand_on(
+        &self,
+        file: &Arc<LargeFile>,
+        offset: u64,
+        len: u64,
+        got: crate::s3::Fetched,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), String> {
+        if got.body.len() as u64 != len {
+            return Err(format!("{} bytes came instead of {len}", got.body.len()));
+        }
+        let job =
+            Job::Part { file: file.clone(), offset, body: got.body, permit: Some(permit), fetched: Instant::now() };
+        self.jobs.send(job).await.map_err(|_| "the writer stopped".to_owned())
     }
 
     /// One part under the buffer budget; `None` when the run stops first.

@@ -61,7 +61,7 @@ pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
     if let Some(md5) = integrity.etag.as_deref().and_then(plain_md5)
         && !integrity.encrypted
     {
-        let got: String = Md5::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+        let got = hex(&Md5::digest(body));
         return if got == md5 {
             Ok(Verified::EtagMd5)
         } else {
@@ -71,8 +71,13 @@ pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
     Ok(Verified::Unverifiable)
 }
 
+/// Lower-case hex of `bytes` (a digest).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The MD5 in an ETag that is one (`"<32 hex>"`), lower-cased.
-fn plain_md5(etag: &str) -> Option<String> {
+pub(crate) fn plain_md5(etag: &str) -> Option<String> {
     let hex = etag.trim_matches('"');
     (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
 }
