@@ -55,8 +55,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const SMALL_BODY_COPY: usize = 32 * 1024;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// SHA-256 of the empty body: GET requests sign it instead of hashing nothing every time.
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
 const USER_AGENT: &str = concat!("s3uring/", env!("CARGO_PKG_VERSION"));
 
@@ -90,6 +88,8 @@ struct Signer {
     identities: Identities,
     region: String,
     name: String,
+    /// The usual GET, signed without the generic signer's per-request cost.
+    fast: crate::sigv4::GetSigner,
 }
 
 impl Lean {
@@ -119,6 +119,7 @@ impl Lean {
             identities,
             region: endpoint.signing_region.clone(),
             name: endpoint.signing_name.clone(),
+            fast: crate::sigv4::GetSigner::new(&endpoint.signing_region, &endpoint.signing_name),
         });
         Ok(Lean {
             bucket: bucket.to_owned(),
@@ -276,6 +277,13 @@ impl Signer {
     /// SigV4 for S3: the SDK's settings, the current credentials.
     async fn sign(&self, req: &mut Request<Empty<Bytes>>, path: &str) -> Result<(), GetError> {
         let identity = self.identities.get().await?;
+        let now = SystemTime::now();
+        if let Some(creds) = identity.data::<aws_sdk_s3::config::Credentials>()
+            && self.fast.sign(req.headers_mut(), path, creds, now).is_some()
+        {
+            return Ok(());
+        }
+        // Anything else (a version id's query string, …): aws-sigv4's generic signer.
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
@@ -284,7 +292,7 @@ impl Signer {
             .identity(&identity)
             .region(&self.region)
             .name(&self.name)
-            .time(SystemTime::now())
+            .time(now)
             .settings(settings)
             .build()
             .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?
@@ -292,10 +300,14 @@ impl Signer {
         // Every header sent so far is signed (S3 requires it of x-amz-* headers).
         let headers: Vec<(&str, &str)> =
             req.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect();
-        let signable =
-            SignableRequest::new("GET", path, headers.into_iter(), SignableBody::Precomputed(EMPTY_SHA256.to_owned()))
-                .and_then(|r| sign(r, &params))
-                .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?;
+        let signable = SignableRequest::new(
+            "GET",
+            path,
+            headers.into_iter(),
+            SignableBody::Precomputed(crate::sigv4::EMPTY_SHA256.to_owned()),
+        )
+        .and_then(|r| sign(r, &params))
+        .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?;
         let (instructions, _signature) = signable.into_parts();
         instructions.apply_to_request_http1x(req);
         Ok(())

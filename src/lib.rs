@@ -24,6 +24,7 @@ pub mod progress;
 pub mod report;
 pub mod s3;
 pub mod select;
+mod sigv4;
 pub mod stats;
 pub mod tune;
 pub mod verify;

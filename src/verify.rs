@@ -73,7 +73,13 @@ pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
 
 /// Lower-case hex of `bytes` (a digest).
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// The MD5 in an ETag that is one (`"<32 hex>"`), lower-cased.
