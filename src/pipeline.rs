@@ -574,10 +574,15 @@ struct Fetcher {
 impl Fetcher {
     async fn run(mut self) {
         let mut rec = self.report.recorder();
+        // One stop waiter for the task's whole life: a waiter made per select registered in
+        // (and removed from) the stop channel's shared list twice per object.
+        let mut stop = self.stop.clone();
+        let stopping = stop.requested_wait();
+        tokio::pin!(stopping);
         loop {
             let item = tokio::select! {
                 biased;
-                () = self.stop.requested_wait() => break,
+                () = &mut stopping => break,
                 item = self.keys.recv() => match item {
                     Ok(item) => item,
                     Err(_) => break,
@@ -602,7 +607,7 @@ impl Fetcher {
                 };
                 let got = tokio::select! {
                     // An interrupted GET is abandoned: its key stays "not copied".
-                    () = self.stop.requested_wait() => break,
+                    () = &mut stopping => break,
                     got = self.engine.fetch(&mut self.conn, &item.key, item.size, None, self.retries, &self.report) => got,
                 };
                 match got {

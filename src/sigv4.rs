@@ -113,7 +113,10 @@ impl GetSigner {
         creq.push('\n');
         creq.push_str(EMPTY_SHA256);
 
-        let scope = format!("{day}/{}/{}/aws4_request", self.region, self.service);
+        let mut scope = String::with_capacity(day.len() + self.region.len() + self.service.len() + 16);
+        for part in [day, "/", &self.region, "/", &self.service, "/aws4_request"] {
+            scope.push_str(part);
+        }
         let mut sts = String::with_capacity(ALGORITHM.len() + scope.len() + 100);
         sts.push_str(ALGORITHM);
         sts.push('\n');
@@ -125,10 +128,21 @@ impl GetSigner {
 
         let key = self.day_key(creds, day, now);
         let signature = calculate_signature(key, sts.as_bytes());
-        let authorization = format!(
-            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_names}, Signature={signature}",
-            creds.access_key_id()
-        );
+        let parts = [
+            ALGORITHM,
+            " Credential=",
+            creds.access_key_id(),
+            "/",
+            &scope,
+            ", SignedHeaders=",
+            &signed_names,
+            ", Signature=",
+            &signature,
+        ];
+        let mut authorization = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            authorization.push_str(part);
+        }
         let date = HeaderValue::from_str(date).ok()?;
         let authorization = HeaderValue::try_from(authorization).ok()?;
         let token = match token {

@@ -357,7 +357,10 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
 
 /// The temporary name for sequence number `seq`: at most 13 + 8 + 1 + 16 = 38 bytes.
 pub(crate) fn tmp_name(seq: u64) -> CString {
-    let name = format!("{TMP_PREFIX}{:x}.{seq:x}", std::process::id());
+    // The pid once: `std::process::id()` is a system call each time (one per file).
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{TMP_PREFIX}{:x}.", std::process::id()));
+    let name = format!("{}{seq:x}", *PREFIX);
     // No NUL can appear in a formatted prefix and two hex numbers.
     CString::new(name).unwrap_or_default()
 }
