@@ -4,7 +4,7 @@ reps=$1; url=$2; shift 2
 for r in $(seq $reps); do
   for cfg in "$@"; do
     name=${cfg%%|*}; args=${cfg#*|}
-    d=/dev/shm/ab-$name-$r; rm -rf $d
+    d=${DESTBASE:-/dev/shm}/ab-$name-$r; rm -rf $d
     bin=/work/main/target/release/s3uring; case "$args" in @*) bin=${args%% *}; bin=${bin#@}; args=${args#* };; esac
     $bin -q ${AUTH:---no-sign-request} --endpoint-url $url --stats-json /tmp/ab/$name-$r.json $args s3://bench $d
     python3 -c "
