@@ -11,9 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
-    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_IO_THREADS, DEFAULT_LIST_WORKERS,
-    DEFAULT_PART_CONCURRENCY, DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings,
-    S3Url,
+    Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_LIST_WORKERS, DEFAULT_PART_CONCURRENCY,
+    DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
@@ -207,8 +206,9 @@ struct Tuning {
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     fetch_threads: u32,
 
-    /// Threads of the `threads` io engine.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_IO_THREADS as u32,
+    /// Threads of the `threads` io engine, and the cap on the ring's io-wq workers
+    /// (default: one per core, at most 16).
+    #[arg(long, value_name = "N", default_value_t = crate::config::default_io_threads() as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     io_threads: u32,
 

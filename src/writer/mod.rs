@@ -320,6 +320,11 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     let uring = match opts.engine {
         IoEngine::Threads => None,
         IoEngine::Uring => Some(new_ring().map_err(|e| format!("--io-engine uring: {e}"))?),
+        // Small files: plain syscalls from one thread per core cost less than the ring,
+        // whose O_CREAT opens and renames always go to io-wq workers (two hand-offs per file):
+        // on 2 cores, tmpfs, signed, two threads vs the ring: 38 vs 41.5 µs of client CPU per
+        // object at 0 ms, 40 vs 44 at 10 ms (bench-results/2026-11-26-2core-io-engine).
+        IoEngine::Auto if !opts.fsync => None,
         IoEngine::Auto => match new_ring() {
             Ok(w) => Some(w),
             Err(e) => {
