@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Configurations, interleaved in every repetition:
-//! - `uring`: the ring writer, as many files per `io_uring_enter` as are ready;
+//! - `default`: what `s3uring` uses unless told otherwise (`auto`: the thread engine, one
+//!   thread per core up to 16);
+//! - `uring`: the ring writer (io-wq capped at one worker), as many files per `io_uring_enter` as are ready;
 //! - `uring-1`: the same ring, one new file per `io_uring_enter` — what an API with one
 //!   round trip per operation (tokio-uring) cannot do better than;
 //! - `threads-16`, `threads-1`: the portable engine;
@@ -27,10 +29,12 @@ use s3uring::config::IoEngine;
 use s3uring::report::Report;
 use s3uring::writer::{self, FileJob, Job, WriterOptions};
 
-const CONFIGS: &[&str] = &["uring", "uring-1", "threads-16", "threads-1", "bare-loop"];
+const CONFIGS: &[&str] = &["default", "uring", "uring-1", "threads-16", "threads-1", "bare-loop"];
 
 fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     let (engine, threads, per_submit) = match config {
+        // What `s3uring` uses unless told otherwise (`--io-engine auto` without `--fsync`).
+        "default" => (IoEngine::Auto, s3uring::config::default_io_threads(), usize::MAX),
         "uring" => (IoEngine::Uring, 1, usize::MAX),
         "uring-1" => (IoEngine::Uring, 1, 1),
         "threads-16" => (IoEngine::Threads, 16, usize::MAX),
