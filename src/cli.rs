@@ -201,7 +201,7 @@ struct Tuning {
     manifest: Option<crate::manifest::Location>,
 
     /// Threads of the async runtime running the fetch tasks (0: one per CPU core). The
-    /// writer has its own thread besides.
+    /// writer has its own threads besides.
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     fetch_threads: u32,
