@@ -34,11 +34,11 @@ const CONFIGS: &[&str] = &["default", "uring", "uring-1", "threads-16", "threads
 fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     let (engine, threads, per_submit) = match config {
         // What `s3uring` uses unless told otherwise (`--io-engine auto` without `--fsync`).
-        "default" => (IoEngine::Auto, s3uring::config::default_io_threads(), usize::MAX),
-        "uring" => (IoEngine::Uring, 1, usize::MAX),
-        "uring-1" => (IoEngine::Uring, 1, 1),
-        "threads-16" => (IoEngine::Threads, 16, usize::MAX),
-        "threads-1" => (IoEngine::Threads, 1, usize::MAX),
+        "default" => (IoEngine::Auto, None, usize::MAX),
+        "uring" => (IoEngine::Uring, Some(1), usize::MAX),
+        "uring-1" => (IoEngine::Uring, Some(1), 1),
+        "threads-16" => (IoEngine::Threads, Some(16), usize::MAX),
+        "threads-1" => (IoEngine::Threads, Some(1), usize::MAX),
         _ => unreachable!(),
     };
     std::fs::create_dir_all(dest).expect("create dest");

@@ -207,10 +207,9 @@ struct Tuning {
     fetch_threads: u32,
 
     /// Threads of the `threads` io engine, and the cap on the ring's io-wq workers
-    /// (default: one per core, at most 16).
-    #[arg(long, value_name = "N", default_value_t = crate::config::default_io_threads() as u32,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
-    io_threads: u32,
+    /// [default: one thread per core, at most 16; 16 io-wq workers for the ring]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    io_threads: Option<u32>,
 
     /// Objects larger than SIZE are fetched in ranged parts, in parallel, and written at
     /// their offsets as they arrive (memory bounded by the parts in flight).
@@ -537,7 +536,7 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
         crate::existing::ExistingMode::Compare
     };
     cfg.retries = t.retries;
-    cfg.io_threads = t.io_threads as usize;
+    cfg.io_threads = t.io_threads.map(|n| n as usize);
     cfg.buffer_bytes = t.buffer_mib << 20;
     cfg.parts = crate::config::Parts {
         threshold: t.multipart_threshold,

@@ -156,8 +156,9 @@ pub struct Config {
     pub verify: bool,
     /// Retries of a failed GET (transient errors and throttling) before the key fails.
     pub retries: u32,
-    /// Threads of the portable writer.
-    pub io_threads: usize,
+    /// `--io-threads`: threads of the portable writer and the ring's io-wq cap; `None`: their
+    /// defaults ([`default_io_threads`] for the pool, 16 for the ring).
+    pub io_threads: Option<usize>,
     /// Bytes of object bodies held between GET and disk, at most (one larger object may
     /// still pass alone).
     pub buffer_bytes: u64,
@@ -231,7 +232,7 @@ impl Config {
             verify: false,
             fsync: false,
             hedge_after_ms: DEFAULT_HEDGE_AFTER_MS,
-            io_threads: default_io_threads(),
+            io_threads: None,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,
             progress: crate::progress::Mode::Off,

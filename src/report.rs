@@ -689,7 +689,10 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "verify": cfg.verify,
             "fsync": cfg.fsync,
             "existing": format!("{:?}", cfg.existing).to_lowercase(),
-            "io_threads": cfg.io_threads,
+            "io_threads": cfg.io_threads.unwrap_or(match summary.engine.as_str() {
+                "io_uring" => crate::writer::RING_IO_WORKERS,
+                _ => crate::config::default_io_threads(),
+            }),
             "buffer_bytes": cfg.buffer_bytes,
             "multipart_threshold": cfg.parts.threshold,
             "part_size": cfg.parts.part_size,

@@ -286,12 +286,17 @@ impl Writer {
     }
 }
 
+/// The ring's io-wq workers unless `--io-threads` says otherwise.
+pub const RING_IO_WORKERS: usize = 16;
+
 /// How to run a writer.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     pub engine: IoEngine,
-    /// Threads of the `threads` engine.
-    pub io_threads: usize,
+    /// Threads of the `threads` engine and the cap on the ring's io-wq workers; `None`: one
+    /// thread per core (at most 16) for the pool, 16 io-wq workers for the ring (a synced file
+    /// holds its worker while it waits on the disk, so the ring keeps its own default).
+    pub io_threads: Option<usize>,
     /// Jobs waiting for the writer, at most.
     pub hand_off: usize,
     /// `--fsync`: file data durable before the rename, directories at the end.
@@ -313,7 +318,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     let new_ring = || {
         uring::UringWriter::new().map(|w| {
             w.files_per_submit(opts.files_per_submit)
-                .io_workers(opts.io_threads.min(u32::MAX as usize) as u32)
+                .io_workers(opts.io_threads.unwrap_or(RING_IO_WORKERS).min(u32::MAX as usize) as u32)
                 .fsync(opts.fsync)
         })
     };
@@ -343,7 +348,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     }
     let seq = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
-    for i in 0..opts.io_threads.max(1) {
+    for i in 0..opts.io_threads.unwrap_or_else(crate::config::default_io_threads).max(1) {
         let (rx, dirs, report, seq) = (rx.clone(), dirs.clone(), report.clone(), seq.clone());
         let fsync = opts.fsync;
         let t = std::thread::Builder::new()
