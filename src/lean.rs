@@ -30,10 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
-    sign,
-};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, sign};
 use aws_smithy_runtime_api::client::dns::ResolveDns;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, StatusCode, header};
@@ -284,10 +281,7 @@ impl Signer {
             return Ok(());
         }
         // Anything else (a version id's query string, …): aws-sigv4's generic signer.
-        let mut settings = SigningSettings::default();
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        let settings = crate::sigv4::s3_settings();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)

@@ -21,6 +21,7 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use aws_sdk_s3::config::Credentials;
+use aws_sigv4::http_request::{PayloadChecksumKind, PercentEncodingMode, SigningSettings, UriPathNormalizationMode};
 use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
@@ -32,6 +33,17 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const UNSIGNED: [&str; 4] = ["authorization", "user-agent", "x-amzn-trace-id", "transfer-encoding"];
 /// Headers the signature adds: a request that already has one goes to the generic signer.
 const ADDED: [&str; 4] = ["x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"];
+
+/// aws-sigv4's settings for S3 GETs: the path already encoded once, not normalised, and the
+/// payload hash sent as `x-amz-content-sha256`. Used by the generic signer's fallback, and what
+/// [`GetSigner`] reproduces.
+pub(crate) fn s3_settings() -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings
+}
 
 /// The signing key of one day, region, service and set of credentials.
 struct DayKey {
@@ -231,20 +243,14 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sigv4::http_request::{
-        PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-        UriPathNormalizationMode, sign,
-    };
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, sign};
     use aws_smithy_runtime_api::client::identity::Identity;
     use std::time::Duration;
 
     /// The headers aws-sigv4's generic signer adds, with the lean engine's settings.
     fn reference(headers: &HeaderMap, path: &str, creds: &Credentials, region: &str, t: SystemTime) -> HeaderMap {
         let identity = Identity::from(creds.clone());
-        let mut settings = SigningSettings::default();
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        let settings = s3_settings();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(region)

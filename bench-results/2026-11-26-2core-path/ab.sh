@@ -10,7 +10,7 @@ for r in $(seq $reps); do
     python3 -c "
 import json;d=json.load(open('/tmp/ab/$name-$r.json'))
 print('$name', $r, round(d['throughput']['objects_per_s']), round(d['cpu']['us_per_object'],1), d['writer']['files_per_submit'])"
-    rm -rf $d
+    [ -n "$KEEP" ] || rm -rf $d
   done
 done | tee /tmp/ab/last.txt
 python3 - <<'PY'
