@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
     Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_LIST_WORKERS, DEFAULT_PART_CONCURRENCY,
-    DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
+    DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
 };
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
 use crate::pipeline::{self, Fatal};
@@ -147,11 +147,24 @@ struct Tuning {
     #[arg(long, value_enum, default_value_t = FetchEngine::Lean)]
     fetch_engine: FetchEngine,
 
-    /// Retries of a GET that failed transiently (5xx, SlowDown, reset, timeout, short body),
-    /// with exponential backoff and jitter, before the key counts as failed.
+    /// Retries of a GET that failed transiently (5xx, reset, timeout, short body), with
+    /// exponential backoff and jitter, before the key counts as failed. Throttling answers
+    /// (SlowDown, 503, 429) spend none: the rate is lowered and the key tried again.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RETRIES,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: u32,
+
+    /// At most N GETs per second (hedges and parts of large objects included): protect a
+    /// production bucket, or stay under a known limit. The rate limiter starts at N and
+    /// still lowers it when the service throttles.
+    #[arg(long, value_name = "N", value_parser = positive_rate)]
+    max_rate: Option<f64>,
+
+    /// Stop the run when no GET has succeeded for SECS while the service kept answering
+    /// SlowDown/503/429 (throttled keys are otherwise tried again without limit).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STALL_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    stall_timeout: u64,
 
     /// Check every body against the checksum its object carries (x-amz-checksum-* when
     /// present, else an ETag that is a plain MD5); a mismatch is retried, never written.
@@ -350,6 +363,68 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     faults: FaultArgs,
+    #[command(flatten)]
+    limits: RateLimitArgs,
+}
+
+/// Request-rate limits on GETs, as S3 has per prefix partition.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Request-rate limits (GETs per second; 503 SlowDown above)")]
+struct RateLimitArgs {
+    /// Limit GETs of every key to N per second (a token bucket).
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<f64>,
+    /// Limit GETs of keys under PREFIX to N per second instead (repeatable; the longest
+    /// matching prefix applies; N = 0: unlimited, only counted).
+    #[arg(long, value_name = "PREFIX=N", value_parser = prefix_rate)]
+    rate_limit_prefix: Vec<(String, f64)>,
+    /// SECS after the first GET, the --rate-limit becomes N (0: unlimited); repeatable.
+    #[arg(long, value_name = "SECS=N", value_parser = timed_rate, requires = "rate_limit")]
+    rate_limit_after: Vec<(f64, f64)>,
+    /// Each bucket holds MS milliseconds of its rate: bursts up to that many GETs pass.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    rate_limit_burst_ms: u64,
+}
+
+impl RateLimitArgs {
+    fn rules(&self) -> Vec<crate::endpoint::RateLimit> {
+        let burst = std::time::Duration::from_millis(self.rate_limit_burst_ms);
+        let rule = |prefix: &str, rate: f64| crate::endpoint::RateLimit {
+            burst,
+            ..crate::endpoint::RateLimit::new(prefix, rate)
+        };
+        let mut rules: Vec<_> = self.rate_limit_prefix.iter().map(|(p, n)| rule(p, *n)).collect();
+        if let Some(n) = self.rate_limit {
+            let mut all = rule("", n);
+            all.schedule =
+                self.rate_limit_after.iter().map(|(at, n)| (std::time::Duration::from_secs_f64(*at), *n)).collect();
+            all.schedule.sort_by_key(|a| a.0);
+            rules.push(all);
+        }
+        rules
+    }
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a rate in GET/s (a number ≥ 0)")),
+    }
+}
+
+/// `PREFIX=N`.
+fn prefix_rate(s: &str) -> Result<(String, f64), String> {
+    let (prefix, n) = s.rsplit_once('=').ok_or_else(|| format!("'{s}' is not PREFIX=N"))?;
+    Ok((prefix.to_owned(), rate(n)?))
+}
+
+/// `SECS=N`.
+fn timed_rate(s: &str) -> Result<(f64, f64), String> {
+    let (at, n) = s.split_once('=').ok_or_else(|| format!("'{s}' is not SECS=N"))?;
+    match at.parse::<f64>() {
+        Ok(at) if at.is_finite() && at >= 0.0 => Ok((at, rate(n)?)),
+        _ => Err(format!("'{at}' is not a number of seconds")),
+    }
 }
 
 /// Fault injection: each a fraction (0..1) of GETs.
@@ -377,6 +452,14 @@ struct FaultArgs {
     /// The delay of a slow first byte.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     slow_ms: u64,
+}
+
+/// `--max-rate`: GET/s, a finite number > 0.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a rate in GET/s (a number > 0)")),
+    }
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -536,6 +619,8 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
         crate::existing::ExistingMode::Compare
     };
     cfg.retries = t.retries;
+    cfg.max_rate = t.max_rate;
+    cfg.stall_timeout = std::time::Duration::from_secs(t.stall_timeout);
     cfg.io_threads = t.io_threads.map(|n| n as usize);
     cfg.buffer_bytes = t.buffer_mib << 20;
     cfg.parts = crate::config::Parts {
@@ -740,6 +825,7 @@ async fn serve(args: ServeArgs) -> Exit {
             slow_delay: std::time::Duration::from_millis(args.faults.slow_ms),
             corrupt: args.faults.fail_corrupt,
         },
+        rate_limits: args.limits.rules(),
         ..EndpointConfig::default()
     })
     .await
@@ -773,6 +859,17 @@ async fn serve(args: ServeArgs) -> Exit {
         "served {} GETs; injected: {} SlowDown, {} InternalError, {} resets, {} truncated, {} slow, {} corrupted",
         c.gets, c.slowdown, c.internal, c.reset, c.truncate, c.slow, c.corrupt
     );
+    for r in endpoint.rate_limit_counts() {
+        println!(
+            "rate limit '{}': {} GETs served, {} answered SlowDown; served from {:.3} s to {:.3} s; per second: {}",
+            r.prefix,
+            r.served,
+            r.throttled,
+            r.first_s,
+            r.last_s,
+            r.per_second.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+        );
+    }
     Exit::Ok
 }
 

@@ -154,8 +154,14 @@ pub struct Config {
     pub fsync: bool,
     /// `--verify`: check each body against its checksum or MD5 ETag.
     pub verify: bool,
-    /// Retries of a failed GET (transient errors and throttling) before the key fails.
+    /// Retries of a GET that failed transiently before the key fails (throttling answers
+    /// spend none: see [`crate::throttle`]).
     pub retries: u32,
+    /// `--max-rate`: GETs per second at most, over the whole run (`None`: as many as the
+    /// service accepts).
+    pub max_rate: Option<f64>,
+    /// `--stall-timeout`: a run whose GETs are all throttled for this long stops.
+    pub stall_timeout: std::time::Duration,
     /// `--io-threads`: threads of the portable writer and the ring's io-wq cap; `None`: their
     /// defaults ([`default_io_threads`] for the pool, 16 for the ring).
     pub io_threads: Option<usize>,
@@ -229,6 +235,8 @@ impl Config {
             fetch_engine: FetchEngine::Lean,
             existing: crate::existing::ExistingMode::Compare,
             retries: DEFAULT_RETRIES,
+            max_rate: None,
+            stall_timeout: std::time::Duration::from_secs(DEFAULT_STALL_TIMEOUT_S),
             verify: false,
             fsync: false,
             hedge_after_ms: DEFAULT_HEDGE_AFTER_MS,
@@ -259,6 +267,8 @@ pub const DEFAULT_RETRIES: u32 = 4;
 /// Default `--hedge-after`: AWS's advice for small objects is to retry a GET that has not
 /// started answering after ~2 s.
 pub const DEFAULT_HEDGE_AFTER_MS: u64 = 2000;
+/// Default `--stall-timeout`: five minutes of nothing but throttling answers.
+pub const DEFAULT_STALL_TIMEOUT_S: u64 = 300;
 /// Default `--list-workers`.
 pub const DEFAULT_LIST_WORKERS: usize = 32;
 /// Default `--io-threads`: one per core, at most 16.

@@ -16,12 +16,16 @@
 //! (multipart-style above 64 MiB for generated objects), Content-Length and Last-Modified;
 //! over plain HTTP or, given a certificate, HTTPS ([`TlsIdentity`]). Generated objects are
 //! produced per range, so a 1 GiB object costs only the bytes asked for.
+//!
+//! Like S3, it can limit the rate of GETs ([`RateLimit`]): a token bucket per key prefix,
+//! `503 SlowDown` when it is empty, with limits that change during a run (S3 raises a
+//! partition's limit when it splits it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -90,6 +94,149 @@ pub struct EndpointConfig {
     pub no_checksums: bool,
     /// Serve HTTPS with this certificate chain and private key (both PEM) instead of HTTP.
     pub tls: Option<TlsIdentity>,
+    /// Request-rate limits on GetObject, as S3 has per prefix partition: GETs of a rule's
+    /// keys above its rate are answered `503 SlowDown`. The longest matching prefix applies.
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// A token bucket on the GETs of keys under `prefix` (`""`: every key).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub prefix: String,
+    /// GETs per second; 0: unlimited (the rule only counts).
+    pub rate: f64,
+    /// The bucket holds this many seconds of the rate: a burst of up to `rate × burst`
+    /// GETs passes at once.
+    pub burst: Duration,
+    /// Changes during the run: after this long since the first GET, the rate becomes this
+    /// (as S3 raises a partition's limit when it splits it).
+    pub schedule: Vec<(Duration, f64)>,
+}
+
+impl RateLimit {
+    /// `rate` GET/s under `prefix`, with a burst of 0.1 s of it.
+    pub fn new(prefix: &str, rate: f64) -> RateLimit {
+        RateLimit { prefix: prefix.to_owned(), rate, burst: Duration::from_millis(100), schedule: Vec::new() }
+    }
+}
+
+/// What one rate-limit rule let through and refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitCounts {
+    pub prefix: String,
+    /// Its rate now (0: unlimited).
+    pub rate: f64,
+    pub served: u64,
+    pub throttled: u64,
+    /// Seconds from the first GET of the endpoint to the first and the last GET this rule
+    /// let through.
+    pub first_s: f64,
+    pub last_s: f64,
+    /// GETs let through in each second since the first GET of the endpoint.
+    pub per_second: Vec<u64>,
+}
+
+/// The token buckets of an endpoint.
+#[derive(Debug)]
+struct Limits {
+    /// Longest prefix first.
+    rules: Vec<(RateLimit, Mutex<TokenBucket>)>,
+    first_get: OnceLock<std::time::Instant>,
+}
+
+#[derive(Debug, Default)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Option<std::time::Instant>,
+    next_change: usize,
+    served: u64,
+    throttled: u64,
+    first: Option<Duration>,
+    last_served: Option<Duration>,
+    per_second: Vec<u64>,
+}
+
+impl Limits {
+    fn new(rules: &[RateLimit]) -> Option<Limits> {
+        if rules.is_empty() {
+            return None;
+        }
+        let mut rules: Vec<_> = rules
+            .iter()
+            .map(|r| {
+                let bucket =
+                    TokenBucket { rate: r.rate, tokens: r.rate * r.burst.as_secs_f64(), ..TokenBucket::default() };
+                (r.clone(), Mutex::new(bucket))
+            })
+            .collect();
+        rules.sort_by_key(|r| std::cmp::Reverse(r.0.prefix.len()));
+        Some(Limits { rules, first_get: OnceLock::new() })
+    }
+
+    /// Takes a token for a GET of `key`; false when its rule's bucket is empty.
+    fn admit(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let since = now.duration_since(*self.first_get.get_or_init(|| now));
+        let Some((rule, bucket)) = self.rules.iter().find(|(r, _)| key.starts_with(r.prefix.as_str())) else {
+            return true;
+        };
+        let Ok(mut b) = bucket.lock() else { return true };
+        while let Some(&(at, rate)) = rule.schedule.get(b.next_change)
+            && since >= at
+        {
+            b.rate = rate;
+            b.next_change += 1;
+        }
+        let capacity = (b.rate * rule.burst.as_secs_f64()).max(1.0);
+        if let Some(last) = b.last {
+            b.tokens = (b.tokens + b.rate * now.duration_since(last).as_secs_f64()).min(capacity);
+        }
+        b.last = Some(now);
+        if b.rate > 0.0 && b.tokens < 1.0 {
+            b.throttled += 1;
+            return false;
+        }
+        b.tokens -= 1.0;
+        b.served += 1;
+        b.first.get_or_insert(since);
+        b.last_served = Some(since);
+        let second = since.as_secs() as usize;
+        if b.per_second.len() <= second {
+            b.per_second.resize(second + 1, 0);
+        }
+        b.per_second[second] += 1;
+        true
+    }
+
+    fn set(&self, prefix: &str, rate: f64) -> bool {
+        let Some((_, bucket)) = self.rules.iter().find(|(r, _)| r.prefix == prefix) else { return false };
+        if let Ok(mut b) = bucket.lock() {
+            b.rate = rate;
+        }
+        true
+    }
+
+    fn counts(&self) -> Vec<RateLimitCounts> {
+        let mut all: Vec<_> = self
+            .rules
+            .iter()
+            .filter_map(|(r, b)| {
+                let b = b.lock().ok()?;
+                Some(RateLimitCounts {
+                    prefix: r.prefix.clone(),
+                    rate: b.rate,
+                    served: b.served,
+                    throttled: b.throttled,
+                    first_s: b.first.unwrap_or_default().as_secs_f64(),
+                    last_s: b.last_served.unwrap_or_default().as_secs_f64(),
+                    per_second: b.per_second.clone(),
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        all
+    }
 }
 
 /// A server certificate chain and its private key, PEM-encoded.
@@ -340,6 +487,7 @@ struct MemS3 {
     requester_pays: std::collections::HashSet<String>,
     archived: HashMap<String, (String, bool)>,
     versions: HashMap<(String, String), Bytes>,
+    limits: Option<Arc<Limits>>,
 }
 
 async fn delay(d: Duration) {
@@ -538,7 +686,13 @@ impl S3 for MemS3 {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        // The bucket is taken from when the request arrives; the answer comes after the
+        // latency either way.
+        let admitted = self.limits.as_ref().is_none_or(|l| l.admit(&req.input.key));
         delay(self.get_latency).await;
+        if !admitted {
+            return Err(s3_error!(SlowDown, "Please reduce your request rate."));
+        }
         // The connection layer drew this request's fate (and already handled resets).
         let fault = req.extensions.get::<Drawn>().and_then(|d| d.0);
         match fault {
@@ -740,6 +894,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         archived: config.archived.iter().map(|(k, c, r)| (k.clone(), (c.clone(), *r))).collect(),
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
+        limits: Limits::new(&config.rate_limits).map(Arc::new),
     }
 }
 
@@ -758,6 +913,7 @@ pub struct Endpoint {
     https: bool,
     task: tokio::task::JoinHandle<()>,
     faults: Arc<FaultState>,
+    limits: Option<Arc<Limits>>,
 }
 
 impl Endpoint {
@@ -765,6 +921,7 @@ impl Endpoint {
     pub async fn start(config: EndpointConfig) -> std::io::Result<Endpoint> {
         let store = build_store(&config);
         let faults = store.faults.clone();
+        let limits = store.limits.clone();
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some((ak, sk)) = &config.credentials {
             builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
@@ -814,7 +971,7 @@ impl Endpoint {
                 });
             }
         });
-        Ok(Endpoint { addr, https, task, faults })
+        Ok(Endpoint { addr, https, task, faults, limits })
     }
 
     /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
@@ -830,6 +987,16 @@ impl Endpoint {
     /// GETs served and faults injected so far.
     pub fn fault_counts(&self) -> FaultCounts {
         self.faults.counts()
+    }
+
+    /// What each rate-limit rule let through and refused so far.
+    pub fn rate_limit_counts(&self) -> Vec<RateLimitCounts> {
+        self.limits.as_ref().map(|l| l.counts()).unwrap_or_default()
+    }
+
+    /// Changes the rate of the rule for `prefix` now (0: unlimited); false if there is none.
+    pub fn set_rate_limit(&self, prefix: &str, rate: f64) -> bool {
+        self.limits.as_ref().is_some_and(|l| l.set(prefix, rate))
     }
 }
 

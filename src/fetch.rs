@@ -7,32 +7,29 @@
 //! together do not come back together. Permanent errors (NoSuchKey, AccessDenied, …) fail
 //! the key at once. Every retry is counted in the summary, throttled ones separately.
 //!
-//! Throttling slows the whole run instead of burning retries ([`Throttle`]): GETs in flight
-//! are limited by a target that is cut to ¾ on a throttling answer (at most once per
-//! [`CUT_INTERVAL`], so one burst of 503s counts once) and grows by one per `target / 4`
-//! successes back up to `--workers` (AIMD, as TCP does with loss).
+//! Throttling slows the whole run instead of failing keys ([`crate::throttle`]): a
+//! SlowDown/503/429 answer lowers the rate of GETs of that key's partition, and the key is
+//! tried again without spending `--retries` — as long as the run makes progress: when no GET
+//! at all has succeeded for `--stall-timeout`, the key fails and the run stops.
 //!
 //! Hedging (`--hedge-after MS`): an attempt of a small object that has not completed after
 //! the threshold is sent again on a new connection, and the first answer wins (AWS's advice
-//! for S3 tail latency); the loser is dropped with its connection.
+//! for S3 tail latency); the loser is dropped with its connection. The timer starts once the
+//! first request has its send slot, and the second request takes a slot of its own: hedges
+//! obey the rate limit like every GET.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{Config, FetchEngine};
 use crate::lean::{Conn, Lean};
 use crate::report::Report;
 use crate::s3::{self, ByteRange, Control, Fetched, GetError, Retry};
+use crate::throttle::{Answer, Limiter, Throttle, ThrottleStats, Ticket};
 
 /// First backoff bound; doubles per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
-/// The throttle's target is cut at most this often.
-const CUT_INTERVAL: Duration = Duration::from_millis(250);
-/// The throttle never goes below this many GETs in flight.
-const MIN_IN_FLIGHT: usize = 4;
 /// Objects above this size are not hedged (a second copy of a large body is not cheap).
 const HEDGE_MAX_SIZE: u64 = 8 << 20;
 
@@ -41,6 +38,10 @@ pub struct Engine {
     kind: Kind,
     verify: bool,
     throttle: Throttle,
+    /// `--workers`: GETs in flight when nothing held them back.
+    workers: usize,
+    /// `--stall-timeout`: how long throttling may go on with no GET succeeding.
+    stall_timeout: Duration,
     /// `--hedge-after`; `None`: no hedging.
     hedge_after: Option<Duration>,
     /// `--version-id` (single-object copies only).
@@ -82,7 +83,9 @@ impl Engine {
         Ok(Engine {
             kind,
             verify,
-            throttle: Throttle::new(cfg.workers.max(1)),
+            throttle: Throttle::new(&cfg.source.prefix, cfg.max_rate),
+            workers: cfg.workers.max(1),
+            stall_timeout: cfg.stall_timeout,
             hedge_after,
             version_id: cfg.version_id.clone(),
         })
@@ -100,14 +103,31 @@ impl Engine {
         self.verify
     }
 
-    /// The fewest GETs the throttle allowed in flight during the run.
+    /// The fewest GETs in flight while GETs waited for the rate limiter (`--workers` when
+    /// none ever did).
     pub fn min_in_flight(&self) -> usize {
-        self.throttle.lowest.load(Ordering::Relaxed)
+        self.throttle.min_in_flight().unwrap_or(self.workers).min(self.workers)
     }
 
-    /// One attempt on `conn`, bounded as a whole by [`attempt_timeout`] (connect and first
+    /// The rate limiters' figures for the summary.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.throttle.stats()
+    }
+
+    /// The key's first path component (its parking group), when the gate of its
+    /// partition's limiter is crowded: the key is better parked than waited for.
+    pub fn crowded(&self, key: &str) -> Option<Box<str>> {
+        self.throttle.crowded(key)
+    }
+
+    /// Whether the partition of keys in parking group `group` is crowded now.
+    pub fn group_crowded(&self, group: &str) -> bool {
+        self.throttle.lane(group).crowded()
+    }
+
+    /// One request on `conn`, bounded as a whole by [`attempt_timeout`] (connect and first
     /// byte have their own, shorter bounds inside the engines).
-    async fn attempt(
+    async fn send(
         &self,
         conn: &mut Conn,
         key: &str,
@@ -135,29 +155,54 @@ impl Engine {
         }
     }
 
-    /// One attempt, hedged: if it has not finished after `--hedge-after`, a second one starts
-    /// on a new connection and the first to finish wins.
-    async fn hedged_attempt(
+    /// One request that already has its send slot; its answer goes back to the limiter.
+    async fn sent(
+        &self,
+        ticket: Ticket<'_>,
+        conn: &mut Conn,
+        key: &str,
+        size: u64,
+        range: Option<&ByteRange>,
+    ) -> Result<Fetched, GetError> {
+        let got = self.send(conn, key, size, range).await;
+        let answer = match &got {
+            Ok(_) => Answer::Ok,
+            Err(e) if e.retry == Retry::Throttled => Answer::Throttled,
+            Err(_) => Answer::Other,
+        };
+        self.throttle.answered(ticket, key, answer);
+        got
+    }
+
+    /// One attempt, hedged: if it has not finished `--hedge-after` after it was sent, a
+    /// second one starts on a new connection (with a send slot of its own) and the first to
+    /// finish wins.
+    async fn attempt(
         &self,
         conn: &mut Conn,
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
+        lane: &Arc<Limiter>,
         report: &Report,
     ) -> Result<Fetched, GetError> {
+        let ticket = self.throttle.acquire(lane.clone()).await;
         let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
-            return self.attempt(conn, key, size, range).await;
+            return self.sent(ticket, conn, key, size, range).await;
         };
         let mut spare = Conn::default();
         let (result, spare_won) = {
-            let first = self.attempt(conn, key, size, range);
+            let first = self.sent(ticket, conn, key, size, range);
             tokio::pin!(first);
             tokio::select! {
                 biased;
                 r = &mut first => (r, false),
                 () = tokio::time::sleep(after) => {
                     report.hedged();
-                    let second = self.attempt(&mut spare, key, size, range);
+                    let second = async {
+                        let ticket = self.throttle.acquire(lane.clone()).await;
+                        self.sent(ticket, &mut spare, key, size, range).await
+                    };
                     tokio::pin!(second);
                     tokio::select! {
                         r = &mut first => (r, false),
@@ -189,15 +234,9 @@ impl Engine {
     ) -> Result<Fetched, String> {
         let mut attempt = 0u32;
         loop {
-            let got = {
-                let _slot = self.throttle.acquire().await;
-                self.hedged_attempt(conn, key, size, range, report).await
-            };
-            match &got {
-                Ok(_) => self.throttle.success(),
-                Err(e) if e.retry == Retry::Throttled => self.throttle.throttled(),
-                Err(_) => {}
-            }
+            // Each attempt asks again: the key's partition may have been split off meanwhile.
+            let lane = self.throttle.lane(key);
+            let got = self.attempt(conn, key, size, range, &lane, report).await;
             let got = match got {
                 Ok(f) if self.verify && range.is_none() => verify(f, report),
                 other => other,
@@ -209,6 +248,22 @@ impl Engine {
             }
             match got {
                 Ok(f) => return Ok(f),
+                Err(e) if e.retry == Retry::Throttled => {
+                    // The service asks for a lower rate, which the limiter now sends at: not
+                    // a fault of this key, so no retry is spent — unless nothing succeeds.
+                    let stalled = self.throttle.since_last_success();
+                    if stalled >= self.stall_timeout {
+                        let why = format!(
+                            "no GET succeeded for {} s while the service kept throttling (--stall-timeout)",
+                            stalled.as_secs()
+                        );
+                        report.abort(&why);
+                        return Err(format!("{} ({why})", e.reason));
+                    }
+                    report.retried(true);
+                    tracing::debug!(key, reason = %e.reason, "throttled: trying again");
+                    tokio::time::sleep(backoff(0)).await;
+                }
                 Err(e) if e.retry == Retry::No || attempt >= retries => {
                     return Err(if attempt > 0 {
                         format!("{} (after {} attempts)", e.reason, attempt + 1)
@@ -217,94 +272,13 @@ impl Engine {
                     });
                 }
                 Err(e) => {
-                    report.retried(e.retry == Retry::Throttled);
+                    report.retried(false);
                     tracing::debug!(key, attempt, reason = %e.reason, "retrying GET");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
             }
         }
-    }
-}
-
-/// AIMD on GETs in flight (see the module notes).
-struct Throttle {
-    max: usize,
-    target: AtomicUsize,
-    in_flight: AtomicUsize,
-    successes: AtomicUsize,
-    lowest: AtomicUsize,
-    last_cut: Mutex<Option<Instant>>,
-    freed: tokio::sync::Notify,
-}
-
-/// A GET's place under the throttle; released on drop.
-struct Slot<'a>(&'a Throttle);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
-    }
-}
-
-impl Throttle {
-    fn new(max: usize) -> Throttle {
-        Throttle {
-            max,
-            target: AtomicUsize::new(max),
-            in_flight: AtomicUsize::new(0),
-            successes: AtomicUsize::new(0),
-            lowest: AtomicUsize::new(max),
-            last_cut: Mutex::new(None),
-            freed: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Waits until fewer GETs than the target are in flight.
-    async fn acquire(&self) -> Slot<'_> {
-        loop {
-            let cur = self.in_flight.load(Ordering::Acquire);
-            if cur < self.target.load(Ordering::Acquire) {
-                if self.in_flight.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    return Slot(self);
-                }
-                continue;
-            }
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) < self.target.load(Ordering::Acquire) {
-                continue;
-            }
-            freed.await;
-        }
-    }
-
-    fn success(&self) {
-        let target = self.target.load(Ordering::Relaxed);
-        if target >= self.max {
-            return;
-        }
-        if self.successes.fetch_add(1, Ordering::Relaxed) + 1 >= (target / 4).max(1) {
-            self.successes.store(0, Ordering::Relaxed);
-            self.target.fetch_add(1, Ordering::AcqRel);
-            self.freed.notify_one();
-        }
-    }
-
-    fn throttled(&self) {
-        let Ok(mut last) = self.last_cut.lock() else { return };
-        if last.is_some_and(|t| t.elapsed() < CUT_INTERVAL) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let target = self.target.load(Ordering::Relaxed);
-        let cut = (target * 3 / 4).max(MIN_IN_FLIGHT.min(self.max));
-        self.target.store(cut, Ordering::Release);
-        self.successes.store(0, Ordering::Relaxed);
-        self.lowest.fetch_min(cut, Ordering::Relaxed);
-        tracing::debug!(target = cut, "throttled: fewer GETs in flight");
     }
 }
 

@@ -26,6 +26,7 @@ pub mod s3;
 pub mod select;
 mod sigv4;
 pub mod stats;
+pub mod throttle;
 pub mod tune;
 pub mod verify;
 pub mod writer;

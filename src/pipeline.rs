@@ -97,6 +97,72 @@ impl Room {
     }
 }
 
+/// Keys set aside because their partition's rate limiter is crowded (more GETs waiting at
+/// its gate than it needs to keep its rate), so that the fetchers serve other partitions
+/// instead of all waiting for one: S3 limits each prefix partition on its own. Parked keys
+/// are grouped by partition and first path component, and taken round-robin whenever their
+/// partition has room again, so that a limited partition's GETs mix keys of every prefix
+/// under it — which is how the limiter learns which of them is limited (see
+/// [`crate::throttle`]). At most [`PARKED_MAX`] keys are parked; beyond, fetchers wait at
+/// the gate.
+#[derive(Default)]
+struct Parked {
+    groups: std::sync::Mutex<ParkedGroups>,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+/// Parked keys by first path component (`prefix/component/`, or SOURCE's prefix).
+#[derive(Default)]
+struct ParkedGroups {
+    groups: Vec<(Box<str>, std::collections::VecDeque<Listed>)>,
+    /// Where the next round-robin look starts.
+    next: usize,
+}
+
+/// Parked keys at most (~100 bytes each plus the key).
+const PARKED_MAX: usize = 100_000;
+
+impl Parked {
+    fn is_empty(&self) -> bool {
+        self.count.load(std::sync::atomic::Ordering::Relaxed) == 0
+    }
+
+    /// Parks `item` in `group`; gives it back when the parking is full.
+    #[allow(clippy::result_large_err)] // the key goes back to its caller, not into an error
+    fn park(&self, group: &str, item: Listed) -> Result<(), Listed> {
+        use std::sync::atomic::Ordering;
+        let Ok(mut p) = self.groups.lock() else { return Err(item) };
+        if self.count.load(Ordering::Relaxed) >= PARKED_MAX {
+            return Err(item);
+        }
+        match p.groups.iter_mut().find(|(g, _)| **g == *group) {
+            Some((_, q)) => q.push_back(item),
+            None => p.groups.push((group.into(), std::collections::VecDeque::from([item]))),
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A parked key of a group whose partition has room at its gate now (`crowded` tells;
+    /// `None`: any group), from the groups in turn.
+    fn take(&self, crowded: Option<&dyn Fn(&str) -> bool>) -> Option<Listed> {
+        use std::sync::atomic::Ordering;
+        if self.is_empty() {
+            return None;
+        }
+        let mut p = self.groups.lock().ok()?;
+        let n = p.groups.len();
+        let at = (0..n).map(|i| (p.next + i) % n).find(|&i| crowded.is_none_or(|c| !c(&p.groups[i].0)))?;
+        let item = p.groups[at].1.pop_front();
+        if p.groups[at].1.is_empty() {
+            p.groups.swap_remove(at);
+        }
+        p.next = at + 1;
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        item
+    }
+}
+
 /// Runs one copy to the end. Failures of single keys are in the summary; the error is for
 /// the run as a whole.
 pub async fn run(cfg: &Config, report: Arc<Report>) -> Result<Summary, Fatal> {
@@ -195,6 +261,7 @@ async fn copy(
     let budget = Arc::new(Semaphore::new(budget_units as usize));
     let mut fetchers = Vec::with_capacity(cfg.workers);
     let part_conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let parked = Arc::new(Parked::default());
     for _ in 0..cfg.workers.max(1) {
         let f = Fetcher {
             engine: fetch.clone(),
@@ -203,6 +270,7 @@ async fn copy(
             parts: cfg.parts,
             retries: cfg.retries,
             keys: keys_rx.clone(),
+            parked: parked.clone(),
             room: room.clone(),
             jobs: writer.jobs.clone(),
             budget: budget.clone(),
@@ -237,6 +305,9 @@ async fn copy(
     report.set_min_in_flight(fetch.min_in_flight() as u64);
     let mut summary = report.summary(started.elapsed(), engine, fetch.name());
     summary.failed_keys = report.finish_failed_keys();
+    summary.throttle = fetch.throttle_stats();
+    summary.retries_allowed = cfg.retries;
+    summary.hedge_after_ms = cfg.hedge_after_ms;
     Ok(summary)
 }
 
@@ -563,6 +634,7 @@ struct Fetcher {
     parts: crate::config::Parts,
     retries: u32,
     keys: async_channel::Receiver<Listed>,
+    parked: Arc<Parked>,
     room: Arc<Room>,
     jobs: async_channel::Sender<Job>,
     budget: Arc<Semaphore>,
@@ -580,15 +652,51 @@ impl Fetcher {
         let stopping = stop.requested_wait();
         tokio::pin!(stopping);
         loop {
-            let item = tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                item = self.keys.recv() => match item {
-                    Ok(item) => item,
-                    Err(_) => break,
-                },
+            let crowded = |group: &str| self.engine.group_crowded(group);
+            let item = match self.parked.take(Some(&crowded)) {
+                Some(item) => item,
+                None => {
+                    let got = if self.parked.is_empty() {
+                        tokio::select! {
+                            biased;
+                            () = &mut stopping => break,
+                            item = self.keys.recv() => item,
+                        }
+                    } else {
+                        // Look at the parked keys again soon: their partitions free up
+                        // while no new key comes.
+                        let wait = std::time::Duration::from_millis(5);
+                        tokio::select! {
+                            biased;
+                            () = &mut stopping => break,
+                            item = tokio::time::timeout(wait, self.keys.recv()) => match item {
+                                Ok(item) => item,
+                                Err(_) => continue,
+                            },
+                        }
+                    };
+                    match got {
+                        Ok(item) => {
+                            self.room.took(self.keys.len());
+                            if item.size <= self.parts.threshold
+                                && let Some(group) = self.engine.crowded(&item.key)
+                            {
+                                match self.parked.park(&group, item) {
+                                    Ok(()) => continue,
+                                    Err(item) => item,
+                                }
+                            } else {
+                                item
+                            }
+                        }
+                        // No more keys: what is parked is left to fetch.
+                        Err(_) => match self.parked.take(None) {
+                            Some(item) => item,
+                            None => break,
+                        },
+                    }
+                }
             };
-            self.room.took(self.keys.len());
             let picked = Instant::now();
             rec.record(Stage::Queue, picked - item.listed_at);
             let job = if item.target.file_name().is_none() {

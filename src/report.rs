@@ -305,6 +305,9 @@ impl Report {
             hedged: self.hedged.load(Ordering::Relaxed),
             hedge_won: self.hedge_won.load(Ordering::Relaxed),
             min_in_flight: self.min_in_flight.load(Ordering::Relaxed),
+            throttle: crate::throttle::ThrottleStats::default(),
+            retries_allowed: 0,
+            hedge_after_ms: 0,
             verify: [
                 self.verified_checksum.load(Ordering::Relaxed),
                 self.verified_md5.load(Ordering::Relaxed),
@@ -427,9 +430,14 @@ pub struct Summary {
     /// Hedged attempts, and how many answered first.
     pub hedged: u64,
     pub hedge_won: u64,
-    /// The fewest GETs in flight the throttle allowed (equal to `--workers` when the
-    /// service never asked to slow down).
+    /// The fewest GETs in flight while GETs waited for the rate limiter (equal to
+    /// `--workers` when none ever did).
     pub min_in_flight: u64,
+    /// The rate limiters: throttling answers, `--max-rate`, waiting, partitions.
+    pub throttle: crate::throttle::ThrottleStats,
+    /// `--retries` and `--hedge-after` (ms) of the run.
+    pub retries_allowed: u32,
+    pub hedge_after_ms: u64,
     /// `--verify`: [by checksum, by ETag MD5, nothing to verify against, mismatches].
     pub verify: [u64; 4],
     /// The whole process's CPU and peak RSS at the end of the run.
@@ -531,10 +539,12 @@ impl Summary {
         if self.retries > 0 {
             let _ = writeln!(
                 s,
-                "{} GET attempts retried ({} throttled by the service; GETs in flight lowered to {} at the least)",
-                self.retries, self.throttled, self.min_in_flight
+                "{} GET attempts retried ({} throttled by the service, spending no retries; GETs in flight lowered to {} \
+                 at the least; --retries {}, --hedge-after {} ms)",
+                self.retries, self.throttled, self.min_in_flight, self.retries_allowed, self.hedge_after_ms
             );
         }
+        self.render_rate_limits(&mut s);
         if self.hedged > 0 {
             let _ = writeln!(
                 s,
@@ -588,6 +598,36 @@ impl Summary {
             let _ = writeln!(s, "{}", sanitize(note));
         }
         s
+    }
+}
+
+impl Summary {
+    /// One line per limited partition, and the time GETs waited for their send slots.
+    fn render_rate_limits(&self, s: &mut String) {
+        let t = &self.throttle;
+        const SHOWN: usize = 5;
+        for p in t.partitions.iter().take(SHOWN) {
+            let rate = |r: Option<f64>| r.map_or_else(|| "unlimited".to_owned(), |r| format!("{r:.0} GET/s"));
+            let _ = writeln!(
+                s,
+                "rate limit of '{}': settled at {} ({} cuts, lowest {}, {} at the end; {} throttled answers)",
+                sanitize(&p.prefix),
+                rate(p.settled_rate),
+                p.cuts,
+                rate(p.lowest_rate),
+                rate(p.rate),
+                p.throttled
+            );
+        }
+        if t.partitions.len() > SHOWN {
+            let _ = writeln!(s, "({} more rate-limited partitions in --stats-json)", t.partitions.len() - SHOWN);
+        }
+        if let Some(max) = t.max_rate {
+            let _ = writeln!(s, "--max-rate {max:.0} GET/s");
+        }
+        if t.limiter_wait_s > 0.0 {
+            let _ = writeln!(s, "GETs waited {:.1} s for their send slots (summed over GETs)", t.limiter_wait_s);
+        }
     }
 }
 
@@ -685,6 +725,9 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "io_engine": format!("{:?}", cfg.io_engine).to_lowercase(),
             "fetch_engine": format!("{:?}", cfg.fetch_engine).to_lowercase(),
             "retries": cfg.retries,
+            "hedge_after_ms": cfg.hedge_after_ms,
+            "max_rate": cfg.max_rate,
+            "stall_timeout_s": cfg.stall_timeout.as_secs(),
             "list_workers": cfg.list_workers,
             "verify": cfg.verify,
             "fsync": cfg.fsync,
@@ -711,6 +754,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "min_in_flight": summary.min_in_flight,
             "hedged": summary.hedged,
             "hedge_won": summary.hedge_won,
+            "rate_limit": summary.throttle,
         },
         "verify": {
             "by_checksum": summary.verify[0],

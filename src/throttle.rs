@@ -1,0 +1,612 @@
+//! Request-rate control for GETs: run at the rate the service accepts, not above it.
+//!
+//! S3 serves about 5,500 GET/s per partitioned prefix and answers `503 SlowDown` above it;
+//! other stores limit by rate as well. Limiting GETs *in flight* cannot hold a rate (in
+//! flight = rate × latency, and latency changes), so each partition of the key space has a
+//! [`Limiter`] that paces GETs at a rate:
+//!
+//! - **Unlimited until told otherwise.** Until the service first throttles (or `--max-rate`
+//!   is given), a GET touches three counters and a flag, nothing else.
+//! - **Cut to what the service accepts.** A throttling answer to a GET sent after the last
+//!   cut (older answers describe a rate no longer sent) opens a short measurement: the next
+//!   [`PROBE_ANSWERS`] fresh answers. A token bucket that is empty lets through exactly its
+//!   rate, so the fraction of them that succeeded, times the rate they were sent at, *is*
+//!   the limit; the rate is cut to β = 0.9 of it. One overshoot costs one cut, in about one
+//!   round trip, whatever the distance to the limit. A single throttling answer among them
+//!   changes nothing (a limit being crossed answers more than once). The very first cut,
+//!   from unlimited, has no pacing rate to go by: it halves the rate GETs were sent at in
+//!   the last 100 ms (an upper bound), and the measurement that follows sets the rate.
+//! - **Probe upward like CUBIC.** After a cut the rate follows `W·(1 + C·(t − K)³)` with
+//!   `W` = cut / β: it climbs back towards where the limit was, stays near it, then grows ever
+//!   faster, so a limit that was lifted or doubled (S3 splitting a partition) is found within
+//!   a few seconds. Far above `W` with no throttling, the limiter lets go: unlimited again.
+//!   The curve's clock runs only while GETs wait for slots: a rate that is not used proves
+//!   nothing, and must not grow into a flood when the keys come back.
+//! - **Pacing, not bursts.** Waiting GETs pass a fair gate one at a time and each takes the
+//!   next send slot, `1 / rate` after the previous one (from the schedule, not from when the
+//!   task woke, so a late wake-up does not lower the rate); a slot is computed when its GET
+//!   is next in line, so a cut applies to the very next GET.
+//! - **Per partition.** S3 throttles per prefix partition. Keys start in one partition (a
+//!   cold bucket is one); when the throttling answers come from some first path components
+//!   below SOURCE's prefix while the GETs of the others all succeed at the same time, those
+//!   components get limiters of their own and the rest is unlimited again. The pipeline parks keys of a
+//!   partition whose gate is crowded, so that GETs of other partitions are not stuck behind
+//!   them.
+//!
+//! The AWS SDKs' adaptive retry mode also pairs a token bucket with a CUBIC update, but cuts
+//! to 0.7 × a smoothed send rate on every throttling answer, with one bucket per client.
+//! Measuring the accepted fraction lands just under the limit in one step, counting only
+//! fresh answers keeps one overshoot from cutting many times, and partitions keep an
+//! unthrottled prefix at its own speed. What it cannot tell apart: throttling answers that
+//! come at random, whatever the rate, look like a limit below every rate tried.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// A cut sets the rate to this fraction of what the service accepted.
+const BETA: f64 = 0.9;
+/// CUBIC's growth, relative to `W`, per second cubed.
+const CUBIC_C: f64 = 0.2;
+/// The first cut from unlimited keeps this fraction of the recent send rate.
+const FIRST_CUT: f64 = 0.5;
+/// Fresh answers that measure the accepted fraction after a throttling answer.
+pub const PROBE_ANSWERS: u64 = 16;
+/// Never paced slower than this (GET/s).
+const MIN_RATE: f64 = 2.0;
+/// Far enough above `W`, with no throttling, the limiter lets go.
+const RELEASE_ABOVE: f64 = 16.0;
+/// The first cut measures the successes of this last stretch.
+const SHORT_WINDOW: Duration = Duration::from_millis(100);
+/// A GET late for its slot by up to this much is still sent at once (timer lateness must
+/// not lower the rate); more than that is not made up for with a burst.
+const CATCH_UP: Duration = Duration::from_millis(2);
+/// A partition's gate is crowded at this many waiting GETs: its keys are parked.
+pub const CROWDED: usize = 4;
+/// Partitions split off when this many throttling answers in the window…
+const SPLIT_MIN_THROTTLED: u64 = 8;
+/// …come mostly (this fraction) from them…
+const SPLIT_SHARE: f64 = 0.8;
+/// …at least this fraction of their answers, while the others had at least this many
+/// answers in the same window, none of them throttled: under a shared limit the others'
+/// GETs meet the same empty bucket, so only a stark difference says it is not shared.
+const SPLIT_MIN_FRACTION: f64 = 0.01;
+const SPLIT_MIN_OTHERS: u64 = 64;
+/// Per-partition answers are counted over windows of this length.
+const SPLIT_WINDOW: Duration = Duration::from_secs(1);
+/// Sends are counted in 1 ms slots over this many slots (about a second).
+const RING: usize = 1024;
+
+/// The outcome of one GET attempt, as the limiter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ok,
+    Throttled,
+    /// Any other failure: says nothing about the rate.
+    Other,
+}
+
+/// The rate control of one run: a root partition, the partitions split off it, and the
+/// figures for the summary.
+pub struct Throttle {
+    started: Instant,
+    /// Length of SOURCE's prefix: partitions are named by the first path component after it.
+    prefix_len: usize,
+    /// `--max-rate`: every limiter starts limited at this rate and never exceeds it.
+    max_rate: Option<f64>,
+    /// Any limiter was ever limited: until then a GET only counts its success.
+    engaged: AtomicBool,
+    root: Arc<Limiter>,
+    /// Partitions split off the root, by name (`prefix/first-component/`).
+    split: AtomicBool,
+    parts: RwLock<HashMap<Box<str>, Arc<Limiter>>>,
+    in_flight: AtomicUsize,
+    /// The fewest GETs in flight (sent, not yet answered) when a GET that had waited for
+    /// its slot was sent.
+    min_in_flight: AtomicUsize,
+    waited_ns: AtomicU64,
+    /// Milliseconds since `started` of the last successful answer.
+    last_ok_ms: AtomicU64,
+    throttled: AtomicU64,
+}
+
+/// A GET's permission to go: taken before the request, given back with its answer.
+pub struct Ticket<'a> {
+    throttle: &'a Throttle,
+    limiter: Arc<Limiter>,
+    /// When it was sent, if its limiter was engaged (else feedback is always fresh).
+    sent: Option<Instant>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.throttle.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the summary and the stats JSON say about the limiters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ThrottleStats {
+    /// Throttling answers (SlowDown, 503, 429) received.
+    pub throttled: u64,
+    /// `--max-rate`, if given.
+    pub max_rate: Option<f64>,
+    /// Seconds GETs spent waiting for their send slot, summed over GETs.
+    pub limiter_wait_s: f64,
+    /// The limited partitions at the end of the run (empty when nothing was ever limited).
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// One partition's limiter.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PartitionStats {
+    /// The key prefix of the partition (SOURCE's prefix for the root partition).
+    pub prefix: String,
+    /// Its rate when the run ended (GET/s); `null` once it was unlimited again.
+    pub rate: Option<f64>,
+    /// The rate at the last cut: what the service accepted when it last throttled.
+    pub settled_rate: Option<f64>,
+    /// The lowest rate it was cut to.
+    pub lowest_rate: Option<f64>,
+    /// Cuts made (one per throttling episode round trip, not one per answer).
+    pub cuts: u64,
+    /// Throttling answers in this partition.
+    pub throttled: u64,
+}
+
+impl Throttle {
+    /// `prefix`: SOURCE's prefix; `max_rate`: `--max-rate`.
+    pub fn new(prefix: &str, max_rate: Option<f64>) -> Throttle {
+        let started = Instant::now();
+        let max_rate = max_rate.filter(|r| *r > 0.0);
+        Throttle {
+            started,
+            prefix_len: prefix.len(),
+            max_rate,
+            engaged: AtomicBool::new(max_rate.is_some()),
+            root: Arc::new(Limiter::new(prefix.to_owned(), max_rate, started)),
+            split: AtomicBool::new(false),
+            parts: RwLock::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            min_in_flight: AtomicUsize::new(usize::MAX),
+            waited_ns: AtomicU64::new(0),
+            last_ok_ms: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+        }
+    }
+
+    /// `key`'s first path component below the prefix (`prefix/component/`, or the prefix
+    /// itself), if the gate of its limiter is crowded. A group name is a key of its group,
+    /// for [`Throttle::lane`].
+    pub fn crowded(&self, key: &str) -> Option<Box<str>> {
+        if !self.engaged.load(Ordering::Relaxed) {
+            return None;
+        }
+        let group = self.partition_name(key).unwrap_or(&key[..self.prefix_len.min(key.len())]);
+        self.lane(key).crowded().then(|| group.into())
+    }
+
+    /// The partition `key` belongs to.
+    pub fn lane(&self, key: &str) -> Arc<Limiter> {
+        if self.split.load(Ordering::Acquire)
+            && let Some(name) = self.partition_name(key)
+            && let Ok(parts) = self.parts.read()
+            && let Some(l) = parts.get(name)
+        {
+            return l.clone();
+        }
+        self.root.clone()
+    }
+
+    /// `prefix/first-component/` of `key`, or `None` for a key directly under the prefix.
+    fn partition_name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.get(self.prefix_len..)?;
+        rest.find('/').map(|i| &key[..self.prefix_len + i + 1])
+    }
+
+    /// Waits for a send slot for a GET of `key` in `lane` (from [`Throttle::lane`]).
+    pub async fn acquire(&self, lane: Arc<Limiter>) -> Ticket<'_> {
+        let asked = Instant::now();
+        if !self.engaged.load(Ordering::Relaxed) || !lane.limited.load(Ordering::Acquire) {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            lane.sends.record(self.ms(asked));
+            let sent = self.engaged.load(Ordering::Relaxed).then_some(asked);
+            return Ticket { throttle: self, limiter: lane, sent };
+        }
+        lane.waiting.fetch_add(1, Ordering::Relaxed);
+        let sent = {
+            let _gate = lane.gate.lock().await;
+            if let Some(at) = lane.next_slot(Instant::now()) {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            Instant::now()
+        };
+        lane.waiting.fetch_sub(1, Ordering::Relaxed);
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let waited = sent - asked;
+        if waited > Duration::from_micros(100) {
+            self.min_in_flight.fetch_min(in_flight, Ordering::Relaxed);
+        }
+        self.waited_ns.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        Ticket { throttle: self, limiter: lane, sent: Some(sent) }
+    }
+
+    /// The answer to the GET that `ticket` let go; `key` names its partition.
+    pub fn answered(&self, ticket: Ticket<'_>, key: &str, answer: Answer) {
+        let throttled = match answer {
+            Answer::Ok => false,
+            Answer::Throttled => true,
+            Answer::Other => return,
+        };
+        let now = Instant::now();
+        let ms = self.ms(now);
+        let lane = &ticket.limiter;
+        if throttled {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            self.engaged.store(true, Ordering::Relaxed);
+        } else {
+            self.last_ok_ms.store(ms, Ordering::Relaxed);
+        }
+        let root = Arc::ptr_eq(lane, &self.root);
+        if root && self.split.load(Ordering::Relaxed) && !Arc::ptr_eq(&self.lane(key), lane) {
+            // Sent through the root before its partition was split off: about that
+            // partition, whose own limiter has taken over.
+            return;
+        }
+        let child = if root { self.partition_name(key) } else { None };
+        if lane.feedback(ticket.sent, throttled, now, ms, root.then_some(child.unwrap_or(""))) && root {
+            self.maybe_split(now);
+        }
+    }
+
+    /// Splits partitions off the root when its throttling comes from them (module notes).
+    fn maybe_split(&self, now: Instant) {
+        let Some(hot) = self.root.hot_children() else { return };
+        let Ok(mut parts) = self.parts.write() else { return };
+        for (name, accepted) in hot {
+            if parts.contains_key(&name) {
+                continue;
+            }
+            let limiter = Limiter::new(name.to_string(), self.max_rate, self.started);
+            limiter.start_at(accepted, now);
+            tracing::debug!(partition = %name, rate = accepted, "throttled partition split off");
+            parts.insert(name, Arc::new(limiter));
+        }
+        self.split.store(true, Ordering::Release);
+        // What throttled the root was those partitions: the rest runs free again.
+        self.root.release(now);
+    }
+
+    /// The run stops making progress: no GET has succeeded for this long.
+    pub fn since_last_success(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ok_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// GETs in flight at the fewest while a GET waited for the limiter; `None` if none did.
+    pub fn min_in_flight(&self) -> Option<usize> {
+        let n = self.min_in_flight.load(Ordering::Relaxed);
+        (n != usize::MAX).then_some(n)
+    }
+
+    pub fn stats(&self) -> ThrottleStats {
+        let mut partitions = Vec::new();
+        let mut add = |l: &Limiter| {
+            if let Some(p) = l.stats() {
+                partitions.push(p);
+            }
+        };
+        add(&self.root);
+        if let Ok(parts) = self.parts.read() {
+            let mut named: Vec<_> = parts.values().collect();
+            named.sort_by(|a, b| a.name.cmp(&b.name));
+            named.into_iter().for_each(|l| add(l));
+        }
+        ThrottleStats {
+            throttled: self.throttled.load(Ordering::Relaxed),
+            max_rate: self.max_rate,
+            limiter_wait_s: self.waited_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            partitions,
+        }
+    }
+}
+
+/// The rate limiter of one partition.
+pub struct Limiter {
+    name: String,
+    limited: AtomicBool,
+    /// GETs waiting for their slot (for parking decisions).
+    waiting: AtomicUsize,
+    gate: tokio::sync::Mutex<()>,
+    /// GETs sent while unlimited, for the first cut.
+    sends: Ring,
+    state: Mutex<State>,
+}
+
+struct State {
+    cap: f64,
+    /// CUBIC's `W` (the rate at the last cut / β) and the time of that cut.
+    w: f64,
+    epoch: Option<Instant>,
+    /// The last cut or release: answers to GETs sent before it are stale.
+    changed: Option<Instant>,
+    /// Smoothed time from send to answer.
+    srtt: Duration,
+    /// The next send slot.
+    next: Instant,
+    /// After a fresh throttling answer: fresh answers since, [succeeded, throttled].
+    probe: Option<[u64; 2]>,
+    /// Root partition: answers by first path component in the current window,
+    /// [all, throttled].
+    children: HashMap<Box<str>, [u64; 2]>,
+    window: Option<Instant>,
+    cuts: u64,
+    throttled: u64,
+    lowest: f64,
+}
+
+impl Limiter {
+    fn new(name: String, cap: Option<f64>, started: Instant) -> Limiter {
+        let cap = cap.unwrap_or(f64::INFINITY);
+        Limiter {
+            name,
+            limited: AtomicBool::new(cap.is_finite()),
+            waiting: AtomicUsize::new(0),
+            gate: tokio::sync::Mutex::new(()),
+            sends: Ring::new(),
+            state: Mutex::new(State {
+                cap,
+                w: cap,
+                epoch: None,
+                changed: None,
+                srtt: Duration::ZERO,
+                next: started,
+                probe: None,
+                children: HashMap::new(),
+                window: None,
+                cuts: 0,
+                throttled: 0,
+                lowest: f64::INFINITY,
+            }),
+        }
+    }
+
+    /// Its gate is crowded: keys of this partition are better parked than waited for.
+    pub fn crowded(&self) -> bool {
+        self.limited.load(Ordering::Relaxed) && self.waiting.load(Ordering::Relaxed) >= CROWDED
+    }
+
+    /// Takes the next send slot; `Some(t)` when the GET must wait until `t`.
+    fn next_slot(&self, now: Instant) -> Option<Instant> {
+        let Ok(mut s) = self.state.lock() else { return None };
+        let rate = s.rate(now);
+        if !rate.is_finite() {
+            // Far above the last limit with no throttling: unlimited again.
+            self.limited.store(false, Ordering::Release);
+            return None;
+        }
+        let late = now.checked_sub(CATCH_UP).unwrap_or(now);
+        if late > s.next {
+            // Nobody was waiting for the slots since `next`: the rate was not used, so it
+            // says nothing about the limit, and the curve waits (no growth while idle).
+            let idle = late - s.next;
+            if let Some(epoch) = s.epoch.as_mut() {
+                *epoch += idle;
+            }
+        }
+        let slot = s.next.max(late);
+        s.next = slot + Duration::from_secs_f64(1.0 / rate);
+        (slot > now).then_some(slot)
+    }
+
+    /// One answer to a GET of this partition sent at `sent` (`None`: before anything was
+    /// limited); `child`: for the root partition, the first path component of its key.
+    /// True when the root should look at splitting partitions off.
+    fn feedback(&self, sent: Option<Instant>, throttled: bool, now: Instant, now_ms: u64, child: Option<&str>) -> bool {
+        let limited = self.limited.load(Ordering::Acquire);
+        if !throttled && !limited {
+            return false;
+        }
+        let Ok(mut s) = self.state.lock() else { return false };
+        // Only while the gate is busy: then the pipeline hands it parked keys of every group
+        // in turn, so the groups' answers are contemporaneous. Otherwise keys come in
+        // listing order, one group after another, and a group throttled *now* would look
+        // hot beside groups that succeeded a moment ago.
+        if let Some(name) = child.filter(|_| limited && self.waiting.load(Ordering::Relaxed) >= CROWDED / 2) {
+            s.count_child(name, throttled, now);
+        }
+        s.throttled += u64::from(throttled);
+        if let Some(sent) = sent {
+            let rtt = now.saturating_duration_since(sent);
+            s.srtt = if s.srtt.is_zero() { rtt } else { (s.srtt * 7 + rtt) / 8 };
+        }
+        // Sent after the last change had settled: GETs sent before it (and in the round trip
+        // after it, while those still reach the service) drew from the same bucket at the
+        // old rate. A GET sent before anything was limited predates every change.
+        let fresh = match (sent, s.changed) {
+            (_, None) => true,
+            (Some(sent), Some(changed)) => sent >= changed + s.srtt,
+            (None, Some(_)) => false,
+        };
+        if !fresh {
+            return false;
+        }
+        if !limited {
+            // The first cut: no pacing rate to go by, only what was sent lately.
+            let from = now_ms.saturating_sub(SHORT_WINDOW.as_millis() as u64);
+            let span = (now_ms - from).max(1) as f64 / 1000.0;
+            let recent = self.sends.count(from, now_ms) as f64 / span;
+            s.cut(FIRST_CUT * recent, now);
+            self.limited.store(true, Ordering::Release);
+            tracing::debug!(partition = %self.name, rate = s.w * BETA, "throttled: first rate cut");
+            return child.is_some();
+        }
+        match &mut s.probe {
+            None if throttled => s.probe = Some([0, 1]),
+            None => {}
+            Some(p) => {
+                p[usize::from(throttled)] += 1;
+                let [ok, thr] = *p;
+                if ok + thr > PROBE_ANSWERS {
+                    s.probe = None;
+                    if thr > 1 {
+                        // Far above the limit the fraction says little (a bucket that a burst
+                        // left in debt answers nothing for a while): halve, and measure again.
+                        let accepted = (ok as f64 / (ok + thr) as f64).max(0.5);
+                        let target = BETA * s.rate(now) * accepted;
+                        s.cut(target, now);
+                        tracing::debug!(partition = %self.name, rate = target, ok, thr, "throttled: rate cut");
+                    }
+                }
+            }
+        }
+        throttled && child.is_some()
+    }
+
+    /// Starts limited just under `accepted` (a partition split off, with the rate its
+    /// successes came at).
+    fn start_at(&self, accepted: f64, now: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.cut(BETA * accepted, now);
+            self.limited.store(true, Ordering::Release);
+        }
+    }
+
+    /// Unlimited again (up to the cap).
+    fn release(&self, now: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.epoch = None;
+            s.changed = Some(now);
+            s.probe = None;
+            s.w = s.cap;
+            s.children.clear();
+            s.window = None;
+            self.limited.store(s.cap.is_finite(), Ordering::Release);
+        }
+    }
+
+    /// The first path components that most throttling answers of the window came from,
+    /// with the rate of successes each had, when the others were answered without much
+    /// throttling (the module notes).
+    fn hot_children(&self) -> Option<Vec<(Box<str>, f64)>> {
+        let Ok(mut s) = self.state.lock() else { return None };
+        let throttled: u64 = s.children.values().map(|c| c[1]).sum();
+        if throttled < SPLIT_MIN_THROTTLED {
+            return None;
+        }
+        let mut by_throttled: Vec<(&Box<str>, &[u64; 2])> = s.children.iter().collect();
+        by_throttled.sort_by(|a, b| b.1[1].cmp(&a.1[1]));
+        let (mut hot, mut hot_answers, mut hot_throttled) = (Vec::new(), 0u64, 0u64);
+        for (name, c) in &by_throttled {
+            if hot_throttled as f64 >= SPLIT_SHARE * throttled as f64 {
+                break;
+            }
+            if name.is_empty() || c[1] < SPLIT_MIN_THROTTLED / 2 {
+                return None;
+            }
+            hot.push(((*name).clone(), c[0] - c[1]));
+            hot_answers += c[0];
+            hot_throttled += c[1];
+        }
+        let answers: u64 = s.children.values().map(|c| c[0]).sum();
+        let (others, others_throttled) = (answers - hot_answers, throttled - hot_throttled);
+        let hot_fraction = hot_throttled as f64 / hot_answers.max(1) as f64;
+        if hot_fraction < SPLIT_MIN_FRACTION || others < SPLIT_MIN_OTHERS || others_throttled > 0 {
+            return None;
+        }
+        let span = s.window.map_or(SPLIT_WINDOW, |w| w.elapsed()).max(Duration::from_millis(1));
+        s.children.clear();
+        s.window = None;
+        Some(hot.into_iter().map(|(n, ok)| (n, ok as f64 / span.as_secs_f64())).collect())
+    }
+
+    fn stats(&self) -> Option<PartitionStats> {
+        let s = self.state.lock().ok()?;
+        if s.cuts == 0 && s.cap.is_infinite() {
+            return None;
+        }
+        let limited = self.limited.load(Ordering::Relaxed);
+        let rate = s.rate(Instant::now());
+        Some(PartitionStats {
+            prefix: self.name.clone(),
+            rate: (limited && rate.is_finite()).then_some(rate),
+            settled_rate: (s.cuts > 0).then_some(s.w * BETA),
+            lowest_rate: s.lowest.is_finite().then_some(s.lowest),
+            cuts: s.cuts,
+            throttled: s.throttled,
+        })
+    }
+}
+
+impl State {
+    /// The CUBIC rate at `now`, within `[MIN_RATE, cap]`.
+    fn rate(&self, now: Instant) -> f64 {
+        let Some(epoch) = self.epoch else { return self.cap };
+        let t = now.saturating_duration_since(epoch).as_secs_f64();
+        let k = ((1.0 - BETA) / CUBIC_C).cbrt();
+        let r = self.w * (1.0 + CUBIC_C * (t - k).powi(3));
+        if r > RELEASE_ABOVE * self.w {
+            return self.cap;
+        }
+        r.clamp(MIN_RATE.min(self.cap), self.cap)
+    }
+
+    /// A cut to `target`: the curve restarts there, with its plateau at `target / β`.
+    fn cut(&mut self, target: f64, now: Instant) {
+        let target = target.clamp(MIN_RATE.min(self.cap), self.cap);
+        self.w = target / BETA;
+        self.epoch = Some(now);
+        self.changed = Some(now);
+        self.probe = None;
+        self.cuts += 1;
+        self.lowest = self.lowest.min(target);
+    }
+
+    fn count_child(&mut self, name: &str, throttled: bool, now: Instant) {
+        if self.window.is_none_or(|w| now.duration_since(w) > SPLIT_WINDOW) {
+            self.window = Some(now);
+            self.children.clear();
+        }
+        let c = match self.children.get_mut(name) {
+            Some(c) => c,
+            None => self.children.entry(name.into()).or_default(),
+        };
+        c[0] += 1;
+        c[1] += u64::from(throttled);
+    }
+}
+
+/// Events per millisecond over the last [`RING`] milliseconds, lock-free: each slot holds
+/// its millisecond (high 40 bits) and its count (low 24 bits).
+struct Ring {
+    slots: Box<[AtomicU64]>,
+}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring { slots: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect() }
+    }
+
+    fn record(&self, ms: u64) {
+        let slot = &self.slots[ms as usize % RING];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(if v >> 24 == ms { v + 1 } else { (ms << 24) | 1 })
+        });
+    }
+
+    /// Successes from millisecond `from` to `to`, both included (at most the ring's length).
+    fn count(&self, from: u64, to: u64) -> u64 {
+        let from = from.max(to.saturating_sub(RING as u64 - 1));
+        (from..=to)
+            .map(|ms| {
+                let v = self.slots[ms as usize % RING].load(Ordering::Relaxed);
+                if v >> 24 == ms { v & 0xff_ffff } else { 0 }
+            })
+            .sum()
+    }
+}
