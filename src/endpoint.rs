@@ -686,15 +686,15 @@ impl S3 for MemS3 {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        // The bucket is taken from when the request arrives; the answer comes after the
-        // latency either way.
-        let admitted = self.limits.as_ref().is_none_or(|l| l.admit(&req.input.key));
+        // The connection layer drew this request's fate (and already handled resets).
+        let fault = req.extensions.get::<Drawn>().and_then(|d| d.0);
+        // A token is taken when the request arrives (a request with an injected fault has
+        // that fate alone, and takes none); the answer comes after the latency either way.
+        let admitted = fault.is_some() || self.limits.as_ref().is_none_or(|l| l.admit(&req.input.key));
         delay(self.get_latency).await;
         if !admitted {
             return Err(s3_error!(SlowDown, "Please reduce your request rate."));
         }
-        // The connection layer drew this request's fate (and already handled resets).
-        let fault = req.extensions.get::<Drawn>().and_then(|d| d.0);
         match fault {
             Some(Fault::SlowDown) => return Err(s3_error!(SlowDown, "injected: please reduce your request rate")),
             Some(Fault::Internal) => return Err(s3_error!(InternalError, "injected: internal error")),

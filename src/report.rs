@@ -47,7 +47,7 @@ pub struct Report {
     /// Hedged attempts started, and how many of them answered first.
     hedged: AtomicU64,
     hedge_won: AtomicU64,
-    /// The fewest GETs the throttle allowed in flight.
+    /// The fewest GETs in flight while the rate limiter held GETs back.
     min_in_flight: AtomicU64,
     /// `--verify`: bodies checked against a checksum header, against the ETag's MD5, with
     /// nothing to check against, and bodies that did not match.
@@ -237,7 +237,8 @@ impl Report {
         self.hedge_won.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The throttle's lowest limit, recorded at the end of the run.
+    /// The fewest GETs in flight while the rate limiter held GETs back, recorded at the end
+    /// of the run.
     pub fn set_min_in_flight(&self, n: u64) {
         self.min_in_flight.store(n, Ordering::Relaxed);
     }

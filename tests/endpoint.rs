@@ -21,8 +21,33 @@ fn faulty(faults: Faults) -> Env {
 
 #[test]
 fn every_fault_kind_reaches_the_client() {
+    // SlowDown to every GET: throttling fails no key, so the run stops when nothing has
+    // succeeded for --stall-timeout, naming the service's answer.
+    for fetch in FETCH_ENGINES {
+        let env = faulty(Faults { slowdown: 1.0, ..Faults::default() });
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args([
+                "--fetch-engine",
+                fetch,
+                "--retries",
+                "0",
+                "--hedge-after",
+                "0",
+                "--stall-timeout",
+                "1",
+                "s3://faulty",
+            ])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{fetch}");
+        let err = stderr(&out);
+        assert!(err.contains("SlowDown") && err.contains("(--stall-timeout)"), "{fetch}: {err}");
+        assert!(read_tree(&scratch.dest()).values().all(Option::is_none));
+        let c = env.fault_counts();
+        assert!(c.slowdown == c.gets && c.gets >= 20, "{fetch}: {c:?}");
+    }
     let cases: Vec<(Faults, &str)> = vec![
-        (Faults { slowdown: 1.0, ..Faults::default() }, "SlowDown"),
         (Faults { internal: 1.0, ..Faults::default() }, "InternalError"),
         (Faults { reset: 1.0, ..Faults::default() }, "failed"),
         (Faults { truncate: 1.0, ..Faults::default() }, "failed"),

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use s3uring::endpoint::{EndpointConfig, Faults};
+use s3uring::endpoint::{EndpointConfig, Faults, RateLimit};
 
 use crate::util::*;
 
@@ -61,13 +61,15 @@ fn refused_and_vanished_keys_fail_with_identical_messages_in_both_engines() {
 
 #[test]
 fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
-    let objs = objects(10_000);
+    // SlowDown comes as S3 sends it, from a request-rate limit; the other faults at random.
+    let objs = objects(4_000);
     let want = expected_tree(&objs, "");
     for engines in engines() {
         let env = Env::with_config(
             EndpointConfig {
                 buckets: vec![bucket("flaky", objs.clone())],
-                faults: Faults { slowdown: 0.05, reset: 0.01, truncate: 0.01, internal: 0.01, ..Faults::default() },
+                faults: Faults { reset: 0.01, truncate: 0.01, internal: 0.01, ..Faults::default() },
+                rate_limits: vec![RateLimit::new("", 1000.0)],
                 ..Default::default()
             },
             true,
@@ -84,18 +86,144 @@ fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
         assert_eq!(out.status.code(), Some(0), "{engines}");
         assert_same_tree(&read_tree(&scratch.dest()), &want);
         let c = env.fault_counts();
-        let injected = c.slowdown + c.internal + c.reset + c.truncate;
-        assert!(c.slowdown > 20 && c.reset > 0 && c.truncate > 0, "{engines}: {c:?}");
-        // Every injected fault cost exactly one retry, and nothing else did.
+        let throttled = env.rate_limit_counts()[0].throttled;
+        let injected = c.internal + c.reset + c.truncate;
+        assert!(throttled > 0 && c.reset > 0 && c.truncate > 0, "{engines}: {c:?}, {throttled} throttled");
+        // Every fault and every throttling answer cost exactly one retry, and nothing else did.
         let doc = stats(&json);
-        assert_eq!(doc["fetch"]["retries"].as_u64(), Some(injected), "{engines}: {c:?}");
-        assert_eq!(doc["fetch"]["throttled"].as_u64(), Some(c.slowdown), "{engines}: {c:?}");
-        // SlowDown lowered the GETs in flight (AIMD), from the 64 workers.
-        let lowest = doc["fetch"]["min_in_flight"].as_u64().unwrap();
-        assert!((4..64).contains(&lowest), "{engines}: lowest {lowest}");
-        assert_eq!(c.gets, 10_000 + injected, "{engines}");
+        assert_eq!(doc["fetch"]["retries"].as_u64(), Some(injected + throttled), "{engines}: {c:?}");
+        assert_eq!(doc["fetch"]["throttled"].as_u64(), Some(throttled), "{engines}: {c:?}");
+        assert_eq!(doc["fetch"]["rate_limit"]["throttled"].as_u64(), Some(throttled), "{engines}");
+        // The rate limiter took over: the root partition was cut, and GETs waited for it.
+        let root = &doc["fetch"]["rate_limit"]["partitions"][0];
+        assert_eq!(root["prefix"], "", "{engines}: {doc}");
+        assert!(root["cuts"].as_u64().is_some_and(|n| n > 0), "{engines}: {root}");
+        assert!(doc["fetch"]["rate_limit"]["limiter_wait_s"].as_f64().is_some_and(|w| w > 0.0), "{engines}");
+        assert_eq!(c.gets, 4_000 + injected + throttled, "{engines}");
         let err = stderr(&out);
-        assert!(err.contains(&format!("{injected} GET attempts retried ({} throttled", c.slowdown)), "{err}");
+        assert!(
+            err.contains(&format!("{} GET attempts retried ({throttled} throttled", injected + throttled)),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_rate_limited_endpoint_loses_no_key_in_either_engine() {
+    // Far more GETs in flight than the limit allows, and fewer retries than throttling
+    // answers: throttling must spend none of them.
+    let objs = objects(3_000);
+    for fetch in FETCH_ENGINES {
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("limited", objs.clone())],
+                get_latency: std::time::Duration::from_millis(10),
+                rate_limits: vec![RateLimit::new("", 1000.0)],
+                ..Default::default()
+            },
+            true,
+        );
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--workers", "512", "--retries", "1", "--stats-json"])
+            .arg(&json)
+            .arg("s3://limited")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let limit = &env.rate_limit_counts()[0];
+        assert_eq!(limit.served, 3_000, "{fetch}: every key once");
+        assert!(limit.throttled > 1, "{fetch}: 512 workers at once meet the limit: {limit:?}");
+        let doc = stats(&json);
+        assert_eq!(doc["counters"]["failed"], 0, "{fetch}");
+        assert_eq!(doc["fetch"]["throttled"].as_u64(), Some(limit.throttled), "{fetch}");
+        assert!(doc["fetch"]["min_in_flight"].as_u64().is_some_and(|n| n < 512), "{fetch}: {doc}");
+    }
+}
+
+#[test]
+fn a_partition_throttled_alone_leaves_the_others_unthrottled_and_every_key_arrives() {
+    let objs: Vec<(String, Bytes)> = (0..4_000)
+        .map(|i| format!("{}/obj-{i:05}", if i % 2 == 0 { "hot" } else { "cold" }))
+        .map(|k| (k.clone(), content(&k, 300)))
+        .collect();
+    for fetch in FETCH_ENGINES {
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("parts", objs.clone())],
+                get_latency: std::time::Duration::from_millis(5),
+                rate_limits: vec![RateLimit::new("hot/", 800.0), RateLimit::new("cold/", 0.0)],
+                ..Default::default()
+            },
+            true,
+        );
+        let scratch = Scratch::new();
+        let out = run(env.cmd().args(["--fetch-engine", fetch, "s3://parts"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let counts = env.rate_limit_counts();
+        let (cold, hot) = (&counts[0], &counts[1]);
+        assert_eq!((cold.prefix.as_str(), hot.prefix.as_str()), ("cold/", "hot/"));
+        assert_eq!((cold.served, hot.served), (2_000, 2_000), "{fetch}: {counts:?}");
+        assert_eq!(cold.throttled, 0, "{fetch}");
+        assert!(hot.throttled > 0, "{fetch}: {counts:?}");
+    }
+}
+
+#[test]
+fn max_rate_paces_gets_below_a_limit_it_never_meets() {
+    let objs = objects(1_500);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("gentle", objs.clone())],
+            // A limit well above --max-rate, with a small burst: a client that paces at the
+            // cap meets it only through timer jitter.
+            rate_limits: vec![RateLimit::new("", 1000.0)],
+            ..Default::default()
+        },
+        true,
+    );
+    let scratch = Scratch::new();
+    let json = scratch.dir.path().join("stats.json");
+    let out =
+        run(env.cmd().args(["--max-rate", "500", "--stats-json"]).arg(&json).arg("s3://gentle").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    let limit = &env.rate_limit_counts()[0];
+    assert!(limit.throttled * 100 <= limit.served, "paced at half the limit: {limit:?}");
+    // No second of the run saw more GETs than the cap allows (plus the one partial second).
+    let busiest = limit.per_second.iter().max().copied().unwrap_or(0);
+    assert!(busiest <= 600, "{limit:?}");
+    let doc = stats(&json);
+    assert_eq!(doc["config"]["max_rate"], 500.0);
+    assert_eq!(doc["fetch"]["rate_limit"]["max_rate"], 500.0);
+    assert!(stderr(&out).contains("--max-rate 500 GET/s"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_service_that_only_throttles_stops_the_run_after_the_stall_timeout() {
+    let objs = objects(200);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("stuck", objs)],
+            faults: Faults { slowdown: 1.0, ..Faults::default() },
+            ..Default::default()
+        },
+        true,
+    );
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let out =
+            run(env.cmd().args(["--fetch-engine", fetch, "--stall-timeout", "1", "s3://stuck"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{fetch}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("no GET succeeded for 1 s while the service kept throttling (--stall-timeout)"),
+            "{fetch}: {err}"
+        );
+        assert!(err.contains("stopped early"), "{fetch}: {err}");
     }
 }
 
@@ -112,6 +240,7 @@ fn the_lean_engine_keeps_one_connection_per_worker() {
     assert_eq!(doc["fetch_engine"], "lean");
     let opened = doc["fetch"]["connections_opened"].as_u64().expect("counted");
     assert_eq!(doc["fetch"]["min_in_flight"], 8, "never throttled, never lowered");
+    assert_eq!(doc["fetch"]["rate_limit"]["partitions"], serde_json::json!([]), "nothing was ever limited");
     assert!((1..=8).contains(&opened), "600 GETs by 8 workers opened {opened} connections");
 }
 

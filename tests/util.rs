@@ -85,6 +85,11 @@ impl Env {
         self.endpoint.as_ref().map(|e| e.fault_counts()).unwrap_or_default()
     }
 
+    /// What each of the endpoint's rate limits let through and refused, by prefix.
+    pub fn rate_limit_counts(&self) -> Vec<s3uring::endpoint::RateLimitCounts> {
+        self.endpoint.as_ref().map(|e| e.rate_limit_counts()).unwrap_or_default()
+    }
+
     /// `s3uring --endpoint-url URL` with credentials in the environment and nothing else
     /// of the machine's AWS configuration.
     pub fn cmd(&self) -> Command {

@@ -1,0 +1,309 @@
+//! Request-rate limits: s3uring and the peers against `s3uring serve` limiting GETs to L per
+//! second (a token bucket holding 0.1 s of L, `503 SlowDown` above it, as S3 answers), and
+//! the two-prefix case (one prefix limited, one not).
+//!
+//! ```text
+//! cargo bench --bench throttle -- [--limits 1500,5500] [--objects 20000] [--latency-ms 10]
+//!     [--repeat 3] [--engines s3uring,rclone,s5cmd] [--dest /dev/shm] [--out DIR]
+//! ```
+//!
+//! Every run gets a fresh endpoint, so its counts are the run's own: objects/s (files over
+//! the client's wall time), GETs sent and answered 503 (the endpoint's count), failed keys
+//! (objects not on disk), the exit code, and the steady goodput: GETs served per second from
+//! the third second to the last whole one. The two-prefix case: `p0000/` limited to 1,000
+//! GET/s and `p0001/` unlimited, 10,000 objects each; each prefix's rate is its objects over
+//! the time between its first and last GET at the endpoint, and the unlimited prefix is
+//! also copied alone (same endpoint settings) for the comparison.
+
+#[path = "common.rs"]
+mod common;
+
+use common::{median, sh};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+struct Opts {
+    limits: Vec<u64>,
+    objects: u64,
+    latency_ms: u64,
+    repeat: usize,
+    engines: Vec<String>,
+    dest: PathBuf,
+    out: Option<PathBuf>,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        limits: vec![1500, 5500],
+        objects: 20_000,
+        latency_ms: 10,
+        repeat: 3,
+        engines: vec!["s3uring".into(), "rclone".into(), "s5cmd".into()],
+        dest: PathBuf::from("/dev/shm"),
+        out: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--limits" => o.limits = v.split(',').map(|s| s.parse().expect("--limits N,N")).collect(),
+            "--objects" => o.objects = v.parse().expect("--objects N"),
+            "--latency-ms" => o.latency_ms = v.parse().expect("--latency-ms MS"),
+            "--repeat" => o.repeat = v.parse().expect("--repeat N"),
+            "--engines" => o.engines = v.split(',').map(str::to_owned).collect(),
+            "--dest" => o.dest = PathBuf::from(v),
+            "--out" => o.out = Some(PathBuf::from(v)),
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown flag {other}"),
+        }
+        i += 2;
+    }
+    o
+}
+
+/// A `s3uring serve` of its own, whose stdout is kept for the counts it prints on SIGINT.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(bin: &str, args: &[String]) -> Server {
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--bucket", "bench"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3uring serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").expect("server stdout");
+            if let Some(u) = line.strip_prefix("endpoint: ") {
+                break u.to_owned();
+            }
+        };
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let sink = kept.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Server { child, url, lines: kept }
+    }
+
+    /// Stops it (SIGINT, so it prints its counts) and returns what it printed.
+    fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        self.lines.lock().expect("lines").clone()
+    }
+}
+
+/// One rate-limit rule's line: (prefix, served, throttled, first_s, last_s, per second).
+fn rules(lines: &[String]) -> Vec<(String, u64, u64, f64, f64, Vec<u64>)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("rate limit '")?;
+            let (prefix, rest) = rest.split_once("': ")?;
+            let num = |s: &str| s.split_whitespace().next().and_then(|n| n.parse::<f64>().ok());
+            let served = num(rest)? as u64;
+            let throttled = num(rest.split_once("GETs served, ")?.1)? as u64;
+            let from = rest.split_once("served from ")?.1;
+            let first = num(from)?;
+            let last = num(from.split_once(" to ")?.1)?;
+            let per: Vec<u64> =
+                rest.split_once("per second: ")?.1.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+            Some((prefix.to_owned(), served, throttled, first, last, per))
+        })
+        .collect()
+}
+
+fn count_files(dir: &Path) -> u64 {
+    sh(&format!("find '{}' -type f | wc -l", dir.display())).parse().unwrap_or(0)
+}
+
+/// Runs one client into `dest`: (wall seconds, exit code).
+fn client(bin: &str, engine: &str, url: &str, source: &str, dest: &Path) -> (f64, i32) {
+    let mut c = Command::new(match engine {
+        "s3uring" => bin,
+        other => other,
+    });
+    c.env_remove("AWS_CA_BUNDLE")
+        .env("AWS_ACCESS_KEY_ID", "s3uring")
+        .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match engine {
+        "s5cmd" => {
+            c.args(["--endpoint-url", url, "cp"]).arg(format!("{source}*")).arg(format!("{}/", dest.display()));
+        }
+        "rclone" => {
+            c.env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+                .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+                .env("RCLONE_CONFIG_BENCH_LIST_VERSION", "2")
+                .env("RCLONE_CONFIG_BENCH_ENDPOINT", url)
+                .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", "s3uring")
+                .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", "s3uring-demo-secret")
+                .args(["copy", &source.replace("s3://", "bench:")])
+                .arg(dest)
+                .args(["--transfers", "64", "--checkers", "64"]);
+        }
+        _ => {
+            c.args(["-q", "--endpoint-url", url, source]).arg(dest);
+        }
+    }
+    let t = Instant::now();
+    let status = c.status().expect("run the client");
+    (t.elapsed().as_secs_f64(), status.code().unwrap_or(-1))
+}
+
+fn main() {
+    let o = parse_opts();
+    let bin = "target/release/s3uring";
+    assert!(
+        Command::new("cargo").args(["build", "--release", "--quiet"]).status().is_ok_and(|s| s.success()),
+        "cargo build --release"
+    );
+    let engines: Vec<String> =
+        o.engines.iter().filter(|e| *e == "s3uring" || !sh(&format!("command -v {e}")).is_empty()).cloned().collect();
+    let scratch = o.dest.join(format!("s3uring-throttle-bench-{}", std::process::id()));
+    let mut report = String::new();
+    report.push_str("| L (GET/s) | client | objects/s | % of L | steady GET/s (% of L) | GETs sent | 503s (%) | failed keys | exit |\n");
+    report.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    let mut raw = String::from("limit,engine,rep,secs,objects_per_s,steady,gets,throttled,failed,exit\n");
+    for &limit in &o.limits {
+        let mut rows: Vec<(String, Vec<[f64; 7]>)> = engines.iter().map(|e| (e.clone(), Vec::new())).collect();
+        for rep in 0..o.repeat {
+            for (engine, runs) in rows.iter_mut() {
+                let server = Server::start(
+                    bin,
+                    &[
+                        "--objects".into(),
+                        o.objects.to_string(),
+                        "--size".into(),
+                        "4096".into(),
+                        "--latency-ms".into(),
+                        o.latency_ms.to_string(),
+                        "--rate-limit".into(),
+                        limit.to_string(),
+                    ],
+                );
+                let dest = scratch.join(format!("{limit}-{engine}-{rep}"));
+                let (secs, exit) = client(bin, engine, &server.url, "s3://bench/", &dest);
+                let lines = server.stop();
+                let files = count_files(&dest);
+                let (_, served, throttled, _, _, per) = rules(&lines).into_iter().next().unwrap_or_default();
+                let whole = per.len().saturating_sub(1);
+                let steady =
+                    if whole > 2 { per[2..whole].iter().sum::<u64>() as f64 / (whole - 2) as f64 } else { 0.0 };
+                let failed = o.objects.saturating_sub(files);
+                let row = [
+                    files as f64 / secs,
+                    steady,
+                    (served + throttled) as f64,
+                    throttled as f64,
+                    failed as f64,
+                    exit as f64,
+                    secs,
+                ];
+                eprintln!("L={limit} {engine} rep {rep}: {row:?}");
+                raw.push_str(&format!(
+                    "{limit},{engine},{rep},{secs:.3},{:.0},{steady:.0},{},{throttled},{failed},{exit}\n",
+                    row[0],
+                    served + throttled
+                ));
+                runs.push(row);
+            }
+        }
+        for (engine, runs) in &rows {
+            let m = |i: usize| median(runs.iter().map(|r| r[i]).collect());
+            let (ops, steady, gets, thr) = (m(0), m(1), m(2), m(3));
+            let failed = runs.iter().map(|r| r[4]).fold(0.0, f64::max);
+            let exits: Vec<String> = runs.iter().map(|r| format!("{}", r[5])).collect();
+            report.push_str(&format!(
+                "| {limit} | {engine} | {ops:.0} | {:.1} % | {steady:.0} ({:.1} %) | {gets:.0} | {thr:.0} ({:.1} %) | {failed:.0} (worst) | {} |\n",
+                100.0 * ops / limit as f64,
+                100.0 * steady / limit as f64,
+                100.0 * thr / gets.max(1.0),
+                exits.join(",")
+            ));
+        }
+    }
+    // Two prefixes: p0000/ limited to 1,000 GET/s, p0001/ unlimited (only counted).
+    let two = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["--objects", &(o.objects).to_string(), "--size", "4096", "--prefixes", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--latency-ms".to_owned(), o.latency_ms.to_string()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    report.push_str("\nTwo prefixes (`p0000/` limited to 1,000 GET/s, `p0001/` unlimited), s3uring:\n\n");
+    report.push_str("| run | p0000/ GET/s (limited) | p0001/ GET/s | p0001/ alone GET/s | ratio | 503s | exit |\n|---|---|---|---|---|---|---|\n");
+    for rep in 0..o.repeat {
+        let server =
+            Server::start(bin, &two(&["--rate-limit-prefix", "p0000/=1000", "--rate-limit-prefix", "p0001/=0"]));
+        let dest = scratch.join(format!("two-{rep}"));
+        let (_, exit) = client(bin, "s3uring", &server.url, "s3://bench/", &dest);
+        let r = rules(&server.stop());
+        let rate =
+            |p: &str| r.iter().find(|x| x.0 == p).map_or((0.0, 0), |x| (x.1 as f64 / (x.4 - x.3).max(1e-3), x.2));
+        let ((hot, thr), (cold, _)) = (rate("p0000/"), rate("p0001/"));
+        let server = Server::start(bin, &two(&["--rate-limit-prefix", "p0001/=0"]));
+        let (_, alone_exit) =
+            client(bin, "s3uring", &server.url, "s3://bench/p0001/", &scratch.join(format!("alone-{rep}")));
+        let r = rules(&server.stop());
+        let alone = r.iter().find(|x| x.0 == "p0001/").map_or(0.0, |x| x.1 as f64 / (x.4 - x.3).max(1e-3));
+        eprintln!("two prefixes rep {rep}: hot {hot:.0} cold {cold:.0} alone {alone:.0} ({alone_exit})");
+        report.push_str(&format!(
+            "| {rep} | {hot:.0} ({:.1} % of 1,000) | {cold:.0} | {alone:.0} | {:.2} | {thr} | {exit} |\n",
+            hot / 10.0,
+            cold / alone.max(1.0)
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let versions: Vec<String> = engines
+        .iter()
+        .filter(|e| *e != "s3uring")
+        .map(|e| format!("{e}: {}", sh(&format!("{e} version 2>&1 | head -1"))))
+        .collect();
+    let machine = format!(
+        "{} cores, kernel {}, dest {} ({})",
+        sh("nproc"),
+        sh("uname -r"),
+        o.dest.display(),
+        sh(&format!("stat -f -c %T '{}'", o.dest.display()))
+    );
+    let text = format!(
+        "# Request-rate limits\n\n`cargo bench --bench throttle -- {}`\n\n{} · {} objects × 4 KiB, {} ms latency, medians of {}; {}\n\n{report}",
+        std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
+        machine,
+        o.objects,
+        o.latency_ms,
+        o.repeat,
+        versions.join(", ")
+    );
+    println!("{text}");
+    if let Some(out) = &o.out {
+        std::fs::create_dir_all(out).expect("create --out");
+        std::fs::write(out.join("summary.md"), &text).expect("write summary.md");
+        std::fs::write(out.join("raw.csv"), raw).expect("write raw.csv");
+    }
+}
