@@ -32,28 +32,119 @@ fn temporaries(tree: &Tree) -> Vec<String> {
 fn stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
     let objs: Vec<(String, Bytes)> = ["sub/a", "b"].iter().map(|k| (k.to_string(), content(k, 64))).collect();
     let env = Env::new(vec![bucket("stale", objs.clone())]);
-    let dead = {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        pid
-    };
-    let live = std::process::id();
+    // Runs are told apart by the lock each holds on DEST/.s3uring-tmp.<id>.run, not by pids.
+    let (gone, unlocked, live) = ("00000000deadbeef", "1111111111111111", "2222222222222222");
     for engine in engines() {
         let scratch = Scratch::new();
         let dest = scratch.dest();
         std::fs::create_dir_all(dest.join("sub")).unwrap();
-        let dead_top = format!("{TMP}{dead:x}.1");
-        let dead_sub = format!("sub/{TMP}{dead:x}.2");
-        let live_top = format!("{TMP}{live:x}.3");
-        for p in [&dead_top, &dead_sub, &live_top] {
+        let unlocked_lock = format!("{TMP}{unlocked}.run");
+        let live_lock = format!("{TMP}{live}.run");
+        let live_temps = [format!("{TMP}{live}.3"), format!("sub/{TMP}{live}.4")];
+        let dead_temps = [
+            format!("{TMP}{gone}.1"),
+            format!("sub/{TMP}{gone}.2"),
+            format!("{TMP}{unlocked}.5"),
+            format!("sub/{TMP}{unlocked}.6"),
+        ];
+        for p in dead_temps.iter().chain(&live_temps).chain([&unlocked_lock, &live_lock]) {
             std::fs::write(dest.join(p), b"partial").unwrap();
         }
+        // The live run: this test holds its lock for the copy's whole run.
+        let held = std::fs::File::options().write(true).open(dest.join(&live_lock)).unwrap();
+        held.lock().unwrap();
         let out = run(env.cmd().args(engine.args()).args(["s3://stale"]).arg(&dest));
         assert_eq!(out.status.code(), Some(0));
         let tree = read_tree(&dest);
-        assert_eq!(temporaries(&tree), vec![live_top.clone()], "{engine}: only the live run's temporary stays");
+        let mut want: Vec<String> = live_temps.iter().cloned().chain([live_lock.clone()]).collect();
+        want.sort();
+        assert_eq!(temporaries(&tree), want, "{engine}: only the live run's temporaries and lock stay");
         assert_eq!(tree.get("sub/a"), Some(&Some(content("sub/a", 64).to_vec())));
+        drop(held);
+    }
+}
+
+/// Six objects copied in parts, slowly enough to be killed mid-copy.
+fn large_slow_env(name: &str) -> (Env, Vec<(String, Bytes)>) {
+    let objs: Vec<(String, Bytes)> =
+        (0..6).map(|i| format!("big/d{}/o{i}", i % 2)).map(|k| (k.clone(), content(&k, 3 << 20))).collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket(name, objs.clone())],
+        get_latency: Duration::from_millis(150),
+        ..Default::default()
+    };
+    (Env::with_config(config, true), objs)
+}
+
+const PARTS: [&str; 6] = ["--multipart-threshold", "256KiB", "--part-size", "256KiB", "--part-concurrency", "1"];
+
+/// Waits until DEST holds a temporary file (at most ~10 s), looking while the run changes it.
+fn wait_for_temporaries(dest: &std::path::Path) -> bool {
+    fn any_temp(dir: &std::path::Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else { return false };
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name.starts_with(TMP) && !name.ends_with(".run") && !name.ends_with(".new"))
+                || (e.file_type().is_ok_and(|t| t.is_dir()) && any_temp(&e.path()))
+        })
+    }
+    for _ in 0..200 {
+        if any_temp(dest) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_run_killed_as_pid_1_of_a_container_is_cleaned_up_by_the_next_container() {
+    let (env, objs) = large_slow_env("pidns");
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        let mut copy = env.cmd();
+        copy.args(engine.args()).args(PARTS).args(["-q", "s3://pidns"]).arg(&dest);
+        let Some(mut first) = in_pid_namespace(&copy) else { return };
+        let mut child = first.spawn().unwrap();
+        assert!(wait_for_temporaries(&dest), "{engine}: the first run wrote no temporary");
+        signal(&child, "KILL");
+        child.wait().unwrap();
+        let killed = settled_tree(&dest);
+        assert!(!temporaries(&killed).is_empty(), "{engine}: the kill left nothing to clean up");
+        // Another container: the same pid 1, a fresh /proc.
+        let out = run(&mut in_pid_namespace(&copy).unwrap());
+        assert_eq!(out.status.code(), Some(0), "{engine}");
+        let tree = read_tree(&dest);
+        assert!(temporaries(&tree).is_empty(), "{engine}: left {:?}", temporaries(&tree));
+        assert_same_tree(&tree, &want);
+    }
+}
+
+#[test]
+fn two_runs_in_two_containers_into_one_dest_leave_each_other_alone() {
+    let (env, objs) = large_slow_env("twopods");
+    let want = expected_tree(&objs, "");
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        let shard = |i: u32| {
+            let mut c = env.cmd();
+            c.args(engine.args()).args(PARTS).args(["-q", "--shard", &format!("{i}/2"), "s3://twopods"]).arg(&dest);
+            c
+        };
+        let Some(mut first) = in_pid_namespace(&shard(0)) else { return };
+        let first = first.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // The second starts while the first has temporaries in the directories both use.
+        assert!(wait_for_temporaries(&dest), "{engine}: the first run wrote no temporary");
+        let second = run(&mut in_pid_namespace(&shard(1)).unwrap());
+        let first = first.wait_with_output().unwrap();
+        assert_eq!(second.status.code(), Some(0), "{engine}: {}", stderr(&second));
+        assert_eq!(first.status.code(), Some(0), "{engine}: {}", stderr(&first));
+        let tree = read_tree(&dest);
+        assert!(temporaries(&tree).is_empty(), "{engine}: left {:?}", temporaries(&tree));
+        assert_same_tree(&tree, &want);
     }
 }
 

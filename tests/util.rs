@@ -127,6 +127,27 @@ pub fn bare_cmd() -> Command {
     c
 }
 
+/// `cmd` run as pid 1 of a fresh pid namespace with its own `/proc`, as in a container
+/// (`unshare --pid --fork --mount-proc --kill-child`: killing the returned command's process
+/// kills everything in the namespace). `None`, having said why, where namespaces are refused.
+pub fn in_pid_namespace(cmd: &Command) -> Option<Command> {
+    const UNSHARE: [&str; 4] = ["--pid", "--fork", "--mount-proc", "--kill-child"];
+    let works = Command::new("unshare").args(UNSHARE).arg("true").output().is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!("SKIPPED: cannot run in a fresh pid namespace here (unshare --pid needs root or user namespaces)");
+        return None;
+    }
+    let mut c = Command::new("unshare");
+    c.args(UNSHARE).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    Some(c)
+}
+
 /// Runs and captures; prints stderr so a failing test shows what the tool said.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn s3uring");

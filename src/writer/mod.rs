@@ -9,10 +9,15 @@
 //!   file where a directory must go fails that key. Files are created with `O_EXCL` under a
 //!   temporary name and renamed within the same directory descriptor, so no symlink is ever
 //!   followed, whatever DEST already holds.
-//! - **Complete or absent.** Data goes to `.s3uring-tmp.<pid>.<seq>` (short, so it fits
+//! - **Complete or absent.** Data goes to `.s3uring-tmp.<run id>.<seq>` (short, so it fits
 //!   NAME_MAX beside a 255-byte final name; the prefix is refused for keys, so it never
 //!   collides) and is renamed to the final name only after every byte is written. A failed
 //!   file's temporary is unlinked.
+//! - **Another run's temporaries are its own.** The run id is random (not a pid, which
+//!   repeats across containers and hosts); while it runs, the run holds an `flock` on
+//!   `DEST/.s3uring-tmp.<run id>.run`, which the kernel (or the NFS server) releases when the
+//!   process dies, however it dies. A run removes the temporaries of runs whose lock it can
+//!   take or that have no lock file, and leaves all others alone ([`RunLock`]).
 //! - **Per-file failures never stop the loop.** Each ends as one [`Report::fail`] line naming
 //!   the key and the cause.
 //! - **mtime = the object's LastModified**, so a later run can tell a complete, current file
@@ -365,11 +370,18 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     Ok(Writer { jobs: tx, engine: "threads", threads, dirs })
 }
 
-/// The temporary name for sequence number `seq`: at most 13 + 8 + 1 + 16 = 38 bytes.
+/// This run's id: 16 random hex digits, the same for all its temporary files.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        // fastrand's global generator is seeded from the OS's random hash keys.
+        format!("{:016x}", fastrand::u64(..))
+    });
+    &ID
+}
+
+/// The temporary name for sequence number `seq`: at most 13 + 16 + 1 + 16 = 46 bytes.
 pub(crate) fn tmp_name(seq: u64) -> CString {
-    // The pid once: `std::process::id()` is a system call each time (one per file).
-    static PREFIX: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("{TMP_PREFIX}{:x}.", std::process::id()));
+    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{TMP_PREFIX}{}.", run_id()));
     let name = format!("{}{seq:x}", *PREFIX);
     // No NUL can appear in a formatted prefix and two hex numbers.
     CString::new(name).unwrap_or_default()
@@ -412,6 +424,8 @@ pub(crate) fn io_reason(what: &str, path: &str, errno: i32) -> String {
 /// Bounded: past `cap` entries, those no in-flight file uses are closed.
 pub struct DirCache {
     root: Arc<OwnedFd>,
+    /// This run's lock, and what is known of other runs.
+    runs: RunLock,
     map: Mutex<HashMap<String, Arc<OwnedFd>>>,
     cap: usize,
     /// `--fsync`: directories that received files, synced at the end.
@@ -422,8 +436,11 @@ impl DirCache {
     pub fn open(dest: &Path) -> Result<DirCache, String> {
         let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
-        remove_stale_temps(&root, "");
-        Ok(DirCache { root: Arc::new(root), map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None })
+        let root = Arc::new(root);
+        let runs = RunLock::take(&root);
+        remove_stale_temps(&root, "", &runs);
+        runs.remove_dead_locks();
+        Ok(DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None })
     }
 
     /// `--fsync`: a file was renamed into directory `rel`.
@@ -472,7 +489,7 @@ impl DirCache {
         let parent_fd = self.get_locked(map, parent)?;
         let (fd, existed) = open_or_create_dir(&parent_fd, name).map_err(|e| dir_error(&parent_fd, name, rel, e))?;
         if existed {
-            remove_stale_temps(&fd, rel);
+            remove_stale_temps(&fd, rel, &self.runs);
         }
         let fd = Arc::new(fd);
         if map.len() >= self.cap {
@@ -528,19 +545,128 @@ fn open_or_create_dir(parent: &OwnedFd, name: &str) -> Result<(OwnedFd, bool), E
     rustix::fs::openat(parent.as_fd(), name, flags, Mode::empty()).map(|fd| (fd, false))
 }
 
+/// This run's liveness, as other runs into the same DEST see it: an exclusive `flock` on
+/// `DEST/.s3uring-tmp.<run id>.run`, held until the process exits (the kernel drops it when
+/// the process dies, in any pid namespace; on NFS the server does when the client's lease
+/// ends). The file is created as `….new`, locked, then renamed, so no other run can ever take
+/// the lock of a live run. Removed when the run ends; a killed run's is removed by the next.
+pub(crate) struct RunLock {
+    root: Arc<OwnedFd>,
+    /// Held for the lock; `None` when the file system refused the file or the lock (then
+    /// other runs see no live lock either, but cannot take one: they leave our files alone
+    /// only if they too cannot lock; see [`RunLock::dead`]).
+    held: Option<std::fs::File>,
+    /// Runs looked at: id → dead.
+    seen: Mutex<HashMap<String, bool>>,
+}
+
+const LOCK_SUFFIX: &str = ".run";
+const NEW_LOCK_SUFFIX: &str = ".new";
+
+impl RunLock {
+    fn take(root: &Arc<OwnedFd>) -> RunLock {
+        let name = format!("{TMP_PREFIX}{}{LOCK_SUFFIX}", run_id());
+        let new = format!("{TMP_PREFIX}{}{NEW_LOCK_SUFFIX}", run_id());
+        let held = (|| -> io::Result<std::fs::File> {
+            let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+            let fd = rustix::fs::openat(root.as_fd(), new.as_str(), flags, Mode::from_raw_mode(0o644))?;
+            let file = std::fs::File::from(fd);
+            let locked = file.try_lock().map_err(|e| match e {
+                std::fs::TryLockError::Error(e) => e,
+                std::fs::TryLockError::WouldBlock => io::Error::from(io::ErrorKind::WouldBlock),
+            });
+            let renamed = locked
+                .and_then(|()| Ok(rustix::fs::renameat(root.as_fd(), new.as_str(), root.as_fd(), name.as_str())?));
+            if let Err(e) = renamed {
+                let _ = rustix::fs::unlinkat(root.as_fd(), new.as_str(), rustix::fs::AtFlags::empty());
+                return Err(e);
+            }
+            Ok(file)
+        })();
+        let held = match held {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot lock '{name}' in DEST ({e}): another run into DEST cannot tell that this one is alive"
+                );
+                None
+            }
+        };
+        RunLock { root: root.clone(), held, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// Is run `id` certainly dead? True when its lock file is missing or can be locked;
+    /// false when it is locked (alive) or cannot be looked at (then nothing of it is touched).
+    fn dead(&self, id: &str) -> bool {
+        if id == run_id() {
+            return false;
+        }
+        let Ok(mut seen) = self.seen.lock() else { return false };
+        if let Some(&dead) = seen.get(id) {
+            return dead;
+        }
+        let name = format!("{TMP_PREFIX}{id}{LOCK_SUFFIX}");
+        let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let dead = match rustix::fs::openat(self.root.as_fd(), name.as_str(), flags, Mode::empty()) {
+            Err(Errno::NOENT) => true,
+            Err(_) => false,
+            // Locked here, it stays locked until this run ends: that run can never come back.
+            Ok(fd) => std::fs::File::from(fd).try_lock().is_ok(),
+        };
+        seen.insert(id.to_owned(), dead);
+        dead
+    }
+
+    /// Removes the lock files of dead runs in DEST (after their temporaries in DEST: those in
+    /// directories not visited yet count as a dead run's, having no lock file), and leftover
+    /// `….new` files older than an hour (a run killed while taking its lock).
+    fn remove_dead_locks(&self) {
+        let Ok(entries) = rustix::fs::Dir::read_from(&*self.root) else { return };
+        for entry in entries.flatten() {
+            let Some(rest) = entry.file_name().to_str().ok().and_then(|n| n.strip_prefix(TMP_PREFIX)) else { continue };
+            let stale = if let Some(id) = rest.strip_suffix(LOCK_SUFFIX) {
+                self.dead(id)
+            } else if let Some(id) = rest.strip_suffix(NEW_LOCK_SUFFIX) {
+                id != run_id()
+                    && rustix::fs::statat(&*self.root, entry.file_name(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| {
+                            let now =
+                                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                            (st.st_mtime as u64) + 3600 < now
+                        })
+            } else {
+                false
+            };
+            if stale {
+                let _ = rustix::fs::unlinkat(self.root.as_fd(), entry.file_name(), rustix::fs::AtFlags::empty());
+            }
+        }
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if self.held.take().is_some() {
+            let name = format!("{TMP_PREFIX}{}{LOCK_SUFFIX}", run_id());
+            let _ = rustix::fs::unlinkat(self.root.as_fd(), name.as_str(), rustix::fs::AtFlags::empty());
+        }
+    }
+}
+
 /// Removes the temporary files a killed run left in a directory this run is about to use
 /// (invariant 2: a killed run leaves at most temporaries, which the next run cleans up).
-/// Names are `.s3uring-tmp.<pid hex>.<seq hex>`; a temporary of this process, or of a process
-/// that is still alive (another run into the same DEST), is left alone. Runs once per
-/// directory opened, on a writer thread; directories this run created have nothing to clean.
-fn remove_stale_temps(dir: &OwnedFd, rel: &str) {
+/// Names are `.s3uring-tmp.<run id>.<seq hex>`; a temporary of this run, or of a run that is
+/// still alive or cannot be known to be dead (another run into the same DEST, on any host),
+/// is left alone ([`RunLock`]). Runs once per directory opened, on a writer thread;
+/// directories this run created have nothing to clean.
+fn remove_stale_temps(dir: &OwnedFd, rel: &str, runs: &RunLock) {
     let Ok(entries) = rustix::fs::Dir::read_from(dir) else { return };
-    let me = std::process::id();
     let mut removed = 0u64;
     for entry in entries.flatten() {
         let Some(rest) = entry.file_name().to_str().ok().and_then(|n| n.strip_prefix(TMP_PREFIX)) else { continue };
-        let Some(pid) = rest.split('.').next().and_then(|p| u32::from_str_radix(p, 16).ok()) else { continue };
-        if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
+        let Some((id, seq)) = rest.split_once('.') else { continue };
+        // Lock files are the runs themselves: see RunLock::remove_dead_locks.
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_hexdigit()) || !runs.dead(id) {
             continue;
         }
         if rustix::fs::unlinkat(dir.as_fd(), entry.file_name(), rustix::fs::AtFlags::empty()).is_ok() {
