@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use s3s::dto::{
-    ChecksumMode, CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    ChecksumMode, CommonPrefix, ETag, EncodingType, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
     HeadObjectInput, HeadObjectOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output,
     Object, ObjectStorageClass, Range, RequestPayer, RestoreStatus, StreamingBlob, Timestamp,
 };
@@ -97,6 +97,11 @@ pub struct EndpointConfig {
     /// Request-rate limits on GetObject, as S3 has per prefix partition: GETs of a rule's
     /// keys above its rate are answered `503 SlowDown`. The longest matching prefix applies.
     pub rate_limits: Vec<RateLimit>,
+    /// List like a store that ignores `encoding-type=url` (keys always as they are).
+    pub ignore_encoding_type: bool,
+    /// List `LastModified` with milliseconds, as MinIO and Ceph RGW do (the GET's
+    /// `Last-Modified` header keeps whole seconds, as HTTP dates must).
+    pub sub_second_times: bool,
 }
 
 /// A token bucket on the GETs of keys under `prefix` (`""`: every key).
@@ -488,6 +493,7 @@ struct MemS3 {
     archived: HashMap<String, (String, bool)>,
     versions: HashMap<(String, String), Bytes>,
     limits: Option<Arc<Limits>>,
+    ignore_encoding_type: bool,
 }
 
 async fn delay(d: Duration) {
@@ -572,6 +578,20 @@ fn resolve_range(range: &Range, len: u64) -> S3Result<(u64, u64)> {
             Ok((len - length.min(len), len - 1))
         }
     }
+}
+
+/// A key as S3 sends it with `encoding-type=url`: form encoding (`+` for a space), `/` and
+/// the unreserved characters as they are.
+fn url_encode(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Continuation tokens are the hex of the last key returned: opaque, URL-safe, any key.
@@ -671,6 +691,10 @@ impl S3 for MemS3 {
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = &req.input;
+        // A policy that denies GetObject denies HeadObject too; HEAD answers carry no body.
+        if self.denied.contains(&input.key) {
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        }
         let obj = self.object(&input.bucket, &input.key)?;
         let size = match &input.version_id {
             Some(v) => self.version(&input.key, v)?.len(),
@@ -805,18 +829,30 @@ impl S3 for MemS3 {
                 input.max_keys,
             )
             .await?;
+        // encoding-type=url: every key-like field URL-encoded, as S3 does (unless this store
+        // is one that ignores the parameter).
+        let url = !self.ignore_encoding_type
+            && input.encoding_type.as_ref().is_some_and(|t| t.as_str().eq_ignore_ascii_case("url"));
+        let enc = |s: String| if url { url_encode(&s) } else { s };
+        let mut contents = page.contents;
+        if url {
+            for o in &mut contents {
+                o.key = o.key.take().map(enc);
+            }
+        }
         let out = ListObjectsV2Output {
             name: Some(input.bucket.clone()),
-            prefix: input.prefix.clone(),
-            delimiter: input.delimiter.clone(),
+            prefix: input.prefix.clone().map(enc),
+            delimiter: input.delimiter.clone().map(enc),
             max_keys: Some(page.max_keys as i32),
-            key_count: Some((page.contents.len() + page.common.len()) as i32),
+            key_count: Some((contents.len() + page.common.len()) as i32),
             continuation_token: input.continuation_token.clone(),
-            start_after: input.start_after.clone(),
+            start_after: input.start_after.clone().map(enc),
             is_truncated: Some(page.truncated),
             next_continuation_token: if page.truncated { page.last.as_deref().map(encode_token) } else { None },
-            contents: Some(page.contents),
-            common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+            contents: Some(contents),
+            common_prefixes: Some(page.common.into_iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect()),
+            encoding_type: url.then(|| EncodingType::from_static(EncodingType::URL)),
             ..Default::default()
         };
         Ok(S3Response::new(out))
@@ -855,9 +891,11 @@ impl S3 for MemS3 {
 fn build_store(config: &EndpointConfig) -> MemS3 {
     let specs = &config.buckets;
     let now = SystemTime::now();
-    // S3's Last-Modified has one-second resolution.
-    let now = SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    // S3 keeps whole seconds; MinIO and Ceph keep milliseconds (never .000 here, so that a
+    // test cannot pass by luck).
+    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let millis = if config.sub_second_times { u64::from(since.subsec_millis()).max(1) } else { 0 };
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs()) + Duration::from_millis(millis);
     let mut buckets = HashMap::new();
     for spec in specs {
         let mut bucket = Bucket::new();
@@ -895,6 +933,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
         limits: Limits::new(&config.rate_limits).map(Arc::new),
+        ignore_encoding_type: config.ignore_encoding_type,
     }
 }
 

@@ -243,8 +243,8 @@ impl Manifest {
                 continue;
             }
             let raw = field(Some(c.key)).ok_or_else(|| format!("row {line} has no key"))?;
-            let key =
-                url_decode(raw).ok_or_else(|| format!("row {line}: key '{raw}' is not valid URL-encoded UTF-8"))?;
+            let key = crate::s3::url_decode(raw)
+                .ok_or_else(|| format!("row {line}: key '{raw}' is not valid URL-encoded UTF-8"))?;
             if !key.starts_with(prefix) {
                 left_out += 1;
                 continue;
@@ -301,40 +301,9 @@ fn find_local(manifest: &Path, key: &str) -> Option<PathBuf> {
     bare.is_file().then_some(bare)
 }
 
-/// Decodes an inventory key: `%XX` escapes and `+` for a space (form encoding, which S3
-/// Inventory uses; a literal `+` is written `%2B`).
-pub fn url_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inventory_keys_decode() {
-        assert_eq!(url_decode("a/b%2Bc+d.txt").as_deref(), Some("a/b+c d.txt"));
-        assert_eq!(url_decode("%C3%BC%2F").as_deref(), Some("ü/"));
-        assert_eq!(url_decode("plain"), Some("plain".to_owned()));
-        assert_eq!(url_decode("bad%2"), None);
-        assert_eq!(url_decode("bad%zz"), None);
-        assert_eq!(url_decode("%FF"), None, "not UTF-8");
-    }
 
     #[test]
     fn schema_columns_are_found_by_name() {

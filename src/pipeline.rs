@@ -216,18 +216,22 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Res
     let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
     report.on_abort(abort_tx);
     stop.abort = Some(abort_rx);
-    if let Some(path) = &cfg.failed_keys {
-        report.write_failed_keys(path).map_err(Fatal::Setup)?;
-    }
     // One SDK client (credentials, region, endpoint rules) serves the whole run.
     let control = s3::client(&cfg.s3).await;
     let resolved = single_object(cfg, &control).await?;
     let cfg = resolved.as_ref().unwrap_or(cfg);
     if cfg.dry_run {
+        // A dry run copies nothing, so it leaves the --failed-keys file alone.
         return dry_run(cfg, &control, report, stop, started).await;
     }
-    let created_dest = prepare_dest(cfg)?;
-    let result = copy(cfg, &control, report, started, stop, created_dest).await;
+    if let Some(path) = &cfg.failed_keys {
+        report.write_failed_keys(path).map_err(Fatal::Setup)?;
+    }
+    let created_dest = prepare_dest(cfg).inspect_err(|_| report.discard_failed_keys())?;
+    let result = copy(cfg, &control, report.clone(), started, stop, created_dest).await;
+    if result.is_err() {
+        report.discard_failed_keys();
+    }
     if created_dest && matches!(result, Err(Fatal::Setup(_))) {
         // Nothing was copied: don't leave an empty DEST behind (fails if not empty).
         let _ = std::fs::remove_dir(&cfg.dest);
@@ -324,14 +328,32 @@ async fn single_object(cfg: &Config, control: &s3::Control) -> Result<Option<Con
         _ => return Ok(None),
     };
     let version = cfg.version_id.as_deref();
-    let Some((size, last_modified)) =
-        s3::head(&control.client, &cfg.source.bucket, key, version, cfg.s3.requester_pays).await
-    else {
+    let bucket = &cfg.source.bucket;
+    // Only a 404 means "not an object, so a prefix": a 403, a 5xx or an SSE-C refusal taken
+    // as "prefix" would end as "0 keys listed", exit 0, and an empty directory.
+    let head = s3::head(&control.client, bucket, key, version, cfg.s3.requester_pays)
+        .await
+        .map_err(|e| Fatal::Setup(format!("cannot look at s3://{bucket}/{key}: {e}")))?;
+    let Some((size, last_modified)) = head else {
         return match version {
-            Some(v) => Err(Fatal::Setup(format!("s3://{}/{key} has no version '{v}'", cfg.source.bucket))),
+            Some(v) => Err(Fatal::Setup(format!("s3://{bucket}/{key} has no version '{v}'"))),
             None => Ok(None),
         };
     };
+    if version.is_none() {
+        // An object that is also a "directory" of other keys: say which is meant, never pick.
+        let page = s3::list_page(&control.client, bucket, &format!("{key}/"), false, None, None, cfg.s3.requester_pays)
+            .await
+            .map_err(Fatal::Setup)?;
+        if let Some(other) = page.objects.first() {
+            return Err(Fatal::Setup(format!(
+                "s3://{bucket}/{key} is an object and also a prefix of other keys (s3://{bucket}/{}): \
+                 end SOURCE with '/' to copy the keys under {key}/, or name the object in a --keys-from file \
+                 to copy it alone",
+                crate::report::sanitize(&other.key)
+            )));
+        }
+    }
     let base = key.rsplit('/').next().unwrap_or(key);
     let into_dir = cfg.dest.is_dir() || cfg.dest.as_os_str().to_string_lossy().ends_with('/');
     let (dir, name) = if into_dir {

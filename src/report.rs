@@ -167,15 +167,20 @@ impl Report {
         }
     }
 
-    /// Writes every failed key from now on to `path` (created or truncated).
+    /// Collects every failed key from now on for `path`, in a temporary file beside it: `path`
+    /// itself is only replaced by [`Report::finish_failed_keys`], after the key source (which
+    /// may be the same file) has been read.
     pub fn write_failed_keys(&self, path: &std::path::Path) -> Result<(), String> {
-        let file = std::fs::File::create(path)
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = path.with_file_name(format!(".{name}.{}.tmp", crate::writer::run_id()));
+        let file = std::fs::File::create_new(&temp)
             .map_err(|e| format!("cannot create --failed-keys file '{}': {e}", path.display()))?;
         if let Ok(mut f) = self.failed_keys.lock() {
             *f = Some(FailedKeys {
                 path: path.to_owned(),
+                temp,
                 out: std::io::BufWriter::new(file),
-                written: 0,
+                keys: std::collections::HashSet::new(),
                 unlisted: 0,
                 error: None,
             });
@@ -183,23 +188,65 @@ impl Report {
         Ok(())
     }
 
-    /// Flushes the `--failed-keys` file; the summary line about it, if there is one.
-    pub fn finish_failed_keys(&self) -> Option<String> {
-        let mut guard = self.failed_keys.lock().ok()?;
-        let f = guard.as_mut()?;
-        use std::io::Write as _;
-        if let Err(e) = f.out.flush() {
-            f.error.get_or_insert_with(|| e.to_string());
+    /// A run that copied nothing (a setup error): the `--failed-keys` file stays as it was.
+    pub fn discard_failed_keys(&self) {
+        if let Some(f) = self.failed_keys.lock().ok().and_then(|mut g| g.take()) {
+            let _ = std::fs::remove_file(&f.temp);
         }
-        Some(match &f.error {
-            Some(e) => format!("cannot write --failed-keys file '{}': {e}", f.path.display()),
-            None if f.unlisted > 0 => format!(
-                "{} failed keys written to '{}' ({} keys containing a tab or a line break are only in the log)",
-                f.written,
-                f.path.display(),
-                f.unlisted
-            ),
-            None => format!("{} failed keys written to '{}'", f.written, f.path.display()),
+    }
+
+    /// Replaces the `--failed-keys` file with this run's failures (atomically: a rename). A run
+    /// that did not get through its keys (interrupted, stopped early, listing incomplete) also
+    /// keeps the keys of the old file, so `--keys-from F --failed-keys F` never loses a key it
+    /// did not try. The summary line about it, if there is one.
+    pub fn finish_failed_keys(&self) -> Option<String> {
+        let complete = !self.interrupted.load(Ordering::Relaxed)
+            && !self.listing_incomplete.load(Ordering::Relaxed)
+            && self.aborted().is_none();
+        let mut f = self.failed_keys.lock().ok()?.take()?;
+        let written = f.keys.len();
+        let mut kept = 0usize;
+        if !complete && f.error.is_none() {
+            match std::fs::read_to_string(&f.path) {
+                Ok(old) => {
+                    for line in old.lines() {
+                        let key = line.split('\t').next().unwrap_or(line);
+                        if !key.is_empty() && !f.keys.contains(key) {
+                            f.line(line);
+                            kept += 1;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => f.error = Some(format!("cannot read the old list: {e}")),
+            }
+        }
+        use std::io::Write as _;
+        let done = match &f.error {
+            Some(e) => Err(e.clone()),
+            None => f
+                .out
+                .flush()
+                .and_then(|()| f.out.get_ref().sync_all())
+                .and_then(|()| std::fs::rename(&f.temp, &f.path))
+                .map_err(|e| e.to_string()),
+        };
+        let path = f.path.display();
+        Some(match done {
+            Err(e) => {
+                let _ = std::fs::remove_file(&f.temp);
+                format!("cannot write --failed-keys file '{path}': {e} (it was left as it was)")
+            }
+            Ok(()) => {
+                let mut line = format!("{written} failed keys written to '{path}'");
+                if kept > 0 {
+                    line += &format!(" (and {kept} keys of the old list: this run did not get through its keys)");
+                }
+                if f.unlisted > 0 {
+                    line += &format!(" ({} keys containing a tab or a line break are only in the log)", f.unlisted);
+                }
+                line
+            }
         })
     }
 
@@ -355,12 +402,15 @@ impl ProcessCpu {
     }
 }
 
-/// The `--failed-keys` file.
+/// The `--failed-keys` file, while the run writes it.
 #[derive(Debug)]
 struct FailedKeys {
     path: std::path::PathBuf,
+    /// Where the lines go until the run ends (beside `path`, named for this run).
+    temp: std::path::PathBuf,
     out: std::io::BufWriter<std::fs::File>,
-    written: u64,
+    /// The keys written (a key fails once, but a run's list and an old one may overlap).
+    keys: std::collections::HashSet<String>,
     /// Keys a line cannot hold (tab, CR or LF in the key).
     unlisted: u64,
     error: Option<String>,
@@ -369,16 +419,21 @@ struct FailedKeys {
 impl FailedKeys {
     /// `KEY<TAB>REASON`: `--keys-from` reads the key back up to the tab.
     fn add(&mut self, key: &str, reason: &str) {
-        use std::io::Write as _;
         if key.contains(['\t', '\n', '\r']) {
             self.unlisted += 1;
             return;
         }
-        if self.error.is_none() {
-            match writeln!(self.out, "{key}\t{}", sanitize(reason)) {
-                Ok(()) => self.written += 1,
-                Err(e) => self.error = Some(e.to_string()),
-            }
+        if self.keys.insert(key.to_owned()) {
+            self.line(&format!("{key}\t{}", sanitize(reason)));
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        use std::io::Write as _;
+        if self.error.is_none()
+            && let Err(e) = writeln!(self.out, "{line}")
+        {
+            self.error = Some(e.to_string());
         }
     }
 }

@@ -24,6 +24,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
 use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
@@ -273,24 +274,49 @@ pub async fn client(settings: &S3Settings) -> Control {
     }
 }
 
-/// HeadObject: `Some((size, last_modified))` when `key` (at `version`) exists and can be
-/// read, `None` when it does not (or cannot be looked at: the listing will say why).
+/// HeadObject: `Ok(Some((size, last_modified)))` when `key` (at `version`) exists and can be
+/// read, `Ok(None)` when the service says it does not exist (404), and the reason for any
+/// other answer (403, 5xx, a network failure): only a 404 means "not an object".
 pub async fn head(
     client: &Client,
     bucket: &str,
     key: &str,
     version: Option<&str>,
     requester_pays: bool,
-) -> Option<(u64, Option<SystemTime>)> {
+) -> Result<Option<(u64, Option<SystemTime>)>, String> {
     let mut req = client.head_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
     if requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
     }
-    let out = req.send().await.ok()?;
-    Some((
-        out.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-        out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
-    ))
+    match req.send().await {
+        Ok(out) => Ok(Some((
+            out.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
+        ))),
+        Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
+        Err(e) => {
+            // A HEAD answer has no body: name the status when the SDK found no code.
+            let status = match &e {
+                SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
+                _ => None,
+            };
+            let why = describe(&e, Some(bucket));
+            Err(match status {
+                Some(s) if why.starts_with(UNKNOWN_CODE) => status_reason(s, bucket),
+                _ => why,
+            })
+        }
+    }
+}
+
+/// What an HTTP status alone says, for answers without an S3 error code (HEAD has no body).
+fn status_reason(status: u16, bucket: &str) -> String {
+    match status {
+        403 => service_error("AccessDenied", "", Some(bucket)),
+        400 => "400 Bad Request (an SSE-C object needs its key, or the request was malformed)".to_owned(),
+        301 => service_error("PermanentRedirect", "", Some(bucket)),
+        s => format!("HTTP {s}"),
+    }
 }
 
 /// One listed object.
@@ -352,6 +378,9 @@ pub async fn list_page(
     }
     // Archived objects: is a restored copy readable?
     req = req.optional_object_attributes(aws_sdk_s3::types::OptionalObjectAttributes::RestoreStatus);
+    // Keys URL-encoded, as the AWS CLI asks: a key with a control character is otherwise sent
+    // as an XML character reference that no XML parser accepts, and the page fails.
+    req = req.encoding_type(aws_sdk_s3::types::EncodingType::Url);
     if token.is_none()
         && let Some(after) = start_after
     {
@@ -363,6 +392,10 @@ pub async fn list_page(
         .await
         .map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e, Some(bucket))))?;
     let truncated = out.is_truncated.unwrap_or(false);
+    // Only when the store says it encoded them: one that ignores the parameter sends keys as
+    // they are, and decoding those would turn a '+' or a '%41' in a key into something else.
+    let encoded = out.encoding_type.as_ref().is_some_and(|t| t.as_str().eq_ignore_ascii_case("url"));
+    let decode = |k: String| if encoded { url_decode(&k).unwrap_or(k) } else { k };
     Ok(Page {
         objects: out
             .contents
@@ -371,16 +404,42 @@ pub async fn list_page(
             .filter_map(|o| {
                 Some(ListedObject {
                     archived: archived(o.storage_class.as_ref(), o.restore_status.as_ref()),
-                    key: o.key?,
+                    key: decode(o.key?),
                     size: o.size.unwrap_or(0).max(0) as u64,
                     last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
                     etag: None,
                 })
             })
             .collect(),
-        common_prefixes: out.common_prefixes.unwrap_or_default().into_iter().filter_map(|p| p.prefix).collect(),
+        common_prefixes: out
+            .common_prefixes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.prefix.map(decode))
+            .collect(),
         next: if truncated { out.next_continuation_token } else { None },
     })
+}
+
+/// Decodes a key S3 sent URL-encoded (a listing with `encoding-type=url`, an inventory):
+/// `%XX` escapes and `+` for a space (form encoding; a literal `+` is written `%2B`).
+pub fn url_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Streams the keys under a prefix, one ListObjectsV2 page at a time.
@@ -622,17 +681,24 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The start of [`describe`]'s line for an answer that carries no S3 error code.
+const UNKNOWN_CODE: &str = "unreadable answer";
+
 /// One line for an SDK error: the S3 error code and message when the service answered,
 /// otherwise the root cause of the transport failure.
-pub fn describe<E, R>(e: &SdkError<E, R>, bucket: Option<&str>) -> String
+pub fn describe<E>(e: &SdkError<E, HttpResponse>, bucket: Option<&str>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match e {
         SdkError::ServiceError(se) => {
             let err = se.err();
-            service_error(err.code().unwrap_or("unknown error"), err.message().unwrap_or(""), bucket)
+            match err.code() {
+                Some(code) => service_error(code, err.message().unwrap_or(""), bucket),
+                // No S3 error code: an answer the SDK could not read (a page it failed to
+                // parse) or one without a body. Say what came back and why it failed.
+                None => format!("{UNKNOWN_CODE} (HTTP {}): {}", se.raw().status().as_u16(), chain(err)),
+            }
         }
         SdkError::DispatchFailure(df) => {
             let what = if df.is_timeout() {
@@ -683,4 +749,19 @@ pub fn service_error(code: &str, msg: &str, bucket: Option<&str>) -> String {
         _ => String::new(),
     };
     if msg.is_empty() { format!("{code}{hint}") } else { format!("{code}{hint} ({msg})") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encoded_keys_decode() {
+        assert_eq!(url_decode("a/b%2Bc+d.txt").as_deref(), Some("a/b+c d.txt"));
+        assert_eq!(url_decode("%C3%BC%2F").as_deref(), Some("ü/"));
+        assert_eq!(url_decode("plain"), Some("plain".to_owned()));
+        assert_eq!(url_decode("bad%2"), None);
+        assert_eq!(url_decode("bad%zz"), None);
+        assert_eq!(url_decode("%FF"), None, "not UTF-8");
+    }
 }

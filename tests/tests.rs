@@ -6,6 +6,7 @@ mod copy;
 mod endpoint;
 mod errors;
 mod fetch;
+mod field;
 mod keys;
 mod killed;
 mod large;

@@ -1,0 +1,253 @@
+//! Promises kept outside our own endpoint's habits: the failed-keys loop, what SOURCE means,
+//! keys that XML cannot carry, stores with sub-second timestamps.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use s3uring::endpoint::EndpointConfig;
+
+use crate::util::*;
+
+fn objects(n: usize) -> Vec<(String, Bytes)> {
+    (0..n).map(|i| format!("d{}/obj-{i:05}", i % 5)).map(|k| (k.clone(), content(&k, 500 + k.len()))).collect()
+}
+
+fn keys_in(list: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(list).unwrap();
+    let mut keys: Vec<String> = text.lines().map(|l| l.split('\t').next().unwrap().to_owned()).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn the_failed_keys_loop_on_one_file_shrinks_to_empty() {
+    let objs = objects(40);
+    let (denied, vanished) = (objs[3].0.clone(), objs[11].0.clone());
+    let with = |denied: Vec<String>, vanished: Vec<String>| {
+        let config =
+            EndpointConfig { buckets: vec![bucket("loop", objs.clone())], denied, vanished, ..Default::default() };
+        Env::with_config(config, true)
+    };
+    let (broken, half, healed) =
+        (with(vec![denied.clone()], vec![vanished.clone()]), with(vec![denied.clone()], vec![]), with(vec![], vec![]));
+    for e in engines() {
+        let scratch = Scratch::new();
+        let list = scratch.dir.path().join("failed.txt");
+        let copy = |env: &Env, from_list: bool| {
+            let mut c = env.cmd();
+            c.args(e.args()).args(["--hedge-after", "0", "--failed-keys"]).arg(&list);
+            if from_list {
+                c.arg("--keys-from").arg(&list);
+            }
+            run(c.arg("s3://loop").arg(scratch.dest()))
+        };
+        let out = copy(&broken, false);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        let mut want = vec![denied.clone(), vanished.clone()];
+        want.sort();
+        assert_eq!(keys_in(&list), want, "{e}");
+        // The same file read and written: read first, replaced at the end.
+        let out = copy(&half, true);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(stderr(&out).contains("2 keys listed: 1 files written"), "{e}: {}", stderr(&out));
+        assert_eq!(keys_in(&list), vec![denied.clone()], "{e}: the list shrinks to what still fails");
+        let out = copy(&healed, true);
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert!(stderr(&out).contains("1 keys listed: 1 files written"), "{e}: {}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&list).unwrap(), "", "{e}: nothing left to retry");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let leftovers: Vec<_> = std::fs::read_dir(scratch.dir.path())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{e}: {leftovers:?}");
+    }
+}
+
+#[test]
+fn a_dry_run_or_a_setup_error_leaves_the_failed_keys_file_alone() {
+    let objs = objects(10);
+    let env = Env::new(vec![bucket("alone", objs.clone())]);
+    let scratch = Scratch::new();
+    let list = scratch.dir.path().join("failed.txt");
+    let old = format!("{}\tAccessDenied\n{}\tNoSuchKey\n", objs[1].0, objs[2].0);
+    std::fs::write(&list, &old).unwrap();
+    let dry = run(env
+        .cmd()
+        .args(["--dry-run", "--keys-from"])
+        .arg(&list)
+        .arg("--failed-keys")
+        .arg(&list)
+        .arg("s3://alone")
+        .arg(scratch.dest()));
+    assert_eq!(dry.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("(dryrun) download"), "the dry run read the list");
+    assert_eq!(std::fs::read_to_string(&list).unwrap(), old, "a dry run copies nothing and keeps the list");
+    // A setup error (DEST is a file): nothing copied, the list kept.
+    let file_dest = scratch.dir.path().join("a-file");
+    std::fs::write(&file_dest, b"x").unwrap();
+    let bad = run(env
+        .cmd()
+        .args(["--keys-from"])
+        .arg(&list)
+        .arg("--failed-keys")
+        .arg(&list)
+        .arg("s3://alone")
+        .arg(&file_dest));
+    assert_eq!(bad.status.code(), Some(2), "a setup error");
+    assert_eq!(std::fs::read_to_string(&list).unwrap(), old, "a setup error keeps the list");
+    // Every key failing (the bucket is gone) is not a setup error, and loses no key either.
+    let gone = run(env
+        .cmd()
+        .args(["--keys-from"])
+        .arg(&list)
+        .arg("--failed-keys")
+        .arg(&list)
+        .arg("s3://no-such-bucket")
+        .arg(scratch.dest()));
+    assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(keys_in(&list), vec![objs[1].0.clone(), objs[2].0.clone()]);
+    assert!(std::fs::read_to_string(&list).unwrap().contains("NoSuchBucket"));
+}
+
+#[test]
+fn an_interrupted_loop_keeps_every_key_it_did_not_copy() {
+    let objs = objects(400);
+    let config = EndpointConfig {
+        buckets: vec![bucket("cut", objs.clone())],
+        get_latency: Duration::from_millis(40),
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    let scratch = Scratch::new();
+    let list = scratch.dir.path().join("failed.txt");
+    let all: String = objs.iter().map(|(k, _)| format!("{k}\tan earlier failure\n")).collect();
+    std::fs::write(&list, &all).unwrap();
+    let child = env
+        .cmd()
+        .args(["--workers", "8", "--keys-from"])
+        .arg(&list)
+        .arg("--failed-keys")
+        .arg(&list)
+        .arg("s3://cut")
+        .arg(scratch.dest())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let ok = std::process::Command::new("kill").args(["-s", "INT", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let tree = read_tree(&scratch.dest());
+    let copied = tree.values().filter(|d| d.is_some()).count();
+    assert!(copied > 0 && copied < objs.len(), "interrupted too early or too late: {copied}");
+    let kept = keys_in(&list);
+    let missing: Vec<&String> = objs
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !tree.contains_key(k.as_str()) && kept.binary_search(k).is_err())
+        .collect();
+    assert!(missing.is_empty(), "keys neither copied nor kept in the list: {missing:?}");
+}
+
+#[test]
+fn only_a_404_makes_source_a_prefix_and_an_object_that_is_also_a_prefix_is_not_guessed() {
+    let objs: Vec<(String, Bytes)> =
+        ["data", "data/x", "data/y/z", "secret", "other"].iter().map(|k| (k.to_string(), content(k, 100))).collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket("src", objs.clone())],
+        denied: vec!["secret".to_owned()],
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    // A 403 on the HEAD is reported, not taken for "a prefix with no keys".
+    let scratch = Scratch::new();
+    let out = run(env.cmd().arg("s3://src/secret").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot look at s3://src/secret: AccessDenied"), "{}", stderr(&out));
+    assert!(!scratch.dest().exists(), "nothing created");
+    // An object that is also a "directory": say which.
+    let out = run(env.cmd().arg("s3://src/data").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("s3://src/data is an object and also a prefix of other keys (s3://src/data/x)"), "{err}");
+    assert!(err.contains("end SOURCE with '/'"), "{err}");
+    // A trailing '/' always means the prefix.
+    let out = run(env.cmd().arg("s3://src/data/").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs[1..3], "data/"));
+    // An object alone is copied as one file, a missing one (404) is a prefix.
+    let single = Scratch::new();
+    let out = run(env.cmd().arg("s3://src/other").arg(single.dest().join("o")));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(single.dest().join("o")).unwrap(), content("other", 100).to_vec());
+}
+
+#[test]
+fn a_key_with_a_control_character_is_listed_and_copied_and_the_listing_goes_on() {
+    // Keys sort: "a\x01b" < "a b" < "a+b" < "a%41" < "a~" < the ten after them.
+    let mut keys: Vec<String> =
+        ["k/a\u{1}b", "k/a b", "k/a+b", "k/a%41", "k/a\u{1f}~", "k/é\u{7f}"].map(String::from).to_vec();
+    keys.extend((0..10).map(|i| format!("k/z{i}")));
+    let objs: Vec<(String, Bytes)> = keys.iter().map(|k| (k.clone(), content(k, 300))).collect();
+    let env = Env::new(vec![bucket("ctl", objs.clone())]);
+    for list_workers in ["1", "8"] {
+        let scratch = Scratch::new();
+        let out = run(env.cmd().args(["--list-workers", list_workers, "s3://ctl/k/"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "--list-workers {list_workers}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, "k/"));
+    }
+    // A store that ignores encoding-type sends keys as they are: nothing is decoded twice.
+    let plain: Vec<(String, Bytes)> = objs.iter().filter(|(k, _)| !k.contains(['\u{1}', '\u{1f}'])).cloned().collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket("raw", plain.clone())],
+        ignore_encoding_type: true,
+        ..Default::default()
+    };
+    let raw = Env::with_config(config, true);
+    let scratch = Scratch::new();
+    let out = run(raw.cmd().args(["s3://raw/k/"]).arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&plain, "k/"));
+    // Such a store cannot list a control character at all: the page fails, and says why.
+    let config = EndpointConfig {
+        buckets: vec![bucket("raw-ctl", objs.clone())],
+        ignore_encoding_type: true,
+        ..Default::default()
+    };
+    let raw = Env::with_config(config, true);
+    let out = run(raw.cmd().args(["s3://raw-ctl/k/"]).arg(Scratch::new().dest()));
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(err.contains("cannot list s3://raw-ctl/k/: unreadable answer (HTTP 200)"), "{err}");
+    assert!(!err.contains("unknown error"), "{err}");
+}
+
+#[test]
+fn a_control_character_key_goes_round_the_failed_keys_loop() {
+    let objs: Vec<(String, Bytes)> = ["c/x\u{1}y", "c/plain"].iter().map(|k| (k.to_string(), content(k, 50))).collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket("round-trip", objs.clone())],
+        denied: vec!["c/x\u{1}y".into()],
+        ..Default::default()
+    };
+    let (broken, healed) = (Env::with_config(config, true), Env::new(vec![bucket("round-trip", objs.clone())]));
+    let scratch = Scratch::new();
+    let list = scratch.dir.path().join("failed.txt");
+    let out = run(broken.cmd().arg("--failed-keys").arg(&list).arg("s3://round-trip/c/").arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("failed 'c/x\\u{1}y': AccessDenied"), "printed safely: {}", stderr(&out));
+    assert_eq!(keys_in(&list), vec!["c/x\u{1}y".to_owned()]);
+    let out = run(healed
+        .cmd()
+        .arg("--keys-from")
+        .arg(&list)
+        .arg("--failed-keys")
+        .arg(&list)
+        .arg("s3://round-trip/c/")
+        .arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, "c/"));
+}
