@@ -9,6 +9,8 @@
 //! Configurations, interleaved in every repetition:
 //! - `default`: what `s3uring` uses unless told otherwise (`auto`: the thread engine, one
 //!   thread per core up to 16);
+//! - `default-no-etag`: the same without the `user.s3uring.etag` attribute (what keeping the
+//!   ETag with each file costs);
 //! - `uring`: the ring writer (io-wq capped at one worker), as many files per `io_uring_enter` as are ready;
 //! - `uring-1`: the same ring, one new file per `io_uring_enter` — what an API with one
 //!   round trip per operation (tokio-uring) cannot do better than;
@@ -29,12 +31,12 @@ use s3uring::config::IoEngine;
 use s3uring::report::Report;
 use s3uring::writer::{self, FileJob, Job, WriterOptions};
 
-const CONFIGS: &[&str] = &["default", "uring", "uring-1", "threads-16", "threads-1", "bare-loop"];
+const CONFIGS: &[&str] = &["default", "default-no-etag", "uring", "uring-1", "threads-16", "threads-1", "bare-loop"];
 
 fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     let (engine, threads, per_submit) = match config {
         // What `s3uring` uses unless told otherwise (`--io-engine auto` without `--fsync`).
-        "default" => (IoEngine::Auto, None, usize::MAX),
+        "default" | "default-no-etag" => (IoEngine::Auto, None, usize::MAX),
         "uring" => (IoEngine::Uring, Some(1), usize::MAX),
         "uring-1" => (IoEngine::Uring, Some(1), 1),
         "threads-16" => (IoEngine::Threads, Some(16), usize::MAX),
@@ -59,8 +61,11 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
             permit: None,
             picked: now,
             fetched: now,
-            // Real runs set every file's mtime: include its cost.
-            mtime: Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+            // Real runs set every file's mtime and ETag attribute: include their cost.
+            meta: writer::Meta {
+                mtime: Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+                etag: (config != "default-no-etag").then(|| "9e107d9d372bb6826bd81d3542a419d6".to_owned()),
+            },
         });
         w.jobs.send_blocking(job).expect("writer alive");
     }

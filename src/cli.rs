@@ -14,7 +14,7 @@ use crate::config::{
     Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_LIST_WORKERS, DEFAULT_PART_CONCURRENCY,
     DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
 };
-use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, generated_content, generated_key};
+use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, Layout, generated_content};
 use crate::pipeline::{self, Fatal};
 use crate::report::{Report, sanitize};
 
@@ -322,6 +322,10 @@ struct Generated {
     /// Spread the keys over this many prefixes (directories).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     prefixes: u64,
+    /// How keys are named: `prefixes` (p0003/obj00000042), `flat` (obj00000042), `nested`
+    /// (d04/e21/obj00004213), `per-directory` (9e3779b97f4a7c15/data.bin).
+    #[arg(long, value_enum, default_value_t = Layout::Prefixes)]
+    layout: Layout,
 }
 
 #[derive(Debug, Args)]
@@ -486,7 +490,7 @@ pub fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("s3uring: error: cannot start the async runtime: {e}");
+            crate::say!("s3uring: error: cannot start the async runtime: {e}");
             return Exit::Usage.into();
         }
     };
@@ -497,7 +501,7 @@ pub fn main() -> ExitCode {
         None => match resolve(&cli, &matches) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
             Err(msg) => {
-                eprintln!("s3uring: error: {msg}");
+                crate::say!("s3uring: error: {msg}");
                 Exit::Usage
             }
         },
@@ -589,8 +593,12 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
 }
 
 fn apply_output(cfg: &mut Config, o: &Output) -> Result<(), String> {
-    if !o.progress_interval.is_finite() || o.progress_interval < 0.0 {
-        return Err(format!("--progress-interval {} must be a number of seconds ≥ 0", o.progress_interval));
+    // 0 turns the lines off; below 0.1 s they would be a flood, above a day never seen.
+    if !(o.progress_interval == 0.0 || (0.1..=86_400.0).contains(&o.progress_interval)) {
+        return Err(format!(
+            "--progress-interval {} must be 0 (never) or between 0.1 and 86400 seconds",
+            o.progress_interval
+        ));
     }
     cfg.summary = !o.quiet;
     cfg.progress = crate::progress::Mode::detect(o.quiet, std::time::Duration::from_secs_f64(o.progress_interval));
@@ -680,14 +688,14 @@ pub async fn copy(cfg: Config) -> Exit {
                 let doc = crate::report::stats_json(&summary, &cfg);
                 let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
                 if let Err(e) = std::fs::write(path, text) {
-                    eprintln!("s3uring: error: cannot write --stats-json '{}': {e}", path.display());
+                    crate::say!("s3uring: error: cannot write --stats-json '{}': {e}", path.display());
                     return Exit::KeysFailed;
                 }
             }
             if cfg.summary {
-                eprint!("{}", summary.render());
+                crate::say_raw!("{}", summary.render());
                 if !summary.stages.is_empty() {
-                    eprint!("{}", crate::stats::render_table(&summary.stages));
+                    crate::say_raw!("{}", crate::stats::render_table(&summary.stages));
                 }
             }
             if summary.interrupted {
@@ -699,11 +707,11 @@ pub async fn copy(cfg: Config) -> Exit {
             }
         }
         Err(Fatal::Setup(msg)) => {
-            eprintln!("s3uring: error: {}", sanitize(&msg));
+            crate::say!("s3uring: error: {}", sanitize(&msg));
             Exit::Usage
         }
         Err(Fatal::Internal(msg)) => {
-            eprintln!("s3uring: error: {}", sanitize(&msg));
+            crate::say!("s3uring: error: {}", sanitize(&msg));
             Exit::KeysFailed
         }
     }
@@ -714,7 +722,7 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
     let endpoint = match Endpoint::start(EndpointConfig {
         buckets: vec![BucketSpec {
             name: "demo".into(),
-            contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes },
+            contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes, layout: g.layout },
         }],
         credentials: Some((DEMO_ACCESS_KEY.into(), DEMO_SECRET_KEY.into())),
         ..Default::default()
@@ -723,7 +731,7 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("s3uring: error: cannot start the embedded endpoint: {e}");
+            crate::say!("s3uring: error: cannot start the embedded endpoint: {e}");
             return Exit::Usage;
         }
     };
@@ -734,7 +742,7 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
             (std::env::temp_dir().join(format!("s3uring-demo-{}-{nanos:x}", std::process::id())), true)
         }
     };
-    eprintln!(
+    crate::say!(
         "s3uring demo: {} objects of {} bytes served by the embedded endpoint at {}; restoring s3://demo/ to {}",
         g.objects,
         g.size,
@@ -754,22 +762,22 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         Config::new(S3Url { bucket: "demo".into(), prefix: String::new(), object: None }, dest.clone(), settings);
     apply_tuning(&mut cfg, &args.tuning);
     if let Err(msg) = apply_output(&mut cfg, output) {
-        eprintln!("s3uring: error: {msg}");
+        crate::say!("s3uring: error: {msg}");
         return Exit::Usage;
     }
     let mut code = copy(cfg).await;
     if code == Exit::Ok {
-        let (n, size, prefixes) = (g.objects, g.size, g.prefixes);
+        let (n, size, prefixes, layout) = (g.objects, g.size, g.prefixes, g.layout);
         let d = dest.clone();
-        let verified = tokio::task::spawn_blocking(move || verify_generated(&d, n, size, prefixes)).await;
+        let verified = tokio::task::spawn_blocking(move || verify_generated(&d, n, size, prefixes, layout)).await;
         match verified {
-            Ok(Ok(())) => eprintln!("verified: all {n} files are byte-identical to their objects"),
+            Ok(Ok(())) => crate::say!("verified: all {n} files are byte-identical to their objects"),
             Ok(Err(msg)) => {
-                eprintln!("s3uring demo: verification FAILED: {msg}");
+                crate::say!("s3uring demo: verification FAILED: {msg}");
                 code = Exit::KeysFailed;
             }
             Err(e) => {
-                eprintln!("s3uring demo: verification did not run: {e}");
+                crate::say!("s3uring demo: verification did not run: {e}");
                 code = Exit::KeysFailed;
             }
         }
@@ -781,9 +789,15 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
 }
 
 /// Checks that DEST holds exactly the generated objects, byte for byte.
-pub fn verify_generated(dest: &std::path::Path, n: u64, size: u64, prefixes: u64) -> Result<(), String> {
+pub fn verify_generated(
+    dest: &std::path::Path,
+    n: u64,
+    size: u64,
+    prefixes: u64,
+    layout: Layout,
+) -> Result<(), String> {
     for i in 0..n {
-        let key = generated_key(i, prefixes);
+        let key = layout.key(i, prefixes);
         let path = dest.join(&key);
         let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if data != generated_content(&key, size) {
@@ -800,7 +814,7 @@ async fn serve(args: ServeArgs) -> Exit {
         (Some(cert), Some(key)) => match (std::fs::read(cert), std::fs::read(key)) {
             (Ok(cert_pem), Ok(key_pem)) => Some(crate::endpoint::TlsIdentity { cert_pem, key_pem }),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!("s3uring: error: cannot read --tls-cert/--tls-key: {e}");
+                crate::say!("s3uring: error: cannot read --tls-cert/--tls-key: {e}");
                 return Exit::Usage;
             }
         },
@@ -810,7 +824,7 @@ async fn serve(args: ServeArgs) -> Exit {
         tls,
         buckets: vec![BucketSpec {
             name: args.bucket.clone(),
-            contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes },
+            contents: Contents::Generated { count: g.objects, size: g.size, prefixes: g.prefixes, layout: g.layout },
         }],
         credentials: credentials.clone(),
         listen: Some(args.listen),
@@ -832,7 +846,7 @@ async fn serve(args: ServeArgs) -> Exit {
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("s3uring: error: cannot listen on {}: {e}", args.listen);
+            crate::say!("s3uring: error: cannot listen on {}: {e}", args.listen);
             return Exit::Usage;
         }
     };
@@ -883,7 +897,7 @@ async fn tune(args: TuneArgs) -> Exit {
     let (mut cfg, workers, queues) = match setup {
         Ok(v) => v,
         Err(msg) => {
-            eprintln!("s3uring: error: {msg}");
+            crate::say!("s3uring: error: {msg}");
             return Exit::Usage;
         }
     };
@@ -891,7 +905,7 @@ async fn tune(args: TuneArgs) -> Exit {
     let cells = match crate::tune::sweep(&cfg, &workers, &queues, args.repeat as usize).await {
         Ok(c) => c,
         Err(msg) => {
-            eprintln!("s3uring: error: {}", sanitize(&msg));
+            crate::say!("s3uring: error: {}", sanitize(&msg));
             return Exit::Usage;
         }
     };
@@ -899,13 +913,13 @@ async fn tune(args: TuneArgs) -> Exit {
     match crate::tune::write_results(&args.out, &cells, &cfg.source.to_string(), &command) {
         Ok(files) => {
             if let Ok(md) = std::fs::read_to_string(&files[1]) {
-                eprint!("{md}");
+                crate::say_raw!("{md}");
             }
-            eprintln!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            crate::say!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
             if cells.iter().any(|c| !c.summary.success()) { Exit::KeysFailed } else { Exit::Ok }
         }
         Err(msg) => {
-            eprintln!("s3uring: error: {msg}");
+            crate::say!("s3uring: error: {msg}");
             Exit::KeysFailed
         }
     }

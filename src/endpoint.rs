@@ -47,7 +47,7 @@ pub enum Contents {
     /// Exactly these objects.
     Objects(Vec<(String, Bytes)>),
     /// `count` keys of `size` bytes spread over `prefixes` prefixes; see [`generated_key`].
-    Generated { count: u64, size: u64, prefixes: u64 },
+    Generated { count: u64, size: u64, prefixes: u64, layout: Layout },
 }
 
 /// One bucket of the endpoint.
@@ -102,6 +102,12 @@ pub struct EndpointConfig {
     /// List `LastModified` with milliseconds, as MinIO and Ceph RGW do (the GET's
     /// `Last-Modified` header keeps whole seconds, as HTTP dates must).
     pub sub_second_times: bool,
+    /// Every object's LastModified (default: when the endpoint started), e.g. to make two
+    /// endpoints serve different objects written in the same second.
+    pub last_modified: Option<SystemTime>,
+    /// A store bug seen in the field: a delimiter listing of a prefix starting with this
+    /// returns neither keys nor common prefixes (a flat listing is right).
+    pub broken_delimiter_under: Option<String>,
 }
 
 /// A token bucket on the GETs of keys under `prefix` (`""`: every key).
@@ -389,6 +395,33 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 #[derive(Debug, Clone, Copy)]
 struct Drawn(Option<Fault>);
 
+/// How generated keys are named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// `p0003/obj00000042`: spread over `prefixes` directories ([`generated_key`]).
+    #[default]
+    Prefixes,
+    /// `obj00000042`: no directory at all.
+    Flat,
+    /// `d04/e21/obj00004213`: two levels, up to 10,000 directories.
+    Nested,
+    /// `9e3779b97f4a7c15/data.bin`: one object per "directory", as with a UUID per record.
+    PerDirectory,
+}
+
+impl Layout {
+    /// The key of generated object `i`.
+    pub fn key(self, i: u64, prefixes: u64) -> String {
+        match self {
+            Layout::Prefixes => generated_key(i, prefixes),
+            Layout::Flat => format!("obj{i:08}"),
+            Layout::Nested => format!("d{:02}/e{:02}/obj{i:08}", (i / 1000) % 100, (i / 10) % 100),
+            // An odd multiplier is a bijection on u64: every object its own directory.
+            Layout::PerDirectory => format!("{:016x}/data.bin", (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        }
+    }
+}
+
 /// The key of generated object `i` among `prefixes` prefixes: `p0003/obj00000042`.
 pub fn generated_key(i: u64, prefixes: u64) -> String {
     let p = i % prefixes.max(1);
@@ -494,6 +527,7 @@ struct MemS3 {
     versions: HashMap<(String, String), Bytes>,
     limits: Option<Arc<Limits>>,
     ignore_encoding_type: bool,
+    broken_delimiter_under: Option<String>,
 }
 
 async fn delay(d: Duration) {
@@ -529,6 +563,11 @@ impl MemS3 {
     ) -> S3Result<Page> {
         delay(self.list_latency).await;
         self.check_payer(bucket, payer)?;
+        if let (Some(broken), Some(_)) = (&self.broken_delimiter_under, delimiter)
+            && prefix.as_deref().unwrap_or_default().starts_with(broken.as_str())
+        {
+            return Ok(Page { contents: Vec::new(), common: Vec::new(), last: None, truncated: false, max_keys: 1000 });
+        }
         let mut page = Page::walk(self.bucket(bucket)?, prefix.as_deref(), delimiter.as_deref(), after, max_keys);
         self.mark_archived(&mut page.contents);
         Ok(page)
@@ -890,7 +929,7 @@ impl S3 for MemS3 {
 
 fn build_store(config: &EndpointConfig) -> MemS3 {
     let specs = &config.buckets;
-    let now = SystemTime::now();
+    let now = config.last_modified.unwrap_or_else(SystemTime::now);
     // S3 keeps whole seconds; MinIO and Ceph keep milliseconds (never .000 here, so that a
     // test cannot pass by luck).
     let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -908,10 +947,10 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
                     );
                 }
             }
-            Contents::Generated { count, size, prefixes } => {
+            Contents::Generated { count, size, prefixes, layout } => {
                 for i in 0..*count {
                     bucket.insert(
-                        generated_key(i, *prefixes),
+                        layout.key(i, *prefixes),
                         Obj { body: Body::Generated(*size), etag: OnceLock::new(), last_modified: now },
                     );
                 }
@@ -934,6 +973,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         faults: Arc::new(FaultState::new(config.faults.clone())),
         limits: Limits::new(&config.rate_limits).map(Arc::new),
         ignore_encoding_type: config.ignore_encoding_type,
+        broken_delimiter_under: config.broken_delimiter_under.clone(),
     }
 }
 

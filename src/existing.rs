@@ -1,8 +1,9 @@
 //! Resume and skip: which listed objects are already in DEST (issue #5).
 //!
-//! The writer sets every file's mtime to its object's LastModified, so a file whose size and
-//! mtime both equal the listing's is the object, exactly, without reading it: re-running a
-//! command after a crash or Ctrl-C fetches only what is missing or changed. A file at a final
+//! The writer sets every file's mtime to its object's LastModified and keeps its ETag in an
+//! extended attribute, so a file whose size, mtime and ETag equal the listing's is the
+//! object, exactly, without reading it: re-running a command after a crash or Ctrl-C
+//! fetches only what is missing or changed (see [`Existing::is_done`] for the precise rule). A file at a final
 //! name is always complete (data lands under a temporary name first), so size + mtime is
 //! enough. `--overwrite` rewrites everything, `--skip-existing` skips by name alone.
 //!
@@ -51,9 +52,14 @@ impl Existing {
         Ok(Existing { root: Arc::new(root), mode, dirs: HashMap::new() })
     }
 
-    /// True when the object (`size` bytes, `last_modified`) is already at `target`. With an
-    /// `etag` that is a plain MD5 (an S3 Inventory's), a file of the right size whose mtime
-    /// differs is read and recognised by its MD5.
+    /// True when the object (`size` bytes, `last_modified`, `etag`) is already at `target`:
+    /// same size, and
+    /// - the same time at the precision both sides have (the listing may have milliseconds, a
+    ///   file system or an older copy whole seconds), and the same ETag when both the listing
+    ///   and the file's `user.s3uring.etag` attribute have one (an object overwritten within
+    ///   the same second with the same size is not the file);
+    /// - or, with another time, a plain-MD5 ETag that the file's bytes hash to (a file copied
+    ///   by another tool, or where the file system refused the time).
     pub fn is_done(
         &mut self,
         target: &Target,
@@ -77,12 +83,17 @@ impl Existing {
                 if st.st_size as u64 != size {
                     return false;
                 }
-                let lm = last_modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
-                let same_mtime = lm.is_some_and(|lm| {
-                    u64::try_from(st.st_mtime).ok() == Some(lm.as_secs())
-                        && st.st_mtime_nsec == u64::from(lm.subsec_nanos())
-                });
-                same_mtime || etag.is_some_and(|etag| same_md5(&dir, name, etag))
+                let file_time = (u64::try_from(st.st_mtime).unwrap_or(u64::MAX), st.st_mtime_nsec as u32);
+                let same_time = last_modified.is_some_and(|lm| same_time(file_time, lm));
+                if same_time {
+                    // The attribute only ever adds a check: a file changed in place keeps it.
+                    let kept = etag.and_then(|_| kept_etag(&dir, name));
+                    return match (etag, kept) {
+                        (Some(want), Some(kept)) => kept == want,
+                        _ => true,
+                    };
+                }
+                etag.is_some_and(|want| same_md5(&dir, name, want))
             }
         }
     }
@@ -105,6 +116,25 @@ impl Existing {
         self.dirs.insert(rel.to_owned(), opened.clone());
         opened
     }
+}
+
+/// Whether a file's mtime `(seconds, nanoseconds)` is `listed`, at the precision both have:
+/// exactly, or in the same second when the file has whole seconds only (a file system that
+/// keeps no more, or a copy that took the GET's `Last-Modified` header, which has none). A
+/// file with a fraction the listing lacks was not given its time by a copy of this object.
+fn same_time(file: (u64, u32), listed: SystemTime) -> bool {
+    let Ok(lm) = listed.duration_since(SystemTime::UNIX_EPOCH) else { return false };
+    file.0 == lm.as_secs() && (file.1 == lm.subsec_nanos() || file.1 == 0)
+}
+
+/// The ETag a copy kept with the file (`user.s3uring.etag`), if the file system has it.
+fn kept_etag(dir: &OwnedFd, name: &str) -> Option<String> {
+    // No *at form of getxattr before Linux 6.13: through the directory's /proc link, which
+    // names exactly this directory; the final component is not followed.
+    let path = format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(dir));
+    let mut buf = [0u8; 128];
+    let n = rustix::fs::lgetxattr(path.as_str(), crate::writer::ETAG_XATTR, &mut buf).ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 /// Whether the file's MD5 is `etag` (a plain, 32-hex-digit ETag; multipart ETags never match).

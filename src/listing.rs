@@ -1,33 +1,34 @@
-//! Parallel listing (`--list-workers N`, issue #6).
+//! Parallel listing (`--list-workers N`).
 //!
 //! ListObjectsV2 returns at most 1,000 keys per request and each page needs the previous
 //! one's continuation token: 1,000,000 keys at 30 ms a page is 30 s of listing in one line.
-//! Here `N` workers share a queue of *scopes*, each `(prefix, after, until]`:
+//! Here `N` workers share a queue of key *ranges* `(after, until]` under SOURCE's prefix, each
+//! listed flat (no delimiter) with `start-after = after`, stopping after `until`.
 //!
-//! - **Fan out over common prefixes.** Every scope is listed with delimiter `/`; each common
-//!   prefix on a page becomes a scope of its own, listed concurrently.
-//! - **Split flat ranges.** When a scope's first page is truncated, the rest of its range is
-//!   cut at boundaries guessed from that page — the page's last key, stepped through its
-//!   alphabet at the deepest position above where the page's keys differ that has room
-//!   (`obj00000999` → `obj00001` … `obj00009`; `obj00009999` → `obj0001` … `obj0009`) — and each
-//!   piece `(b_i, b_i+1]` becomes a scope (listed with `start-after = b_i`, stopping after
-//!   `b_i+1`). Boundaries are exclusive-start, inclusive-end, so the pieces partition the range
-//!   exactly whatever the keys are: a wrong guess costs one request, never a key twice or
-//!   missed. A piece splits again the same way when its own first page is truncated.
-//!
-//! - **Only as fast as needed.** Listing in parallel costs CPU (more, smaller pages; a split
-//!   costs an extra request or two) and memory (each answered page is ~1,000 parsed keys),
-//!   which a fast copy needs for fetching. Ranges are split, and requests started beside
-//!   others, only while the key queue is less than half full (the fetchers are about to
-//!   starve), and the number of requests allowed at once adapts: doubled when a request
+//! - **Only what a sequential listing relies on.** Lexicographic order and `start-after`:
+//!   the ranges partition the key space exactly (exclusive start, inclusive end), whatever
+//!   the keys are, so the pieces together hold exactly the keys one flat listing would — no
+//!   delimiter listing (which some stores get wrong, silently) is ever trusted, and the
+//!   number of requests does not depend on the layout: one per ~1,000 keys whether the
+//!   bucket is flat, nested, or one object per "directory".
+//! - **Split by estimated density.** When a range's page is truncated and a lister is idle,
+//!   the rest of the range is cut at boundaries interpolated in key space: keys read as
+//!   numbers in the alphabet the page's keys use, the page's span tells how many keys a unit
+//!   of key space holds. A bounded range is cut into even pieces of ~8 pages (at most 64);
+//!   the open end of the key space into pieces that double from 8 pages' worth. Where the
+//!   guess is wrong (keys cluster), a piece comes back empty (one request: a probe) or is
+//!   truncated and splits again the same way; no key is ever missed or listed twice.
+//! - **Only as fast as needed.** Listing in parallel costs CPU and memory (each answered page
+//!   is ~1,000 parsed keys), which a fast copy needs for fetching. Ranges are split only
+//!   while the key queue is less than half full (the fetchers are about to starve) and a
+//!   lister is idle, and the number of requests in flight adapts: doubled when a request
 //!   completes and the queue is still hungry, halved when it is not. With S3's 30–100 ms per
 //!   page it climbs to `--list-workers` in a few round trips; against a fast endpoint one or
-//!   two requests keep the queue full, and 30 pages are not parsed at once for nothing
-//!   (1 M keys: 65 → 5x MiB peak RSS, and less CPU per key).
+//!   two requests keep the queue full.
 //!
 //! Pages flow into the same channel as a sequential listing, so everything downstream (the
 //! selection, the bounded key queue, the fetchers) is unchanged and memory stays bounded by
-//! the channel and the scope queue, not by the bucket.
+//! the channel and the range queue (at most [`MAX_SPLITS`] ranges), not by the bucket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,16 +38,22 @@ use crate::report::Report;
 use crate::s3::{self, ListedObject};
 use crate::stats::Stage;
 
-/// A range of keys to list: under `prefix`, strictly after `after`, up to `until` inclusive.
+/// A range of keys to list under the prefix: strictly after `after`, up to `until` inclusive.
 #[derive(Debug, Clone)]
 struct Scope {
-    prefix: String,
     after: Option<String>,
     until: Option<String>,
 }
 
-/// Scopes created at most by range splitting (fan-out over prefixes is not limited).
+/// Ranges created at most by splitting.
 const MAX_SPLITS: usize = 100_000;
+
+/// A split aims at pieces of this many keys (8 pages: the partial last page of each piece
+/// costs at most ~1/8 more requests than a sequential listing).
+const PIECE_KEYS: f64 = 8_000.0;
+
+/// Pieces per split, at most (the bigger ones split again when listed).
+const MAX_PIECES: usize = 64;
 
 /// A page of listed objects, or the error that ended the listing.
 pub type PageResult = Result<Vec<ListedObject>, String>;
@@ -69,6 +76,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         client,
         bucket,
+        prefix,
         pending: AtomicUsize::new(1),
         splits: AtomicUsize::new(0),
         requests: AtomicUsize::new(0),
@@ -81,8 +89,8 @@ pub fn start(
         pages: pages_tx,
         report,
     });
-    // The root scope; `pending` counts scopes queued or being listed.
-    let _ = work_tx.try_send(Scope { prefix, after: None, until: None });
+    // The whole prefix; `pending` counts ranges queued or being listed.
+    let _ = work_tx.try_send(Scope { after: None, until: None });
     drop(work_tx);
     for _ in 0..workers.max(1) {
         let (shared, work_rx) = (shared.clone(), work_rx.clone());
@@ -102,6 +110,8 @@ pub fn start(
 struct Shared {
     client: aws_sdk_s3::Client,
     bucket: String,
+    prefix: String,
+    /// Ranges queued or being listed.
     pending: AtomicUsize,
     splits: AtomicUsize,
     /// List requests in flight, and answered pages not yet handed on.
@@ -146,12 +156,11 @@ impl Shared {
         }
     }
 
-    /// Lists one scope to its end (or hands its rest on as smaller scopes); false after an
+    /// Lists one range to its end (or hands its rest on as smaller ranges); false after an
     /// error, which has been sent on as the last page.
     async fn list_scope(&self, scope: Scope) -> bool {
         let mut rec = self.report.recorder();
         let mut token = None;
-        let mut first = true;
         loop {
             // Held until this page is handed on: an answered page waiting for room downstream
             // counts like a request in flight, so waiting pages are bounded as well.
@@ -160,8 +169,8 @@ impl Shared {
             let page = s3::list_page(
                 &self.client,
                 &self.bucket,
-                &scope.prefix,
-                true,
+                &self.prefix,
+                false,
                 scope.after.as_deref(),
                 token.take(),
                 self.requester_pays,
@@ -179,58 +188,34 @@ impl Shared {
                 }
             };
             let within = |k: &str| scope.until.as_deref().is_none_or(|u| k <= u);
-            // After a `start-after` inside a "directory", S3 returns that common prefix again
-            // (its later keys roll up into it): it belongs to the piece that ends at or after
-            // it, which has already pushed it.
-            let fresh = |k: &str| scope.after.as_deref().is_none_or(|a| k > a);
-            let mut past_end = false;
-            let mut last: Option<String> = None;
-            for cp in page.common_prefixes.iter().filter(|cp| fresh(cp)) {
-                if !within(cp) {
-                    past_end = true;
-                    continue;
+            let total = page.objects.len();
+            let objects: Vec<ListedObject> = page.objects.into_iter().filter(|o| within(&o.key)).collect();
+            let past_end = objects.len() < total;
+            // Split while the fetchers are short of keys and a lister is idle: a split costs
+            // requests (and the client's CPU), waste when fetching is the bottleneck anyway.
+            let bounds = match (objects.last(), &page.next) {
+                (Some(last), Some(_))
+                    if !past_end && self.pending.load(Ordering::Acquire) < self.max_requests && (self.hungry)() =>
+                {
+                    let b = boundaries(&objects, &self.prefix, scope.until.as_deref());
+                    (!b.is_empty() && self.splits.fetch_add(b.len(), Ordering::Relaxed) < MAX_SPLITS)
+                        .then(|| (last.key.clone(), b))
                 }
-                // The scope's own prefix comes back as a common prefix when it ends in '/'.
-                if *cp != scope.prefix {
-                    self.push(Scope { prefix: cp.clone(), after: None, until: None });
-                }
-            }
-            let objects: Vec<ListedObject> = page
-                .objects
-                .into_iter()
-                .filter(|o| {
-                    let keep = within(&o.key);
-                    past_end |= !keep;
-                    keep
-                })
-                .collect();
-            for k in objects.iter().map(|o| &o.key).chain(page.common_prefixes.iter()) {
-                if within(k) && fresh(k) && last.as_ref().is_none_or(|l| k > l) {
-                    last = Some(k.clone());
-                }
-            }
-            // Split only while the fetchers are short of keys: a split costs requests (and the
-            // client's CPU), which is waste when fetching is the bottleneck anyway.
-            let split_from =
-                (first && page.next.is_some() && !past_end && (self.hungry)()).then(|| last.clone()).flatten();
-            let boundaries = split_from
-                .as_deref()
-                .map(|from| boundaries(&objects, &scope, from))
-                .filter(|b| !b.is_empty() && self.splits.fetch_add(b.len(), Ordering::Relaxed) < MAX_SPLITS);
+                _ => None,
+            };
             if !objects.is_empty() && self.pages.send(Ok(objects)).await.is_err() {
                 return false; // the consumer stopped (interrupted)
             }
-            if let (Some(from), Some(bounds)) = (split_from, boundaries) {
-                // The rest of this scope, (from, until], in pieces.
+            if let Some((from, bounds)) = bounds {
+                // The rest of this range, (from, until], in pieces.
                 let mut lo = from;
                 for b in bounds {
-                    self.push(Scope { prefix: scope.prefix.clone(), after: Some(lo), until: Some(b.clone()) });
+                    self.push(Scope { after: Some(lo), until: Some(b.clone()) });
                     lo = b;
                 }
-                self.push(Scope { prefix: scope.prefix.clone(), after: Some(lo), until: scope.until.clone() });
+                self.push(Scope { after: Some(lo), until: scope.until.clone() });
                 return true;
             }
-            first = false;
             match page.next {
                 Some(t) if !past_end => token = Some(t),
                 _ => return true,
@@ -249,69 +234,186 @@ impl Drop for RequestSlot<'_> {
     }
 }
 
-/// Split points for the rest of a scope after a first page ending at `from`: ascending,
-/// strictly between `from` and the scope's `until`, and within its prefix.
-fn boundaries(objects: &[ListedObject], scope: &Scope, from: &str) -> Vec<String> {
-    let first = objects.first().map_or(from, |o| o.key.as_str());
-    let common = first.bytes().zip(from.bytes()).take_while(|(a, b)| a == b).count();
-    let start = scope.prefix.len();
-    let bytes = from.as_bytes();
-    // The deepest position above where the page's keys differ that can still be stepped up:
-    // its steps make pieces about one page apart in a dense key space. Shallower positions
-    // are left to the last piece, which splits again the same way when its first page is
-    // truncated, so a large range fans out in a few rounds and few pieces come back empty.
-    for p in (start..common.min(bytes.len())).rev() {
-        let c = bytes[p];
-        let alphabet: &[u8] = match c {
-            b'0'..=b'9' => b"0123456789",
-            b'a'..=b'z' => b"abcdefghijklmnopqrstuvwxyz",
-            b'A'..=b'Z' => b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-            _ => continue,
-        };
-        let out: Vec<String> = alphabet
-            .iter()
-            .filter(|&&n| n > c)
-            .filter_map(|&next| {
-                let mut b = bytes[..p].to_vec();
-                b.push(next);
-                // Only ASCII was changed, at a char boundary: still UTF-8.
-                String::from_utf8(b).ok()
-            })
-            .filter(|b| b.as_str() > from && scope.until.as_deref().is_none_or(|u| b.as_str() < u))
-            .collect();
-        if !out.is_empty() {
-            return out;
+/// Keys read as numbers: the bytes after a fixed start, each a digit in the page's alphabet.
+struct KeySpace<'a> {
+    /// The page's ASCII bytes, sorted: digit `i` is `alphabet[i]`.
+    alphabet: Vec<u8>,
+    /// Bytes before the first digit, shared by every piece of the split.
+    stem: &'a str,
+    /// Digits read (what an f64 holds exactly).
+    digits: usize,
+}
+
+impl KeySpace<'_> {
+    /// `key`'s value in [0, 1], reading from the stem's end (`key` starts with the stem).
+    fn value(&self, key: &str) -> f64 {
+        let base = self.alphabet.len() as f64;
+        let mut v = 0.0;
+        let mut unit = 1.0;
+        for &b in key.as_bytes()[self.stem.len()..].iter().take(self.digits) {
+            unit /= base;
+            // A byte not in the alphabet sits between its neighbours.
+            let rank = match self.alphabet.binary_search(&b) {
+                Ok(i) => i as f64,
+                Err(i) => i as f64 - 0.5,
+            };
+            v += rank.max(0.0) * unit;
+        }
+        v
+    }
+
+    /// The shortest key at or just above value `v` (stem + digits).
+    fn key(&self, mut v: f64) -> Option<String> {
+        let base = self.alphabet.len();
+        let mut out = self.stem.as_bytes().to_vec();
+        for _ in 0..self.digits {
+            v *= base as f64;
+            let d = (v.floor() as usize).min(base - 1);
+            out.push(self.alphabet[d]);
+            v -= d as f64;
+            if v <= f64::EPSILON {
+                break;
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+}
+
+/// Split points for the rest of a range after `page` (its keys, in order, the last one where
+/// the rest starts), up to `until`: ascending, strictly between the page's last key and
+/// `until`, within the prefix. Empty when the rest looks too small to be worth splitting
+/// (under two pieces' worth) or the page tells nothing about density.
+fn boundaries(page: &[ListedObject], prefix: &str, until: Option<&str>) -> Vec<String> {
+    let (Some(first), Some(last)) = (page.first().map(|o| o.key.as_str()), page.last().map(|o| o.key.as_str())) else {
+        return Vec::new();
+    };
+    if page.len() < 2 || !first.starts_with(prefix) || !last.starts_with(prefix) {
+        return Vec::new();
+    }
+    let mut alphabet: Vec<u8> = page
+        .iter()
+        .flat_map(|o| o.key.as_bytes()[prefix.len().min(o.key.len())..].iter().copied())
+        .chain(until.map(|u| u.as_bytes().get(prefix.len()..).unwrap_or_default().to_vec()).unwrap_or_default())
+        .filter(u8::is_ascii)
+        .collect();
+    alphabet.sort_unstable();
+    alphabet.dedup();
+    if alphabet.len() < 2 {
+        return Vec::new();
+    }
+    // Digits an f64 holds: base^digits below 2^52.
+    let digits = ((52.0 / (alphabet.len() as f64).log2()).floor() as usize).saturating_sub(1).max(2);
+    // Read from the prefix's end when the page's keys differ within that many digits; when
+    // they share a longer stem, from inside it, and the rest past that stem's subtree is one
+    // more piece (it splits again when listed).
+    let common = first.bytes().zip(last.bytes()).take_while(|(a, b)| a == b).count();
+    let mut start = prefix.len().max((common + 3).saturating_sub(digits));
+    while !last.is_char_boundary(start) {
+        start -= 1;
+    }
+    let space = KeySpace { alphabet, stem: &last[..start], digits };
+    let subtree_end = (start > prefix.len()).then(|| format!("{}{}", space.stem, char::MAX));
+    let (v_first, v_last) = (space.value(first), space.value(last));
+    if v_last <= v_first {
+        return Vec::new();
+    }
+    let v_end = match until {
+        Some(u) if u.starts_with(space.stem) => space.value(u),
+        _ => 1.0,
+    };
+    let density = (page.len() - 1) as f64 / (v_last - v_first);
+    let rest = density * (v_end - v_last);
+    let mut out: Vec<String> = Vec::new();
+    if until.is_some() {
+        // A bounded range: even pieces of what the page's density says it holds.
+        let pieces = (rest / PIECE_KEYS).floor().min(MAX_PIECES as f64) as usize;
+        if pieces >= 2 {
+            let step = (v_end - v_last) / pieces as f64;
+            out.extend((1..pieces).filter_map(|j| space.key(v_last + step * j as f64)));
+        }
+    } else if rest >= 2.0 * PIECE_KEYS {
+        // Up to the end of the key space: nothing says where the keys stop, so pieces double
+        // (8 pages' worth, 16, 32, …): a bucket of n keys fills about log2(n / 8,000) of
+        // them, and the ones past its last key are empty probes, one request each.
+        let mut width = PIECE_KEYS / density;
+        let mut v = v_last;
+        while out.len() + 1 < MAX_PIECES && v + width < v_end {
+            v += width;
+            width *= 2.0;
+            out.extend(space.key(v));
         }
     }
-    Vec::new()
+    out.extend(subtree_end);
+    out.retain(|b| b.as_str() > last && until.is_none_or(|u| b.as_str() < u));
+    out.dedup();
+    // Strictly ascending: the pieces must partition the range.
+    let mut prev: Option<&str> = None;
+    let ascending = out.iter().all(|b| {
+        let ok = prev.is_none_or(|p| p < b.as_str());
+        prev = Some(b);
+        ok
+    });
+    if ascending { out } else { Vec::new() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn obj(k: &str) -> ListedObject {
-        ListedObject { key: k.to_owned(), size: 0, last_modified: None, archived: None, etag: None }
+    fn page(keys: impl IntoIterator<Item = String>) -> Vec<ListedObject> {
+        keys.into_iter()
+            .map(|key| ListedObject { key, size: 0, last_modified: None, archived: None, etag: None })
+            .collect()
     }
 
     #[test]
-    fn boundaries_step_through_the_varying_positions_in_order() {
-        let scope = Scope { prefix: "d/".into(), after: None, until: None };
-        let page = [obj("d/obj00000000"), obj("d/obj00000999")];
-        let b = boundaries(&page, &scope, "d/obj00000999");
-        assert_eq!(b.len(), 9);
-        assert_eq!(&b[..3], ["d/obj00001", "d/obj00002", "d/obj00003"]);
-        assert!(b.windows(2).all(|w| w[0] < w[1]), "ascending: {b:?}");
-        // No room at the deepest position: one position up.
-        let page = [obj("d/obj00009000"), obj("d/obj00009999")];
-        let b = boundaries(&page, &scope, "d/obj00009999");
-        assert_eq!(&b[..2], ["d/obj0001", "d/obj0002"]);
-        let words = [obj("d/aaa"), obj("d/abz")];
-        assert_eq!(boundaries(&words, &scope, "d/abz")[0], "d/b", "letters step too");
-        // Within an upper bound only.
-        let bounded = Scope { until: Some("d/obj00005".into()), ..scope };
-        let first_page = [obj("d/obj00000000"), obj("d/obj00000999")];
-        let b = boundaries(&first_page, &bounded, "d/obj00000999");
-        assert_eq!(b, ["d/obj00001", "d/obj00002", "d/obj00003", "d/obj00004"]);
+    fn a_dense_range_is_cut_in_pieces_of_about_eight_pages() {
+        // 1,000,000 keys d/obj00000000 … d/obj00999999; the first page holds the first 1,000.
+        let first = page((0..1000).map(|i| format!("d/obj{i:08}")));
+        let b = boundaries(&first, "d/", Some("d/obj00999999"));
+        assert!(b.len() >= 60 && b.len() < MAX_PIECES, "{} pieces: {b:?}", b.len());
+        assert!(b.windows(2).all(|w| w[0] < w[1]), "ascending");
+        // Roughly even: the first piece holds about 1/64 of the rest (more, as the alphabet
+        // also has 'b', 'j', 'o', which no digit position uses).
+        assert!(b[0].as_str() > "d/obj00010000" && b[0].as_str() < "d/obj00030000", "{}", b[0]);
+        // Unbounded: pieces doubling from ~8,000 keys.
+        let b = boundaries(&first, "d/", None);
+        assert!(b.len() > 10 && b.iter().all(|k| k.as_str() > "d/obj00000999"), "{b:?}");
+        assert!(b[0].as_str() > "d/obj00005000" && b[0].as_str() < "d/obj00015000", "{}", b[0]);
+        assert!(b[1].as_str() > "d/obj00015000" && b[1].as_str() < "d/obj00040000", "{}", b[1]);
+    }
+
+    #[test]
+    fn a_small_rest_is_not_split_and_long_shared_stems_still_split() {
+        let first = page((0..1000).map(|i| format!("d/obj{i:08}")));
+        assert!(boundaries(&first, "d/", Some("d/obj00009999")).is_empty(), "9,000 keys left: one range");
+        // Keys sharing 40 bytes after the prefix: read from inside the stem, plus the subtree's end.
+        let stem = "2026-11-30/host-0123456789abcdef/shard-07/";
+        let first = page((0..1000).map(|i| format!("p/{stem}{i:09}")));
+        let b = boundaries(&first, "p/", None);
+        assert!(b.len() > 2, "{b:?}");
+        assert!(b.last().unwrap().ends_with(char::MAX), "the rest past the stem is one more piece");
+    }
+
+    #[test]
+    fn pieces_partition_any_range_exactly() {
+        // Whatever the boundaries are, (after, b1], (b1, b2], …, (bn, until] cover the keys
+        // after the page once: checked against a sorted key set.
+        let mut keys: Vec<String> =
+            (0..30_000u32).map(|i| format!("x/{:08x}/f", i.wrapping_mul(2_654_435_761))).collect();
+        keys.sort();
+        let first = page(keys[..1000].iter().cloned());
+        for until in [None, Some(keys[20_000].as_str())] {
+            let b = boundaries(&first, "x/", until);
+            assert!(!b.is_empty());
+            let rest: Vec<&String> = keys[1000..].iter().filter(|k| until.is_none_or(|u| k.as_str() <= u)).collect();
+            let mut lo = keys[999].as_str();
+            let mut seen = 0;
+            for hi in b.iter().map(String::as_str).map(Some).chain([until]) {
+                seen += rest.iter().filter(|k| k.as_str() > lo && hi.is_none_or(|h| k.as_str() <= h)).count();
+                lo = hi.unwrap_or(lo);
+            }
+            assert_eq!(seen, rest.len());
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::report::{Report, Summary};
 use crate::s3;
 use crate::s3::ByteRange;
 use crate::stats::Stage;
-use crate::writer::{self, FileJob, Job, LargeFile};
+use crate::writer::{self, FileJob, Job, LargeFile, Meta};
 
 /// Budget unit: one permit is this many bytes.
 const BUDGET_UNIT: u64 = 1024;
@@ -51,7 +51,7 @@ struct Listed {
     key: String,
     size: u64,
     last_modified: Option<std::time::SystemTime>,
-    /// For the skip check (`--manifest` only).
+    /// The listing's ETag (without quotes): for the skip check, and kept with the file.
     etag: Option<String>,
     target: Target,
     listed_at: Instant,
@@ -751,7 +751,9 @@ impl Fetcher {
                             permit: Some(permit),
                             picked,
                             fetched: Instant::now(),
-                            mtime: fetched.last_modified.or(item.last_modified),
+                            // The listing's time: it has the precision the store keeps (the
+                            // header has whole seconds) and is what a re-run compares with.
+                            meta: Meta { mtime: item.last_modified.or(fetched.last_modified), etag: item.etag },
                         })
                     }
                     Err(reason) => {
@@ -791,8 +793,11 @@ impl Fetcher {
         let info = first.part.clone().unwrap_or_default();
         let size = info.total.unwrap_or(item.size);
         let parts = size.div_ceil(part_size).max(1);
-        let mtime = first.last_modified.or(item.last_modified);
-        let file = LargeFile::new(item.key.clone(), item.target, size, parts, mtime, picked);
+        let meta = Meta {
+            mtime: item.last_modified.or(first.last_modified),
+            etag: item.etag.clone().or_else(|| info.etag.as_ref().map(|t| t.trim_matches('"').to_owned())),
+        };
+        let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked);
         if self.engine.verifies() {
             // S3 keeps no checksum of a byte range, and a whole-object checksum cannot be
             // checked before every part is in: the parts are tied together by If-Match.

@@ -23,8 +23,8 @@ fn current_bar() -> Option<ProgressBar> {
 /// Prints one line to stderr without tearing the progress bar.
 pub fn line(s: &str) {
     match current_bar() {
-        Some(bar) => bar.suspend(|| eprintln!("{s}")),
-        None => eprintln!("{s}"),
+        Some(bar) => bar.suspend(|| crate::say!("{s}")),
+        None => crate::say!("{s}"),
     }
 }
 

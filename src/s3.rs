@@ -328,7 +328,7 @@ pub struct ListedObject {
     /// Set when the object is in an archive storage class (GLACIER, DEEP_ARCHIVE) and not
     /// restored: a GET would fail with InvalidObjectState.
     pub archived: Option<String>,
-    /// The ETag, when it is used for the skip check (`--manifest` only).
+    /// The ETag, without quotes: for the skip check, and kept with the file.
     pub etag: Option<String>,
 }
 
@@ -407,7 +407,7 @@ pub async fn list_page(
                     key: decode(o.key?),
                     size: o.size.unwrap_or(0).max(0) as u64,
                     last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
-                    etag: None,
+                    etag: o.e_tag.map(|t| t.trim_matches('"').to_owned()),
                 })
             })
             .collect(),

@@ -57,7 +57,7 @@ pub async fn sweep(base: &Config, workers: &[usize], queues: &[usize], repeat: u
                 let cpu_us =
                     ((cpu1.user + cpu1.sys).as_secs_f64() - (cpu0.user + cpu0.sys).as_secs_f64()) * 1e6 / objects;
                 let cell = Cell { workers: w, queue: q, rep, summary, cpu_us };
-                eprintln!(
+                crate::say!(
                     "workers {w:>5} queue {q:>6} rep {rep}: {:>8.0} objects/s, {:>5.0} µs CPU/object, {} failed ({:.1} s)",
                     cell.summary.objects_per_sec(),
                     cpu_us,

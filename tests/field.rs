@@ -251,3 +251,137 @@ fn a_control_character_key_goes_round_the_failed_keys_loop() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, "c/"));
 }
+
+/// The skipped and written counts of a run's summary line.
+fn written_skipped(out: &std::process::Output) -> (u64, u64) {
+    let err = stderr(out);
+    let line = err.lines().find(|l| l.contains("keys listed:")).unwrap_or_else(|| panic!("no summary: {err}"));
+    let num = |what: &str| -> u64 {
+        let before = &line[..line.find(what).unwrap_or_else(|| panic!("no '{what}' in {line}"))];
+        before.trim_end().rsplit([' ', ':', ',']).next().unwrap().parse().unwrap()
+    };
+    (num("files written"), num("skipped"))
+}
+
+fn mtime(path: &std::path::Path) -> std::time::SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_store_listing_milliseconds_is_resumed_and_skipped() {
+    let objs = objects(60);
+    let config =
+        EndpointConfig { buckets: vec![bucket("millis", objs.clone())], sub_second_times: true, ..Default::default() };
+    let env = Env::with_config(config, true);
+    for e in engines() {
+        let scratch = Scratch::new();
+        let copy = || run(env.cmd().args(e.args()).arg("s3://millis").arg(scratch.dest()));
+        let out = copy();
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        let t = mtime(&scratch.dest().join(&objs[0].0));
+        let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis();
+        assert_ne!(ms, 0, "{e}: the file's mtime is the listing's, with its milliseconds");
+        let etag = rustix::fs::getxattr(scratch.dest().join(&objs[0].0).as_path(), "user.s3uring.etag", &mut [0u8; 64]);
+        assert_eq!(etag.map(|n| n > 0), Ok(true), "{e}: the ETag is kept with the file");
+        // A complete tree: nothing is fetched again.
+        let gets = env.fault_counts().gets;
+        let out = copy();
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert_eq!(written_skipped(&out), (0, 60), "{e}");
+        assert_eq!(env.fault_counts().gets, gets, "{e}: no GET for a complete tree");
+        // A resume after a kill: some files missing, the rest skipped.
+        for (k, _) in objs.iter().step_by(3) {
+            std::fs::remove_file(scratch.dest().join(k)).unwrap();
+        }
+        let out = copy();
+        assert_eq!(written_skipped(&out), (20, 40), "{e}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+}
+
+#[test]
+fn an_object_overwritten_in_the_same_second_with_the_same_size_is_copied_again() {
+    let when = std::time::SystemTime::now();
+    let before = objects(30);
+    // Same keys, same sizes, other bytes, the same LastModified.
+    let after: Vec<(String, Bytes)> =
+        before.iter().map(|(k, v)| (k.clone(), Bytes::from(v.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>()))).collect();
+    let serve = |objs: &Vec<(String, Bytes)>| {
+        let config = EndpointConfig {
+            buckets: vec![bucket("same-second", objs.clone())],
+            last_modified: Some(when),
+            ..Default::default()
+        };
+        Env::with_config(config, true)
+    };
+    let (old, new) = (serve(&before), serve(&after));
+    for e in engines() {
+        let scratch = Scratch::new();
+        let out = run(old.cmd().args(e.args()).arg("s3://same-second").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        let out = run(new.cmd().args(e.args()).arg("s3://same-second").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert_eq!(written_skipped(&out), (30, 0), "{e}: size and time alike, the ETag tells");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&after, ""));
+    }
+}
+
+#[test]
+fn a_file_system_without_extended_attributes_still_copies_and_resumes() {
+    let objs = objects(40);
+    let config = EndpointConfig {
+        buckets: vec![bucket("no-xattr", objs.clone())],
+        sub_second_times: true,
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    for e in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(&dest).unwrap();
+        let Some(_mount) = Mount::new("ramfs", &dest, "mode=755") else {
+            eprintln!("SKIPPED: cannot mount ramfs here (needs root)");
+            return;
+        };
+        let copy = || run(env.cmd().args(e.args()).arg("s3://no-xattr").arg(&dest));
+        let out = copy();
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        let err = stderr(&out);
+        assert_eq!(err.matches("cannot keep the ETag").count(), 1, "{e}: one warning: {err}");
+        assert_same_tree(&read_tree(&dest), &expected_tree(&objs, ""));
+        // As an older copy left them: whole seconds. Still the same objects.
+        for (k, _) in &objs {
+            let p = dest.join(k);
+            let secs = mtime(&p).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs)).unwrap();
+        }
+        let out = copy();
+        assert_eq!(written_skipped(&out), (0, 40), "{e}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_does_not_kill_a_copy_and_absurd_progress_intervals_are_refused() {
+    let objs = objects(50);
+    let env = Env::new(vec![bucket("closed-stderr", objs.clone())]);
+    let scratch = Scratch::new();
+    // stderr is a pipe whose reader is gone: every line the copy prints fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = env
+        .cmd()
+        .args(["--progress-interval", "0.1", "s3://closed-stderr"])
+        .arg(scratch.dest())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the copy finished");
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    for bad in ["1e300", "0.0000001", "-1", "NaN", "inf"] {
+        let out =
+            run(env.cmd().arg(format!("--progress-interval={bad}")).arg("s3://closed-stderr").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(2), "--progress-interval {bad}");
+        assert!(stderr(&out).contains("--progress-interval"), "{}", stderr(&out));
+    }
+}

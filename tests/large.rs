@@ -53,7 +53,7 @@ fn a_one_gib_object_is_copied_exactly_in_bounded_memory() {
     let size = (1u64 << 30) + 4097;
     let env = Env::new(vec![BucketSpec {
         name: "huge".to_owned(),
-        contents: Contents::Generated { count: 1, size, prefixes: 1 },
+        contents: Contents::Generated { count: 1, size, prefixes: 1, layout: Default::default() },
     }]);
     let key = generated_key(0, 1);
     for fetch in FETCH_ENGINES {

@@ -46,6 +46,7 @@ fn parallel_listing_lists_every_key_exactly_once() {
             assert!(err.contains(&format!("{} keys listed: {want_files} files written", want_objs.len())), "{err}");
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
             let requests = doc["stages"]["list"]["count"].as_u64().unwrap();
+            eprintln!("{requests} list requests for 20,000 keys, one per directory");
             if prefix == "flat/" && workers != "1" {
                 // 4,500 flat keys are 5 sequential pages; split, they are listed in more pieces.
                 assert!(requests > 5, "--list-workers {workers}: {requests} list requests");
@@ -53,4 +54,59 @@ fn parallel_listing_lists_every_key_exactly_once() {
         }
     }
     assert!(files > 8000);
+}
+
+#[test]
+fn a_store_whose_delimiter_listing_is_wrong_loses_no_key() {
+    // Such a store answers a delimiter listing under "t/x/" with nothing at all; parallel
+    // listing never asks for one, so every key arrives (it once copied 0 of 30, exit 0).
+    let objs: Vec<(String, Bytes)> =
+        (0..30).map(|i| format!("t/x/y{}/z{i}", i % 4)).map(|k| (k.clone(), content(&k, 40))).collect();
+    let config = s3uring::endpoint::EndpointConfig {
+        buckets: vec![bucket("broken-delim", objs.clone())],
+        broken_delimiter_under: Some("t/x/".into()),
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    for workers in ["1", "32"] {
+        let scratch = Scratch::new();
+        let out = run(env.cmd().args(["--list-workers", workers, "s3://broken-delim/t/"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{workers}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, "t/"));
+    }
+}
+
+#[test]
+fn one_object_per_directory_costs_a_list_request_per_page_not_per_key() {
+    let config = s3uring::endpoint::EndpointConfig {
+        buckets: vec![s3uring::endpoint::BucketSpec {
+            name: "per-dir".into(),
+            contents: s3uring::endpoint::Contents::Generated {
+                count: 20_000,
+                size: 0,
+                prefixes: 1,
+                layout: s3uring::endpoint::Layout::PerDirectory,
+            },
+        }],
+        list_latency: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    let scratch = Scratch::new();
+    let json = scratch.dir.path().join("stats.json");
+    let out = run(env
+        .cmd()
+        .args(["--dry-run", "--list-workers", "32", "--stats-json"])
+        .arg(&json)
+        .arg("s3://per-dir")
+        .arg(scratch.dest())
+        .stdout(std::process::Stdio::null()));
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["counters"]["dry_run_planned"].as_u64(), Some(20_000), "{doc}");
+    let requests = doc["stages"]["list"]["count"].as_u64().unwrap();
+    eprintln!("{requests} list requests for 20,000 keys, one per directory");
+    // 20 pages; splitting adds partial pages and empty probes, never one request per key
+    // (a delimiter fan-out took 20,048).
+    assert!((20..=100).contains(&requests), "{requests} list requests for 20,000 keys");
 }

@@ -12,6 +12,7 @@ mod killed;
 mod large;
 mod listing;
 mod manifest;
+mod moto;
 mod select;
 mod tls;
 mod util;

@@ -267,8 +267,13 @@ pub struct Mount {
 
 impl Mount {
     pub fn tmpfs(path: &Path, options: &str) -> Option<Mount> {
+        Mount::new("tmpfs", path, options)
+    }
+
+    /// A file system of type `fstype` (`ramfs`: no extended attributes).
+    pub fn new(fstype: &str, path: &Path, options: &str) -> Option<Mount> {
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .args(["-t", fstype, "-o", options, fstype])
             .arg(path)
             .stderr(std::process::Stdio::null())
             .status()

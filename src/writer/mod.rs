@@ -20,8 +20,11 @@
 //!   take or that have no lock file, and leaves all others alone ([`RunLock`]).
 //! - **Per-file failures never stop the loop.** Each ends as one [`Report::fail`] line naming
 //!   the key and the cause.
-//! - **mtime = the object's LastModified**, so a later run can tell a complete, current file
-//!   from anything else by size and mtime alone ([`Existing`]).
+//! - **mtime = the object's LastModified** (the listing's, at the precision the store keeps:
+//!   milliseconds on MinIO and Ceph), and the object's ETag in the `user.s3uring.etag`
+//!   extended attribute, so a later run can tell a complete, current file from anything
+//!   else without reading it ([`Existing`]). A file system that refuses either still gets
+//!   the file, with one warning ([`set_meta`]).
 //! - **No file-system syscall on a tokio thread.** Directory creation happens here, cached,
 //!   so each directory is created once.
 
@@ -59,8 +62,75 @@ pub struct FileJob {
     pub picked: Instant,
     /// When the body was complete (start of the `handoff` stage).
     pub fetched: Instant,
-    /// The object's LastModified: becomes the file's mtime (and atime).
+    /// The object's LastModified and ETag.
+    pub meta: Meta,
+}
+
+/// What a file keeps of its object besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    /// LastModified: becomes the file's mtime (and atime).
     pub mtime: Option<SystemTime>,
+    /// The ETag (without quotes): the `user.s3uring.etag` extended attribute.
+    pub etag: Option<String>,
+}
+
+/// The extended attribute holding a file's object's ETag.
+pub const ETAG_XATTR: &str = "user.s3uring.etag";
+
+/// Set once a file system refused timestamps or extended attributes: warned about once,
+/// and (for attributes) not tried again.
+static TIMES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static XATTRS_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Where to set a file's [`Meta`]: its open descriptor, or its name in a directory.
+pub(crate) enum MetaAt<'a> {
+    Fd(std::os::fd::BorrowedFd<'a>),
+    Name(&'a OwnedFd, &'a std::ffi::CStr),
+}
+
+/// Sets mtime and the ETag attribute. A file system that refuses them (some FUSE and network
+/// mounts, ramfs for attributes) costs one warning for the run, never the key: the file is
+/// still complete, and a later run compares what it can (size, then mtime when there is one).
+pub(crate) fn set_meta(at: MetaAt<'_>, meta: &Meta, rel: &dyn Fn() -> String) {
+    if let Some(ts) = meta.mtime.and_then(timestamps) {
+        let set = match at {
+            MetaAt::Fd(fd) => rustix::fs::futimens(fd, &ts),
+            MetaAt::Name(dir, name) => rustix::fs::utimensat(dir.as_fd(), name, &ts, rustix::fs::AtFlags::empty()),
+        };
+        if let Err(e) = set
+            && !TIMES_REFUSED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "cannot set the modification time of '{}' ({}): files here keep the time they were written, so a \
+                 re-run cannot recognise them by time and copies them again",
+                rel(),
+                io::Error::from(e)
+            );
+        }
+    }
+    if let Some(etag) = &meta.etag
+        && !XATTRS_REFUSED.load(Ordering::Relaxed)
+    {
+        let flags = rustix::fs::XattrFlags::empty();
+        let set = match at {
+            MetaAt::Fd(fd) => rustix::fs::fsetxattr(fd, ETAG_XATTR, etag.as_bytes(), flags),
+            // No *at form of setxattr before Linux 6.13: through the directory's /proc link.
+            MetaAt::Name(dir, name) => {
+                let path = format!("/proc/self/fd/{}/{}", std::os::fd::AsRawFd::as_raw_fd(dir), name.to_string_lossy());
+                rustix::fs::lsetxattr(path.as_str(), ETAG_XATTR, etag.as_bytes(), flags)
+            }
+        };
+        if let Err(e) = set
+            && !XATTRS_REFUSED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "cannot keep the ETag with '{}' in {ETAG_XATTR} ({}): files are recognised by size and time alone",
+                rel(),
+                io::Error::from(e)
+            );
+        }
+    }
 }
 
 /// Timestamps setting both atime and mtime to `t` (whole seconds and nanoseconds since the
@@ -118,7 +188,7 @@ pub struct LargeFile {
     pub key: String,
     pub target: Target,
     pub size: u64,
-    pub mtime: Option<SystemTime>,
+    pub meta: Meta,
     /// When a fetcher picked the key (start of the `total` stage).
     pub picked: Instant,
     state: Mutex<LargeState>,
@@ -140,16 +210,9 @@ struct LargeState {
 static LARGE_SEQ: AtomicU64 = AtomicU64::new(1 << 48);
 
 impl LargeFile {
-    pub fn new(
-        key: String,
-        target: Target,
-        size: u64,
-        parts: u64,
-        mtime: Option<SystemTime>,
-        picked: Instant,
-    ) -> Arc<LargeFile> {
+    pub fn new(key: String, target: Target, size: u64, parts: u64, meta: Meta, picked: Instant) -> Arc<LargeFile> {
         let state = LargeState { left: parts, open: None, err: None, silent: false, first: None };
-        Arc::new(LargeFile { key, target, size, mtime, picked, state: Mutex::new(state) })
+        Arc::new(LargeFile { key, target, size, meta, picked, state: Mutex::new(state) })
     }
 
     /// The descriptor to write a part into, creating the temporary on first use; `None`
@@ -238,9 +301,7 @@ impl LargeFile {
     /// mtime, optional fsync, close, rename: the file is complete.
     fn complete(&self, dir: &OwnedFd, tmp: &CString, fd: Arc<OwnedFd>, fsync: bool) -> Result<(), String> {
         let reason = |what: &str, e: Errno| io_reason(what, &self.target.rel_path(), e.raw_os_error());
-        if let Some(ts) = self.mtime.and_then(timestamps) {
-            rustix::fs::futimens(&fd, &ts).map_err(|e| reason("cannot set the modification time of", e))?;
-        }
+        set_meta(MetaAt::Fd(fd.as_fd()), &self.meta, &|| self.target.rel_path());
         if fsync {
             rustix::fs::fdatasync(&fd).map_err(|e| reason("cannot fsync", e))?;
         }
@@ -443,13 +504,17 @@ impl DirCache {
         Ok(DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None })
     }
 
-    /// `--fsync`: a file was renamed into directory `rel`.
+    /// `--fsync`: a file was renamed into directory `rel`. Its ancestors are synced too: each
+    /// may have gained the entry of a directory created on the way, and a crash must not lose
+    /// a subtree whose files were synced.
     pub(crate) fn touched(&self, rel: &str) {
         if let Some(t) = &self.touched
             && let Ok(mut t) = t.lock()
-            && !t.contains(rel)
         {
-            t.insert(rel.to_owned());
+            let mut dir = rel;
+            while !dir.is_empty() && t.insert(dir.to_owned()) {
+                dir = dir.rsplit_once('/').map_or("", |(parent, _)| parent);
+            }
         }
     }
 
@@ -728,11 +793,7 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64, fsync: bool)
     let result = file
         .write_all(&job.body)
         .map_err(|e| reason("cannot write", e.raw_os_error().unwrap_or(libc::EIO)))
-        .and_then(|()| match job.mtime.and_then(timestamps) {
-            Some(ts) => rustix::fs::futimens(&file, &ts)
-                .map_err(|e| reason("cannot set the modification time of", e.raw_os_error())),
-            None => Ok(()),
-        })
+        .map(|()| set_meta(MetaAt::Fd(file.as_fd()), &job.meta, &|| job.target.rel_path()))
         .and_then(|()| match fsync {
             true => file.sync_data().map_err(|e| reason("cannot fsync", e.raw_os_error().unwrap_or(libc::EIO))),
             false => Ok(()),
@@ -746,4 +807,22 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64, fsync: bool)
         let _ = rustix::fs::unlinkat(dir.as_fd(), tmp.as_c_str(), rustix::fs::AtFlags::empty());
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_covers_every_directory_on_the_way_to_a_file() {
+        let dest = tempfile::tempdir().unwrap();
+        let mut dirs = DirCache::open(dest.path()).unwrap();
+        dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
+        dirs.touched("a/b/c");
+        dirs.touched("a/b/d");
+        dirs.touched("e");
+        let mut got: Vec<String> = dirs.touched.as_ref().unwrap().lock().unwrap().iter().cloned().collect();
+        got.sort();
+        assert_eq!(got, ["a", "a/b", "a/b/c", "a/b/d", "e"]);
+    }
 }

@@ -560,23 +560,13 @@ impl Loop<'_> {
             && e.open_ok
             && e.closed
         {
-            // Step 1 done: the temporary gets its mtime (no io_uring op for it), then step 2.
-            let set = match e.job.mtime.and_then(super::timestamps) {
-                Some(ts) => rustix::fs::utimensat(e.dir.as_fd(), e.tmp.as_c_str(), &ts, rustix::fs::AtFlags::empty())
-                    .map_err(|err| {
-                        io_reason("cannot set the modification time of", &e.job.target.rel_path(), err.raw_os_error())
-                    }),
-                None => Ok(()),
-            };
-            match set {
-                Ok(()) => {
-                    e.rename_pushed = true;
-                    e.pending = 1;
-                    self.to_rename.push(slot);
-                    return;
-                }
-                Err(reason) => e.err = Some(reason),
-            }
+            // Step 1 done: the temporary gets its mtime and ETag attribute (here, not in the
+            // chain: io_uring has no timestamp op), then step 2.
+            super::set_meta(super::MetaAt::Name(&e.dir, &e.tmp), &e.job.meta, &|| e.job.target.rel_path());
+            e.rename_pushed = true;
+            e.pending = 1;
+            self.to_rename.push(slot);
+            return;
         }
         let Some(e) = self.slab[slot as usize].take() else {
             return;
