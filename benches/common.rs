@@ -1,8 +1,10 @@
 //! Helpers shared by the benches.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub fn sh(cmd: &str) -> String {
     Command::new("sh")
@@ -50,4 +52,55 @@ pub fn bare_loop(dest: &Path, objects: u64, size: u64) {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// A `s3uring serve` of its own, whose stdout is kept for the counts it prints on SIGINT.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(bin: &str, args: &[String]) -> Server {
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--bucket", "bench"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3uring serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").expect("server stdout");
+            if let Some(u) = line.strip_prefix("endpoint: ") {
+                break u.to_owned();
+            }
+        };
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let sink = kept.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Server { child, url, lines: kept }
+    }
+
+    /// Stops it (SIGINT, so it prints its counts) and returns what it printed.
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        self.lines.lock().expect("lines").clone()
+    }
+}
+
+impl Drop for Server {
+    /// A bench that panics must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -18,11 +18,9 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{median, sh};
-use std::io::{BufRead, BufReader};
+use common::{Server, median, sh};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 struct Opts {
@@ -66,49 +64,6 @@ fn parse_opts() -> Opts {
         i += 2;
     }
     o
-}
-
-/// A `s3uring serve` of its own, whose stdout is kept for the counts it prints on SIGINT.
-struct Server {
-    child: std::process::Child,
-    url: String,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(bin: &str, args: &[String]) -> Server {
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--bucket", "bench"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3uring serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let url = loop {
-            let line = lines.next().expect("server exited").expect("server stdout");
-            if let Some(u) = line.strip_prefix("endpoint: ") {
-                break u.to_owned();
-            }
-        };
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let sink = kept.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Server { child, url, lines: kept }
-    }
-
-    /// Stops it (SIGINT, so it prints its counts) and returns what it printed.
-    fn stop(mut self) -> Vec<String> {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        self.lines.lock().expect("lines").clone()
-    }
 }
 
 /// One rate-limit rule's line: (prefix, served, throttled, first_s, last_s, per second).

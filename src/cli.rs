@@ -593,10 +593,10 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
 }
 
 fn apply_output(cfg: &mut Config, o: &Output) -> Result<(), String> {
-    // 0 turns the lines off; below 0.1 s they would be a flood, above a day never seen.
-    if !(o.progress_interval == 0.0 || (0.1..=86_400.0).contains(&o.progress_interval)) {
+    // 0 turns the lines off; below a millisecond the timer spins, above a day never fires.
+    if !(o.progress_interval == 0.0 || (0.001..=86_400.0).contains(&o.progress_interval)) {
         return Err(format!(
-            "--progress-interval {} must be 0 (never) or between 0.1 and 86400 seconds",
+            "--progress-interval {} must be 0 (never) or between 0.001 and 86400 seconds",
             o.progress_interval
         ));
     }

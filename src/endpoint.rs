@@ -108,6 +108,10 @@ pub struct EndpointConfig {
     /// A store bug seen in the field: a delimiter listing of a prefix starting with this
     /// returns neither keys nor common prefixes (a flat listing is right).
     pub broken_delimiter_under: Option<String>,
+    /// The endpoint's clock, in seconds from this machine's (S3 refuses a request signed more
+    /// than 15 minutes away from its own time with `403 RequestTimeTooSkewed`, and every
+    /// answer's `Date` header tells its time).
+    pub clock_offset_s: i64,
 }
 
 /// A token bucket on the GETs of keys under `prefix` (`""`: every key).
@@ -977,6 +981,53 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
     }
 }
 
+/// How far from the service's clock a signed request may be.
+const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// This machine's time moved by `offset_s` seconds.
+fn offset_now(offset_s: i64) -> SystemTime {
+    let now = SystemTime::now();
+    let by = Duration::from_secs(offset_s.unsigned_abs());
+    if offset_s >= 0 { now + by } else { now - by }
+}
+
+/// `x-amz-date` (`20261130T224500Z`) as a time.
+fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// An HTTP `Date` header value for `t`.
+fn http_date(t: SystemTime) -> Option<http::HeaderValue> {
+    let mut buf = Vec::new();
+    Timestamp::from(t).format(s3s::dto::TimestampFormat::HttpDate, &mut buf).ok()?;
+    http::HeaderValue::from_bytes(&buf).ok()
+}
+
+/// S3's answer to a request signed too far from its clock.
+fn too_skewed() -> http::Response<s3s::Body> {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeTooSkewed</Code>\
+                <Message>The difference between the request time and the current time is too large.</Message></Error>";
+    let mut resp = http::Response::new(s3s::Body::from(body.to_owned()));
+    *resp.status_mut() = http::StatusCode::FORBIDDEN;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    resp
+}
+
 /// Is this HTTP request a GetObject (path style `/bucket/key`, or virtual-hosted `/key`,
 /// without a sub-resource query)? Only GETs get faults.
 fn is_get_object(req: &http::Request<hyper::body::Incoming>) -> bool {
@@ -1004,6 +1055,13 @@ impl Endpoint {
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some((ak, sk)) = &config.credentials {
             builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
+        }
+        let clock = config.clock_offset_s;
+        if clock != 0 {
+            // The skew is checked against this endpoint's clock below, not s3s's.
+            let mut s3s_config = s3s::config::S3Config::default();
+            s3s_config.presigned_url_max_skew_time_secs = u32::MAX;
+            builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(s3s_config))));
         }
         let service = builder.build();
         let listen = config.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -1043,7 +1101,22 @@ impl Endpoint {
                             if drawn == Some(Fault::Reset) {
                                 return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected reset"))));
                             }
-                            service.call(req.map(s3s::Body::from)).await
+                            if clock == 0 {
+                                return service.call(req.map(s3s::Body::from)).await;
+                            }
+                            let now = offset_now(clock);
+                            let skewed = req
+                                .headers()
+                                .get("x-amz-date")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(parse_amz_date)
+                                .is_some_and(|t| t.duration_since(now).unwrap_or_else(|e| e.duration()) > MAX_SKEW);
+                            let mut resp =
+                                if skewed { too_skewed() } else { service.call(req.map(s3s::Body::from)).await? };
+                            if let Some(date) = http_date(now) {
+                                resp.headers_mut().insert(http::header::DATE, date);
+                            }
+                            Ok(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;

@@ -87,6 +87,9 @@ struct Signer {
     name: String,
     /// The usual GET, signed without the generic signer's per-request cost.
     fast: crate::sigv4::GetSigner,
+    /// The service's clock minus ours, in milliseconds, once it refused a request as
+    /// `RequestTimeTooSkewed`: requests are signed with the service's time.
+    skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Lean {
@@ -117,6 +120,7 @@ impl Lean {
             region: endpoint.signing_region.clone(),
             name: endpoint.signing_name.clone(),
             fast: crate::sigv4::GetSigner::new(&endpoint.signing_region, &endpoint.signing_name),
+            skew_ms: std::sync::atomic::AtomicI64::new(0),
         });
         Ok(Lean {
             bucket: bucket.to_owned(),
@@ -163,6 +167,9 @@ impl Lean {
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         let last_modified = header_str(&resp, header::LAST_MODIFIED).and_then(parse_http_date);
         let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
+        let date = (status == StatusCode::FORBIDDEN)
+            .then(|| header_str(&resp, header::DATE).and_then(parse_http_date))
+            .flatten();
         let integrity = (self.verify && range.is_none()).then(|| integrity(&resp));
         let part = range.map(|_| PartInfo {
             etag: header_str(&resp, header::ETAG).map(str::to_owned),
@@ -174,7 +181,15 @@ impl Lean {
         // The whole response was read: the connection can carry the next request.
         conn.sender = Some(sender);
         if status != ok {
-            return Err(self.error_response(status, &body, bucket_region.as_deref()));
+            let err = self.error_response(status, &body, bucket_region.as_deref());
+            if err.reason.starts_with("RequestTimeTooSkewed")
+                && let (Some(signer), Some(server)) = (&self.signer, date)
+            {
+                // Sign with the service's clock from now on, as the SDK does, and try again.
+                signer.learn_skew(server, sent);
+                return Err(GetError { retry: Retry::Transient, ..err });
+            }
+            return Err(err);
         }
         check_length(body.len(), content_length)?;
         Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part })
@@ -271,10 +286,32 @@ impl Lean {
 }
 
 impl Signer {
+    /// The service answered at `server` (its `Date` header) a request sent at `sent`.
+    fn learn_skew(&self, server: SystemTime, sent: Instant) {
+        let ours = SystemTime::now() - sent.elapsed() / 2;
+        let skew = match server.duration_since(ours) {
+            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        let before = self.skew_ms.swap(skew, std::sync::atomic::Ordering::Relaxed);
+        if (skew - before).abs() > 60_000 {
+            tracing::warn!(
+                "this machine's clock is {:.0} s {} the service's: signing with the service's time",
+                (skew as f64 / 1000.0).abs(),
+                if skew > 0 { "behind" } else { "ahead of" }
+            );
+        }
+    }
+
     /// SigV4 for S3: the SDK's settings, the current credentials.
     async fn sign(&self, req: &mut Request<Empty<Bytes>>, path: &str) -> Result<(), GetError> {
         let identity = self.identities.get().await?;
-        let now = SystemTime::now();
+        let skew = self.skew_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = if skew >= 0 {
+            SystemTime::now() + Duration::from_millis(skew as u64)
+        } else {
+            SystemTime::now() - Duration::from_millis(skew.unsigned_abs())
+        };
         if let Some(creds) = identity.data::<aws_sdk_s3::config::Credentials>()
             && self.fast.sign(req.headers_mut(), path, creds, now).is_some()
         {

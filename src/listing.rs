@@ -88,6 +88,7 @@ pub fn start(
         work: work_tx.clone(),
         pages: pages_tx,
         report,
+        seen: std::sync::Mutex::new(vec![0; SEEN_POSITIONS]),
     });
     // The whole prefix; `pending` counts ranges queued or being listed.
     let _ = work_tx.try_send(Scope { after: None, until: None });
@@ -126,7 +127,13 @@ struct Shared {
     work: async_channel::Sender<Scope>,
     pages: tokio::sync::mpsc::Sender<PageResult>,
     report: Arc<Report>,
+    /// The ASCII bytes seen so far at each position after the prefix (bit `b` of entry `i`:
+    /// byte `b` at position `i`), over every page listed: what each position can hold.
+    seen: std::sync::Mutex<Vec<u128>>,
 }
+
+/// Positions after the prefix whose bytes are learned.
+const SEEN_POSITIONS: usize = 256;
 
 impl Shared {
     fn push(&self, scope: Scope) {
@@ -135,6 +142,16 @@ impl Shared {
             // Closed after an error: nothing more is listed.
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Adds a page's bytes to what each position is known to hold; the updated table.
+    fn learn(&self, page: &[ListedObject]) -> Vec<u128> {
+        let page_seen = positions_seen(page, &self.prefix);
+        let Ok(mut seen) = self.seen.lock() else { return page_seen };
+        for (s, p) in seen.iter_mut().zip(&page_seen) {
+            *s |= p;
+        }
+        seen.clone()
     }
 
     /// Waits for the right to send a list request: always when none is in flight, beside
@@ -197,7 +214,8 @@ impl Shared {
                 (Some(last), Some(_))
                     if !past_end && self.pending.load(Ordering::Acquire) < self.max_requests && (self.hungry)() =>
                 {
-                    let b = boundaries(&objects, &self.prefix, scope.until.as_deref());
+                    let seen = self.learn(&objects);
+                    let b = boundaries(&objects, &self.prefix, scope.until.as_deref(), &seen);
                     (!b.is_empty() && self.splits.fetch_add(b.len(), Ordering::Relaxed) < MAX_SPLITS)
                         .then(|| (last.key.clone(), b))
                 }
@@ -234,26 +252,37 @@ impl Drop for RequestSlot<'_> {
     }
 }
 
-/// Keys read as numbers: the bytes after a fixed start, each a digit in the page's alphabet.
+/// The ASCII bytes each position after `prefix` holds in `page` (see [`Shared::seen`]).
+fn positions_seen(page: &[ListedObject], prefix: &str) -> Vec<u128> {
+    let mut seen = vec![0u128; SEEN_POSITIONS];
+    for o in page {
+        for (i, &b) in o.key.as_bytes().iter().skip(prefix.len()).take(SEEN_POSITIONS).enumerate() {
+            if b.is_ascii() {
+                seen[i] |= 1 << b;
+            }
+        }
+    }
+    seen
+}
+
+/// Keys read as numbers: the bytes after a fixed stem, each a digit in its position's
+/// alphabet (a mixed radix: a position that only ever holds digits is base 10 there).
 struct KeySpace<'a> {
-    /// The page's ASCII bytes, sorted: digit `i` is `alphabet[i]`.
-    alphabet: Vec<u8>,
+    /// Per position after the stem: the bytes it holds, sorted.
+    alphabets: Vec<Vec<u8>>,
     /// Bytes before the first digit, shared by every piece of the split.
     stem: &'a str,
-    /// Digits read (what an f64 holds exactly).
-    digits: usize,
 }
 
 impl KeySpace<'_> {
     /// `key`'s value in [0, 1], reading from the stem's end (`key` starts with the stem).
     fn value(&self, key: &str) -> f64 {
-        let base = self.alphabet.len() as f64;
         let mut v = 0.0;
         let mut unit = 1.0;
-        for &b in key.as_bytes()[self.stem.len()..].iter().take(self.digits) {
-            unit /= base;
+        for (&b, alphabet) in key.as_bytes()[self.stem.len()..].iter().zip(&self.alphabets) {
+            unit /= alphabet.len() as f64;
             // A byte not in the alphabet sits between its neighbours.
-            let rank = match self.alphabet.binary_search(&b) {
+            let rank = match alphabet.binary_search(&b) {
                 Ok(i) => i as f64,
                 Err(i) => i as f64 - 0.5,
             };
@@ -264,12 +293,12 @@ impl KeySpace<'_> {
 
     /// The shortest key at or just above value `v` (stem + digits).
     fn key(&self, mut v: f64) -> Option<String> {
-        let base = self.alphabet.len();
         let mut out = self.stem.as_bytes().to_vec();
-        for _ in 0..self.digits {
+        for alphabet in &self.alphabets {
+            let base = alphabet.len();
             v *= base as f64;
             let d = (v.floor() as usize).min(base - 1);
-            out.push(self.alphabet[d]);
+            out.push(alphabet[d]);
             v -= d as f64;
             if v <= f64::EPSILON {
                 break;
@@ -283,7 +312,7 @@ impl KeySpace<'_> {
 /// the rest starts), up to `until`: ascending, strictly between the page's last key and
 /// `until`, within the prefix. Empty when the rest looks too small to be worth splitting
 /// (under two pieces' worth) or the page tells nothing about density.
-fn boundaries(page: &[ListedObject], prefix: &str, until: Option<&str>) -> Vec<String> {
+fn boundaries(page: &[ListedObject], prefix: &str, until: Option<&str>, seen: &[u128]) -> Vec<String> {
     let (Some(first), Some(last)) = (page.first().map(|o| o.key.as_str()), page.last().map(|o| o.key.as_str())) else {
         return Vec::new();
     };
@@ -311,7 +340,31 @@ fn boundaries(page: &[ListedObject], prefix: &str, until: Option<&str>) -> Vec<S
     while !last.is_char_boundary(start) {
         start -= 1;
     }
-    let space = KeySpace { alphabet, stem: &last[..start], digits };
+    // Each position's alphabet: the bytes seen there in every page so far (a position that
+    // always held the same byte, a '/' or a fixed word, is base 1 and costs no key space).
+    // A position that has held any byte that varies on this page (the leading zeros of a
+    // counter, a hash's digits) is taken to hold all of them: one page cannot show what a
+    // position holds elsewhere.
+    let page_seen = positions_seen(page, prefix);
+    let varying: u128 = page_seen.iter().filter(|b| b.count_ones() > 1).fold(0, |a, b| a | b);
+    let mut alphabets = Vec::new();
+    let mut range = 1.0f64;
+    for mut bits in seen.iter().copied().skip(start - prefix.len()) {
+        if bits & varying != 0 {
+            bits |= varying;
+        }
+        let a: Vec<u8> = (0..128u8).filter(|&b| bits & (1 << b) != 0).collect();
+        if a.is_empty() {
+            break;
+        }
+        // What an f64 tells apart.
+        range *= a.len() as f64;
+        if range > (1u64 << 50) as f64 {
+            break;
+        }
+        alphabets.push(a);
+    }
+    let space = KeySpace { alphabets, stem: &last[..start] };
     let subtree_end = (start > prefix.len()).then(|| format!("{}{}", space.stem, char::MAX));
     let (v_first, v_last) = (space.value(first), space.value(last));
     if v_last <= v_first {
@@ -370,14 +423,14 @@ mod tests {
     fn a_dense_range_is_cut_in_pieces_of_about_eight_pages() {
         // 1,000,000 keys d/obj00000000 … d/obj00999999; the first page holds the first 1,000.
         let first = page((0..1000).map(|i| format!("d/obj{i:08}")));
-        let b = boundaries(&first, "d/", Some("d/obj00999999"));
+        let b = boundaries(&first, "d/", Some("d/obj00999999"), &positions_seen(&first, "d/"));
         assert!(b.len() >= 60 && b.len() < MAX_PIECES, "{} pieces: {b:?}", b.len());
         assert!(b.windows(2).all(|w| w[0] < w[1]), "ascending");
         // Roughly even: the first piece holds about 1/64 of the rest (more, as the alphabet
         // also has 'b', 'j', 'o', which no digit position uses).
         assert!(b[0].as_str() > "d/obj00010000" && b[0].as_str() < "d/obj00030000", "{}", b[0]);
         // Unbounded: pieces doubling from ~8,000 keys.
-        let b = boundaries(&first, "d/", None);
+        let b = boundaries(&first, "d/", None, &positions_seen(&first, "d/"));
         assert!(b.len() > 10 && b.iter().all(|k| k.as_str() > "d/obj00000999"), "{b:?}");
         assert!(b[0].as_str() > "d/obj00005000" && b[0].as_str() < "d/obj00015000", "{}", b[0]);
         assert!(b[1].as_str() > "d/obj00015000" && b[1].as_str() < "d/obj00040000", "{}", b[1]);
@@ -386,11 +439,14 @@ mod tests {
     #[test]
     fn a_small_rest_is_not_split_and_long_shared_stems_still_split() {
         let first = page((0..1000).map(|i| format!("d/obj{i:08}")));
-        assert!(boundaries(&first, "d/", Some("d/obj00009999")).is_empty(), "9,000 keys left: one range");
+        assert!(
+            boundaries(&first, "d/", Some("d/obj00009999"), &positions_seen(&first, "d/")).is_empty(),
+            "9,000 keys left: one range"
+        );
         // Keys sharing 40 bytes after the prefix: read from inside the stem, plus the subtree's end.
         let stem = "2026-11-30/host-0123456789abcdef/shard-07/";
         let first = page((0..1000).map(|i| format!("p/{stem}{i:09}")));
-        let b = boundaries(&first, "p/", None);
+        let b = boundaries(&first, "p/", None, &positions_seen(&first, "p/"));
         assert!(b.len() > 2, "{b:?}");
         assert!(b.last().unwrap().ends_with(char::MAX), "the rest past the stem is one more piece");
     }
@@ -403,8 +459,9 @@ mod tests {
             (0..30_000u32).map(|i| format!("x/{:08x}/f", i.wrapping_mul(2_654_435_761))).collect();
         keys.sort();
         let first = page(keys[..1000].iter().cloned());
+        let keys_page = page(keys.iter().cloned());
         for until in [None, Some(keys[20_000].as_str())] {
-            let b = boundaries(&first, "x/", until);
+            let b = boundaries(&first, "x/", until, &positions_seen(&keys_page, "x/"));
             assert!(!b.is_empty());
             let rest: Vec<&String> = keys[1000..].iter().filter(|k| until.is_none_or(|u| k.as_str() <= u)).collect();
             let mut lo = keys[999].as_str();

@@ -565,7 +565,10 @@ pub fn classify(status: u16, code: &str) -> Retry {
         | "RequestTimeoutException"
         | "ServiceUnavailable"
         | "PriorRequestNotComplete"
-        | "TransactionInProgressException" => Retry::Transient,
+        | "TransactionInProgressException"
+        // The local clock is off: both engines learn the service's time from the answer's
+        // Date header and sign the next attempt with it.
+        | "RequestTimeTooSkewed" => Retry::Transient,
         _ => match status {
             429 | 503 => Retry::Throttled,
             500 | 502 | 504 => Retry::Transient,

@@ -385,3 +385,22 @@ fn a_closed_stderr_does_not_kill_a_copy_and_absurd_progress_intervals_are_refuse
         assert!(stderr(&out).contains("--progress-interval"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn a_clock_twenty_minutes_off_is_learned_from_the_service_and_every_key_arrives() {
+    let objs = objects(40);
+    for offset in [20 * 60, -20 * 60] {
+        let config = EndpointConfig {
+            buckets: vec![bucket("skewed", objs.clone())],
+            clock_offset_s: offset,
+            ..Default::default()
+        };
+        let env = Env::with_config(config, true);
+        for e in engines() {
+            let scratch = Scratch::new();
+            let out = run(env.cmd().args(e.args()).args(["--hedge-after", "0", "s3://skewed"]).arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{e} {offset}: {}", stderr(&out));
+            assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        }
+    }
+}
