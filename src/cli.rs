@@ -365,6 +365,17 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// List LastModified with milliseconds, as MinIO and Ceph RGW do (GETs' Last-Modified
+    /// header keeps whole seconds).
+    #[arg(long)]
+    sub_second_times: bool,
+    /// Ignore `encoding-type=url` in listings, as some stores do (keys always sent as they are).
+    #[arg(long)]
+    ignore_encoding_type: bool,
+    /// Run the endpoint's clock SECS seconds from this machine's (negative: behind): requests
+    /// signed more than 15 minutes from it get `403 RequestTimeTooSkewed`.
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_hyphen_values = true)]
+    clock_offset: i64,
     #[command(flatten)]
     faults: FaultArgs,
     #[command(flatten)]
@@ -840,6 +851,9 @@ async fn serve(args: ServeArgs) -> Exit {
             corrupt: args.faults.fail_corrupt,
         },
         rate_limits: args.limits.rules(),
+        sub_second_times: args.sub_second_times,
+        ignore_encoding_type: args.ignore_encoding_type,
+        clock_offset_s: args.clock_offset,
         ..EndpointConfig::default()
     })
     .await
