@@ -464,6 +464,9 @@ struct FaultArgs {
     /// Delay the first byte by --slow-ms.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
     slow: f64,
+    /// Answer at once but send the body --slow-ms late (a slow link, not a late answer).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    slow_body: f64,
     /// The delay of a slow first byte.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     slow_ms: u64,
@@ -849,6 +852,7 @@ async fn serve(args: ServeArgs) -> Exit {
             slow: args.faults.slow,
             slow_delay: std::time::Duration::from_millis(args.faults.slow_ms),
             corrupt: args.faults.fail_corrupt,
+            slow_body: args.faults.slow_body,
         },
         rate_limits: args.limits.rules(),
         sub_second_times: args.sub_second_times,

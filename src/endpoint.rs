@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use md5::{Digest, Md5};
 use s3s::dto::{
     ChecksumMode, CommonPrefix, ETag, EncodingType, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
@@ -300,6 +301,8 @@ pub struct Faults {
     pub slow_delay: Duration,
     /// The body arrives whole but with one byte changed (ETag and checksum stay right).
     pub corrupt: f64,
+    /// The headers come at once, the body `slow_delay` later (a slow link, not a late answer).
+    pub slow_body: f64,
 }
 
 /// How many faults of each kind an endpoint injected so far.
@@ -312,6 +315,7 @@ pub struct FaultCounts {
     pub truncate: u64,
     pub slow: u64,
     pub corrupt: u64,
+    pub slow_body: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +326,7 @@ enum Fault {
     Truncate,
     Slow,
     Corrupt,
+    SlowBody,
 }
 
 /// Draws faults and counts them; shared by the S3 implementation and the connection layer.
@@ -330,7 +335,7 @@ struct FaultState {
     faults: Faults,
     rng: AtomicU64,
     gets: AtomicU64,
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; 7],
 }
 
 impl FaultState {
@@ -340,7 +345,7 @@ impl FaultState {
 
     fn any(&self) -> bool {
         let f = &self.faults;
-        f.slowdown + f.internal + f.reset + f.truncate + f.slow + f.corrupt > 0.0
+        f.slowdown + f.internal + f.reset + f.truncate + f.slow + f.corrupt + f.slow_body > 0.0
     }
 
     /// A uniform number in [0, 1) from a shared splitmix64 sequence.
@@ -367,6 +372,7 @@ impl FaultState {
             (f.truncate, Fault::Truncate),
             (f.slow, Fault::Slow),
             (f.corrupt, Fault::Corrupt),
+            (f.slow_body, Fault::SlowBody),
         ] {
             if x < p {
                 self.counts[fault as usize].fetch_add(1, Ordering::Relaxed);
@@ -387,6 +393,7 @@ impl FaultState {
             truncate: c(Fault::Truncate),
             slow: c(Fault::Slow),
             corrupt: c(Fault::Corrupt),
+            slow_body: c(Fault::SlowBody),
         }
     }
 }
@@ -843,6 +850,17 @@ impl S3 for MemS3 {
                 let parts: Vec<Result<Bytes, std::io::Error>> =
                     vec![Ok(half), Err(std::io::Error::other("injected: body cut short"))];
                 StreamingBlob::wrap(futures_util::stream::iter(parts))
+            } else if fault == Some(Fault::SlowBody) && !data.is_empty() {
+                // The headers now, the first byte of the body after the delay.
+                let late = self.faults.faults.slow_delay;
+                let (head, rest) = (data.slice(..1), data.slice(1..));
+                let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(
+                    futures_util::stream::once(async move {
+                        tokio::time::sleep(late).await;
+                        Ok(rest)
+                    }),
+                );
+                StreamingBlob::wrap(body)
             } else {
                 StreamingBlob::from(s3s::Body::from(data))
             }),

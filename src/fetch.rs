@@ -12,13 +12,15 @@
 //! tried again without spending `--retries` — as long as the run makes progress: when no GET
 //! at all has succeeded for `--stall-timeout`, the key fails and the run stops.
 //!
-//! Hedging (`--hedge-after MS`): an attempt of a small object that has not completed after
-//! the threshold is sent again on a new connection, and the first answer wins (AWS's advice
-//! for S3 tail latency); the loser is dropped with its connection. The timer starts once the
+//! Hedging (`--hedge-after MS`): an attempt of a small object whose response has not begun
+//! (no headers) after the threshold is sent again on a new connection, and the first answer
+//! wins (AWS's advice for S3 tail latency: a late first byte); the loser is dropped with its
+//! connection. A body that is merely slow to arrive is not duplicated. The timer starts once the
 //! first request has its send slot, and the second request takes a slot of its own: hedges
 //! obey the rate limit like every GET.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, FetchEngine};
@@ -133,14 +135,21 @@ impl Engine {
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
+        first_byte: &AtomicBool,
     ) -> Result<Fetched, GetError> {
         let limit = attempt_timeout(size);
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
-                Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref(), range).await,
+                Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref(), range, first_byte).await,
                 Kind::Sdk { client, bucket, requester_pays } => {
-                    let version = self.version_id.as_deref();
-                    s3::get(client, bucket, key, self.verify, *requester_pays, version, range).await
+                    let gets = s3::SdkGets {
+                        client,
+                        bucket,
+                        verify: self.verify,
+                        requester_pays: *requester_pays,
+                        version: self.version_id.as_deref(),
+                    };
+                    s3::get(&gets, key, range, first_byte).await
                 }
             }
         })
@@ -163,8 +172,9 @@ impl Engine {
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
+        first_byte: &AtomicBool,
     ) -> Result<Fetched, GetError> {
-        let got = self.send(conn, key, size, range).await;
+        let got = self.send(conn, key, size, range, first_byte).await;
         let answer = match &got {
             Ok(_) => Answer::Ok,
             Err(e) if e.retry == Retry::Throttled => Answer::Throttled,
@@ -174,9 +184,9 @@ impl Engine {
         got
     }
 
-    /// One attempt, hedged: if it has not finished `--hedge-after` after it was sent, a
-    /// second one starts on a new connection (with a send slot of its own) and the first to
-    /// finish wins.
+    /// One attempt, hedged: if no answer (headers) has come `--hedge-after` after it was
+    /// sent, a second one starts on a new connection (with a send slot of its own) and the
+    /// first to finish wins.
     async fn attempt(
         &self,
         conn: &mut Conn,
@@ -187,26 +197,33 @@ impl Engine {
         report: &Report,
     ) -> Result<Fetched, GetError> {
         let ticket = self.throttle.acquire(lane.clone()).await;
+        let first_byte = AtomicBool::new(false);
         let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
-            return self.sent(ticket, conn, key, size, range).await;
+            return self.sent(ticket, conn, key, size, range, &first_byte).await;
         };
         let mut spare = Conn::default();
         let (result, spare_won) = {
-            let first = self.sent(ticket, conn, key, size, range);
+            let first = self.sent(ticket, conn, key, size, range, &first_byte);
             tokio::pin!(first);
             tokio::select! {
                 biased;
                 r = &mut first => (r, false),
                 () = tokio::time::sleep(after) => {
+                    if first_byte.load(Ordering::Relaxed) {
+                        // Answered: the body is on its way, and a second copy would only
+                        // race it over the same link (the attempt's timeout still bounds it).
+                        (first.await, false)
+                    } else {
                     report.hedged();
                     let second = async {
                         let ticket = self.throttle.acquire(lane.clone()).await;
-                        self.sent(ticket, &mut spare, key, size, range).await
+                        self.sent(ticket, &mut spare, key, size, range, &AtomicBool::new(false)).await
                     };
                     tokio::pin!(second);
                     tokio::select! {
                         r = &mut first => (r, false),
                         r = &mut second => (r, true),
+                    }
                     }
                 }
             }

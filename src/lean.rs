@@ -145,6 +145,7 @@ impl Lean {
         key: &str,
         version: Option<&str>,
         range: Option<&ByteRange>,
+        first_byte: &std::sync::atomic::AtomicBool,
     ) -> Result<Fetched, GetError> {
         let req = self.request(key, version, range).await?;
         let mut sender = match conn.sender.take() {
@@ -163,6 +164,7 @@ impl Lean {
             Err(_) => return Err(GetError::transient(format!("no response within {}s", READ_TIMEOUT.as_secs()))),
         };
         let headers = Instant::now();
+        first_byte.store(true, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         let last_modified = header_str(&resp, header::LAST_MODIFIED).and_then(parse_http_date);

@@ -146,33 +146,50 @@ impl Control {
 
     /// The credentials the SDK resolved, cached for a signer (`None`: anonymous requests).
     pub fn identities(&self) -> Option<Identities> {
-        self.credentials.clone().map(|provider| Identities {
-            provider,
-            current: std::sync::RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
-        })
+        self.credentials.clone().map(Identities::new)
     }
 }
 
 /// Credentials are fetched again this long before they expire.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 
+/// A failed refresh is tried again after this long at first, doubling up to a minute.
+const REFRESH_RETRY_FIRST: Duration = Duration::from_secs(2);
+const REFRESH_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// The SDK's credentials provider (aws-config's chain: environment, profiles, SSO, web
 /// identity, IMDS …), cached and refreshed [`REFRESH_BEFORE_EXPIRY`] before expiry, so every
-/// signature uses current credentials and the provider is asked once per refresh, not per GET.
+/// signature uses current credentials and the provider is asked once per refresh (by one
+/// task, the others wait), not per GET. A refresh that fails (STS or IMDS throttled while
+/// many pods refresh at once) keeps the cached credentials while they are valid and is tried
+/// again with backoff; only credentials that have expired fail a GET, and then as a
+/// transient failure.
 pub struct Identities {
     provider: aws_sdk_s3::config::SharedCredentialsProvider,
-    current: std::sync::RwLock<Option<(Identity, Option<SystemTime>)>>,
-    refresh: tokio::sync::Mutex<()>,
+    current: std::sync::RwLock<Option<Cached>>,
+    refresh: tokio::sync::Mutex<Duration>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    identity: Identity,
+    /// Ask the provider again from then on.
+    refresh_at: Option<SystemTime>,
+    /// The credentials' own expiry.
+    expires: Option<SystemTime>,
 }
 
 impl Identities {
+    fn new(provider: aws_sdk_s3::config::SharedCredentialsProvider) -> Identities {
+        Identities { provider, current: std::sync::RwLock::new(None), refresh: tokio::sync::Mutex::new(Duration::ZERO) }
+    }
+
     fn cached(&self) -> Option<Identity> {
         let guard = self.current.read().ok()?;
-        let (identity, refresh_at) = guard.as_ref()?;
-        match refresh_at {
-            Some(at) if SystemTime::now() >= *at => None,
-            _ => Some(identity.clone()),
+        let c = guard.as_ref()?;
+        match c.refresh_at {
+            Some(at) if SystemTime::now() >= at => None,
+            _ => Some(c.identity.clone()),
         }
     }
 
@@ -181,21 +198,45 @@ impl Identities {
         if let Some(id) = self.cached() {
             return Ok(id);
         }
-        let _one_refresh_at_a_time = self.refresh.lock().await;
+        let mut backoff = self.refresh.lock().await;
         if let Some(id) = self.cached() {
             return Ok(id);
         }
         use aws_sdk_s3::config::ProvideCredentials as _;
-        let creds = self.provider.provide_credentials().await.map_err(|e| GetError {
-            reason: format!("{NO_CREDENTIALS}: {}", chain(&e).lines().next().unwrap_or_default()),
-            retry: Retry::No,
-        })?;
-        let refresh_at = creds.expiry().map(|t| t.checked_sub(REFRESH_BEFORE_EXPIRY).unwrap_or(t));
-        let identity = Identity::from(creds);
-        if let Ok(mut cur) = self.current.write() {
-            *cur = Some((identity.clone(), refresh_at));
+        match self.provider.provide_credentials().await {
+            Ok(creds) => {
+                *backoff = Duration::ZERO;
+                let expires = creds.expiry();
+                let refresh_at = expires.map(|t| t.checked_sub(REFRESH_BEFORE_EXPIRY).unwrap_or(t));
+                let identity = Identity::from(creds);
+                if let Ok(mut cur) = self.current.write() {
+                    *cur = Some(Cached { identity: identity.clone(), refresh_at, expires });
+                }
+                Ok(identity)
+            }
+            Err(e) => {
+                let why = chain(&e).lines().next().unwrap_or_default().to_owned();
+                let now = SystemTime::now();
+                let mut cur =
+                    self.current.write().map_err(|_| GetError::transient("credentials cache poisoned".into()))?;
+                let Some(c) = cur.as_mut() else {
+                    // Never had any: a setup problem, not a passing one.
+                    return Err(GetError { reason: format!("{NO_CREDENTIALS}: {why}"), retry: Retry::No });
+                };
+                *backoff = (*backoff * 2).clamp(REFRESH_RETRY_FIRST, REFRESH_RETRY_MAX);
+                if c.expires.is_none_or(|t| t > now) {
+                    if *backoff == REFRESH_RETRY_FIRST {
+                        tracing::warn!(
+                            "refreshing the credentials failed ({why}); the current ones are used until they expire"
+                        );
+                    }
+                    c.refresh_at = Some(now + *backoff);
+                    return Ok(c.identity.clone());
+                }
+                c.refresh_at = Some(now + *backoff);
+                Err(GetError::transient(format!("the credentials expired and refreshing them failed: {why}")))
+            }
         }
-        Ok(identity)
     }
 }
 
@@ -587,18 +628,28 @@ pub fn check_length(got: usize, content_length: Option<u64>) -> Result<(), GetEr
     }
 }
 
+/// What every GET of a run through aws-sdk-s3 shares.
+pub struct SdkGets<'a> {
+    /// [`Control::client_no_retry`]: retries are the caller's.
+    pub client: &'a Client,
+    pub bucket: &'a str,
+    /// `--verify`: ask for checksums.
+    pub verify: bool,
+    pub requester_pays: bool,
+    /// `--version-id`.
+    pub version: Option<&'a str>,
+}
+
 /// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
-/// collects its body, checking its length against Content-Length. Pass
-/// [`Control::client_no_retry`]: retries are the caller's.
+/// collects its body, checking its length against Content-Length; `first_byte` is set when
+/// the response's headers are in.
 pub async fn get(
-    client: &Client,
-    bucket: &str,
+    gets: &SdkGets<'_>,
     key: &str,
-    verify: bool,
-    requester_pays: bool,
-    version: Option<&str>,
     range: Option<&ByteRange>,
+    first_byte: &std::sync::atomic::AtomicBool,
 ) -> Result<Fetched, GetError> {
+    let SdkGets { client, bucket, verify, requester_pays, version } = *gets;
     let sent = Instant::now();
     let mut req = client.get_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
     if requester_pays {
@@ -622,6 +673,7 @@ pub async fn get(
         GetError { reason: describe(&e, Some(bucket)), retry }
     })?;
     let headers = Instant::now();
+    first_byte.store(true, std::sync::atomic::Ordering::Relaxed);
     let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
     let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
     let integrity = verify.then(|| {
@@ -757,6 +809,57 @@ pub fn service_error(code: &str, msg: &str, bucket: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Credentials valid for two more minutes (inside the refresh window), then a provider
+    /// that fails, as STS does when throttled.
+    #[derive(Debug, Default)]
+    struct Flaky(std::sync::atomic::AtomicUsize);
+
+    impl aws_sdk_s3::config::ProvideCredentials for Flaky {
+        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            aws_credential_types::provider::future::ProvideCredentials::ready(if n == 0 {
+                let expiry = SystemTime::now() + Duration::from_secs(120);
+                Ok(aws_sdk_s3::config::Credentials::new("AKID", "secret", None, Some(expiry), "test"))
+            } else {
+                Err(aws_credential_types::provider::error::CredentialsError::provider_error("throttled"))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_valid_credentials_and_backs_off() {
+        let flaky = std::sync::Arc::new(Flaky::default());
+        let ids = Identities::new(aws_sdk_s3::config::SharedCredentialsProvider::new(FlakyRef(flaky.clone())));
+        let first = ids.get().await.expect("first credentials");
+        // Inside the refresh window: the provider is asked, fails, the cached ones serve.
+        let second = ids.get().await.expect("still valid");
+        assert_eq!(
+            format!("{:?}", first.data::<aws_sdk_s3::config::Credentials>().map(|c| c.access_key_id().to_owned())),
+            format!("{:?}", second.data::<aws_sdk_s3::config::Credentials>().map(|c| c.access_key_id().to_owned()))
+        );
+        assert_eq!(flaky.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Backing off: not asked again at once, by any of many tasks.
+        for _ in 0..100 {
+            ids.get().await.expect("still valid");
+        }
+        assert_eq!(flaky.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[derive(Debug)]
+    struct FlakyRef(std::sync::Arc<Flaky>);
+
+    impl aws_sdk_s3::config::ProvideCredentials for FlakyRef {
+        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0.provide_credentials()
+        }
+    }
 
     #[test]
     fn url_encoded_keys_decode() {

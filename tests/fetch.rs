@@ -430,6 +430,34 @@ fn hedged_gets_cut_the_tail_of_slow_first_bytes() {
 }
 
 #[test]
+fn a_slow_body_after_a_prompt_answer_is_not_hedged() {
+    // Every answer's headers come at once and its body 400 ms later: a slow link, which a
+    // second copy of the GET would only compete with.
+    let objs = objects(40);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("slow-body", objs.clone())],
+            faults: Faults { slow_body: 1.0, slow_delay: std::time::Duration::from_millis(400), ..Faults::default() },
+            ..Default::default()
+        },
+        true,
+    );
+    for e in engines() {
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--hedge-after", "100", "--stats-json"])
+            .arg(&json)
+            .arg("s3://slow-body")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        assert_eq!(stats(&json)["fetch"]["hedged"], 0, "{e}: a GET already answered is not sent again");
+    }
+}
+
+#[test]
 fn requester_pays_buckets_need_request_payer_in_lists_and_gets() {
     let objs = objects(120);
     let env = Env::with_config(
