@@ -251,7 +251,7 @@ impl Manifest {
             }
             let size = match field(c.size) {
                 Some(v) => v.parse().map_err(|_| format!("row {line}: size '{v}' is not a number"))?,
-                None => 0,
+                None => crate::s3::UNKNOWN_SIZE,
             };
             let last_modified = field(c.last_modified).and_then(|v| {
                 let t = aws_smithy_types::DateTime::from_str(v, aws_smithy_types::date_time::Format::DateTime).ok()?;

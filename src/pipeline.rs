@@ -398,7 +398,7 @@ async fn dry_run(
             let key = crate::report::sanitize(&item.key);
             // A closed stdout (`| head`) must not stop the count.
             let _ = writeln!(out, "(dryrun) download: s3://{bucket}/{key} to {}", path.display());
-            rep.planned(item.size);
+            rep.planned(if item.size == s3::UNKNOWN_SIZE { 0 } else { item.size });
         }
         let _ = out.flush();
     });
@@ -628,7 +628,7 @@ fn read_keys(
             }
             page.push(s3::ListedObject {
                 key: key.to_owned(),
-                size: 0,
+                size: s3::UNKNOWN_SIZE,
                 last_modified: None,
                 archived: None,
                 etag: None,
@@ -768,8 +768,8 @@ impl Fetcher {
         }
     }
 
-    /// A large object, in ranged parts (issue #6): the first part alone (it tells the whole
-    /// size and the ETag), then the rest, `--part-concurrency` at a time, each with
+    /// A large object, or one of unknown size, in ranged parts: the first part alone (it
+    /// tells the whole size and the ETag), then the rest, `--part-concurrency` at a time, each with
     /// `If-Match: ETag` so that every part comes from the same version. Each part is handed
     /// to the writer as it arrives and holds its share of the budget until written, so
     /// memory is bounded by the parts in flight. Parts that will never come (a failed GET,
@@ -782,8 +782,25 @@ impl Fetcher {
         let part_size = self.parts.part_size;
         let key = item.key.as_str();
         let head = ByteRange { first: 0, len: part_size.min(item.size), if_match: None };
+        let unknown = item.size == s3::UNKNOWN_SIZE;
         let (first, permit) = match self.part(key, &head).await {
             None => return ControlFlow::Break(()),
+            // S3 cannot serve a range of an empty object: that is what it is.
+            Some(Err(reason)) if unknown && reason.starts_with("InvalidRange") => {
+                let Ok(permit) = self.budget.clone().acquire_many_owned(1).await else {
+                    return ControlFlow::Break(());
+                };
+                let part = Some(s3::PartInfo { etag: None, total: Some(0) });
+                let empty = s3::Fetched {
+                    body: bytes::Bytes::new(),
+                    last_modified: None,
+                    ttfb: std::time::Duration::ZERO,
+                    body_time: std::time::Duration::ZERO,
+                    integrity: None,
+                    part,
+                };
+                (empty, permit)
+            }
             Some(Err(reason)) => {
                 self.report.fail(key, &reason);
                 return ControlFlow::Continue(());
@@ -791,7 +808,14 @@ impl Fetcher {
             Some(Ok(got)) => got,
         };
         let info = first.part.clone().unwrap_or_default();
-        let size = info.total.unwrap_or(item.size);
+        let size = match (info.total, unknown) {
+            (Some(total), _) => total,
+            (None, false) => item.size,
+            (None, true) => {
+                self.report.fail(key, "the answer to a ranged GET did not tell the object's size (no Content-Range)");
+                return ControlFlow::Continue(());
+            }
+        };
         let parts = size.div_ceil(part_size).max(1);
         let meta = Meta {
             mtime: item.last_modified.or(first.last_modified),

@@ -360,10 +360,16 @@ fn status_reason(status: u16, bucket: &str) -> String {
     }
 }
 
+/// [`ListedObject::size`] when the key source does not tell it (`--keys-from`, an inventory
+/// without a Size column): such an object is fetched in ranged parts, the first of which
+/// tells the size (Content-Range), so memory stays within the budget whatever it holds.
+pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
 /// One listed object.
 #[derive(Debug, Clone)]
 pub struct ListedObject {
     pub key: String,
+    /// Bytes, or [`UNKNOWN_SIZE`].
     pub size: u64,
     pub last_modified: Option<SystemTime>,
     /// Set when the object is in an archive storage class (GLACIER, DEEP_ARCHIVE) and not

@@ -404,3 +404,64 @@ fn a_clock_twenty_minutes_off_is_learned_from_the_service_and_every_key_arrives(
         }
     }
 }
+
+#[test]
+fn objects_of_unknown_size_are_fetched_in_parts_within_the_budget() {
+    // --keys-from tells no size: a first ranged GET does (Content-Range), as for any large object.
+    let size = 200u64 << 20;
+    let env = Env::new(vec![
+        s3uring::endpoint::BucketSpec {
+            name: "unknown-size".to_owned(),
+            contents: s3uring::endpoint::Contents::Generated {
+                count: 1,
+                size,
+                prefixes: 1,
+                layout: Default::default(),
+            },
+        },
+        bucket("unknown-small", vec![("e/empty".into(), Bytes::new()), ("e/small".into(), content("e/small", 100))]),
+    ]);
+    let key = s3uring::endpoint::generated_key(0, 1);
+    for fetch in ["lean", "sdk"] {
+        let scratch = Scratch::new();
+        let list = scratch.dir.path().join("keys.txt");
+        std::fs::write(&list, format!("{key}\n")).unwrap();
+        let stats = scratch.dir.path().join("stats.json");
+        let gets = env.fault_counts().gets;
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--buffer-mib", "16", "--keys-from"])
+            .arg(&list)
+            .arg("--stats-json")
+            .arg(&stats)
+            .arg("s3://unknown-size")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        let file = scratch.dest().join(&key);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
+        let data = std::fs::read(&file).unwrap();
+        assert!(data[..1 << 20] == s3uring::endpoint::generated_range(&key, 0, 1 << 20)[..]);
+        let tail = size - (1 << 20);
+        assert!(data[tail as usize..] == s3uring::endpoint::generated_range(&key, tail, 1 << 20)[..]);
+        assert_eq!(env.fault_counts().gets - gets, 25, "{fetch}: 200 MiB in 8 MiB parts, no whole-object GET");
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+        let rss = doc["cpu"]["peak_rss_bytes"].as_u64().unwrap();
+        assert!(
+            rss < 150 << 20,
+            "{fetch}: peak RSS {} MiB for 200 MiB of unknown size with --buffer-mib 16",
+            rss >> 20
+        );
+        // An empty object (S3 cannot serve a range of it) and a small one.
+        let small = Scratch::new();
+        std::fs::write(&list, "e/empty\ne/small\n").unwrap();
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--keys-from"])
+            .arg(&list)
+            .arg("s3://unknown-small/e/")
+            .arg(small.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_eq!(std::fs::read(small.dest().join("empty")).unwrap(), b"");
+        assert_eq!(std::fs::read(small.dest().join("small")).unwrap(), content("e/small", 100).to_vec());
+    }
+}
