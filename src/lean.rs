@@ -172,7 +172,7 @@ impl Lean {
         let date = (status == StatusCode::FORBIDDEN)
             .then(|| header_str(&resp, header::DATE).and_then(parse_http_date))
             .flatten();
-        let integrity = (self.verify && range.is_none()).then(|| integrity(&resp));
+        let integrity = self.verify.then(|| integrity(&resp));
         let part = range.map(|_| PartInfo {
             etag: header_str(&resp, header::ETAG).map(str::to_owned),
             total: header_str(&resp, header::CONTENT_RANGE).and_then(content_range_total),

@@ -34,6 +34,9 @@ use crate::writer::{self, FileJob, Job, LargeFile, Meta};
 /// Budget unit: one permit is this many bytes.
 const BUDGET_UNIT: u64 = 1024;
 
+/// The first range asked of an object of unknown size: most small objects fit whole.
+const UNKNOWN_FIRST_RANGE: u64 = 256 << 10;
+
 /// A fatal error: the run could not start or could not go on. Per-key failures are not
 /// fatal; they are counted in the [`Report`].
 #[derive(Debug, thiserror::Error)]
@@ -781,8 +784,11 @@ impl Fetcher {
 
         let part_size = self.parts.part_size;
         let key = item.key.as_str();
-        let head = ByteRange { first: 0, len: part_size.min(item.size), if_match: None };
         let unknown = item.size == s3::UNKNOWN_SIZE;
+        // Of unknown size, most objects are small: a small first range holds a small share of
+        // the budget (an 8 MiB one for each of 512 workers would let 32 run at once).
+        let head_len = if unknown { UNKNOWN_FIRST_RANGE } else { part_size.min(item.size) };
+        let head = ByteRange { first: 0, len: head_len, if_match: None };
         let (first, permit) = match self.part(key, &head).await {
             None => return ControlFlow::Break(()),
             // S3 cannot serve a range of an empty object: that is what it is.
@@ -816,11 +822,57 @@ impl Fetcher {
                 return ControlFlow::Continue(());
             }
         };
-        let parts = size.div_ceil(part_size).max(1);
+        // Part 0 is the first range; the rest follow it in `part_size` steps.
+        let head_len = head_len.min(size);
+        let parts = 1 + (size - head_len).div_ceil(part_size);
         let meta = Meta {
             mtime: item.last_modified.or(first.last_modified),
             etag: item.etag.clone().or_else(|| info.etag.as_ref().map(|t| t.trim_matches('"').to_owned())),
         };
+        if unknown && parts == 1 && first.body.len() as u64 == size {
+            // The first range held it all (a small object): verified against its ETag when
+            // asked (S3 sends no checksum for a range) and written like any small file.
+            let (mut first, mut permit) = (first, permit);
+            let mut tries = 0;
+            while self.engine.verifies() {
+                match crate::verify::check(&first.body, &first.integrity.clone().unwrap_or_default()) {
+                    Ok(how) => {
+                        self.report.verified(how);
+                        break;
+                    }
+                    Err(reason) => {
+                        self.report.corrupt();
+                        tries += 1;
+                        if tries > self.retries {
+                            self.report.fail(key, &reason);
+                            return ControlFlow::Continue(());
+                        }
+                        drop(permit);
+                        match self.part(key, &head).await {
+                            None => return ControlFlow::Break(()),
+                            Some(Err(reason)) => {
+                                self.report.fail(key, &reason);
+                                return ControlFlow::Continue(());
+                            }
+                            Some(Ok(got)) => (first, permit) = got,
+                        }
+                    }
+                }
+            }
+            let job = Job::File(FileJob {
+                key: item.key,
+                target: item.target,
+                body: first.body,
+                permit: Some(permit),
+                picked,
+                fetched: Instant::now(),
+                meta,
+            });
+            if let Err(async_channel::SendError(job)) = self.jobs.send(job).await {
+                self.report.fail(job.key(), "the writer stopped");
+            }
+            return ControlFlow::Continue(());
+        }
         let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked);
         if self.engine.verifies() {
             // S3 keeps no checksum of a byte range, and a whole-object checksum cannot be
@@ -835,7 +887,7 @@ impl Fetcher {
             }
         };
         let sent = AtomicU64::new(0);
-        match self.hand_on(&file, 0, part_size.min(size), first, permit).await {
+        match self.hand_on(&file, 0, head_len, first, permit).await {
             Ok(()) => _ = sent.fetch_add(1, Ordering::Relaxed),
             Err(reason) => fail(format!("part 1 of {parts}: {reason}")),
         }
@@ -846,7 +898,7 @@ impl Fetcher {
                 if i >= parts {
                     break;
                 }
-                let first = i * part_size;
+                let first = head_len + (i - 1) * part_size;
                 let len = part_size.min(size - first);
                 let range = ByteRange { first, len, if_match: info.etag.clone() };
                 let got = match self.part(key, &range).await {

@@ -664,9 +664,9 @@ pub async fn get(
     if let Some(r) = range {
         req = req.range(r.header()).set_if_match(r.if_match.clone());
     }
-    // A part has no checksum of its own to verify against (see `fetch`).
-    let verify = verify && range.is_none();
-    if verify {
+    // A part has no checksum of its own (S3 sends none for a range); its ETag and encryption
+    // are still kept, for a first range that turns out to hold the whole object.
+    if verify && range.is_none() {
         req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
     }
     let out = req.send().await.map_err(|e| {
