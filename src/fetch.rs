@@ -255,6 +255,16 @@ impl Engine {
             let lane = self.throttle.lane(key);
             let got = self.attempt(conn, key, size, range, &lane, report).await;
             let got = match got {
+                // Connection-close framing: a cut body can only be told by its length.
+                Ok(f) if !f.framed && range.is_none() && size != s3::UNKNOWN_SIZE && f.body.len() as u64 != size => {
+                    Err(GetError::transient(format!(
+                        "the answer had no Content-Length and ended after {} bytes; the object has {size}",
+                        f.body.len()
+                    )))
+                }
+                other => other,
+            };
+            let got = match got {
                 Ok(f) if self.verify && range.is_none() => verify(f, report),
                 other => other,
             };

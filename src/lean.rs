@@ -167,6 +167,8 @@ impl Lean {
         first_byte.store(true, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+        let framed = content_length.is_some()
+            || header_str(&resp, header::TRANSFER_ENCODING).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let last_modified = header_str(&resp, header::LAST_MODIFIED).and_then(parse_http_date);
         let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
         let date = (status == StatusCode::FORBIDDEN)
@@ -194,7 +196,7 @@ impl Lean {
             return Err(err);
         }
         check_length(body.len(), content_length)?;
-        Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part })
+        Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
     }
 
     async fn request(

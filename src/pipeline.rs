@@ -804,6 +804,7 @@ impl Fetcher {
                     body_time: std::time::Duration::ZERO,
                     integrity: None,
                     part,
+                    framed: true,
                 };
                 (empty, permit)
             }

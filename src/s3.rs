@@ -536,6 +536,10 @@ pub struct Fetched {
     pub integrity: Option<crate::verify::Integrity>,
     /// For a ranged GET: the object's ETag and its whole size (from Content-Range).
     pub part: Option<PartInfo>,
+    /// The body's end was announced (Content-Length, or chunked framing): a connection that
+    /// closed early shows as an error. Without it (connection-close framing, as some proxies
+    /// answer) a cut body looks complete, so its length is checked against the listing.
+    pub framed: bool,
 }
 
 /// What a ranged GET says about the whole object.
@@ -708,7 +712,9 @@ pub async fn get(
     });
     let body = out.body.collect().await.map_err(body_error)?.into_bytes();
     check_length(body.len(), expected)?;
-    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part })
+    // The SDK does not say how the body was framed: without a Content-Length, assume nothing.
+    let framed = expected.is_some();
+    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
 }
 
 /// A failed body read. With checksum mode on, the SDK validates the checksum while reading:

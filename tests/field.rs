@@ -497,3 +497,85 @@ fn keys_of_unknown_size_are_still_verified_and_refetched_when_corrupt() {
         assert!(doc["verify"]["mismatches"].as_u64().unwrap() > 0, "{e}: {}", doc["verify"]);
     }
 }
+
+/// A proxy that frames answers as an HTTP/1.0 proxy does: no Content-Length, the body ends
+/// when the connection closes; the first `cut` object GETs get only half their body.
+fn close_framing_proxy(upstream: &str, cut: usize) -> String {
+    use std::io::{Read, Write};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(cut));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(mut client), upstream, left) = (client, upstream.clone(), left.clone()) else { continue };
+            std::thread::spawn(move || {
+                // One request per connection: read its head (GETs have no body).
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let request = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else { return };
+                let _ = up.write_all(request.as_bytes());
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+                let (resp_head, body) = (String::from_utf8_lossy(&answer[..split]).into_owned(), &answer[split + 4..]);
+                let kept: Vec<&str> = resp_head
+                    .split("\r\n")
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        !l.starts_with("content-length:")
+                            && !l.starts_with("connection:")
+                            && !l.starts_with("transfer-encoding:")
+                    })
+                    .collect();
+                let object_get =
+                    text.starts_with("GET ") && !text.lines().next().unwrap_or_default().contains("list-type");
+                let cut_this = object_get
+                    && left
+                        .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                            n.checked_sub(1)
+                        })
+                        .is_ok();
+                let body = if cut_this { &body[..body.len() / 2] } else { body };
+                let _ = client.write_all(format!("{}\r\nConnection: close\r\n\r\n", kept.join("\r\n")).as_bytes());
+                let _ = client.write_all(body);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_body_cut_short_without_content_length_never_gets_a_final_name() {
+    let objs = objects(20);
+    let env = Env::new(vec![bucket("close-framed", objs.clone())]);
+    for e in engines() {
+        let proxy = close_framing_proxy(&env.url, 5);
+        let scratch = Scratch::new();
+        let mut cmd = bare_cmd();
+        cmd.arg("--endpoint-url").arg(&proxy).env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(cmd
+            .args(e.args())
+            .args(["--hedge-after", "0", "--stats-json"])
+            .arg(&json)
+            .arg("s3://close-framed")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{e}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert!(
+            doc["fetch"]["retries"].as_u64().unwrap() >= 5,
+            "{e}: the cut bodies were fetched again: {}",
+            doc["fetch"]
+        );
+    }
+}
