@@ -15,11 +15,9 @@
 #[path = "common.rs"]
 mod common;
 
-use common::sh;
-use std::io::{BufRead, BufReader};
+use common::{Server, sh};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use s3uring::endpoint::{generated_content, generated_key};
@@ -52,53 +50,20 @@ fn parse_opts() -> Opts {
     o
 }
 
-struct Server {
-    child: Child,
-    url: String,
-    lines: Arc<Mutex<Vec<String>>>,
+/// `s3uring serve` with the run's objects and `faults` (bucket `bench`).
+fn serve(o: &Opts, faults: &[&str]) -> Server {
+    let mut args: Vec<String> =
+        ["--prefixes", "100", "--objects", &o.objects.to_string(), "--size", &o.size.to_string()]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    args.extend(faults.iter().map(|f| f.to_string()));
+    Server::start(env!("CARGO_BIN_EXE_s3uring"), &args)
 }
 
-impl Server {
-    fn start(o: &Opts, faults: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_s3uring"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--bucket", "rel", "--prefixes", "100"])
-            .args(["--objects", &o.objects.to_string(), "--size", &o.size.to_string()])
-            .args(faults)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start s3uring serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let url = loop {
-            let line = lines.next().expect("server exited").expect("server stdout");
-            if let Some(u) = line.strip_prefix("endpoint: ") {
-                break u.to_owned();
-            }
-        };
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let k = kept.clone();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                k.lock().expect("lines").push(l);
-            }
-        });
-        Server { child, url, lines: kept }
-    }
-
-    /// Stops the server (SIGINT) and returns its "served … injected …" line.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
-        let lines = self.lines.lock().expect("lines");
-        lines.iter().find(|l| l.starts_with("served ")).cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Stops the server (SIGINT) and returns its "served … injected …" line.
+fn served_line(server: Server) -> String {
+    server.stop().into_iter().find(|l| l.starts_with("served ")).unwrap_or_default()
 }
 
 fn client(url: &str, dest: &Path, stats: &Path, extra: &[&str]) -> Command {
@@ -110,7 +75,7 @@ fn client(url: &str, dest: &Path, stats: &Path, extra: &[&str]) -> Command {
         .args(["-q", "--endpoint-url", url, "--stats-json"])
         .arg(stats)
         .args(extra)
-        .arg("s3://rel")
+        .arg("s3://bench")
         .arg(dest);
     c
 }
@@ -222,12 +187,12 @@ fn main() {
         ),
     ];
     for (name, faults, flags) in &scenarios {
-        let server = Server::start(&o, faults);
+        let server = serve(&o, faults);
         let (dest, stats) = fresh();
         let t = Instant::now();
         let status = client(&server.url, &dest, &stats, flags).status().expect("run client");
         let mut row = row_from(name, status.code().unwrap_or(-1), t.elapsed().as_secs_f64(), &stats);
-        row.injected = server.stop();
+        row.injected = served_line(server);
         (row.lost, row.corrupted, row.temporaries) = check_tree(&o, &dest);
         eprintln!("{name}: exit {} lost {} corrupted {} {}", row.exit, row.lost, row.corrupted, row.injected);
         rows.push(row);
@@ -236,7 +201,7 @@ fn main() {
 
     // kill -9 mid-run, then the same command again; then once more over the complete tree.
     // 50 ms per GET: a ~1 s run at 512 workers, so both kill points land mid-run.
-    let server = Server::start(&o, &["--latency-ms", "50"]);
+    let server = serve(&o, &["--latency-ms", "50"]);
     for kill_ms in [250u64, 600] {
         let (dest, stats) = fresh();
         let mut child = client(&server.url, &dest, &stats, &[]).spawn().expect("run client");

@@ -128,7 +128,8 @@ struct Shared {
     pages: tokio::sync::mpsc::Sender<PageResult>,
     report: Arc<Report>,
     /// The ASCII bytes seen so far at each position after the prefix (bit `b` of entry `i`:
-    /// byte `b` at position `i`), over every page listed: what each position can hold.
+    /// byte `b` at position `i`), over every page looked at for a split: what each position
+    /// can hold.
     seen: std::sync::Mutex<Vec<u128>>,
 }
 
@@ -144,14 +145,15 @@ impl Shared {
         }
     }
 
-    /// Adds a page's bytes to what each position is known to hold; the updated table.
-    fn learn(&self, page: &[ListedObject]) -> Vec<u128> {
+    /// Adds a page's bytes to what each position is known to hold: (the updated table, the
+    /// page's own).
+    fn learn(&self, page: &[ListedObject]) -> (Vec<u128>, Vec<u128>) {
         let page_seen = positions_seen(page, &self.prefix);
-        let Ok(mut seen) = self.seen.lock() else { return page_seen };
+        let Ok(mut seen) = self.seen.lock() else { return (page_seen.clone(), page_seen) };
         for (s, p) in seen.iter_mut().zip(&page_seen) {
             *s |= p;
         }
-        seen.clone()
+        (seen.clone(), page_seen)
     }
 
     /// Waits for the right to send a list request: always when none is in flight, beside
@@ -214,8 +216,8 @@ impl Shared {
                 (Some(last), Some(_))
                     if !past_end && self.pending.load(Ordering::Acquire) < self.max_requests && (self.hungry)() =>
                 {
-                    let seen = self.learn(&objects);
-                    let b = boundaries(&objects, &self.prefix, scope.until.as_deref(), &seen);
+                    let (seen, page_seen) = self.learn(&objects);
+                    let b = boundaries(&objects, &self.prefix, scope.until.as_deref(), &seen, &page_seen);
                     (!b.is_empty() && self.splits.fetch_add(b.len(), Ordering::Relaxed) < MAX_SPLITS)
                         .then(|| (last.key.clone(), b))
                 }
@@ -312,26 +314,31 @@ impl KeySpace<'_> {
 /// the rest starts), up to `until`: ascending, strictly between the page's last key and
 /// `until`, within the prefix. Empty when the rest looks too small to be worth splitting
 /// (under two pieces' worth) or the page tells nothing about density.
-fn boundaries(page: &[ListedObject], prefix: &str, until: Option<&str>, seen: &[u128]) -> Vec<String> {
+fn boundaries(
+    page: &[ListedObject],
+    prefix: &str,
+    until: Option<&str>,
+    seen: &[u128],
+    page_seen: &[u128],
+) -> Vec<String> {
     let (Some(first), Some(last)) = (page.first().map(|o| o.key.as_str()), page.last().map(|o| o.key.as_str())) else {
         return Vec::new();
     };
     if page.len() < 2 || !first.starts_with(prefix) || !last.starts_with(prefix) {
         return Vec::new();
     }
-    let mut alphabet: Vec<u8> = page
+    // Every ASCII byte of the page's keys (and of `until`) after the prefix.
+    let until_bytes = until.and_then(|u| u.as_bytes().get(prefix.len()..)).unwrap_or_default();
+    let alphabet = until_bytes
         .iter()
-        .flat_map(|o| o.key.as_bytes()[prefix.len().min(o.key.len())..].iter().copied())
-        .chain(until.map(|u| u.as_bytes().get(prefix.len()..).unwrap_or_default().to_vec()).unwrap_or_default())
-        .filter(u8::is_ascii)
-        .collect();
-    alphabet.sort_unstable();
-    alphabet.dedup();
-    if alphabet.len() < 2 {
+        .filter(|b| b.is_ascii())
+        .fold(page_seen.iter().fold(0u128, |a, b| a | b), |a, &b| a | 1 << b)
+        .count_ones();
+    if alphabet < 2 {
         return Vec::new();
     }
     // Digits an f64 holds: base^digits below 2^52.
-    let digits = ((52.0 / (alphabet.len() as f64).log2()).floor() as usize).saturating_sub(1).max(2);
+    let digits = ((52.0 / f64::from(alphabet).log2()).floor() as usize).saturating_sub(1).max(2);
     // Read from the prefix's end when the page's keys differ within that many digits; when
     // they share a longer stem, from inside it, and the rest past that stem's subtree is one
     // more piece (it splits again when listed).
@@ -345,7 +352,6 @@ fn boundaries(page: &[ListedObject], prefix: &str, until: Option<&str>, seen: &[
     // A position that has held any byte that varies on this page (the leading zeros of a
     // counter, a hash's digits) is taken to hold all of them: one page cannot show what a
     // position holds elsewhere.
-    let page_seen = positions_seen(page, prefix);
     let varying: u128 = page_seen.iter().filter(|b| b.count_ones() > 1).fold(0, |a, b| a | b);
     let mut alphabets = Vec::new();
     let mut range = 1.0f64;
@@ -423,14 +429,20 @@ mod tests {
     fn a_dense_range_is_cut_in_pieces_of_about_eight_pages() {
         // 1,000,000 keys d/obj00000000 … d/obj00999999; the first page holds the first 1,000.
         let first = page((0..1000).map(|i| format!("d/obj{i:08}")));
-        let b = boundaries(&first, "d/", Some("d/obj00999999"), &positions_seen(&first, "d/"));
+        let b = boundaries(
+            &first,
+            "d/",
+            Some("d/obj00999999"),
+            &positions_seen(&first, "d/"),
+            &positions_seen(&first, "d/"),
+        );
         assert!(b.len() >= 60 && b.len() < MAX_PIECES, "{} pieces: {b:?}", b.len());
         assert!(b.windows(2).all(|w| w[0] < w[1]), "ascending");
         // Roughly even: the first piece holds about 1/64 of the rest (more, as the alphabet
         // also has 'b', 'j', 'o', which no digit position uses).
         assert!(b[0].as_str() > "d/obj00010000" && b[0].as_str() < "d/obj00030000", "{}", b[0]);
         // Unbounded: pieces doubling from ~8,000 keys.
-        let b = boundaries(&first, "d/", None, &positions_seen(&first, "d/"));
+        let b = boundaries(&first, "d/", None, &positions_seen(&first, "d/"), &positions_seen(&first, "d/"));
         assert!(b.len() > 10 && b.iter().all(|k| k.as_str() > "d/obj00000999"), "{b:?}");
         assert!(b[0].as_str() > "d/obj00005000" && b[0].as_str() < "d/obj00015000", "{}", b[0]);
         assert!(b[1].as_str() > "d/obj00015000" && b[1].as_str() < "d/obj00040000", "{}", b[1]);
@@ -440,13 +452,20 @@ mod tests {
     fn a_small_rest_is_not_split_and_long_shared_stems_still_split() {
         let first = page((0..1000).map(|i| format!("d/obj{i:08}")));
         assert!(
-            boundaries(&first, "d/", Some("d/obj00009999"), &positions_seen(&first, "d/")).is_empty(),
+            boundaries(
+                &first,
+                "d/",
+                Some("d/obj00009999"),
+                &positions_seen(&first, "d/"),
+                &positions_seen(&first, "d/")
+            )
+            .is_empty(),
             "9,000 keys left: one range"
         );
         // Keys sharing 40 bytes after the prefix: read from inside the stem, plus the subtree's end.
         let stem = "2026-11-30/host-0123456789abcdef/shard-07/";
         let first = page((0..1000).map(|i| format!("p/{stem}{i:09}")));
-        let b = boundaries(&first, "p/", None, &positions_seen(&first, "p/"));
+        let b = boundaries(&first, "p/", None, &positions_seen(&first, "p/"), &positions_seen(&first, "p/"));
         assert!(b.len() > 2, "{b:?}");
         assert!(b.last().unwrap().ends_with(char::MAX), "the rest past the stem is one more piece");
     }
@@ -461,7 +480,7 @@ mod tests {
         let first = page(keys[..1000].iter().cloned());
         let keys_page = page(keys.iter().cloned());
         for until in [None, Some(keys[20_000].as_str())] {
-            let b = boundaries(&first, "x/", until, &positions_seen(&keys_page, "x/"));
+            let b = boundaries(&first, "x/", until, &positions_seen(&keys_page, "x/"), &positions_seen(&first, "x/"));
             assert!(!b.is_empty());
             let rest: Vec<&String> = keys[1000..].iter().filter(|k| until.is_none_or(|u| k.as_str() <= u)).collect();
             let mut lo = keys[999].as_str();

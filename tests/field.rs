@@ -579,3 +579,29 @@ fn a_body_cut_short_without_content_length_never_gets_a_final_name() {
         );
     }
 }
+
+#[test]
+fn keys_of_unknown_size_under_a_rate_limit_all_arrive() {
+    // Their ranged GETs go through the same limiter as any GET: throttling spends no retry.
+    let objs = objects(600);
+    let config = EndpointConfig {
+        buckets: vec![bucket("unknown-limited", objs.clone())],
+        rate_limits: vec![s3uring::endpoint::RateLimit::new("", 300.0)],
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    for fetch in ["lean", "sdk"] {
+        let scratch = Scratch::new();
+        let list = scratch.dir.path().join("keys.txt");
+        std::fs::write(&list, objs.iter().map(|(k, _)| format!("{k}\n")).collect::<String>()).unwrap();
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--workers", "256", "--retries", "1", "--hedge-after", "0", "--keys-from"])
+            .arg(&list)
+            .arg("s3://unknown-limited")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+    assert!(env.rate_limit_counts()[0].throttled > 0, "the limit was met: {:?}", env.rate_limit_counts());
+}
