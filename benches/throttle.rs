@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench throttle -- [--limits 1500,5500] [--objects 20000] [--latency-ms 10]
 //!     [--repeat 3] [--engines s3uring,rclone,s5cmd] [--dest /dev/shm] [--out DIR]
+//!     [--sections limits,two,change]
 //! ```
 //!
 //! Every run gets a fresh endpoint, so its counts are the run's own: objects/s (files over
@@ -13,7 +14,10 @@
 //! the third second to the last whole one. The two-prefix case: `p0000/` limited to 1,000
 //! GET/s and `p0001/` unlimited, 10,000 objects each; each prefix's rate is its objects over
 //! the time between its first and last GET at the endpoint, and the unlimited prefix is
-//! also copied alone (same endpoint settings) for the comparison.
+//! also copied alone (same endpoint settings) for the comparison. A limit that changes
+//! mid-run (`change`): 1,500 GET/s that doubles to 3,000 (S3 splitting a partition), or is
+//! lifted, 5 s after the first GET, with 3 × `--objects` objects; the served GETs per second
+//! tell how soon the rate follows.
 
 #[path = "common.rs"]
 mod common;
@@ -31,6 +35,7 @@ struct Opts {
     engines: Vec<String>,
     dest: PathBuf,
     out: Option<PathBuf>,
+    sections: Vec<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -42,6 +47,7 @@ fn parse_opts() -> Opts {
         engines: vec!["s3uring".into(), "rclone".into(), "s5cmd".into()],
         dest: PathBuf::from("/dev/shm"),
         out: None,
+        sections: vec!["limits".into(), "two".into(), "change".into()],
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -55,6 +61,7 @@ fn parse_opts() -> Opts {
             "--engines" => o.engines = v.split(',').map(str::to_owned).collect(),
             "--dest" => o.dest = PathBuf::from(v),
             "--out" => o.out = Some(PathBuf::from(v)),
+            "--sections" => o.sections = v.split(',').map(str::to_owned).collect(),
             "--bench" => {
                 i += 1;
                 continue;
@@ -139,10 +146,13 @@ fn main() {
         o.engines.iter().filter(|e| *e == "s3uring" || !sh(&format!("command -v {e}")).is_empty()).cloned().collect();
     let scratch = o.dest.join(format!("s3uring-throttle-bench-{}", std::process::id()));
     let mut report = String::new();
-    report.push_str("| L (GET/s) | client | objects/s | % of L | steady GET/s (% of L) | GETs sent | 503s (%) | failed keys | exit |\n");
-    report.push_str("|---|---|---|---|---|---|---|---|---|\n");
     let mut raw = String::from("limit,engine,rep,secs,objects_per_s,steady,gets,throttled,failed,exit\n");
-    for &limit in &o.limits {
+    let limits = if o.sections.iter().any(|s| s == "limits") { o.limits.clone() } else { Vec::new() };
+    if !limits.is_empty() {
+        report.push_str("| L (GET/s) | client | objects/s | % of L | steady GET/s (% of L) | GETs sent | 503s (%) | failed keys | exit |\n");
+        report.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    }
+    for &limit in &limits {
         let mut rows: Vec<(String, Vec<[f64; 7]>)> = engines.iter().map(|e| (e.clone(), Vec::new())).collect();
         for rep in 0..o.repeat {
             for (engine, runs) in rows.iter_mut() {
@@ -210,9 +220,12 @@ fn main() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    report.push_str("\nTwo prefixes (`p0000/` limited to 1,000 GET/s, `p0001/` unlimited), s3uring:\n\n");
-    report.push_str("| run | p0000/ GET/s (limited) | p0001/ GET/s | p0001/ alone GET/s | ratio | 503s | exit |\n|---|---|---|---|---|---|---|\n");
-    for rep in 0..o.repeat {
+    let two_reps = if o.sections.iter().any(|s| s == "two") { o.repeat } else { 0 };
+    if two_reps > 0 {
+        report.push_str("\nTwo prefixes (`p0000/` limited to 1,000 GET/s, `p0001/` unlimited), s3uring:\n\n");
+        report.push_str("| run | p0000/ GET/s (limited) | p0001/ GET/s | p0001/ alone GET/s | ratio | 503s | exit |\n|---|---|---|---|---|---|---|\n");
+    }
+    for rep in 0..two_reps {
         let server =
             Server::start(bin, &two(&["--rate-limit-prefix", "p0000/=1000", "--rate-limit-prefix", "p0001/=0"]));
         let dest = scratch.join(format!("two-{rep}"));
@@ -232,6 +245,9 @@ fn main() {
             hot / 10.0,
             cold / alone.max(1.0)
         ));
+    }
+    if o.sections.iter().any(|s| s == "change") {
+        change(&o, bin, &scratch, &mut report);
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let versions: Vec<String> = engines
@@ -260,5 +276,61 @@ fn main() {
         std::fs::create_dir_all(out).expect("create --out");
         std::fs::write(out.join("summary.md"), &text).expect("write summary.md");
         std::fs::write(out.join("raw.csv"), raw).expect("write raw.csv");
+    }
+}
+
+/// A limit of 1,500 GET/s that doubles, or is lifted, 5 s after the first GET: how soon the
+/// served rate follows (s3uring).
+fn change(o: &Opts, bin: &str, scratch: &Path, report: &mut String) {
+    const BEFORE: u64 = 1500;
+    const AT_S: usize = 5;
+    report.push_str(&format!(
+        "\nA limit of {BEFORE} GET/s that changes {AT_S} s after the first GET ({} objects), s3uring: served GETs \
+         per second, and the first second after the change that reached 90 % of the new limit (doubled) or of \
+         the best second after the change (lifted):\n\n",
+        3 * o.objects
+    ));
+    report.push_str(
+        "| run | change | served GET/s, per second | seconds to follow | 503s | exit |\n|---|---|---|---|---|---|\n",
+    );
+    for rep in 0..o.repeat {
+        for (label, after) in [("doubles", 2 * BEFORE), ("lifted", 0)] {
+            let args: Vec<String> = [
+                "--objects".to_owned(),
+                (3 * o.objects).to_string(),
+                "--size".into(),
+                "4096".into(),
+                "--latency-ms".into(),
+                o.latency_ms.to_string(),
+                "--rate-limit".into(),
+                BEFORE.to_string(),
+                "--rate-limit-after".into(),
+                format!("{AT_S}={after}"),
+            ]
+            .into();
+            let server = Server::start(bin, &args);
+            let dest = scratch.join(format!("change-{label}-{rep}"));
+            let (_, exit) = client(bin, "s3uring", &server.url, "s3://bench/", &dest);
+            let r = rules(&server.stop());
+            let (_, _, throttled, _, _, per) = r.into_iter().next().unwrap_or_default();
+            // Whole seconds after the change (the last one is partial).
+            let after_change = per.get(AT_S..per.len().saturating_sub(1)).unwrap_or_default();
+            let goal = if after > 0 {
+                0.9 * after as f64
+            } else {
+                0.9 * after_change.iter().copied().max().unwrap_or(0) as f64
+            };
+            let follow = after_change
+                .iter()
+                .position(|&n| n as f64 >= goal && n > 0)
+                .map_or("not within the run".to_owned(), |i| format!("{}", i + 1));
+            let series: Vec<String> = per.iter().map(u64::to_string).collect();
+            eprintln!("change {label} rep {rep}: {series:?} follow {follow}");
+            report.push_str(&format!(
+                "| {rep} | {BEFORE} → {} | {} | {follow} | {throttled} | {exit} |\n",
+                if after > 0 { after.to_string() } else { "unlimited".into() },
+                series.join(" ")
+            ));
+        }
     }
 }
