@@ -1,4 +1,4 @@
-//! Reliability proof run (issue #5): the real binary restores generated objects from
+//! Reliability proof run: the real binary restores generated objects from
 //! `s3uring serve` with faults injected, and every file is then checked against the content
 //! the endpoint generates for its key. Per scenario: what was injected, what the client did
 //! about it (retries, throttling, hedges, verification), files lost, files corrupted, and the

@@ -72,7 +72,7 @@ pub struct EndpointConfig {
     pub get_latency: Duration,
     /// Added before each ListObjectsV2 page answers.
     pub list_latency: Duration,
-    /// Faults injected into a fraction of GETs (the reliability work's test bench).
+    /// Faults injected into a fraction of GETs (what the reliability tests and bench run against).
     pub faults: Faults,
     /// Keys that are listed but whose GET is refused with `403 AccessDenied` (a bucket
     /// policy denying some objects).

@@ -1,4 +1,4 @@
-//! Resume and skip: which listed objects are already in DEST (issue #5).
+//! Resume and skip: which listed objects are already in DEST.
 //!
 //! The writer sets every file's mtime to its object's LastModified and keeps its ETag in an
 //! extended attribute, so a file whose size, mtime and ETag equal the listing's is the

@@ -1,4 +1,4 @@
-//! The lean GET data plane (`--fetch-engine lean`, the default; issue #4).
+//! The lean GET data plane (`--fetch-engine lean`, the default).
 //!
 //! aws-sdk-s3's GetObject costs ~150–200 µs of CPU per small object (orchestrator, config
 //! merge, interceptors, endpoint and auth resolution per call, allocations). The lean engine

@@ -1,4 +1,4 @@
-//! `--manifest`: an S3 Inventory report as the list of keys to copy (issue #6).
+//! `--manifest`: an S3 Inventory report as the list of keys to copy.
 //!
 //! S3 Inventory publishes, per run, a `manifest.json` naming the source bucket, the CSV
 //! column order (`fileSchema`) and the gzip-compressed CSV data files holding one row per

@@ -3,7 +3,7 @@
 //! credentials for the lean data plane ([`crate::lean`]), and the reference GetObject
 //! (`--fetch-engine sdk`). The only module that calls SDK operations.
 //!
-//! HTTP settings that matter at hundreds of concurrent small GETs (issue #2):
+//! HTTP settings that matter at hundreds of concurrent small GETs:
 //! - response checksum validation `WhenRequired`: no CRC over every body unless asked;
 //! - stalled-stream protection off (it adds a throughput monitor to every body), replaced by
 //!   a read timeout on the connection;

@@ -1,4 +1,4 @@
-//! Which listed keys this run copies (issue #6): `--include`/`--exclude` filters and
+//! Which listed keys this run copies: `--include`/`--exclude` filters and
 //! `--shard I/N`.
 //!
 //! Filters follow the AWS CLI: every key is included to begin with, then each rule in the

@@ -1,6 +1,6 @@
 //! Per-stage latency histograms (hdrhistogram, microseconds).
 //!
-//! Stages of one object, in order (issue #3):
+//! Stages of one object, in order:
 //! - `list`: one ListObjectsV2 page, request to parsed response;
 //! - `queue`: a key's wait between being listed and picked by a fetcher;
 //! - `ttfb`: GET sent to response headers;

@@ -1,4 +1,4 @@
-//! `--verify`: check each body against the checksum its object carries (issue #5).
+//! `--verify`: check each body against the checksum its object carries.
 //!
 //! In order of preference: the `x-amz-checksum-*` value S3 returns when the GET asks for it
 //! (`x-amz-checksum-mode: ENABLED`; CRC64NVME, CRC32C, CRC32, SHA-256 or SHA-1, computed by

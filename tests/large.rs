@@ -1,4 +1,4 @@
-//! Large objects (issue #6): fetched in ranged parts in parallel, written at their offsets,
+//! Large objects: fetched in ranged parts in parallel, written at their offsets,
 //! complete or absent, with memory bounded by the parts in flight.
 
 use std::io::Read as _;

@@ -1,4 +1,4 @@
-//! `--manifest` (issue #6): an S3 Inventory report (manifest.json + gzip CSV) instead of a
+//! `--manifest`: an S3 Inventory report (manifest.json + gzip CSV) instead of a
 //! listing, read from a local directory or from S3.
 
 use std::io::Write as _;

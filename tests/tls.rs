@@ -1,4 +1,4 @@
-//! HTTPS end to end (issue #6): the embedded endpoint behind TLS with a private CA, trusted
+//! HTTPS end to end: the embedded endpoint behind TLS with a private CA, trusted
 //! through `--ca-bundle` or `AWS_CA_BUNDLE` by both fetch engines and the control plane.
 
 use bytes::Bytes;

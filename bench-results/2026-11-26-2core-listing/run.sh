@@ -1,6 +1,6 @@
 #!/bin/bash
 # Listing time for 1,000,000 keys at 30 ms per ListObjectsV2 page, sequential vs parallel
-# (issue #6). Listing only: `--dry-run` lists (with the selection) and prints one line per
+#. Listing only: `--dry-run` lists (with the selection) and prints one line per
 # key, no GET, no write. Two layouts from `s3uring serve`: 100 prefixes (p0000/ … p0099/,
 # 10,000 keys each) and 1 prefix (all 1,000,000 keys flat under p0000/).
 # Usage: bench-results/2026-11-26-2core-listing/run.sh [REPEAT]

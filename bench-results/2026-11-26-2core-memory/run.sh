@@ -1,5 +1,5 @@
 #!/bin/bash
-# Peak RSS of a real restore of 10,000 vs 1,000,000 small objects (issue #6, "flat memory").
+# Peak RSS of a real restore of 10,000 vs 1,000,000 small objects.
 # DEST on tmpfs; default flags; RSS from --stats-json (VmHWM) and GNU time.
 set -euo pipefail
 BIN=${BIN:-target/release/s3uring}

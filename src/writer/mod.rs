@@ -178,7 +178,7 @@ impl Job {
     }
 }
 
-/// A large object written in parts (issue #6): its byte ranges are fetched in parallel and
+/// A large object written in parts: its byte ranges are fetched in parallel and
 /// each is written at its offset as it arrives, in any order. The temporary is created by the
 /// first part to reach a writer; once every part is accounted for, the file gets its mtime
 /// (and fsync) and is renamed into place — or, if any part failed, the temporary is removed.
@@ -456,7 +456,7 @@ pub(crate) fn c_name(name: &str) -> Result<CString, String> {
 const NO_SPACE: &str = "no space left on device";
 const NO_QUOTA: &str = "disk quota exceeded";
 
-/// Fails a file. A full disk or quota also stops the run (issue #5): every later file would
+/// Fails a file. A full disk or quota also stops the run: every later file would
 /// fail the same way, so fetching them is waste; the summary says how many were not copied.
 pub(crate) fn fail_file(report: &Report, key: &str, reason: &str) {
     report.fail(key, reason);

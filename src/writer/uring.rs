@@ -28,7 +28,7 @@
 //! - No `IOSQE_CQE_SKIP_SUCCESS`: every SQE posts exactly one CQE (success, error or
 //!   `-ECANCELED`), so an entry is finished when its count of outstanding CQEs reaches zero.
 //!   This is deterministic whatever the kernel's ordering of completions in a failed chain;
-//!   it costs a few CQEs per file that skip flags could save (measured in the perf issue).
+//!   it costs a few CQEs per file that skip flags could save.
 //! - `O_CLOEXEC` is not passed: with a direct-descriptor `file_index` the kernel answers
 //!   EINVAL, and direct descriptors are never in the process's fd table anyway.
 //! - The temporary of a failed file is unlinked (synchronously; failures are rare). A short
