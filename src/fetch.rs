@@ -122,6 +122,11 @@ impl Engine {
         self.throttle.crowded(key)
     }
 
+    /// Completes when a parked key's partition may have room at its gate again.
+    pub async fn parked_room(&self) {
+        self.throttle.room().await
+    }
+
     /// Whether the partition of keys in parking group `group` is crowded now.
     pub fn group_crowded(&self, group: &str) -> bool {
         self.throttle.lane(group).crowded()

@@ -122,6 +122,10 @@ struct ParkedGroups {
     next: usize,
 }
 
+/// A fetcher with parked keys waiting looks at them at least this often (the limiter's
+/// signal that a gate has room is the usual wake-up; this bounds a missed one).
+const PARKED_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Parked keys at most (~100 bytes each plus the key).
 const PARKED_MAX: usize = 100_000;
 
@@ -687,14 +691,24 @@ impl Fetcher {
                             () = &mut stopping => break,
                             item = self.keys.recv() => item,
                         }
-                    } else {
-                        // Look at the parked keys again soon: their partitions free up
-                        // while no new key comes.
-                        let wait = std::time::Duration::from_millis(5);
+                    } else if self.keys.is_closed() && self.keys.is_empty() {
+                        // Listing is over and every parked key's partition is crowded: wait
+                        // for room rather than join a gate's queue (a fetcher waiting there
+                        // could not serve another partition that has room meanwhile).
                         tokio::select! {
                             biased;
                             () = &mut stopping => break,
-                            item = tokio::time::timeout(wait, self.keys.recv()) => match item {
+                            () = self.engine.parked_room() => continue,
+                            () = tokio::time::sleep(PARKED_LOOK) => continue,
+                        }
+                    } else {
+                        // Parked keys wait for their partition's gate to have room (the
+                        // limiter signals it); the timeout only bounds a missed signal.
+                        tokio::select! {
+                            biased;
+                            () = &mut stopping => break,
+                            () = self.engine.parked_room() => continue,
+                            item = tokio::time::timeout(PARKED_LOOK, self.keys.recv()) => match item {
                                 Ok(item) => item,
                                 Err(_) => continue,
                             },
@@ -714,11 +728,10 @@ impl Fetcher {
                                 item
                             }
                         }
-                        // No more keys: what is parked is left to fetch.
-                        Err(_) => match self.parked.take(None) {
-                            Some(item) => item,
-                            None => break,
-                        },
+                        // No more keys: what is parked is left to fetch (as its partitions have
+                        // room, above).
+                        Err(_) if self.parked.is_empty() => break,
+                        Err(_) => continue,
                     }
                 }
             };

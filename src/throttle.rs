@@ -28,10 +28,22 @@
 //!   is next in line, so a cut applies to the very next GET.
 //! - **Per partition.** S3 throttles per prefix partition. Keys start in one partition (a
 //!   cold bucket is one); when the throttling answers come from some first path components
-//!   below SOURCE's prefix while the GETs of the others all succeed at the same time, those
-//!   components get limiters of their own and the rest is unlimited again. The pipeline parks keys of a
-//!   partition whose gate is crowded, so that GETs of other partitions are not stuck behind
-//!   them.
+//!   below SOURCE's prefix while the GETs of the others all succeed at the same time (and
+//!   enough of them that this is not chance), those components get limiters of their own
+//!   and the rest is unlimited again. The pipeline parks keys of a partition whose gate is
+//!   crowded, so that GETs of other partitions are not stuck behind them; fetchers take
+//!   parked keys as gates signal room, never queueing at a crowded gate.
+//! - **New groups are tried alone.** Evidence for a split needs a share of the root's rate,
+//!   so a group that appears while the root is limited — another prefix, maybe another
+//!   partition — would crawl at that share until it gathered. Instead one such group at a
+//!   time gets a limiter of its own, starting at the root's rate and doubling every round
+//!   trip: if it is answered at twice the root's rate (and at least 0.25 s of it) with no
+//!   throttling, far more than a shared limit would have let through, it is a partition of
+//!   its own and unlimited; at its first throttling answer it shares the root's limit, goes
+//!   back, and the next trial waits 2 s, doubling to 64 s, so that groups that all share one
+//!   limit cost a round trip of throttling now and then. While a trial runs the root holds
+//!   its rate (its answers measure the two together). Measured: two prefixes, one limited to
+//!   1,000 GET/s, the other at its speed alone (`benches/throttle.rs`).
 //!
 //! The AWS SDKs' adaptive retry mode also pairs a token bucket with a CUBIC update, but cuts
 //! to 0.7 × a smoothed send rate on every throttling answer, with one bucket per client.
@@ -40,7 +52,7 @@
 //! unthrottled prefix at its own speed. What it cannot tell apart: throttling answers that
 //! come at random, whatever the rate, look like a limit below every rate tried.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -70,13 +82,33 @@ const SPLIT_MIN_THROTTLED: u64 = 8;
 const SPLIT_SHARE: f64 = 0.8;
 /// …at least this fraction of their answers, while the others had at least this many
 /// answers in the same window, none of them throttled: under a shared limit the others'
-/// GETs meet the same empty bucket, so only a stark difference says it is not shared.
+/// GETs meet the same empty bucket, so only a stark difference says it is not shared…
 const SPLIT_MIN_FRACTION: f64 = 0.01;
 const SPLIT_MIN_OTHERS: u64 = 64;
+/// …and enough of them that, had they met the hot ones' throttled fraction, all of them
+/// succeeding would have had at most this chance.
+const SPLIT_CHANCE: f64 = 0.01;
 /// Per-partition answers count half after this long, and a quarter after twice as long…
 const SPLIT_WINDOW: Duration = Duration::from_millis(500);
 /// The evidence is looked at this often (besides on every throttling answer).
 const SPLIT_LOOK: Duration = Duration::from_millis(50);
+/// A group tried on a limiter of its own starts at the root's rate and doubles it every
+/// round trip. It becomes a partition of its own once it was answered, with no throttling,
+/// at least this many times…
+const TRIAL_ANSWERS: u64 = 64;
+/// …and at least the root's rate times this (a shared bucket's burst, which S3 does not
+/// state, is a fraction of a second of its rate)…
+const TRIAL_SPAN: Duration = Duration::from_millis(250);
+/// …at this many times the root's rate on average: then the two together sent far more than
+/// a shared limit would have accepted. It goes back to the root's at its first throttling
+/// answer…
+const TRIAL_FACTOR: f64 = 2.0;
+/// …or, undecided (its keys came too slowly to tell), after this long.
+const TRIAL_TIME: Duration = Duration::from_millis(250);
+/// After a trial that met throttling the next waits this long, doubling up to the maximum:
+/// where all groups share one limit, each trial costs a round trip of throttling answers.
+const TRIAL_BACKOFF: Duration = Duration::from_secs(2);
+const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
 /// Sends are counted in 1 ms slots over this many slots (about a second).
 const RING: usize = 1024;
 
@@ -111,6 +143,34 @@ pub struct Throttle {
     /// Milliseconds since `started` of the last successful answer.
     last_ok_ms: AtomicU64,
     throttled: AtomicU64,
+    /// A new group being tried alone (module notes), and whether one is.
+    trials: Mutex<Trials>,
+    trying: AtomicBool,
+    /// Signalled when a gate stops being crowded, so that a fetcher with nothing to do takes
+    /// a parked key of its partition (one wake-up per GET sent, not a poll by every fetcher).
+    room: tokio::sync::Notify,
+}
+
+/// Trying groups that appear while the root is limited on limiters of their own.
+#[derive(Default)]
+struct Trials {
+    current: Option<Trial>,
+    /// Groups tried already, or throttled in the root: not tried (again).
+    known: HashSet<Box<str>>,
+    /// No new trial before this (after one that met throttling), and the wait after the next
+    /// one that does.
+    not_before: Option<Instant>,
+    backoff: Duration,
+}
+
+struct Trial {
+    name: Box<str>,
+    limiter: Arc<Limiter>,
+    started: Instant,
+    /// The root's rate when it started.
+    root_rate: f64,
+    ok: u64,
+    throttled: u64,
 }
 
 /// A GET's permission to go: taken before the request, given back with its answer.
@@ -175,6 +235,9 @@ impl Throttle {
             waited_ns: AtomicU64::new(0),
             last_ok_ms: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            trials: Mutex::new(Trials { backoff: TRIAL_BACKOFF, ..Trials::default() }),
+            trying: AtomicBool::new(false),
+            room: tokio::sync::Notify::new(),
         }
     }
 
@@ -191,14 +254,121 @@ impl Throttle {
 
     /// The partition `key` belongs to.
     pub fn lane(&self, key: &str) -> Arc<Limiter> {
-        if self.split.load(Ordering::Acquire)
-            && let Some(name) = self.partition_name(key)
-            && let Ok(parts) = self.parts.read()
-            && let Some(l) = parts.get(name)
+        self.lane_at(key, Instant::now)
+    }
+
+    /// [`Throttle::lane`], with the clock (asked only while the root is limited).
+    fn lane_at(&self, key: &str, now: impl FnOnce() -> Instant) -> Arc<Limiter> {
+        let name = self.partition_name(key);
+        if let Some(l) = name.and_then(|n| self.split_off(n)) {
+            return l;
+        }
+        if let Some(name) = name
+            && self.max_rate.is_none()
+            && self.engaged.load(Ordering::Relaxed)
+            && (self.root.limited.load(Ordering::Relaxed) || self.trying.load(Ordering::Relaxed))
+            && let Some(l) = self.trial_lane(name, now())
         {
-            return l.clone();
+            return l;
         }
         self.root.clone()
+    }
+
+    /// The limiter of partition `name` if it was split off the root.
+    fn split_off(&self, name: &str) -> Option<Arc<Limiter>> {
+        if !self.split.load(Ordering::Acquire) {
+            return None;
+        }
+        self.parts.read().ok()?.get(name).cloned()
+    }
+
+    /// The limiter of a group tried alone: `name` is being tried, or is new and may be now.
+    ///
+    /// The root is limited, and a group appears that did not throttle in it: it may be a
+    /// partition of its own (S3: another prefix) that the root's rate would hold back until
+    /// the evidence for a split had gathered — a round trip's worth of answers at a share of
+    /// the root's rate. So it gets a limiter of its own at the root's rate: if the service
+    /// accepts that many answers with no throttling on top of the root's, it is a partition of
+    /// its own and runs unlimited; if it throttles, the group shares the root's limit and goes
+    /// back, and the next trial waits (doubling), so that groups that all share one limit cost
+    /// a round trip of throttling now and then, not on every new group. One at a time.
+    fn trial_lane(&self, name: &str, now: Instant) -> Option<Arc<Limiter>> {
+        let Ok(mut t) = self.trials.lock() else { return None };
+        if let Some(cur) = &t.current {
+            if now.saturating_duration_since(cur.started) < TRIAL_TIME {
+                return (*cur.name == *name).then(|| cur.limiter.clone());
+            }
+            // Undecided: its keys came too slowly (or the root let go meanwhile). No blame:
+            // it may be tried again, with a fresh count.
+            self.end_trial(&mut t, false, now);
+        }
+        if !self.root.limited.load(Ordering::Relaxed)
+            || t.not_before.is_some_and(|at| now < at)
+            || t.known.contains(name)
+            || !self.root.settled(now)
+        {
+            return None;
+        }
+        let (rate, srtt) = self.root.state.lock().ok().map(|s| (s.rate(now), s.srtt))?;
+        if !rate.is_finite() {
+            return None;
+        }
+        let every = srtt.max(Duration::from_millis(5));
+        let limiter = Arc::new(Limiter::new(name.to_owned(), None, self.started));
+        limiter.start_doubling(rate, every, now);
+        tracing::debug!(partition = %name, rate, "trying a new group on a limiter of its own");
+        t.known.insert(name.into());
+        let trial =
+            Trial { name: name.into(), limiter: limiter.clone(), started: now, root_rate: rate, ok: 0, throttled: 0 };
+        t.current = Some(trial);
+        self.trying.store(true, Ordering::Relaxed);
+        Some(limiter)
+    }
+
+    /// Ends the current trial: the group is a partition of its own (`own`), or back in the root.
+    fn end_trial(&self, t: &mut Trials, own: bool, now: Instant) {
+        let Some(cur) = t.current.take() else { return };
+        self.trying.store(false, Ordering::Relaxed);
+        if own {
+            tracing::debug!(partition = %cur.name, answers = cur.ok, "a partition of its own");
+            cur.limiter.release(now);
+            if let Ok(mut parts) = self.parts.write() {
+                parts.insert(cur.name, cur.limiter);
+            }
+            self.split.store(true, Ordering::Release);
+            t.not_before = None;
+            t.backoff = TRIAL_BACKOFF;
+            self.room.notify_waiters();
+            return;
+        }
+        // The trial's GETs drew from the root's bucket if they share one: what the root's
+        // answers said meanwhile is not about the root's rate, nor about which groups its
+        // limit is about.
+        self.root.forget_children();
+        self.root.stale_before(now);
+        if cur.throttled > 0 {
+            tracing::debug!(partition = %cur.name, wait = ?t.backoff, "shares the root's limit");
+            t.not_before = Some(now + t.backoff);
+            t.backoff = (t.backoff * 2).min(TRIAL_BACKOFF_MAX);
+        } else {
+            tracing::debug!(partition = %cur.name, answers = cur.ok, "undecided: may be tried again");
+            t.known.remove(&cur.name);
+        }
+    }
+
+    /// Counts an answer to a GET of the group being tried (`lane` is its limiter).
+    fn trial_answer(&self, lane: &Arc<Limiter>, throttled: bool, now: Instant) {
+        let Ok(mut t) = self.trials.lock() else { return };
+        let Some(cur) = t.current.as_mut().filter(|c| Arc::ptr_eq(&c.limiter, lane)) else { return };
+        cur.ok += u64::from(!throttled);
+        cur.throttled += u64::from(throttled);
+        if cur.throttled > 0 {
+            self.end_trial(&mut t, false, now);
+        } else if cur.ok >= TRIAL_ANSWERS.max((cur.root_rate * TRIAL_SPAN.as_secs_f64()) as u64)
+            && cur.ok as f64 >= TRIAL_FACTOR * cur.root_rate * now.saturating_duration_since(cur.started).as_secs_f64()
+        {
+            self.end_trial(&mut t, true, now);
+        }
     }
 
     /// `prefix/first-component/` of `key`, or `None` for a key directly under the prefix.
@@ -224,7 +394,14 @@ impl Throttle {
             }
             Instant::now()
         };
-        lane.waiting.fetch_sub(1, Ordering::Relaxed);
+        if lane.waiting.fetch_sub(1, Ordering::Relaxed) == CROWDED {
+            // One GET passed a crowded gate: room for one parked key.
+            self.room.notify_one();
+        }
+        if !lane.limited.load(Ordering::Relaxed) {
+            // Unlimited again: every parked key of this partition may go.
+            self.room.notify_waiters();
+        }
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let waited = sent - asked;
         if waited > Duration::from_micros(100) {
@@ -251,12 +428,32 @@ impl Throttle {
             self.last_ok_ms.store(ms, Ordering::Relaxed);
         }
         let root = Arc::ptr_eq(lane, &self.root);
-        if root && self.split.load(Ordering::Relaxed) && !Arc::ptr_eq(&self.lane(key), lane) {
+        if root && self.partition_name(key).and_then(|n| self.split_off(n)).is_some() {
             // Sent through the root before its partition was split off: about that
             // partition, whose own limiter has taken over.
             return;
         }
+        if root && self.trying.load(Ordering::Relaxed) {
+            // While a group is tried alone, the root's answers measure the two together:
+            // its rate holds, and the answers of this stretch are stale once it ends.
+            if throttled {
+                lane.count_throttled();
+            }
+            return;
+        }
         let child = if root { self.partition_name(key) } else { None };
+        if root
+            && throttled
+            && let Some(name) = child
+            && let Ok(mut t) = self.trials.lock()
+            && !t.known.contains(name)
+        {
+            // Throttled in the root: part of what the root's limit is about, not new.
+            t.known.insert(name.into());
+        }
+        if !root && self.trying.load(Ordering::Relaxed) {
+            self.trial_answer(lane, throttled, now);
+        }
         if lane.feedback(ticket.sent, throttled, now, ms, root.then_some(child.unwrap_or(""))) && root {
             self.maybe_split(now);
         }
@@ -285,6 +482,12 @@ impl Throttle {
         self.split.store(true, Ordering::Release);
         // What throttled the root was those partitions: the rest runs free again.
         self.root.release(now);
+        self.room.notify_waiters();
+    }
+
+    /// Completes when a crowded gate may have room for a parked key.
+    pub async fn room(&self) {
+        self.room.notified().await
     }
 
     /// The run stops making progress: no GET has succeeded for this long.
@@ -350,6 +553,8 @@ struct State {
     next: Instant,
     /// After a fresh throttling answer: fresh answers since, [succeeded, throttled].
     probe: Option<[u64; 2]>,
+    /// A group on trial: the rate doubles this often instead of following the curve.
+    doubling: Option<Duration>,
     /// Root partition: answers by first path component in the current window,
     /// [all, throttled].
     children: HashMap<Box<str>, [u64; 2]>,
@@ -378,6 +583,7 @@ impl Limiter {
                 srtt: Duration::ZERO,
                 next: started,
                 probe: None,
+                doubling: None,
                 children: HashMap::new(),
                 window: None,
                 looked: None,
@@ -405,9 +611,12 @@ impl Limiter {
         let late = now.checked_sub(CATCH_UP).unwrap_or(now);
         if late > s.next {
             // Nobody was waiting for the slots since `next`: the rate was not used, so it
-            // says nothing about the limit, and the curve waits (no growth while idle).
+            // says nothing about the limit, and the curve waits (no growth while idle). A
+            // group on trial doubles by the clock: its keys come as fetchers free up, which
+            // is what the trial is about.
             let idle = late - s.next;
-            if let Some(epoch) = s.epoch.as_mut() {
+            let doubling = s.doubling.is_some();
+            if let Some(epoch) = s.epoch.as_mut().filter(|_| !doubling) {
                 *epoch += idle;
             }
         }
@@ -492,12 +701,53 @@ impl Limiter {
         }
     }
 
+    /// Starts limited at `rate`, doubling it `every` (until a cut).
+    fn start_doubling(&self, rate: f64, every: Duration, now: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.restart(rate, now);
+            s.doubling = Some(every);
+            self.limited.store(true, Ordering::Release);
+        }
+    }
+
+    /// Paced at a rate that was measured and has held for a while: no cut in the last few
+    /// round trips, and no measurement going on.
+    fn settled(&self, now: Instant) -> bool {
+        let Ok(s) = self.state.lock() else { return false };
+        s.probe.is_none()
+            && s.changed.is_some_and(|c| now.saturating_duration_since(c) >= (s.srtt * 4).max(SHORT_WINDOW))
+    }
+
+    /// Answers to GETs sent before `now` no longer measure the rate.
+    fn stale_before(&self, now: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.changed = Some(now);
+            s.probe = None;
+        }
+    }
+
+    /// Counts a throttling answer that is not fed back (for the summary).
+    fn count_throttled(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.throttled += 1;
+        }
+    }
+
+    /// Drops the evidence about which first path components throttle.
+    fn forget_children(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.children.clear();
+            s.window = None;
+        }
+    }
+
     /// Unlimited again (up to the cap).
     fn release(&self, now: Instant) {
         if let Ok(mut s) = self.state.lock() {
             s.epoch = None;
             s.changed = Some(now);
             s.probe = None;
+            s.doubling = None;
             s.w = s.cap;
             s.children.clear();
             s.window = None;
@@ -530,7 +780,13 @@ impl Limiter {
         let answers: u64 = s.children.values().map(|c| c[0]).sum();
         let (others, others_throttled) = (answers - hot_answers, throttled - hot_throttled);
         let hot_fraction = hot_throttled as f64 / hot_answers.max(1) as f64;
-        if hot_fraction < SPLIT_MIN_FRACTION || others < SPLIT_MIN_OTHERS || others_throttled > 0 {
+        // (1 − f)ⁿ ≤ SPLIT_CHANCE: n ≥ ln(SPLIT_CHANCE) / ln(1 − f).
+        let significant = SPLIT_CHANCE.ln() / (1.0 - hot_fraction.min(0.99)).ln();
+        if hot_fraction < SPLIT_MIN_FRACTION
+            || others < SPLIT_MIN_OTHERS
+            || (others as f64) < significant
+            || others_throttled > 0
+        {
             return None;
         }
         s.children.clear();
@@ -561,8 +817,10 @@ impl State {
     fn rate(&self, now: Instant) -> f64 {
         let Some(epoch) = self.epoch else { return self.cap };
         let t = now.saturating_duration_since(epoch).as_secs_f64();
-        let k = ((1.0 - BETA) / CUBIC_C).cbrt();
-        let r = self.w * (1.0 + CUBIC_C * (t - k).powi(3));
+        let r = match self.doubling {
+            Some(every) => self.w * BETA * (t / every.as_secs_f64()).exp2(),
+            None => self.w * (1.0 + CUBIC_C * (t - ((1.0 - BETA) / CUBIC_C).cbrt()).powi(3)),
+        };
         if r > RELEASE_ABOVE * self.w {
             return self.cap;
         }
@@ -571,13 +829,20 @@ impl State {
 
     /// A cut to `target`: the curve restarts there, with its plateau at `target / β`.
     fn cut(&mut self, target: f64, now: Instant) {
+        let target = self.restart(target, now);
+        self.cuts += 1;
+        self.lowest = self.lowest.min(target);
+    }
+
+    /// The curve restarts at `target` (within bounds, returned).
+    fn restart(&mut self, target: f64, now: Instant) -> f64 {
         let target = target.clamp(MIN_RATE.min(self.cap), self.cap);
         self.w = target / BETA;
         self.epoch = Some(now);
         self.changed = Some(now);
         self.probe = None;
-        self.cuts += 1;
-        self.lowest = self.lowest.min(target);
+        self.doubling = None;
+        target
     }
 
     /// Counts one answer of a first path component; true when it is time to look at the
@@ -863,5 +1128,76 @@ mod tests {
         assert_eq!(s.throttled, 51);
         // Half of the recent send rate (1 GET/ms over the last 100 ms).
         assert!((s.w * BETA - 500.0).abs() < 10.0, "{}", s.w * BETA);
+    }
+
+    /// A ticket for a GET of `lane` sent now (as [`Throttle::acquire`] gives one).
+    fn ticket(t: &Throttle, lane: Arc<Limiter>) -> Ticket<'_> {
+        t.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ticket { throttle: t, limiter: lane, sent: Some(Instant::now()) }
+    }
+
+    /// The root limited by throttling of `a/` keys, long enough ago to count as settled.
+    fn throttled_by_a() -> Throttle {
+        let t = Throttle::new("", None);
+        t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
+        assert!(t.root.limited.load(Ordering::Relaxed), "the first throttling answer limits the root");
+        std::thread::sleep(SHORT_WINDOW + Duration::from_millis(20));
+        t
+    }
+
+    #[test]
+    fn a_new_group_answered_fast_without_throttling_becomes_a_partition_of_its_own() {
+        let t = throttled_by_a();
+        let trial = t.lane("b/0");
+        assert!(!Arc::ptr_eq(&trial, &t.root), "b/ is new: tried on a limiter of its own");
+        assert!(Arc::ptr_eq(&t.lane("a/0"), &t.root), "a/ throttled in the root: not tried");
+        assert!(Arc::ptr_eq(&t.lane("b/1"), &trial), "one limiter for the group");
+        assert!(Arc::ptr_eq(&t.lane("c/0"), &t.root), "one trial at a time");
+        for i in 0..TRIAL_ANSWERS {
+            let key = format!("b/{i}");
+            t.answered(ticket(&t, t.lane(&key)), &key, Answer::Ok);
+        }
+        assert!(Arc::ptr_eq(&t.lane("b/2"), &trial), "split off for good");
+        assert!(t.split_off("b/").is_some());
+        assert!(!trial.limited.load(Ordering::Relaxed), "unlimited: it was never throttled");
+        assert!(t.root.limited.load(Ordering::Relaxed), "the root keeps its limit");
+        assert!(!Arc::ptr_eq(&t.lane("c/0"), &t.root), "the next new group may be tried");
+    }
+
+    #[test]
+    fn a_new_group_that_throttles_goes_back_and_the_next_trial_waits() {
+        let t = throttled_by_a();
+        let trial = t.lane("b/0");
+        assert!(!Arc::ptr_eq(&trial, &t.root));
+        t.answered(ticket(&t, trial.clone()), "b/0", Answer::Ok);
+        t.answered(ticket(&t, trial.clone()), "b/1", Answer::Throttled);
+        assert!(Arc::ptr_eq(&t.lane("b/0"), &t.root), "shares the root's limit");
+        assert!(t.split_off("b/").is_none());
+        assert!(Arc::ptr_eq(&t.lane("c/0"), &t.root), "no new trial before the backoff");
+        let trials = t.trials.lock().unwrap();
+        assert!(trials.not_before.is_some_and(|at| at >= Instant::now() + TRIAL_BACKOFF - Duration::from_millis(100)));
+        assert_eq!(trials.backoff, TRIAL_BACKOFF * 2, "the wait after the next failed trial doubles");
+    }
+
+    #[test]
+    fn the_root_holds_its_rate_while_a_group_is_tried() {
+        let t = throttled_by_a();
+        let before = t.root.state.lock().unwrap().cuts;
+        let _trial = t.lane("b/0");
+        for i in 0..40 {
+            let key = format!("a/{i}");
+            t.answered(ticket(&t, t.lane(&key)), &key, Answer::Throttled);
+        }
+        let s = t.root.state.lock().unwrap();
+        assert_eq!(s.cuts, before, "answers during a trial measure the two lanes together: no cut");
+        assert_eq!(s.throttled, 41, "but they are counted");
+    }
+
+    #[test]
+    fn max_rate_tries_no_group_alone() {
+        let t = Throttle::new("", Some(100.0));
+        t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
+        std::thread::sleep(SHORT_WINDOW + Duration::from_millis(20));
+        assert!(Arc::ptr_eq(&t.lane("b/0"), &t.root), "--max-rate caps the whole run with one limiter");
     }
 }
