@@ -691,16 +691,6 @@ impl Fetcher {
                             () = &mut stopping => break,
                             item = self.keys.recv() => item,
                         }
-                    } else if self.keys.is_closed() && self.keys.is_empty() {
-                        // Listing is over and every parked key's partition is crowded: wait
-                        // for room rather than join a gate's queue (a fetcher waiting there
-                        // could not serve another partition that has room meanwhile).
-                        tokio::select! {
-                            biased;
-                            () = &mut stopping => break,
-                            () = self.engine.parked_room() => continue,
-                            () = tokio::time::sleep(PARKED_LOOK) => continue,
-                        }
                     } else {
                         // Parked keys wait for their partition's gate to have room (the
                         // limiter signals it); the timeout only bounds a missed signal.
@@ -728,10 +718,11 @@ impl Fetcher {
                                 item
                             }
                         }
-                        // No more keys: what is parked is left to fetch (as its partitions have
-                        // room, above).
-                        Err(_) if self.parked.is_empty() => break,
-                        Err(_) => continue,
+                        // No more keys: what is parked is left to fetch.
+                        Err(_) => match self.parked.take(None) {
+                            Some(item) => item,
+                            None => break,
+                        },
                     }
                 }
             };

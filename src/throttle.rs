@@ -32,7 +32,8 @@
 //!   enough of them that this is not chance), those components get limiters of their own
 //!   and the rest is unlimited again. The pipeline parks keys of a partition whose gate is
 //!   crowded, so that GETs of other partitions are not stuck behind them; fetchers take
-//!   parked keys as gates signal room, never queueing at a crowded gate.
+//!   parked keys as gates signal room (once listing is over, whatever is parked goes to
+//!   its gate).
 //! - **New groups are tried alone.** Evidence for a split needs a share of the root's rate,
 //!   so a group that appears while the root is limited — another prefix, maybe another
 //!   partition — would crawl at that share until it gathered. Instead one such group at a
@@ -40,7 +41,7 @@
 //!   trip: if it is answered at twice the root's rate (and at least 0.25 s of it) with no
 //!   throttling, far more than a shared limit would have let through, it is a partition of
 //!   its own and unlimited; at its first throttling answer it shares the root's limit, goes
-//!   back, and the next trial waits 2 s, doubling to 64 s, so that groups that all share one
+//!   back, and the next trial waits 5 s, doubling to 64 s, so that groups that all share one
 //!   limit cost a round trip of throttling now and then. While a trial runs the root holds
 //!   its rate (its answers measure the two together). Measured: two prefixes, one limited to
 //!   1,000 GET/s, the other at its speed alone (`benches/throttle.rs`).
@@ -107,7 +108,7 @@ const TRIAL_FACTOR: f64 = 2.0;
 const TRIAL_TIME: Duration = Duration::from_millis(250);
 /// After a trial that met throttling the next waits this long, doubling up to the maximum:
 /// where all groups share one limit, each trial costs a round trip of throttling answers.
-const TRIAL_BACKOFF: Duration = Duration::from_secs(2);
+const TRIAL_BACKOFF: Duration = Duration::from_secs(5);
 const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
 /// Sends are counted in 1 ms slots over this many slots (about a second).
 const RING: usize = 1024;
