@@ -260,6 +260,10 @@ impl Throttle {
 
     /// [`Throttle::lane`], with the clock (asked only while the root is limited).
     fn lane_at(&self, key: &str, now: impl FnOnce() -> Instant) -> Arc<Limiter> {
+        if !self.engaged.load(Ordering::Relaxed) && !self.split.load(Ordering::Acquire) {
+            // Nothing was ever limited: the one partition, at the cost of two loads.
+            return self.root.clone();
+        }
         let name = self.partition_name(key);
         if let Some(l) = name.and_then(|n| self.split_off(n)) {
             return l;
