@@ -104,7 +104,8 @@ const TRIAL_SPAN: Duration = Duration::from_millis(250);
 /// a shared limit would have accepted. It goes back to the root's at its first throttling
 /// answer…
 const TRIAL_FACTOR: f64 = 2.0;
-/// …or, undecided (its keys came too slowly to tell), after this long.
+/// …or, undecided (its keys came too slowly to tell), after this long; the next trial then
+/// waits as long.
 const TRIAL_TIME: Duration = Duration::from_millis(250);
 /// After a trial that met throttling the next waits this long, doubling up to the maximum:
 /// where all groups share one limit, each trial costs a round trip of throttling answers.
@@ -356,8 +357,11 @@ impl Throttle {
             t.not_before = Some(now + t.backoff);
             t.backoff = (t.backoff * 2).min(TRIAL_BACKOFF_MAX);
         } else {
+            // Undecided: tried again after a pause as long as the trial, so that the root's
+            // own answers measure it at least half of the time.
             tracing::debug!(partition = %cur.name, answers = cur.ok, "undecided: may be tried again");
             t.known.remove(&cur.name);
+            t.not_before = Some(now + TRIAL_TIME);
         }
     }
 
