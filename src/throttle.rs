@@ -256,11 +256,6 @@ impl Throttle {
 
     /// The partition `key` belongs to.
     pub fn lane(&self, key: &str) -> Arc<Limiter> {
-        self.lane_at(key, Instant::now)
-    }
-
-    /// [`Throttle::lane`], with the clock (asked only while the root is limited).
-    fn lane_at(&self, key: &str, now: impl FnOnce() -> Instant) -> Arc<Limiter> {
         if !self.engaged.load(Ordering::Relaxed) && !self.split.load(Ordering::Acquire) {
             // Nothing was ever limited: the one partition, at the cost of two loads.
             return self.root.clone();
@@ -273,7 +268,7 @@ impl Throttle {
             && self.max_rate.is_none()
             && self.engaged.load(Ordering::Relaxed)
             && (self.root.limited.load(Ordering::Relaxed) || self.trying.load(Ordering::Relaxed))
-            && let Some(l) = self.trial_lane(name, now())
+            && let Some(l) = self.trial_lane(name, Instant::now())
         {
             return l;
         }
@@ -338,10 +333,7 @@ impl Throttle {
         if own {
             tracing::debug!(partition = %cur.name, answers = cur.ok, "a partition of its own");
             cur.limiter.release(now);
-            if let Ok(mut parts) = self.parts.write() {
-                parts.insert(cur.name, cur.limiter);
-            }
-            self.split.store(true, Ordering::Release);
+            self.add_partitions([(cur.name, cur.limiter)]);
             t.not_before = None;
             t.backoff = TRIAL_BACKOFF;
             self.room.notify_waiters();
@@ -478,20 +470,25 @@ impl Throttle {
         // Each starts at the rate the whole root had (an upper bound of its own limit, which
         // its first measurement finds within a round trip).
         let rate = self.root.state.lock().map_or(MIN_RATE, |s| s.rate(now));
-        let Ok(mut parts) = self.parts.write() else { return };
-        for name in hot {
-            if parts.contains_key(&name) {
-                continue;
-            }
+        self.add_partitions(hot.into_iter().map(|name| {
             let limiter = Limiter::new(name.to_string(), self.max_rate, self.started);
             limiter.start_at(rate, now);
             tracing::debug!(partition = %name, rate, "throttled partition split off");
-            parts.insert(name, Arc::new(limiter));
-        }
-        self.split.store(true, Ordering::Release);
+            (name, Arc::new(limiter))
+        }));
         // What throttled the root was those partitions: the rest runs free again.
         self.root.release(now);
         self.room.notify_waiters();
+    }
+
+    /// Partitions split off the root from now on (a name split off before keeps its limiter).
+    fn add_partitions(&self, new: impl IntoIterator<Item = (Box<str>, Arc<Limiter>)>) {
+        if let Ok(mut parts) = self.parts.write() {
+            for (name, limiter) in new {
+                parts.entry(name).or_insert(limiter);
+            }
+        }
+        self.split.store(true, Ordering::Release);
     }
 
     /// Completes when a crowded gate may have room for a parked key.

@@ -478,8 +478,7 @@ fn keys_of_unknown_size_are_still_verified_and_refetched_when_corrupt() {
     let env = Env::with_config(config, true);
     for e in engines() {
         let scratch = Scratch::new();
-        let list = scratch.dir.path().join("keys.txt");
-        std::fs::write(&list, objs.iter().map(|(k, _)| format!("{k}\n")).collect::<String>()).unwrap();
+        let list = scratch.keys_file(&objs);
         let json = scratch.dir.path().join("stats.json");
         let out = run(env
             .cmd()
@@ -592,8 +591,7 @@ fn keys_of_unknown_size_under_a_rate_limit_all_arrive() {
     let env = Env::with_config(config, true);
     for fetch in ["lean", "sdk"] {
         let scratch = Scratch::new();
-        let list = scratch.dir.path().join("keys.txt");
-        std::fs::write(&list, objs.iter().map(|(k, _)| format!("{k}\n")).collect::<String>()).unwrap();
+        let list = scratch.keys_file(&objs);
         let out = run(env
             .cmd()
             .args(["--fetch-engine", fetch, "--workers", "256", "--retries", "1", "--hedge-after", "0", "--keys-from"])

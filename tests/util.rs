@@ -249,6 +249,13 @@ impl Scratch {
         self.dir.path().join("dest")
     }
 
+    /// A `--keys-from` file beside DEST listing `objects`' keys, one per line.
+    pub fn keys_file(&self, objects: &[(String, Bytes)]) -> PathBuf {
+        let list = self.dir.path().join("keys.txt");
+        std::fs::write(&list, objects.iter().map(|(k, _)| format!("{k}\n")).collect::<String>()).unwrap();
+        list
+    }
+
     /// Everything in the scratch dir except DEST.
     pub fn outside_dest(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.path())
