@@ -280,6 +280,9 @@ impl TlsIdentity {
             .with_single_cert(certs, key)
             .map_err(|e| bad("setup", &e))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Stateless session tickets, as S3 issues: any number of clients resume without a
+        // session cache on this side.
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| bad("tickets", &e))?;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }
@@ -1137,7 +1140,14 @@ impl Endpoint {
                             Ok(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
+                    // Under TLS, headers and a small body go out as one record: rustls turns
+                    // each buffer of a vectored write into a record of its own, which the
+                    // client then decrypts (and copies out) twice.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .writev(!https)
+                        .serve_connection(io, svc)
+                        .await;
                 });
             }
         });

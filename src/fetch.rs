@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, FetchEngine};
-use crate::lean::{Conn, Lean};
+use crate::lean::Lean;
 use crate::report::Report;
 use crate::s3::{self, ByteRange, Control, Fetched, GetError, Retry};
 use crate::throttle::{Answer, Limiter, Throttle, ThrottleStats, Ticket};
+use crate::window::{Slot, Window};
 
 /// First backoff bound; doubles per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -40,6 +41,8 @@ pub struct Engine {
     kind: Kind,
     verify: bool,
     throttle: Throttle,
+    /// Whole-object GETs in flight at once: as many as the round trip needs.
+    window: Window,
     /// `--workers`: GETs in flight when nothing held them back.
     workers: usize,
     /// `--stall-timeout`: how long throttling may go on with no GET succeeding.
@@ -86,6 +89,7 @@ impl Engine {
             kind,
             verify,
             throttle: Throttle::new(&cfg.source.prefix, cfg.max_rate),
+            window: Window::new(cfg.workers),
             workers: cfg.workers.max(1),
             stall_timeout: cfg.stall_timeout,
             hedge_after,
@@ -111,6 +115,11 @@ impl Engine {
         self.throttle.min_in_flight().unwrap_or(self.workers).min(self.workers)
     }
 
+    /// Whole-object GETs allowed in flight now.
+    pub fn window(&self) -> usize {
+        self.window.size()
+    }
+
     /// The rate limiters' figures for the summary.
     pub fn throttle_stats(&self) -> ThrottleStats {
         self.throttle.stats()
@@ -132,20 +141,30 @@ impl Engine {
         self.throttle.lane(group).crowded()
     }
 
-    /// One request on `conn`, bounded as a whole by [`attempt_timeout`] (connect and first
-    /// byte have their own, shorter bounds inside the engines).
+    /// A place in the window of GETs in flight for a whole object; a part needs none (see
+    /// [`crate::window`]).
+    async fn place(&self, range: Option<&ByteRange>) -> Option<Slot<'_>> {
+        match range {
+            None => Some(self.window.acquire().await),
+            Some(_) => None,
+        }
+    }
+
+    /// One request, bounded as a whole by [`attempt_timeout`] (connect and first byte have
+    /// their own, shorter bounds inside the engines).
     async fn send(
         &self,
-        conn: &mut Conn,
+        slot: Option<Slot<'_>>,
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
         first_byte: &AtomicBool,
     ) -> Result<Fetched, GetError> {
         let limit = attempt_timeout(size);
+        let sent = std::time::Instant::now();
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
-                Kind::Lean(lean) => lean.get(conn, key, self.version_id.as_deref(), range, first_byte).await,
+                Kind::Lean(lean) => lean.get(key, self.version_id.as_deref(), range, first_byte).await,
                 Kind::Sdk { client, bucket, requester_pays } => {
                     let gets = s3::SdkGets {
                         client,
@@ -159,27 +178,24 @@ impl Engine {
             }
         })
         .await;
-        match got {
-            Ok(r) => r,
-            Err(_) => {
-                // The connection is mid-response: never reuse it.
-                *conn = Conn::default();
-                Err(GetError::transient(format!("attempt timed out after {} s", limit.as_secs())))
-            }
+        if let (Some(slot), Ok(r)) = (slot, &got) {
+            slot.answered(r.as_ref().map_or_else(|_| sent.elapsed(), |f| f.ttfb));
         }
+        // Timed out: the request was dropped with its connection, mid-response.
+        got.unwrap_or_else(|_| Err(GetError::transient(format!("attempt timed out after {} s", limit.as_secs()))))
     }
 
-    /// One request that already has its send slot; its answer goes back to the limiter.
+    /// One request that already has its send slot and its place in the window; its answer
+    /// goes back to the limiter.
     async fn sent(
         &self,
-        ticket: Ticket<'_>,
-        conn: &mut Conn,
+        (ticket, slot): (Ticket<'_>, Option<Slot<'_>>),
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
         first_byte: &AtomicBool,
     ) -> Result<Fetched, GetError> {
-        let got = self.send(conn, key, size, range, first_byte).await;
+        let got = self.send(slot, key, size, range, first_byte).await;
         let answer = match &got {
             Ok(_) => Answer::Ok,
             Err(e) if e.retry == Retry::Throttled => Answer::Throttled,
@@ -190,25 +206,25 @@ impl Engine {
     }
 
     /// One attempt, hedged: if no answer (headers) has come `--hedge-after` after it was
-    /// sent, a second one starts on a new connection (with a send slot of its own) and the
-    /// first to finish wins.
+    /// sent, a second one starts on another connection (with a send slot of its own) and the
+    /// first to finish wins; the loser is dropped with its connection.
     async fn attempt(
         &self,
-        conn: &mut Conn,
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
         lane: &Arc<Limiter>,
         report: &Report,
     ) -> Result<Fetched, GetError> {
-        let ticket = self.throttle.acquire(lane.clone()).await;
+        // The rate limiter's send slot, then a place in the window: the hedge timer starts
+        // once the request may go.
+        let go = (self.throttle.acquire(lane.clone()).await, self.place(range).await);
         let first_byte = AtomicBool::new(false);
         let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
-            return self.sent(ticket, conn, key, size, range, &first_byte).await;
+            return self.sent(go, key, size, range, &first_byte).await;
         };
-        let mut spare = Conn::default();
         let (result, spare_won) = {
-            let first = self.sent(ticket, conn, key, size, range, &first_byte);
+            let first = self.sent(go, key, size, range, &first_byte);
             tokio::pin!(first);
             tokio::select! {
                 biased;
@@ -221,8 +237,8 @@ impl Engine {
                     } else {
                     report.hedged();
                     let second = async {
-                        let ticket = self.throttle.acquire(lane.clone()).await;
-                        self.sent(ticket, &mut spare, key, size, range, &AtomicBool::new(false)).await
+                        let go = (self.throttle.acquire(lane.clone()).await, self.place(range).await);
+                        self.sent(go, key, size, range, &AtomicBool::new(false)).await
                     };
                     tokio::pin!(second);
                     tokio::select! {
@@ -235,8 +251,6 @@ impl Engine {
         };
         if spare_won {
             report.hedge_won();
-            // The first attempt was dropped mid-request: its connection is gone.
-            *conn = spare;
         }
         result
     }
@@ -247,7 +261,6 @@ impl Engine {
     /// S3 has no checksum of a byte range.
     pub async fn fetch(
         &self,
-        conn: &mut Conn,
         key: &str,
         size: u64,
         range: Option<&ByteRange>,
@@ -258,7 +271,7 @@ impl Engine {
         loop {
             // Each attempt asks again: the key's partition may have been split off meanwhile.
             let lane = self.throttle.lane(key);
-            let got = self.attempt(conn, key, size, range, &lane, report).await;
+            let got = self.attempt(key, size, range, &lane, report).await;
             let got = match got {
                 // Connection-close framing: a cut body can only be told by its length.
                 Ok(f) if !f.framed && range.is_none() && size != s3::UNKNOWN_SIZE && f.body.len() as u64 != size => {

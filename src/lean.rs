@@ -12,10 +12,17 @@
 //!   ([`crate::s3::Identities`]); `--no-sign-request` sends unsigned requests.
 //! - **Signing:** `aws-sigv4`, with S3's settings (single percent-encoding, no path
 //!   normalisation, `x-amz-content-sha256`), session tokens included.
-//! - **HTTP:** one hyper HTTP/1.1 keep-alive connection per fetch task, opened on first use
-//!   and reopened only when the server closes it or a request on it fails; no pool, no lock.
-//!   TLS by rustls (aws-lc-rs) with the platform's roots (or `--ca-bundle`). Connections opened
-//!   are counted.
+//! - **HTTP:** hyper HTTP/1.1 keep-alive connections in one pool shared by all fetch tasks
+//!   ([`Pool`]): a GET takes an idle one; when none is idle and fewer are open than GETs want
+//!   one, it starts opening one in the background and takes whichever comes first, that one
+//!   or one another GET gives back, so a handshake delays a GET by at most the time until the
+//!   next answer. Connections therefore follow the GETs in flight ([`crate::window`]), not
+//!   `--workers`; one is closed only when the server closes it or a request on it fails (a
+//!   response not read whole). TLS by rustls (aws-lc-rs) with the platform's roots (or
+//!   `--ca-bundle`); one client configuration for all connections, so every connection after
+//!   the first few resumes a session from a ticket of an earlier one (TLS 1.3 PSK with a
+//!   fresh key exchange: no certificate sent or checked). Connections opened and handshakes
+//!   resumed are counted.
 //! - **Responses:** 200 → the body in one buffer (a single-frame body over 32 KiB is passed on
 //!   without a copy; a smaller one is copied so it does not pin hyper's read buffer), its
 //!   length checked against Content-Length; anything else → the S3 error body's
@@ -50,31 +57,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Single-frame bodies up to this size are copied out of hyper's read buffer (see `read_body`).
 const SMALL_BODY_COPY: usize = 32 * 1024;
+/// Reads under TLS fill a buffer this large: rustls reads at most 4 KiB at a time, which
+/// is two or more `recvfrom` for every response of a small object without it. One TLS
+/// record (16 KiB) and the next record's start.
+const TLS_READ_BUFFER: usize = 20 * 1024;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
 const USER_AGENT: &str = concat!("s3uring/", env!("CARGO_PKG_VERSION"));
 
-/// One fetch task's connection (none until the first GET).
-#[derive(Default)]
-pub struct Conn {
-    sender: Option<SendRequest<Empty<Bytes>>>,
-}
+type Sender = SendRequest<Empty<Bytes>>;
 
 /// The lean GET engine for one bucket; shared by all fetch tasks.
 pub struct Lean {
     bucket: String,
-    /// Host to connect to (DNS name or IP literal) and port.
-    host: String,
-    port: u16,
     host_header: HeaderValue,
     /// Path before the key: `/bucket` in path style, empty in virtual-hosted style.
     path_prefix: String,
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    pool: Arc<Pool>,
     signer: Option<Signer>,
-    resolver: CachingResolver,
-    next_addr: AtomicUsize,
-    report: Arc<Report>,
     /// `--verify`: ask for checksums and keep the ETag.
     verify: bool,
     /// `--request-payer requester`.
@@ -122,43 +123,41 @@ impl Lean {
             fast: crate::sigv4::GetSigner::new(&endpoint.signing_region, &endpoint.signing_name),
             skew_ms: std::sync::atomic::AtomicI64::new(0),
         });
+        let dial =
+            Dial { host, port, tls, resolver: CachingResolver::default(), next_addr: AtomicUsize::new(0), report };
         Ok(Lean {
             bucket: bucket.to_owned(),
-            host,
-            port,
             host_header,
             path_prefix: uri.path().trim_end_matches('/').to_owned(),
-            tls,
+            pool: Arc::new(Pool::new(dial)),
             signer,
-            resolver: CachingResolver::default(),
-            next_addr: AtomicUsize::new(0),
-            report,
             verify,
             requester_pays,
         })
     }
 
-    /// One GET attempt for `key` on this task's connection.
+    /// One GET attempt for `key`, on a connection of the pool.
     pub async fn get(
         &self,
-        conn: &mut Conn,
         key: &str,
         version: Option<&str>,
         range: Option<&ByteRange>,
         first_byte: &std::sync::atomic::AtomicBool,
     ) -> Result<Fetched, GetError> {
         let req = self.request(key, version, range).await?;
-        let mut sender = match conn.sender.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => self.connect().await?,
-        };
-        // A kept-alive connection the server has just closed shows up here, before sending.
-        if sender.ready().await.is_err() {
-            sender = self.connect().await?;
-            sender.ready().await.map_err(|e| transport("connection failed", &e))?;
+        let mut conn = self.pool.take().await?;
+        // A kept-alive connection the server has just closed shows up here, before sending:
+        // closed, and another one taken (once more at most).
+        let mut tries = 0;
+        while let Err(e) = conn.sender().ready().await {
+            tries += 1;
+            if tries > 2 {
+                return Err(transport("connection failed", &e));
+            }
+            conn = self.pool.take().await?;
         }
         let sent = Instant::now();
-        let resp = match tokio::time::timeout(READ_TIMEOUT, sender.send_request(req)).await {
+        let resp = match tokio::time::timeout(READ_TIMEOUT, conn.sender().send_request(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(transport("request failed", &e)),
             Err(_) => return Err(GetError::transient(format!("no response within {}s", READ_TIMEOUT.as_secs()))),
@@ -183,7 +182,8 @@ impl Lean {
         let limit = if status == ok { usize::MAX } else { MAX_ERROR_BODY };
         let body = read_body(resp.into_body(), content_length, limit).await?;
         // The whole response was read: the connection can carry the next request.
-        conn.sender = Some(sender);
+        conn.reusable = true;
+        drop(conn);
         if status != ok {
             let err = self.error_response(status, &body, bucket_region.as_deref());
             if err.reason.starts_with("RequestTimeTooSkewed")
@@ -239,35 +239,6 @@ impl Lean {
         Ok(req)
     }
 
-    /// A new keep-alive connection (addresses of the host taken in turn).
-    async fn connect(&self) -> Result<SendRequest<Empty<Bytes>>, GetError> {
-        let what = || format!("cannot connect to {}:{}", self.host, self.port);
-        let addrs = self.resolver.resolve_dns(&self.host).await.map_err(|e| transport(&what(), &e))?;
-        if addrs.is_empty() {
-            return Err(GetError::transient(format!("{}: no address", what())));
-        }
-        let ip = addrs[self.next_addr.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-        let addr = SocketAddr::new(ip, self.port);
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| transport(&what(), &e))?;
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                None => handshake(tcp).await,
-                Some((connector, name)) => {
-                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| transport(&what(), &e))?;
-                    handshake(tls).await
-                }
-            }
-        })
-        .await;
-        let sender = match connected {
-            Ok(r) => r?,
-            Err(_) => return Err(GetError::transient(format!("{}: timed out", what()))),
-        };
-        self.report.connection_opened();
-        Ok(sender)
-    }
-
     /// S3's error body → the same message and retry class as the SDK engine.
     fn error_response(&self, status: StatusCode, body: &[u8], bucket_region: Option<&str>) -> GetError {
         let text = String::from_utf8_lossy(body);
@@ -286,6 +257,191 @@ impl Lean {
             reason.push_str(&format!(" [bucket region: {region}]"));
         }
         GetError { reason, retry: crate::s3::classify(status.as_u16(), &code) }
+    }
+}
+
+/// Where connections go and how they are opened.
+struct Dial {
+    /// Host to connect to (DNS name or IP literal) and port.
+    host: String,
+    port: u16,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    resolver: CachingResolver,
+    next_addr: AtomicUsize,
+    report: Arc<Report>,
+}
+
+impl Dial {
+    /// A new keep-alive connection (addresses of the host taken in turn).
+    async fn connect(&self) -> Result<Sender, GetError> {
+        let what = || format!("cannot connect to {}:{}", self.host, self.port);
+        let addrs = self.resolver.resolve_dns(&self.host).await.map_err(|e| transport(&what(), &e))?;
+        if addrs.is_empty() {
+            return Err(GetError::transient(format!("{}: no address", what())));
+        }
+        let ip = addrs[self.next_addr.fetch_add(1, Ordering::Relaxed) % addrs.len()];
+        let addr = SocketAddr::new(ip, self.port);
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| transport(&what(), &e))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok((handshake(tcp).await?, false)),
+                Some((connector, name)) => {
+                    // rustls asks for 4 KiB per read: buffered, a response takes one read.
+                    let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| transport(&what(), &e))?;
+                    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    Ok((handshake(tls).await?, resumed))
+                }
+            }
+        })
+        .await;
+        let (sender, resumed) = match connected {
+            Ok(r) => r?,
+            Err(_) => return Err(GetError::transient(format!("{}: timed out", what()))),
+        };
+        self.report.connection_opened(resumed);
+        Ok(sender)
+    }
+}
+
+/// Idle keep-alive connections shared by all fetch tasks, and how many are open.
+///
+/// The channel carries idle connections and wake-ups (`None`): a GET that waits without
+/// a connection being opened for it is woken when one it counted on was closed, to open
+/// one itself.
+struct Pool {
+    dial: Dial,
+    idle_tx: async_channel::Sender<Option<Sender>>,
+    idle_rx: async_channel::Receiver<Option<Sender>>,
+    /// Connections open or being opened.
+    open: AtomicUsize,
+    /// GETs holding or waiting for a connection.
+    wanted: AtomicUsize,
+}
+
+/// A GET's hold on the pool: its connection once it has one. Dropped, the connection goes
+/// back to the pool if the response was read whole (`reusable`), else it is closed.
+struct Checkout {
+    pool: Arc<Pool>,
+    sender: Option<Sender>,
+    reusable: bool,
+}
+
+impl Checkout {
+    fn sender(&mut self) -> &mut Sender {
+        match &mut self.sender {
+            Some(s) => s,
+            None => unreachable!("a checkout is handed out with its connection"),
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.pool.wanted.fetch_sub(1, Ordering::Relaxed);
+        match self.sender.take() {
+            Some(s) if self.reusable => self.pool.put(s),
+            Some(_) => self.pool.lost(),
+            None => {}
+        }
+    }
+}
+
+impl Pool {
+    fn new(dial: Dial) -> Pool {
+        let (idle_tx, idle_rx) = async_channel::unbounded();
+        Pool { dial, idle_tx, idle_rx, open: AtomicUsize::new(0), wanted: AtomicUsize::new(0) }
+    }
+
+    /// A connection: an idle one, or the first to come of one opened for this GET and one
+    /// given back by another.
+    async fn take(self: &Arc<Self>) -> Result<Checkout, GetError> {
+        self.wanted.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Checkout { pool: self.clone(), sender: None, reusable: false };
+        loop {
+            let got = match self.idle_rx.try_recv() {
+                Ok(got) => got,
+                Err(_) if self.reserve() => {
+                    let (tx, mut opened) = tokio::sync::oneshot::channel();
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        let r = pool.dial.connect().await;
+                        // Nobody waits for it any more: it serves the next GET.
+                        if let Err(r) = tx.send(r) {
+                            pool.settle(r);
+                        }
+                    });
+                    tokio::select! {
+                        biased;
+                        r = &mut opened => match r {
+                            Ok(Ok(s)) => Some(s),
+                            Ok(Err(e)) => {
+                                self.lost();
+                                return Err(e);
+                            }
+                            Err(_) => {
+                                self.lost();
+                                return Err(GetError::transient("connecting was cancelled".to_owned()));
+                            }
+                        },
+                        got = self.idle_rx.recv() => {
+                            opened.close();
+                            if let Ok(r) = opened.try_recv() {
+                                self.settle(r);
+                            }
+                            // The pool holds a sender: the channel never closes.
+                            got.ok().flatten()
+                        }
+                    }
+                }
+                Err(_) => self.idle_rx.recv().await.ok().flatten(),
+            };
+            match got {
+                Some(s) if !s.is_closed() => {
+                    conn.sender = Some(s);
+                    return Ok(conn);
+                }
+                // Closed by the server while idle.
+                Some(_) => self.lost(),
+                // A wake-up: look again.
+                None => {}
+            }
+        }
+    }
+
+    /// Counts one more connection as opening if fewer are open than GETs want one.
+    fn reserve(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < self.wanted.load(Ordering::Relaxed)).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    /// A connection opened for a GET that took another one.
+    fn settle(&self, r: Result<Sender, GetError>) {
+        match r {
+            Ok(s) => self.put(s),
+            Err(e) => {
+                tracing::debug!(reason = %e.reason, "a connection opened ahead failed");
+                self.lost();
+            }
+        }
+    }
+
+    fn put(&self, s: Sender) {
+        if self.idle_tx.try_send(Some(s)).is_err() {
+            self.lost();
+        }
+    }
+
+    /// A connection was closed (or failed to open): a GET waiting on it is woken.
+    fn lost(&self) {
+        let open = self.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        if open < self.wanted.load(Ordering::Relaxed) {
+            let _ = self.idle_tx.try_send(None);
+        }
     }
 }
 
@@ -501,7 +657,84 @@ fn tls_connector(ca_bundle: Option<&crate::config::CaBundle>) -> Result<tokio_ru
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::store(Arc::new(Tickets::default()));
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// TLS 1.3 tickets per server: rustls' own store keeps 8, but connections open in bursts
+/// (the window doubles: dozens at once), and each ticket resumes one connection only.
+const TICKETS_PER_SERVER: usize = 1024;
+
+/// The client's resumable sessions: as rustls' in-memory store, with room for a burst.
+#[derive(Debug, Default)]
+struct Tickets {
+    servers: std::sync::Mutex<std::collections::HashMap<rustls::pki_types::ServerName<'static>, Sessions>>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    /// Oldest first.
+    tls13: std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+}
+
+impl Tickets {
+    fn with<T>(&self, name: &rustls::pki_types::ServerName<'_>, f: impl FnOnce(&mut Sessions) -> T) -> Option<T> {
+        let mut servers = self.servers.lock().ok()?;
+        let name = name.to_owned();
+        Some(f(servers.entry(name).or_default()))
+    }
+}
+
+impl rustls::client::ClientSessionStore for Tickets {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.with(&name, |s| s.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.with(name, |s| s.kx_hint).flatten()
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.with(&name, |s| s.tls12 = Some(value));
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.with(name, |s| s.tls12.clone()).flatten()
+    }
+
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.with(name, |s| s.tls12 = None);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.with(&name, |s| {
+            if s.tls13.len() >= TICKETS_PER_SERVER {
+                s.tls13.pop_front();
+            }
+            s.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        // The newest: the likeliest to be still valid.
+        self.with(name, |s| s.tls13.pop_back()).flatten()
+    }
 }
 
 fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {

@@ -48,4 +48,5 @@ pub mod stats;
 pub mod throttle;
 pub mod tune;
 pub mod verify;
+pub mod window;
 pub mod writer;

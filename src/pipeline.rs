@@ -271,13 +271,10 @@ async fn copy(
     let budget_units = (cfg.buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX)) as u32;
     let budget = Arc::new(Semaphore::new(budget_units as usize));
     let mut fetchers = Vec::with_capacity(cfg.workers);
-    let part_conns = Arc::new(std::sync::Mutex::new(Vec::new()));
     let parked = Arc::new(Parked::default());
     for _ in 0..cfg.workers.max(1) {
         let f = Fetcher {
             engine: fetch.clone(),
-            conn: crate::lean::Conn::default(),
-            part_conns: part_conns.clone(),
             parts: cfg.parts,
             retries: cfg.retries,
             keys: keys_rx.clone(),
@@ -314,6 +311,7 @@ async fn copy(
         report.interrupted();
     }
     report.set_min_in_flight(fetch.min_in_flight() as u64);
+    report.set_window(fetch.window() as u64);
     let mut summary = report.summary(started.elapsed(), engine, fetch.name());
     summary.failed_keys = report.finish_failed_keys();
     summary.throttle = fetch.throttle_stats();
@@ -654,12 +652,6 @@ fn read_keys(
 /// One long-lived fetch task.
 struct Fetcher {
     engine: Arc<crate::fetch::Engine>,
-    /// This task's connection (lean engine).
-    conn: crate::lean::Conn,
-    /// Idle connections for the parts of large objects, shared by all fetchers: a part takes
-    /// one only once it holds its budget, so connections are bounded by the parts in flight
-    /// (each idle connection keeps its read buffer), not by workers × `--part-concurrency`.
-    part_conns: Arc<std::sync::Mutex<Vec<crate::lean::Conn>>>,
     parts: crate::config::Parts,
     retries: u32,
     keys: async_channel::Receiver<Listed>,
@@ -673,7 +665,7 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    async fn run(mut self) {
+    async fn run(self) {
         let mut rec = self.report.recorder();
         // One stop waiter for the task's whole life: a waiter made per select registered in
         // (and removed from) the stop channel's shared list twice per object.
@@ -745,7 +737,7 @@ impl Fetcher {
                 let got = tokio::select! {
                     // An interrupted GET is abandoned: its key stays "not copied".
                     () = &mut stopping => break,
-                    got = self.engine.fetch(&mut self.conn, &item.key, item.size, None, self.retries, &self.report) => got,
+                    got = self.engine.fetch(&item.key, item.size, None, self.retries, &self.report) => got,
                 };
                 match got {
                     Ok(fetched) => {
@@ -970,15 +962,13 @@ impl Fetcher {
                 Err(_) => return Some(Err("internal error: buffer budget closed".to_owned())),
             },
         };
-        let pool = |conns: &std::sync::Mutex<Vec<_>>| conns.lock().ok().and_then(|mut c| c.pop());
-        let mut conn = pool(&self.part_conns).unwrap_or_default();
+        // A part takes a connection of the engine's pool only once it holds its budget, so
+        // connections are bounded by the GETs in flight (each idle connection keeps its read
+        // buffer), not by workers × `--part-concurrency`.
         let got = tokio::select! {
             () = stop.requested_wait() => return None,
-            got = self.engine.fetch(&mut conn, key, range.len, Some(range), self.retries, &self.report) => got,
+            got = self.engine.fetch(key, range.len, Some(range), self.retries, &self.report) => got,
         };
-        if let Ok(mut conns) = self.part_conns.lock() {
-            conns.push(conn);
-        }
         Some(got.map(|f| (f, permit)))
     }
 }

@@ -40,8 +40,10 @@ pub struct Report {
     /// io_uring writer: enters that submitted work, and files started.
     ring_submits: AtomicU64,
     ring_files: AtomicU64,
-    /// Fetching: connections opened (lean engine), attempts retried, of which throttled.
+    /// Fetching: connections opened (lean engine), of which with a resumed TLS session,
+    /// attempts retried, of which throttled.
     connections: AtomicU64,
+    resumed: AtomicU64,
     retries: AtomicU64,
     throttled: AtomicU64,
     /// Hedged attempts started, and how many of them answered first.
@@ -49,6 +51,8 @@ pub struct Report {
     hedge_won: AtomicU64,
     /// The fewest GETs in flight while the rate limiter held GETs back.
     min_in_flight: AtomicU64,
+    /// The window of GETs in flight at the end ([`crate::window`]).
+    window: AtomicU64,
     /// `--verify`: bodies checked against a checksum header, against the ETag's MD5, with
     /// nothing to check against, and bodies that did not match.
     verified_checksum: AtomicU64,
@@ -154,9 +158,13 @@ impl Report {
         self.ring_files.fetch_add(files, Ordering::Relaxed);
     }
 
-    /// The lean fetch engine opened a connection.
-    pub fn connection_opened(&self) {
+    /// The lean fetch engine opened a connection; `resumed`: its TLS handshake resumed a
+    /// session.
+    pub fn connection_opened(&self, resumed: bool) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A GET attempt failed and is tried again; `throttled` when the service asked to slow down.
@@ -290,6 +298,11 @@ impl Report {
         self.min_in_flight.store(n, Ordering::Relaxed);
     }
 
+    /// The window of GETs in flight the run ended with.
+    pub fn set_window(&self, n: u64) {
+        self.window.store(n, Ordering::Relaxed);
+    }
+
     /// `--verify` checked a body.
     pub fn verified(&self, how: crate::verify::Verified) {
         use crate::verify::Verified;
@@ -348,6 +361,8 @@ impl Report {
             engine: engine.to_owned(),
             fetch_engine: fetch_engine.to_owned(),
             connections: self.connections.load(Ordering::Relaxed),
+            resumed: self.resumed.load(Ordering::Relaxed),
+            window: self.window.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
             hedged: self.hedged.load(Ordering::Relaxed),
@@ -478,8 +493,12 @@ pub struct Summary {
     pub engine: String,
     /// The fetch engine (`lean` or `sdk`).
     pub fetch_engine: String,
-    /// Connections the lean engine opened (0 with the SDK engine, whose pool is not counted).
+    /// Connections the lean engine opened (0 with the SDK engine, whose pool is not counted),
+    /// and how many of their TLS handshakes resumed a session.
     pub connections: u64,
+    pub resumed: u64,
+    /// The window of whole-object GETs in flight the run ended with (at most `--workers`).
+    pub window: u64,
     /// GET attempts retried, and how many of those were throttled (SlowDown, 503, 429).
     pub retries: u64,
     pub throttled: u64,
@@ -506,6 +525,21 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// `, 48 connections (40 TLS resumed), at most 64 GETs in flight`: what fetching needed.
+    fn fetch_detail(&self) -> String {
+        let mut s = String::new();
+        if self.connections > 0 {
+            s += &format!(", {} connections", self.connections);
+            if self.resumed > 0 {
+                s += &format!(" ({} TLS resumed)", self.resumed);
+            }
+        }
+        if self.window > 0 {
+            s += &format!(", at most {} GETs in flight", self.window);
+        }
+        s
+    }
+
     /// True when every listed key was written or skipped and the listing completed.
     pub fn success(&self) -> bool {
         self.counts.failed == 0
@@ -581,7 +615,7 @@ impl Summary {
             self.objects_per_sec(),
             self.mib_per_sec(),
             self.fetch_engine,
-            if self.connections > 0 { format!(", {} connections", self.connections) } else { String::new() },
+            self.fetch_detail(),
             self.engine,
             self.files_per_submit().map_or(String::new(), |f| format!(", {f:.1} files per submit"))
         );
@@ -805,6 +839,8 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
         "fetch_engine": summary.fetch_engine,
         "fetch": {
             "connections_opened": summary.connections,
+            "connections_resumed": summary.resumed,
+            "in_flight_window": summary.window,
             "retries": summary.retries,
             "throttled": summary.throttled,
             "min_in_flight": summary.min_in_flight,

@@ -20,9 +20,13 @@ fn objects() -> Vec<(String, Bytes)> {
 }
 
 fn https_env(objs: Vec<(String, Bytes)>) -> (Env, Scratch, std::path::PathBuf) {
+    https_env_with(EndpointConfig { buckets: vec![bucket("tls", objs)], ..Default::default() })
+}
+
+/// `config` served over HTTPS with a private CA; the CA's PEM file is in the scratch dir.
+fn https_env_with(config: EndpointConfig) -> (Env, Scratch, std::path::PathBuf) {
     let (identity, ca_pem) = private_ca();
-    let config = EndpointConfig { buckets: vec![bucket("tls", objs)], tls: Some(identity), ..Default::default() };
-    let env = Env::with_config(config, true);
+    let env = Env::with_config(EndpointConfig { tls: Some(identity), ..config }, true);
     assert!(env.url.starts_with("https://127.0.0.1:"), "{}", env.url);
     let keep = Scratch::new();
     let ca = keep.dir.path().join("ca.pem");
@@ -72,4 +76,89 @@ fn https_without_the_ca_fails_at_once_with_the_reason() {
     let out = run(env.cmd().arg("--ca-bundle").arg(&missing).arg("s3://tls").arg(scratch.dest()));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("missing.pem"), "{}", stderr(&out));
+}
+
+/// `n` small objects under ten prefixes.
+fn small_objects(n: usize) -> Vec<(String, Bytes)> {
+    (0..n)
+        .map(|i| {
+            let key = format!("p{}/o{i:05}", i % 10);
+            let data = content(&key, 512 + i % 700);
+            (key, data)
+        })
+        .collect()
+}
+
+/// A copy of bucket `tls` with `--workers W` and the run's stats.
+fn copy_with_stats(env: &Env, ca: &std::path::Path, workers: &str, want: &Tree) -> serde_json::Value {
+    let scratch = Scratch::new();
+    let json = scratch.dir.path().join("stats.json");
+    let out = run(env
+        .cmd()
+        .arg("--ca-bundle")
+        .arg(ca)
+        .args(["--workers", workers, "--stats-json"])
+        .arg(&json)
+        .arg("s3://tls")
+        .arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_tree(&read_tree(&scratch.dest()), want);
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+#[test]
+fn at_0_ms_connections_follow_the_gets_in_flight_not_the_workers() {
+    let objs = small_objects(3000);
+    let want = expected_tree(&objs, "");
+    let (env, _keep, ca) = https_env(objs);
+    let doc = copy_with_stats(&env, &ca, "1024", &want);
+    let fetch = &doc["fetch"];
+    let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
+    let window = fetch["in_flight_window"].as_u64().expect("in_flight_window");
+    // An endpoint on the same machine answers in well under a millisecond: the window
+    // stops where more GETs would only queue, far below 1,024 workers.
+    assert!(window < 1024, "window {window} with 1,024 workers at 0 ms: {fetch}");
+    assert!((1..=window).contains(&opened), "{opened} connections for a window of {window}: {fetch}");
+}
+
+#[test]
+fn with_30_ms_to_the_first_byte_the_window_grows_to_what_the_round_trip_needs() {
+    let objs = small_objects(1500);
+    let want = expected_tree(&objs, "");
+    let (env, _keep, ca) = https_env_with(EndpointConfig {
+        buckets: vec![bucket("tls", objs)],
+        get_latency: std::time::Duration::from_millis(30),
+        ..Default::default()
+    });
+    let doc = copy_with_stats(&env, &ca, "128", &want);
+    let fetch = &doc["fetch"];
+    let window = fetch["in_flight_window"].as_u64().expect("in_flight_window");
+    let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
+    // 16 GETs at 30 ms carry ~500 objects/s; nothing queues, so the window doubles to the
+    // 128 workers, and connections follow it.
+    assert_eq!(window, 128, "{fetch}");
+    assert!(opened > 16 && opened <= 128, "{opened} connections: {fetch}");
+    // Connections opened after the first ones resume a session from their tickets.
+    let resumed = fetch["connections_resumed"].as_u64().expect("connections_resumed");
+    assert!(resumed > 0 && resumed < opened, "{resumed} of {opened} resumed: {fetch}");
+}
+
+#[test]
+fn connections_reopened_after_resets_resume_their_tls_session() {
+    let objs = small_objects(1000);
+    let want = expected_tree(&objs, "");
+    // 3 % of GETs lose their connection before an answer: each is reopened.
+    let (env, _keep, ca) = https_env_with(EndpointConfig {
+        buckets: vec![bucket("tls", objs)],
+        faults: s3uring::endpoint::Faults { reset: 0.03, ..Default::default() },
+        ..Default::default()
+    });
+    let doc = copy_with_stats(&env, &ca, "8", &want);
+    let fetch = &doc["fetch"];
+    let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
+    let resumed = fetch["connections_resumed"].as_u64().expect("connections_resumed");
+    assert!(fetch["retries"].as_u64().expect("retries") > 0, "resets were retried: {fetch}");
+    assert!(opened > 8, "resets reopen connections beyond the 8 workers' first ones: {fetch}");
+    // At most the first 8 connections need a full handshake.
+    assert!(resumed > 0 && resumed + 8 >= opened, "{resumed} of {opened} resumed: {fetch}");
 }
