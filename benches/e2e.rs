@@ -9,12 +9,15 @@
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
 //!     [--engines uring,threads,bare-loop,s5cmd,rclone,rclone-fast-list,aws] [--dests /dev/shm,target/bench-disk] [--workers 512] [--queue 4096]
 //!     [--latency-ms 0] [--anonymous] [--extra "more s3uring flags"]
-//!     [--schemes http,https] [--clean-each] [--out bench-results/DATE-MACHINE]
+//!     [--schemes http,https] [--pin] [--clean-each] [--out bench-results/DATE-MACHINE]
 //! ```
 //!
 //! `--schemes http,https` starts one endpoint per scheme (the HTTPS one with a certificate
-//! from a private CA made for the run, which s3uring trusts through `--ca-bundle`) and
-//! interleaves them; HTTPS rows are labelled `ENGINE@https`. `--clean-each` deletes each
+//! from a private CA made for the run) and interleaves them; HTTPS rows are labelled
+//! `ENGINE@https`. Every client is given the CA the way it takes one: s3uring `--ca-bundle`,
+//! rclone `--ca-cert`, s5cmd `AWS_CA_BUNDLE`, the AWS CLI `--ca-bundle`. `--pin` runs the
+//! endpoint on the last core and every client on the others (`taskset`), so that client and
+//! server do not take turns on one core. `--clean-each` deletes each
 //! run's tree right after it is measured (for large objects that would not fit twice; for
 //! many small files it makes ext4's allocator crawl in the next run, so it is off by default).
 //!
@@ -49,6 +52,7 @@ struct Opts {
     extra: Vec<String>,
     out: Option<PathBuf>,
     schemes: Vec<String>,
+    pin: bool,
     clean_each: bool,
 }
 
@@ -66,6 +70,7 @@ fn parse_opts() -> Opts {
         extra: vec![],
         out: None,
         schemes: vec!["http".into()],
+        pin: false,
         clean_each: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -90,6 +95,11 @@ fn parse_opts() -> Opts {
             "--schemes" => o.schemes = v.split(',').map(str::to_owned).collect(),
             "--clean-each" => {
                 o.clean_each = true;
+                i += 1;
+                continue;
+            }
+            "--pin" => {
+                o.pin = true;
                 i += 1;
                 continue;
             }
@@ -125,8 +135,21 @@ impl Drop for Server {
     }
 }
 
+/// `--pin`: the endpoint's core and the clients' cores (`taskset -c` lists).
+fn pinned_cores() -> (String, String) {
+    let n: usize = sh("nproc").parse().unwrap_or(1).max(2);
+    ((n - 1).to_string(), format!("0-{}", n - 2))
+}
+
 fn start_server(bin: &str, o: &Opts, https: bool, dir: &Path) -> Server {
-    let mut cmd = Command::new(bin);
+    let mut cmd = if o.pin {
+        // taskset execs the endpoint: the child's pid is the endpoint's.
+        let mut c = Command::new("taskset");
+        c.args(["-c", &pinned_cores().0, bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
     cmd.arg("serve");
     let ca = https.then(|| {
         let (cert, key, ca) = private_ca();
@@ -191,11 +214,18 @@ struct Row {
 /// the same endpoint and data, run under GNU time for CPU and peak RSS measured alike.
 fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Path) -> Command {
     let url = server.url.as_str();
-    let mut c = Command::new("/usr/bin/time");
+    let mut c = if o.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &pinned_cores().1, "/usr/bin/time"]);
+        c
+    } else {
+        Command::new("/usr/bin/time")
+    };
     c.args(["-f", "BENCHTIME %e %U %S %M"]);
     // The machine sets AWS_CA_BUNDLE; the Go SDK inside rclone refuses it on its transport,
     // and plain HTTP to 127.0.0.1 needs no CA.
     c.env_remove("AWS_CA_BUNDLE");
+    let ca = server.ca.as_deref();
     c.env("AWS_ACCESS_KEY_ID", "s3uring")
         .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
         .env("AWS_REGION", "us-east-1")
@@ -206,8 +236,15 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
             c.args(["aws", "--endpoint-url", url, "s3", "cp", "--recursive", "--only-show-errors", "s3://bench"])
                 .arg(dest)
                 .args(o.anonymous.then_some("--no-sign-request"));
+            if let Some(ca) = ca {
+                c.arg("--ca-bundle").arg(ca);
+            }
         }
         "s5cmd" => {
+            if let Some(ca) = ca {
+                // aws-sdk-go (v1) inside s5cmd reads the CA bundle from the environment.
+                c.env("AWS_CA_BUNDLE", ca);
+            }
             c.args(["s5cmd", "--endpoint-url", url])
                 .args(o.anonymous.then_some("--no-sign-request"))
                 .args(["cp", "s3://bench/*"])
@@ -220,6 +257,9 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
                 .env("RCLONE_CONFIG_BENCH_ENDPOINT", url)
                 .args(["rclone", "copy", "bench:bench"])
                 .arg(dest);
+            if let Some(ca) = ca {
+                c.arg("--ca-cert").arg(ca);
+            }
             if !o.anonymous {
                 // Without keys rclone sends anonymous requests.
                 c.env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", "s3uring")
@@ -236,10 +276,9 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
                 Some(io) => (io, "sdk"),
                 None => (engine, "lean"),
             };
-            if let Some(ca) = &server.ca {
-                c.arg(bin).arg("--ca-bundle").arg(ca);
-            } else {
-                c.arg(bin);
+            c.arg(bin);
+            if let Some(ca) = ca {
+                c.arg("--ca-bundle").arg(ca);
             }
             c.args(["-q", "--endpoint-url", url, "--io-engine", io, "--fetch-engine", fetch])
                 .args(o.anonymous.then_some("--no-sign-request"))
@@ -251,10 +290,6 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
         }
     }
     c
-}
-
-fn is_peer(engine: &str) -> bool {
-    matches!(engine, "aws" | "s5cmd" | "rclone" | "rclone-fast-list")
 }
 
 /// Peers that are installed, with their versions (recorded in the summary).
@@ -336,7 +371,6 @@ fn main() {
                     *e != "bare-loop" || scheme == &o.schemes[0]
                 })
             {
-                assert!(scheme == "http" || !is_peer(engine), "peers are run over http only");
                 let engine = &if scheme == "http" { engine.clone() } else { format!("{engine}@{scheme}") };
                 // A fresh directory per run, all removed at the end: deleting a tree between
                 // runs makes ext4's inode allocator crawl over "recently deleted" inodes in
@@ -420,16 +454,17 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     let more_flags = format!(
         "{}{}",
         if o.schemes == ["http"] { String::new() } else { format!(" --schemes {}", o.schemes.join(",")) },
-        if o.clean_each { " --clean-each" } else { "" }
+        if o.clean_each { " --clean-each" } else { "" },
     );
+    let more_flags = if o.pin { format!("{more_flags} --pin") } else { more_flags };
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
          - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}{}`\n\
          - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\
          - clients run under GNU time (`/usr/bin/time`): client CPU = user + sys, RSS = max resident\n\
          - peers: {}\n\n\
-         | dest (fs) | engine | runs | median objects/s | median MiB/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop | vs best peer |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | dest (fs) | engine | runs | median objects/s | median MiB/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop | vs best peer | client CPU vs HTTP |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         o.objects,
         o.size,
         o.latency_ms,
@@ -456,21 +491,31 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
                 .get(&(dest.clone(), engine.to_owned()))
                 .map(|b| median(b.iter().map(|r| r.objects_per_sec).collect()))
         };
+        // Peers over the same scheme as this row.
+        let scheme = engine.find('@').map_or("", |i| &engine[i..]);
         let best_peer = ["aws", "s5cmd", "rclone", "rclone-fast-list"]
             .iter()
-            .filter(|_| !engine.contains('@'))
-            .filter_map(|p| median_of(p))
+            .filter_map(|p| median_of(&format!("{p}{scheme}")))
             .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
+        // Over HTTPS: client CPU per object against the same engine over HTTP.
+        let cpu_of = |engine: &str| {
+            groups.get(&(dest.clone(), engine.to_owned())).map(|b| median(b.iter().map(|r| r.client_cpu_us).collect()))
+        };
+        let base = engine.split('@').next().unwrap_or(engine);
+        let cpu_vs_http = match (scheme.is_empty(), cpu_of(engine), cpu_of(base)) {
+            (false, Some(tls), Some(plain)) if plain > 0.0 => format!("{:.2}×", tls / plain),
+            _ => "-".to_owned(),
+        };
         let ratio = |base: Option<f64>| base.map_or("-".to_owned(), |b| format!("{:.2}×", ops / b.max(1.0)));
         md += &format!(
-            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {cpu_vs_http} |\n",
             fs_type(dest),
             rs.len(),
             ops * o.size as f64 / (1 << 20) as f64,
             median(rs.iter().map(|r| r.client_cpu_us).collect()),
             median(rs.iter().map(|r| r.server_cpu_us).collect()),
             median(rs.iter().map(|r| r.peak_rss_mib).collect()),
-            ratio(median_of("threads")),
+            ratio(median_of(&format!("threads{scheme}"))),
             ratio(median_of("bare-loop")),
             ratio(best_peer),
         );
