@@ -128,7 +128,8 @@ struct S3Args {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Tuning")]
 struct Tuning {
-    /// Concurrent GETs (long-lived fetch tasks).
+    /// The most concurrent GETs (long-lived fetch tasks). The GETs in flight, and the
+    /// connections they share, start at 16 and grow to what the latency needs, up to N.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WORKERS as u32,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     workers: u32,
