@@ -12,7 +12,7 @@
 //!     [--schemes http,https] [--pin] [--clean-each] [--out bench-results/DATE-MACHINE]
 //! ```
 //!
-//! `--schemes http,https` starts one endpoint per scheme (the HTTPS one with a certificate
+//! `--schemes http,https` (the default) starts one endpoint per scheme (the HTTPS one with a certificate
 //! from a private CA made for the run) and interleaves them; HTTPS rows are labelled
 //! `ENGINE@https`. Every client is given the CA the way it takes one: s3uring `--ca-bundle`,
 //! rclone `--ca-cert`, s5cmd `AWS_CA_BUNDLE`, the AWS CLI `--ca-bundle`. `--pin` runs the
@@ -69,7 +69,8 @@ fn parse_opts() -> Opts {
         anonymous: false,
         extra: vec![],
         out: None,
-        schemes: vec!["http".into()],
+        // Real S3 speaks HTTPS: every comparison runs over both unless told otherwise.
+        schemes: vec!["http".into(), "https".into()],
         pin: false,
         clean_each: false,
     };
@@ -452,11 +453,11 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     }
     let fs_type = |d: &str| sh(&format!("findmnt -no FSTYPE -T {d} | head -1"));
     let more_flags = format!(
-        "{}{}",
-        if o.schemes == ["http"] { String::new() } else { format!(" --schemes {}", o.schemes.join(",")) },
+        " --schemes {}{}{}",
+        o.schemes.join(","),
         if o.clean_each { " --clean-each" } else { "" },
+        if o.pin { " --pin" } else { "" },
     );
-    let more_flags = if o.pin { format!("{more_flags} --pin") } else { more_flags };
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
          - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}{}`\n\

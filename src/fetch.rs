@@ -141,13 +141,17 @@ impl Engine {
         self.throttle.lane(group).crowded()
     }
 
-    /// A place in the window of GETs in flight for a whole object; a part needs none (see
-    /// [`crate::window`]).
-    async fn place(&self, range: Option<&ByteRange>) -> Option<Slot<'_>> {
-        match range {
-            None => Some(self.window.acquire().await),
-            Some(_) => None,
-        }
+    /// The rate limiter's send slot, then a place in the window of GETs in flight. A part
+    /// needs no place (see [`crate::window`]), nor does any GET once the service has
+    /// throttled the run (or `--max-rate` caps it): the limiters then pace GETs and bound
+    /// them in flight, and a paced GET queued behind unlimited ones would miss its slot.
+    async fn go(&self, lane: &Arc<Limiter>, range: Option<&ByteRange>) -> (Ticket<'_>, Option<Slot<'_>>) {
+        let ticket = self.throttle.acquire(lane.clone()).await;
+        let slot = match range {
+            None if !self.throttle.engaged() => Some(self.window.acquire().await),
+            _ => None,
+        };
+        (ticket, slot)
     }
 
     /// One request, bounded as a whole by [`attempt_timeout`] (connect and first byte have
@@ -161,7 +165,6 @@ impl Engine {
         first_byte: &AtomicBool,
     ) -> Result<Fetched, GetError> {
         let limit = attempt_timeout(size);
-        let sent = std::time::Instant::now();
         let got = tokio::time::timeout(limit, async {
             match &self.kind {
                 Kind::Lean(lean) => lean.get(key, self.version_id.as_deref(), range, first_byte).await,
@@ -178,8 +181,10 @@ impl Engine {
             }
         })
         .await;
-        if let (Some(slot), Ok(r)) = (slot, &got) {
-            slot.answered(r.as_ref().map_or_else(|_| sent.elapsed(), |f| f.ttfb));
+        // Only objects answered measure the round trip: a 503 SlowDown or an error comes back
+        // at once, and its time would pass for the path's least time to first byte.
+        if let (Some(slot), Ok(Ok(f))) = (slot, &got) {
+            slot.answered(f.ttfb);
         }
         // Timed out: the request was dropped with its connection, mid-response.
         got.unwrap_or_else(|_| Err(GetError::transient(format!("attempt timed out after {} s", limit.as_secs()))))
@@ -216,9 +221,8 @@ impl Engine {
         lane: &Arc<Limiter>,
         report: &Report,
     ) -> Result<Fetched, GetError> {
-        // The rate limiter's send slot, then a place in the window: the hedge timer starts
-        // once the request may go.
-        let go = (self.throttle.acquire(lane.clone()).await, self.place(range).await);
+        // The hedge timer starts once the request may go.
+        let go = self.go(lane, range).await;
         let first_byte = AtomicBool::new(false);
         let Some(after) = self.hedge_after.filter(|_| size <= HEDGE_MAX_SIZE) else {
             return self.sent(go, key, size, range, &first_byte).await;
@@ -237,7 +241,7 @@ impl Engine {
                     } else {
                     report.hedged();
                     let second = async {
-                        let go = (self.throttle.acquire(lane.clone()).await, self.place(range).await);
+                        let go = self.go(lane, range).await;
                         self.sent(go, key, size, range, &AtomicBool::new(false)).await
                     };
                     tokio::pin!(second);

@@ -21,7 +21,10 @@
 //! It never shrinks: connections once opened stay in use (no churn), and a window larger
 //! than needed costs nothing while the rate limiter ([`crate::throttle`]) or an empty key
 //! queue holds GETs back. `--workers` is its ceiling. Parts of large objects are not in it:
-//! their count is bounded by the byte budget and `--part-concurrency`.
+//! their count is bounded by the byte budget and `--part-concurrency`. Nor are any GETs
+//! once the service has throttled the run (or `--max-rate` caps it): the rate limiters then
+//! choose send times and bound GETs in flight, and a paced GET queued here behind unlimited
+//! ones would miss its slot.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -93,7 +96,8 @@ pub struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    /// The GET was answered (any status) after `ttfb` from sending it.
+    /// The GET was answered with its object after `ttfb` from sending it (errors and
+    /// throttling answers are not counted: they come back at once).
     pub fn answered(self, ttfb: Duration) {
         self.window.answered(Instant::now(), ttfb);
     }
