@@ -141,16 +141,19 @@ impl Engine {
         self.throttle.lane(group).crowded()
     }
 
-    /// The rate limiter's send slot, then a place in the window of GETs in flight. A part
+    /// A place in the window of GETs in flight, then the rate limiter's send slot. A part
     /// needs no place (see [`crate::window`]), nor does any GET once the service has
     /// throttled the run (or `--max-rate` caps it): the limiters then pace GETs and bound
     /// them in flight, and a paced GET queued behind unlimited ones would miss its slot.
+    /// The send slot comes last, right before sending: a GET that waited for its place
+    /// while the service began to throttle is paced like the rest, not let go unpaced with
+    /// a slot taken before.
     async fn go(&self, lane: &Arc<Limiter>, range: Option<&ByteRange>) -> (Ticket<'_>, Option<Slot<'_>>) {
-        let ticket = self.throttle.acquire(lane.clone()).await;
         let slot = match range {
             None if !self.throttle.engaged() => Some(self.window.acquire().await),
             _ => None,
         };
+        let ticket = self.throttle.acquire(lane.clone()).await;
         (ticket, slot)
     }
 

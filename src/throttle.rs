@@ -28,8 +28,9 @@
 //!   is next in line, so a cut applies to the very next GET.
 //! - **Per partition.** S3 throttles per prefix partition. Keys start in one partition (a
 //!   cold bucket is one); when the throttling answers come from some first path components
-//!   below SOURCE's prefix while the GETs of the others all succeed at the same time (and
-//!   enough of them that this is not chance), those components get limiters of their own
+//!   below SOURCE's prefix while the GETs of the others all succeed at the same time (sent
+//!   through the same crowded gate within 20 ms of a throttled one, and enough of them that
+//!   this is not chance), those components get limiters of their own
 //!   and the rest is unlimited again. The pipeline parks keys of a partition whose gate is
 //!   crowded, so that GETs of other partitions are not stuck behind them; fetchers take
 //!   parked keys as gates signal room (once listing is over, whatever is parked goes to
@@ -91,6 +92,8 @@ const SPLIT_MIN_OTHERS: u64 = 64;
 const SPLIT_CHANCE: f64 = 0.01;
 /// Per-partition answers count half after this long, and a quarter after twice as long…
 const SPLIT_WINDOW: Duration = Duration::from_millis(500);
+/// A success is evidence only if its GET was sent this close to one that was throttled.
+const SPLIT_NEAR: Duration = Duration::from_millis(20);
 /// The evidence is looked at this often (besides on every throttling answer).
 const SPLIT_LOOK: Duration = Duration::from_millis(50);
 /// A group tried on a limiter of its own starts at the root's rate and doubles it every
@@ -181,6 +184,9 @@ pub struct Ticket<'a> {
     limiter: Arc<Limiter>,
     /// When it was sent, if its limiter was engaged (else feedback is always fresh).
     sent: Option<Instant>,
+    /// It passed a crowded gate: sent among GETs of every group the pipeline had parked,
+    /// so its answer is evidence of where throttling comes from (module notes).
+    crowded: bool,
 }
 
 impl Drop for Ticket<'_> {
@@ -390,7 +396,7 @@ impl Throttle {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             lane.sends.record(self.ms(asked));
             let sent = self.engaged.load(Ordering::Relaxed).then_some(asked);
-            return Ticket { throttle: self, limiter: lane, sent };
+            return Ticket { throttle: self, limiter: lane, sent, crowded: false };
         }
         lane.waiting.fetch_add(1, Ordering::Relaxed);
         let sent = {
@@ -400,7 +406,8 @@ impl Throttle {
             }
             Instant::now()
         };
-        if lane.waiting.fetch_sub(1, Ordering::Relaxed) == CROWDED {
+        let waiting = lane.waiting.fetch_sub(1, Ordering::Relaxed);
+        if waiting == CROWDED {
             // One GET passed a crowded gate: room for one parked key.
             self.room.notify_one();
         }
@@ -414,7 +421,7 @@ impl Throttle {
             self.min_in_flight.fetch_min(in_flight, Ordering::Relaxed);
         }
         self.waited_ns.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
-        Ticket { throttle: self, limiter: lane, sent: Some(sent) }
+        Ticket { throttle: self, limiter: lane, sent: Some(sent), crowded: waiting >= CROWDED / 2 }
     }
 
     /// The answer to the GET that `ticket` let go; `key` names its partition.
@@ -460,7 +467,8 @@ impl Throttle {
         if !root && self.trying.load(Ordering::Relaxed) {
             self.trial_answer(lane, throttled, now);
         }
-        if lane.feedback(ticket.sent, throttled, now, ms, root.then_some(child.unwrap_or(""))) && root {
+        let child = root.then_some(child.unwrap_or(""));
+        if lane.feedback(ticket.sent, throttled, now, ms, child, ticket.crowded) && root {
             self.maybe_split(now);
         }
     }
@@ -570,6 +578,9 @@ struct State {
     /// [all, throttled].
     children: HashMap<Box<str>, [u64; 2]>,
     window: Option<Instant>,
+    /// When the last GET answered with throttling was sent: a success counts as evidence
+    /// only if it was sent at about the same time ([`SPLIT_NEAR`]).
+    throttled_sent: Option<Instant>,
     /// When the evidence was last looked at.
     looked: Option<Instant>,
     cuts: u64,
@@ -597,6 +608,7 @@ impl Limiter {
                 doubling: None,
                 children: HashMap::new(),
                 window: None,
+                throttled_sent: None,
                 looked: None,
                 cuts: 0,
                 throttled: 0,
@@ -637,23 +649,33 @@ impl Limiter {
     }
 
     /// One answer to a GET of this partition sent at `sent` (`None`: before anything was
-    /// limited); `child`: for the root partition, the first path component of its key.
-    /// True when the root should look at splitting partitions off.
-    fn feedback(&self, sent: Option<Instant>, throttled: bool, now: Instant, now_ms: u64, child: Option<&str>) -> bool {
+    /// limited); `child`: for the root partition, the first path component of its key;
+    /// `crowded`: the GET passed a crowded gate. True when the root should look at
+    /// splitting partitions off.
+    fn feedback(
+        &self,
+        sent: Option<Instant>,
+        throttled: bool,
+        now: Instant,
+        now_ms: u64,
+        child: Option<&str>,
+        crowded: bool,
+    ) -> bool {
         let limited = self.limited.load(Ordering::Acquire);
         if !throttled && !limited {
             return false;
         }
         let Ok(mut s) = self.state.lock() else { return false };
-        // Only while the gate is busy: then the pipeline hands it parked keys of every group
-        // in turn, so the groups' answers are contemporaneous. Otherwise keys come in
+        // Only GETs that passed a busy gate: the pipeline then hands it parked keys of every
+        // group in turn, so the groups' answers are contemporaneous. Otherwise keys come in
         // listing order, one group after another, and a group throttled *now* would look
-        // hot beside groups that succeeded a moment ago.
+        // hot beside groups that succeeded a moment ago (GETs sent unpaced while the
+        // service's bucket still had room, whose answers come after the gate filled).
         // Splitting is looked at on every throttling answer, and every 50 ms besides
         // (throttling answers may have become rare by then, while the evidence is complete).
         let mut evaluate = throttled;
-        if let Some(name) = child.filter(|_| limited && self.waiting.load(Ordering::Relaxed) >= CROWDED / 2) {
-            evaluate |= s.count_child(name, throttled, now);
+        if let (Some(name), Some(sent)) = (child.filter(|_| limited && crowded), sent) {
+            evaluate |= s.count_child(name, throttled, sent, now);
         }
         s.throttled += u64::from(throttled);
         if let Some(sent) = sent {
@@ -747,8 +769,7 @@ impl Limiter {
     /// Drops the evidence about which first path components throttle.
     fn forget_children(&self) {
         if let Ok(mut s) = self.state.lock() {
-            s.children.clear();
-            s.window = None;
+            s.clear_evidence();
         }
     }
 
@@ -760,8 +781,7 @@ impl Limiter {
             s.probe = None;
             s.doubling = None;
             s.w = s.cap;
-            s.children.clear();
-            s.window = None;
+            s.clear_evidence();
             self.limited.store(s.cap.is_finite(), Ordering::Release);
         }
     }
@@ -800,8 +820,8 @@ impl Limiter {
         {
             return None;
         }
-        s.children.clear();
-        s.window = None;
+        tracing::debug!(partition = %self.name, evidence = ?s.children, "throttling comes from some groups only");
+        s.clear_evidence();
         Some(hot)
     }
 
@@ -824,6 +844,12 @@ impl Limiter {
 }
 
 impl State {
+    fn clear_evidence(&mut self) {
+        self.children.clear();
+        self.window = None;
+        self.throttled_sent = None;
+    }
+
     /// The CUBIC rate at `now`, within `[MIN_RATE, cap]`.
     fn rate(&self, now: Instant) -> f64 {
         let Some(epoch) = self.epoch else { return self.cap };
@@ -856,9 +882,15 @@ impl State {
         target
     }
 
-    /// Counts one answer of a first path component; true when it is time to look at the
-    /// evidence again.
-    fn count_child(&mut self, name: &str, throttled: bool, now: Instant) -> bool {
+    /// Counts one answer, to a GET sent at `sent`, of a first path component; true when it
+    /// is time to look at the evidence again.
+    ///
+    /// Every throttling answer counts; a success only if its GET was sent within
+    /// [`SPLIT_NEAR`] of the last one throttled: a group succeeding *while* another is
+    /// throttled says the two do not share a limit; a group that succeeded a moment before
+    /// or after says nothing (keys come in blocks, group after group, and the ones in flight
+    /// when a burst overdraws a shared bucket all look hot).
+    fn count_child(&mut self, name: &str, throttled: bool, sent: Instant, now: Instant) -> bool {
         let look = self.looked.is_none_or(|t| now.duration_since(t) >= SPLIT_LOOK);
         if look {
             self.looked = Some(now);
@@ -871,6 +903,11 @@ impl State {
                 c[1] /= 2;
                 c[0] > 0
             });
+        }
+        if throttled {
+            self.throttled_sent = Some(self.throttled_sent.map_or(sent, |t| t.max(sent)));
+        } else if self.throttled_sent.is_none_or(|t| t.max(sent) - t.min(sent) > SPLIT_NEAR) {
+            return look;
         }
         let c = match self.children.get_mut(name) {
             Some(c) => c,
@@ -1039,7 +1076,7 @@ mod tests {
                     Event::Answer { w, sent, engaged, admitted } => {
                         let sent_at = engaged.then(|| self.at(sent));
                         self.engaged |= !admitted;
-                        self.limiter.feedback(sent_at, !admitted, self.at(us), us / 1000, None);
+                        self.limiter.feedback(sent_at, !admitted, self.at(us), us / 1000, None, false);
                         if admitted {
                             self.want(w, us);
                         } else {
@@ -1115,7 +1152,7 @@ mod tests {
         let l = Limiter::new(String::new(), Some(1000.0), base);
         let at = |ms: u64| base + Duration::from_millis(ms);
         for ms in 0..40 {
-            l.feedback(Some(at(ms)), ms == 5, at(ms + 10), ms + 10, None);
+            l.feedback(Some(at(ms)), ms == 5, at(ms + 10), ms + 10, None, false);
         }
         let s = l.state.lock().unwrap();
         assert_eq!((s.cuts, s.throttled), (0, 1), "one throttle among many successes is noise");
@@ -1130,9 +1167,9 @@ mod tests {
             l.sends.record(ms);
         }
         // The first throttling answer cuts; a burst of answers to GETs sent before it does not.
-        l.feedback(None, true, at(100), 100, None);
+        l.feedback(None, true, at(100), 100, None, false);
         for ms in 0..50 {
-            l.feedback(Some(at(95)), true, at(101 + ms), 101 + ms, None);
+            l.feedback(Some(at(95)), true, at(101 + ms), 101 + ms, None, false);
         }
         let s = l.state.lock().unwrap();
         assert_eq!(s.cuts, 1);
@@ -1144,7 +1181,7 @@ mod tests {
     /// A ticket for a GET of `lane` sent now (as [`Throttle::acquire`] gives one).
     fn ticket(t: &Throttle, lane: Arc<Limiter>) -> Ticket<'_> {
         t.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ticket { throttle: t, limiter: lane, sent: Some(Instant::now()) }
+        Ticket { throttle: t, limiter: lane, sent: Some(Instant::now()), crowded: true }
     }
 
     /// The root limited by throttling of `a/` keys, long enough ago to count as settled.
@@ -1202,6 +1239,48 @@ mod tests {
         let s = t.root.state.lock().unwrap();
         assert_eq!(s.cuts, before, "answers during a trial measure the two lanes together: no cut");
         assert_eq!(s.throttled, 41, "but they are counted");
+    }
+
+    /// Answers through the root, from GETs sent just before, that passed a crowded gate or
+    /// not.
+    fn answers(t: &Throttle, crowded: bool, answers: impl Iterator<Item = (String, Answer)>) {
+        for (key, answer) in answers {
+            t.in_flight.fetch_add(1, Ordering::Relaxed);
+            let ticket = Ticket { throttle: t, limiter: t.root.clone(), sent: Some(Instant::now()), crowded };
+            t.answered(ticket, &key, answer);
+        }
+    }
+
+    /// 100 successes of `b/` keys with a throttling answer of an `a/` key after every fifth.
+    fn b_while_a_throttled() -> impl Iterator<Item = (String, Answer)> {
+        (0..100).flat_map(|i| {
+            let a = (i % 5 == 0).then(|| (format!("a/{i}"), Answer::Throttled));
+            a.into_iter().chain([(format!("b/{i}"), Answer::Ok)])
+        })
+    }
+
+    #[test]
+    fn a_group_succeeding_while_another_is_throttled_is_split_off() {
+        let t = throttled_by_a();
+        answers(&t, true, b_while_a_throttled());
+        assert!(t.split_off("a/").is_some(), "contemporaneous answers: a/ is a partition of its own");
+        assert!(!t.root.limited.load(Ordering::Relaxed), "the rest runs free");
+    }
+
+    #[test]
+    fn gets_sent_unpaced_are_no_evidence() {
+        let t = throttled_by_a();
+        answers(&t, false, b_while_a_throttled());
+        assert!(t.split_off("a/").is_none(), "sent past an empty gate, in listing order: not contemporaneous");
+    }
+
+    #[test]
+    fn successes_before_the_throttling_began_are_no_evidence() {
+        let t = throttled_by_a();
+        let b = (0..100).map(|i| (format!("b/{i}"), Answer::Ok));
+        let a = (0..20).map(|i| (format!("a/{i}"), Answer::Throttled));
+        answers(&t, true, b.chain(a));
+        assert!(t.split_off("a/").is_none(), "b/ was sent before a/ met the limit: no evidence they differ");
     }
 
     #[test]
