@@ -67,6 +67,10 @@ const CUBIC_C: f64 = 0.2;
 const FIRST_CUT: f64 = 0.5;
 /// Fresh answers that measure the accepted fraction after a throttling answer.
 pub const PROBE_ANSWERS: u64 = 16;
+/// After a cut that halved (the fraction said little), the rate doubles every this many
+/// round trips, and at least this long, until the next measurement.
+const REMEASURE_RTTS: u32 = 4;
+const MIN_DOUBLING: Duration = Duration::from_millis(20);
 /// Never paced slower than this (GET/s).
 const MIN_RATE: f64 = 2.0;
 /// Far enough above `W`, with no throttling, the limiter lets go.
@@ -572,8 +576,11 @@ struct State {
     next: Instant,
     /// After a fresh throttling answer: fresh answers since, [succeeded, throttled].
     probe: Option<[u64; 2]>,
-    /// A group on trial: the rate doubles this often instead of following the curve.
+    /// The rate doubles this often instead of following the curve: a group on trial, or a
+    /// rate halved after an overshoot it could not measure.
     doubling: Option<Duration>,
+    /// A group on trial: its rate grows by the clock, used or not.
+    trial: bool,
     /// Root partition: answers by first path component in the current window,
     /// [all, throttled].
     children: HashMap<Box<str>, [u64; 2]>,
@@ -606,6 +613,7 @@ impl Limiter {
                 next: started,
                 probe: None,
                 doubling: None,
+                trial: false,
                 children: HashMap::new(),
                 window: None,
                 throttled_sent: None,
@@ -638,8 +646,8 @@ impl Limiter {
             // group on trial doubles by the clock: its keys come as fetchers free up, which
             // is what the trial is about.
             let idle = late - s.next;
-            let doubling = s.doubling.is_some();
-            if let Some(epoch) = s.epoch.as_mut().filter(|_| !doubling) {
+            let trial = s.trial;
+            if let Some(epoch) = s.epoch.as_mut().filter(|_| !trial) {
                 *epoch += idle;
             }
         }
@@ -714,11 +722,20 @@ impl Limiter {
                     s.probe = None;
                     if thr > 1 {
                         // Far above the limit the fraction says little (a bucket that a burst
-                        // left in debt answers nothing for a while): halve, and measure again.
-                        let accepted = (ok as f64 / (ok + thr) as f64).max(0.5);
-                        let target = BETA * s.rate(now) * accepted;
+                        // left in debt answers nothing for a while): halve, and measure again
+                        // — climbing back by doubling every few round trips, since the limit
+                        // may be anywhere below where the burst went.
+                        let fraction = ok as f64 / (ok + thr) as f64;
+                        let target = BETA * s.rate(now) * fraction.max(0.5);
                         s.cut(target, now);
+                        if fraction <= 0.5 {
+                            s.doubling = Some((s.srtt * REMEASURE_RTTS).max(MIN_DOUBLING));
+                        }
                         tracing::debug!(partition = %self.name, rate = target, ok, thr, "throttled: rate cut");
+                    } else if s.doubling.is_some() {
+                        // Near the limit again: on the curve from here.
+                        let rate = s.rate(now);
+                        s.restart(rate, now);
                     }
                 }
             }
@@ -739,6 +756,7 @@ impl Limiter {
         if let Ok(mut s) = self.state.lock() {
             s.restart(rate, now);
             s.doubling = Some(every);
+            s.trial = true;
             self.limited.store(true, Ordering::Release);
         }
     }
@@ -780,6 +798,7 @@ impl Limiter {
             s.changed = Some(now);
             s.probe = None;
             s.doubling = None;
+            s.trial = false;
             s.w = s.cap;
             s.clear_evidence();
             self.limited.store(s.cap.is_finite(), Ordering::Release);
@@ -879,6 +898,7 @@ impl State {
         self.changed = Some(now);
         self.probe = None;
         self.doubling = None;
+        self.trial = false;
         target
     }
 
