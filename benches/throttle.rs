@@ -137,11 +137,9 @@ fn client(bin: &str, engine: &str, url: &str, source: &str, dest: &Path) -> (f64
 
 fn main() {
     let o = parse_opts();
-    let bin = "target/release/s3uring";
-    assert!(
-        Command::new("cargo").args(["build", "--release", "--quiet"]).status().is_ok_and(|s| s.success()),
-        "cargo build --release"
-    );
+    // The binary cargo built for this bench (a nested `cargo build --release` would
+    // resolve features without the dev-dependencies and rebuild half the tree).
+    let bin = env!("CARGO_BIN_EXE_s3uring");
     let engines: Vec<String> =
         o.engines.iter().filter(|e| *e == "s3uring" || !sh(&format!("command -v {e}")).is_empty()).cloned().collect();
     let scratch = o.dest.join(format!("s3uring-throttle-bench-{}", std::process::id()));
