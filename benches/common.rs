@@ -6,6 +6,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+/// The bench's flags (`cargo bench` adds `--bench`, which no bench takes).
+pub fn opts<T: clap::Parser>() -> T {
+    T::parse_from(std::env::args().filter(|a| a != "--bench"))
+}
+
+/// The flags the bench was given, as the results quote them.
+pub fn command_line() -> String {
+    std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" ")
+}
+
 pub fn sh(cmd: &str) -> String {
     Command::new("sh")
         .args(["-c", cmd])
@@ -102,5 +112,43 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The machine, as every results file states it: cores, CPU model, kernel.
+pub fn machine() -> String {
+    format!(
+        "{} cores ({}), kernel {}",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'"),
+        sh("uname -r")
+    )
+}
+
+/// A Markdown table, laid out the same way by every bench.
+pub struct Table {
+    text: String,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        let mut t = Table { text: String::new() };
+        t.row(header);
+        t.text.push_str(&"|---".repeat(header.len()));
+        t.text.push_str("|\n");
+        t
+    }
+
+    pub fn row<S: std::fmt::Display>(&mut self, cells: &[S]) {
+        for c in cells {
+            self.text.push_str(&format!("| {c} "));
+        }
+        self.text.push_str("|\n");
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }

@@ -32,88 +32,51 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{bare_loop, median, proc_cpu, self_cpu, sh};
+use common::{Table, bare_loop, median, proc_cpu, self_cpu, sh};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
+/// The real binary against `s3uring serve`, each io engine and the peers, interleaved.
+#[derive(clap::Parser)]
 struct Opts {
+    #[arg(long, default_value_t = 20_000)]
     objects: u64,
+    #[arg(long, default_value_t = 4096)]
     size: u64,
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Clients (default: s3uring's engines, the bare loop and the peers installed).
+    #[arg(long, value_delimiter = ',')]
     engines: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_values = ["/dev/shm", "target/bench-disk"])]
     dests: Vec<PathBuf>,
+    #[arg(long, default_value = "512")]
     workers: String,
+    #[arg(long, default_value = "4096")]
     queue: String,
+    #[arg(long, default_value = "0")]
     latency_ms: String,
+    /// Unsigned requests, every client with its no-sign-request option.
+    #[arg(long)]
     anonymous: bool,
-    extra: Vec<String>,
+    /// More s3uring flags, in one argument.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    extra: String,
+    /// Directory for raw.csv and summary.md.
+    #[arg(long)]
     out: Option<PathBuf>,
+    /// Real S3 speaks HTTPS: every comparison runs over both unless told otherwise.
+    #[arg(long, value_delimiter = ',', default_values = ["http", "https"])]
     schemes: Vec<String>,
+    /// The endpoint on the last core, the clients on the others.
+    #[arg(long)]
     pin: bool,
+    /// Delete each run's tree right after it is measured.
+    #[arg(long)]
     clean_each: bool,
-}
-
-fn parse_opts() -> Opts {
-    let mut o = Opts {
-        objects: 20_000,
-        size: 4096,
-        repeat: 5,
-        engines: vec![],
-        dests: vec![PathBuf::from("/dev/shm"), PathBuf::from("target/bench-disk")],
-        workers: "512".into(),
-        queue: "4096".into(),
-        latency_ms: "0".into(),
-        anonymous: false,
-        extra: vec![],
-        out: None,
-        // Real S3 speaks HTTPS: every comparison runs over both unless told otherwise.
-        schemes: vec!["http".into(), "https".into()],
-        pin: false,
-        clean_each: false,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--objects" => o.objects = v.parse().expect("--objects N"),
-            "--size" => o.size = v.parse().expect("--size BYTES"),
-            "--repeat" => o.repeat = v.parse().expect("--repeat N"),
-            "--engines" => o.engines = v.split(',').map(str::to_owned).collect(),
-            "--dests" => o.dests = v.split(',').map(PathBuf::from).collect(),
-            "--workers" => o.workers = v,
-            "--queue" => o.queue = v,
-            "--latency-ms" => o.latency_ms = v,
-            "--anonymous" => {
-                o.anonymous = true;
-                i += 1;
-                continue;
-            }
-            "--extra" => o.extra = v.split_whitespace().map(str::to_owned).collect(),
-            "--schemes" => o.schemes = v.split(',').map(str::to_owned).collect(),
-            "--clean-each" => {
-                o.clean_each = true;
-                i += 1;
-                continue;
-            }
-            "--pin" => {
-                o.pin = true;
-                i += 1;
-                continue;
-            }
-            "--out" => o.out = Some(PathBuf::from(v)),
-            // `cargo bench` passes --bench; ignore anything else of libtest's.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
 }
 
 /// Where this bench process puts its runs under a destination base.
@@ -283,7 +246,7 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
             }
             c.args(["-q", "--endpoint-url", url, "--io-engine", io, "--fetch-engine", fetch])
                 .args(o.anonymous.then_some("--no-sign-request"))
-                .args(&o.extra)
+                .args(o.extra.split_whitespace())
                 .arg("--stats-json")
                 .arg(stats_path(dest))
                 .args(["--workers", &o.workers, "--queue", &o.queue, "s3://bench"])
@@ -338,7 +301,7 @@ fn parse_time(stderr: &str, objects: u64) -> (f64, f64) {
 }
 
 fn main() {
-    let mut o = parse_opts();
+    let mut o: Opts = common::opts();
     if o.engines.is_empty() {
         // The AWS CLI (~230 objects/s here) is opt-in: `--engines ...,aws`.
         o.engines = vec!["uring".into(), "threads".into(), "uring-sdk".into(), "bare-loop".into()];
@@ -352,7 +315,6 @@ fn main() {
     }
     let bin = env!("CARGO_BIN_EXE_s3uring");
     let date = sh("date -u +%Y-%m-%d");
-    let machine = format!("{}core-{}", sh("nproc"), sh("uname -r"));
     let out = o.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-e2e", sh("nproc"))));
     std::fs::create_dir_all(&out).expect("create output dir");
     let pems = scratch(Path::new("target")).join("pem");
@@ -424,10 +386,10 @@ fn main() {
     for d in &o.dests {
         let _ = std::fs::remove_dir_all(scratch(d));
     }
-    write_results(&out, &o, &rows, &date, &machine);
+    write_results(&out, &o, &rows, &date);
 }
 
-fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) {
+fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str) {
     let mut csv = String::from(
         "rep,dest,engine,seconds,objects_per_sec,client_cpu_us_per_obj,server_cpu_us_per_obj,peak_rss_mib,ttfb_p50_us,ttfb_p99_us,total_p50_us,total_p99_us,files_per_submit\n",
     );
@@ -460,18 +422,15 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
     );
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
-         - date: {date}\n- machine: {machine}, {} cores, {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}{}`\n\
+         - date: {date}\n- machine: {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}{}`\n\
          - endpoint: `s3uring serve` in its own process on 127.0.0.1 (its CPU is the server column)\n\
          - clients run under GNU time (`/usr/bin/time`): client CPU = user + sys, RSS = max resident\n\
-         - peers: {}\n\n\
-         | dest (fs) | engine | runs | median objects/s | median MiB/s | median client CPU µs/obj | median server CPU µs/obj | median peak RSS MiB | objects/s vs threads | vs bare-loop | vs best peer | client CPU vs HTTP |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         - peers: {}\n\n",
         o.objects,
         o.size,
         o.latency_ms,
         if o.anonymous { "unsigned" } else { "signed" },
-        sh("nproc"),
-        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        common::machine(),
         o.objects,
         o.size,
         o.repeat,
@@ -479,12 +438,26 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         o.queue,
         o.latency_ms,
         if o.anonymous { " --anonymous" } else { "" },
-        if o.extra.is_empty() { String::new() } else { format!(" --extra \"{}\"", o.extra.join(" ")) },
+        if o.extra.is_empty() { String::new() } else { format!(" --extra \"{}\"", o.extra) },
         o.engines.join(","),
         o.dests.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","),
         more_flags,
         peer_versions().iter().map(|(t, v)| format!("{t} ({v})")).collect::<Vec<_>>().join(", ")
     );
+    let mut table = Table::new(&[
+        "dest (fs)",
+        "engine",
+        "runs",
+        "median objects/s",
+        "median MiB/s",
+        "median client CPU µs/obj",
+        "median server CPU µs/obj",
+        "median peak RSS MiB",
+        "objects/s vs threads",
+        "vs bare-loop",
+        "vs best peer",
+        "client CPU vs HTTP",
+    ]);
     for ((dest, engine), rs) in &groups {
         let ops = median(rs.iter().map(|r| r.objects_per_sec).collect());
         let median_of = |engine: &str| {
@@ -508,21 +481,25 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
             _ => "-".to_owned(),
         };
         let ratio = |base: Option<f64>| base.map_or("-".to_owned(), |b| format!("{:.2}×", ops / b.max(1.0)));
-        md += &format!(
-            "| {dest} ({}) | {engine} | {} | {ops:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {cpu_vs_http} |\n",
-            fs_type(dest),
-            rs.len(),
-            ops * o.size as f64 / (1 << 20) as f64,
-            median(rs.iter().map(|r| r.client_cpu_us).collect()),
-            median(rs.iter().map(|r| r.server_cpu_us).collect()),
-            median(rs.iter().map(|r| r.peak_rss_mib).collect()),
+        table.row(&[
+            format!("{dest} ({})", fs_type(dest)),
+            engine.clone(),
+            rs.len().to_string(),
+            format!("{ops:.0}"),
+            format!("{:.1}", ops * o.size as f64 / (1 << 20) as f64),
+            format!("{:.0}", median(rs.iter().map(|r| r.client_cpu_us).collect())),
+            format!("{:.0}", median(rs.iter().map(|r| r.server_cpu_us).collect())),
+            format!("{:.0}", median(rs.iter().map(|r| r.peak_rss_mib).collect())),
             ratio(median_of(&format!("threads{scheme}"))),
             ratio(median_of("bare-loop")),
             ratio(best_peer),
-        );
+            cpu_vs_http,
+        ]);
     }
-    md += "\ns3uring's own stage percentiles (median over runs of each percentile, from `--stats-json`):\n\n\
-           | dest | engine | ttfb p50 | ttfb p99 | total p50 | total p99 | files per submit |\n|---|---|---|---|---|---|---|\n";
+    md += &table.to_string();
+    md += "\ns3uring's own stage percentiles (median over runs of each percentile, from `--stats-json`):\n\n";
+    let mut table =
+        Table::new(&["dest", "engine", "ttfb p50", "ttfb p99", "total p50", "total p99", "files per submit"]);
     for ((dest, engine), rs) in &groups {
         let st: Vec<[f64; 5]> = rs.iter().filter_map(|r| r.stages).collect();
         if st.is_empty() {
@@ -531,8 +508,9 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str, machine: &str) 
         let m = |i: usize| median(st.iter().map(|s| s[i]).collect());
         let ms = |us: f64| format!("{:.1} ms", us / 1000.0);
         let fps = if m(4) > 0.0 { format!("{:.1}", m(4)) } else { "-".to_owned() };
-        md += &format!("| {dest} | {engine} | {} | {} | {} | {} | {fps} |\n", ms(m(0)), ms(m(1)), ms(m(2)), ms(m(3)));
+        table.row(&[dest.clone(), engine.clone(), ms(m(0)), ms(m(1)), ms(m(2)), ms(m(3)), fps]);
     }
+    md += &table.to_string();
     md += &format!("\nLoad average at the end: {}\n", sh("cat /proc/loadavg"));
     std::fs::write(out.join("summary.md"), &md).expect("write summary.md");
     println!("{md}");

@@ -19,23 +19,40 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{Server, median, sh};
+use common::{Server, Table, median, sh};
+
+/// Listing flat, nested and one-per-directory layouts, sequential and parallel.
+#[derive(clap::Parser)]
+struct Opts {
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    #[arg(long, default_value = "30")]
+    list_latency_ms: String,
+    /// `--list-workers` of the parallel runs.
+    #[arg(long, default_value = "32")]
+    workers: String,
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    #[arg(long, default_value = "flat,nested,per-directory")]
+    layouts: String,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: &str| -> String {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.to_owned())
-    };
-    let keys: u64 = arg("--keys", "1000000").parse().expect("--keys N");
-    let latency = arg("--list-latency-ms", "30");
-    let workers = arg("--workers", "32");
-    let repeat: usize = arg("--repeat", "1").parse().expect("--repeat N");
-    let layouts = arg("--layouts", "flat,nested,per-directory");
-    let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let Opts { keys, list_latency_ms: latency, workers, repeat, layouts, out } = common::opts();
     let bin = env!("CARGO_BIN_EXE_s3uring");
     let scratch = std::env::temp_dir().join(format!("s3uring-listing-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let mut rows = Vec::new();
+    let mut table = Table::new(&[
+        "layout",
+        "--list-workers",
+        "median s",
+        "speed-up",
+        "list requests",
+        "requests per 1,000 keys",
+        "peak RSS MiB",
+    ]);
     let mut raw = String::from("layout,list_workers,rep,seconds,list_requests,keys,peak_rss_kib\n");
     for layout in layouts.split(',') {
         let server = Server::start(
@@ -89,22 +106,22 @@ fn main() {
         let seq = median(by_workers[0].1.clone());
         for (w, secs, reqs, rss) in by_workers {
             let t = median(secs);
-            rows.push(format!(
-                "| {layout} | {w} | {t:.2} | {:.1}× | {:.0} | {:.2} | {:.0} |",
-                seq / t,
-                median(reqs.clone()),
-                median(reqs) / (keys as f64 / 1000.0),
-                median(rss) / 1024.0
-            ));
+            table.row(&[
+                layout.to_owned(),
+                w,
+                format!("{t:.2}"),
+                format!("{:.1}×", seq / t),
+                format!("{:.0}", median(reqs.clone())),
+                format!("{:.2}", median(reqs) / (keys as f64 / 1000.0)),
+                format!("{:.0}", median(rss) / 1024.0),
+            ]);
         }
         server.stop();
     }
     let md = format!(
-        "# Listing {keys} keys, {latency} ms per list page\n\n- date: {}\n- machine: {} cores, kernel {}\n- command: `cargo bench --bench listing -- --keys {keys} --list-latency-ms {latency} --workers {workers} --repeat {repeat}`\n\n| layout | --list-workers | median s | speed-up | list requests | requests per 1,000 keys | peak RSS MiB |\n|---|---|---|---|---|---|---|\n{}\n",
+        "# Listing {keys} keys, {latency} ms per list page\n\n- date: {}\n- machine: {}\n- command: `cargo bench --bench listing -- --keys {keys} --list-latency-ms {latency} --workers {workers} --repeat {repeat}`\n\n{table}",
         sh("date -u +%Y-%m-%d"),
-        sh("nproc"),
-        sh("uname -r"),
-        rows.join("\n")
+        common::machine(),
     );
     println!("{md}");
     if let Some(dir) = out {

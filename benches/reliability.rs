@@ -15,39 +15,25 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{Server, sh};
+use common::{Server, Table, sh};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use s3uring::endpoint::{generated_content, generated_key};
 
+/// Fault injection, kills and re-runs through `s3uring serve`.
+#[derive(clap::Parser)]
 struct Opts {
+    #[arg(long, default_value_t = 10_000)]
     objects: u64,
+    #[arg(long, default_value_t = 4096)]
     size: u64,
+    #[arg(long, default_value = "/dev/shm")]
     dest: PathBuf,
+    /// Directory for the results.
+    #[arg(long)]
     out: Option<PathBuf>,
-}
-
-fn parse_opts() -> Opts {
-    let mut o = Opts { objects: 10_000, size: 4096, dest: PathBuf::from("/dev/shm"), out: None };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--objects" => o.objects = v.parse().expect("--objects N"),
-            "--size" => o.size = v.parse().expect("--size BYTES"),
-            "--dest" => o.dest = PathBuf::from(v),
-            "--out" => o.out = Some(PathBuf::from(v)),
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
 }
 
 /// `s3uring serve` with the run's objects and `faults` (bucket `bench`).
@@ -145,7 +131,7 @@ fn row_from(scenario: &str, exit: i32, secs: f64, stats: &Path) -> Row {
 }
 
 fn main() {
-    let o = parse_opts();
+    let o = common::opts::<Opts>();
     let date = sh("date -u +%Y-%m-%d");
     let out =
         o.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-reliability", sh("nproc"))));
@@ -247,23 +233,25 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str) {
     let mut csv = String::from(
         "scenario,injected,exit,seconds,objects_per_s,cpu_us_per_obj,written,skipped,failed,retries,throttled,min_in_flight,hedged,verified,mismatches,total_p99_ms,lost,corrupted,temporaries\n",
     );
-    let mut md = format!(
-        "# Reliability: {} objects × {} bytes, faults injected by `s3uring serve`\n\n\
-         - date: {date}; machine: {} cores, kernel {}, DEST {} ({})\n\
-         - command: `cargo bench --bench reliability -- --objects {} --size {} --dest {}`\n\
-         - every file is compared with the content the endpoint generates for its key after each run\n\n\
-         | scenario | injected (server's count) | exit | s | objects/s | CPU µs/key | written | skipped | failed | retries (throttled) | lowest in flight | hedged | verified (mismatches) | total p99 ms | lost | corrupted | temporaries left |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        o.objects,
-        o.size,
-        sh("nproc"),
-        sh("uname -r"),
-        o.dest.display(),
-        sh(&format!("findmnt -no FSTYPE -T {} | head -1", o.dest.display())),
-        o.objects,
-        o.size,
-        o.dest.display(),
-    );
+    let mut table = Table::new(&[
+        "scenario",
+        "injected (server's count)",
+        "exit",
+        "s",
+        "objects/s",
+        "CPU µs/key",
+        "written",
+        "skipped",
+        "failed",
+        "retries (throttled)",
+        "lowest in flight",
+        "hedged",
+        "verified (mismatches)",
+        "total p99 ms",
+        "lost",
+        "corrupted",
+        "temporaries left",
+    ]);
     for r in rows {
         csv += &format!(
             "\"{}\",\"{}\",{},{:.3},{:.0},{:.1},{},{},{},{},{},{},{},{},{},{:.1},{},{},{}\n",
@@ -288,29 +276,38 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str) {
             r.temporaries
         );
         let injected = r.injected.split("injected: ").last().unwrap_or(&r.injected);
-        md += &format!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} ({}) | {} | {} | {} ({}) | {:.0} | {} | {} | {} |\n",
-            r.scenario,
-            injected,
-            r.exit,
-            r.secs,
-            r.objects_per_sec,
-            r.cpu_us,
-            r.written,
-            r.skipped,
-            r.failed,
-            r.retries,
-            r.throttled,
-            r.min_in_flight,
-            r.hedged,
-            r.verified,
-            r.mismatches,
-            r.total_p99_ms,
-            r.lost,
-            r.corrupted,
-            r.temporaries
-        );
+        table.row(&[
+            r.scenario.to_string(),
+            injected.to_owned(),
+            r.exit.to_string(),
+            format!("{:.2}", r.secs),
+            format!("{:.0}", r.objects_per_sec),
+            format!("{:.0}", r.cpu_us),
+            r.written.to_string(),
+            r.skipped.to_string(),
+            r.failed.to_string(),
+            format!("{} ({})", r.retries, r.throttled),
+            r.min_in_flight.to_string(),
+            r.hedged.to_string(),
+            format!("{} ({})", r.verified, r.mismatches),
+            format!("{:.0}", r.total_p99_ms),
+            r.lost.to_string(),
+            r.corrupted.to_string(),
+            r.temporaries.to_string(),
+        ]);
     }
+    let md = format!(
+        "# Reliability: {} objects × {} bytes, faults injected by `s3uring serve`\n\n\
+         - date: {date}; machine: {}, DEST {} ({})\n\
+         - command: `cargo bench --bench reliability -- {}`\n\
+         - every file is compared with the content the endpoint generates for its key after each run\n\n{table}",
+        o.objects,
+        o.size,
+        common::machine(),
+        o.dest.display(),
+        sh(&format!("findmnt -no FSTYPE -T {} | head -1", o.dest.display())),
+        common::command_line(),
+    );
     std::fs::write(out.join("raw.csv"), csv).expect("raw.csv");
     std::fs::write(out.join("summary.md"), &md).expect("summary.md");
     println!("{md}");

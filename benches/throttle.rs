@@ -22,55 +22,33 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{Server, median, sh};
+use common::{Server, Table, median, sh};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// Request-rate limits: s3uring and the peers against an endpoint limiting GETs.
+#[derive(clap::Parser)]
 struct Opts {
+    /// Limits to run at (GET/s).
+    #[arg(long, value_delimiter = ',', default_values_t = [1500, 5500])]
     limits: Vec<u64>,
+    #[arg(long, default_value_t = 20_000)]
     objects: u64,
+    #[arg(long, default_value_t = 10)]
     latency_ms: u64,
+    #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Clients (peers not installed are left out).
+    #[arg(long, value_delimiter = ',', default_values = ["s3uring", "rclone", "s5cmd"])]
     engines: Vec<String>,
+    #[arg(long, default_value = "/dev/shm")]
     dest: PathBuf,
+    /// Directory for summary.md and raw.csv.
+    #[arg(long)]
     out: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_values = ["limits", "two", "change"])]
     sections: Vec<String>,
-}
-
-fn parse_opts() -> Opts {
-    let mut o = Opts {
-        limits: vec![1500, 5500],
-        objects: 20_000,
-        latency_ms: 10,
-        repeat: 3,
-        engines: vec!["s3uring".into(), "rclone".into(), "s5cmd".into()],
-        dest: PathBuf::from("/dev/shm"),
-        out: None,
-        sections: vec!["limits".into(), "two".into(), "change".into()],
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--limits" => o.limits = v.split(',').map(|s| s.parse().expect("--limits N,N")).collect(),
-            "--objects" => o.objects = v.parse().expect("--objects N"),
-            "--latency-ms" => o.latency_ms = v.parse().expect("--latency-ms MS"),
-            "--repeat" => o.repeat = v.parse().expect("--repeat N"),
-            "--engines" => o.engines = v.split(',').map(str::to_owned).collect(),
-            "--dest" => o.dest = PathBuf::from(v),
-            "--out" => o.out = Some(PathBuf::from(v)),
-            "--sections" => o.sections = v.split(',').map(str::to_owned).collect(),
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => panic!("unknown flag {other}"),
-        }
-        i += 2;
-    }
-    o
 }
 
 /// One rate-limit rule's line: (prefix, served, throttled, first_s, last_s, per second).
@@ -136,7 +114,7 @@ fn client(bin: &str, engine: &str, url: &str, source: &str, dest: &Path) -> (f64
 }
 
 fn main() {
-    let o = parse_opts();
+    let o: Opts = common::opts();
     // The binary cargo built for this bench (a nested `cargo build --release` would
     // resolve features without the dev-dependencies and rebuild half the tree).
     let bin = env!("CARGO_BIN_EXE_s3uring");
@@ -146,10 +124,17 @@ fn main() {
     let mut report = String::new();
     let mut raw = String::from("limit,engine,rep,secs,objects_per_s,steady,gets,throttled,failed,exit\n");
     let limits = if o.sections.iter().any(|s| s == "limits") { o.limits.clone() } else { Vec::new() };
-    if !limits.is_empty() {
-        report.push_str("| L (GET/s) | client | objects/s | % of L | steady GET/s (% of L) | GETs sent | 503s (%) | failed keys | exit |\n");
-        report.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    }
+    let mut table = Table::new(&[
+        "L (GET/s)",
+        "client",
+        "objects/s",
+        "% of L",
+        "steady GET/s (% of L)",
+        "GETs sent",
+        "503s (%)",
+        "failed keys",
+        "exit",
+    ]);
     for &limit in &limits {
         let mut rows: Vec<(String, Vec<[f64; 7]>)> = engines.iter().map(|e| (e.clone(), Vec::new())).collect();
         for rep in 0..o.repeat {
@@ -199,14 +184,21 @@ fn main() {
             let (ops, steady, gets, thr) = (m(0), m(1), m(2), m(3));
             let failed = runs.iter().map(|r| r[4]).fold(0.0, f64::max);
             let exits: Vec<String> = runs.iter().map(|r| format!("{}", r[5])).collect();
-            report.push_str(&format!(
-                "| {limit} | {engine} | {ops:.0} | {:.1} % | {steady:.0} ({:.1} %) | {gets:.0} | {thr:.0} ({:.1} %) | {failed:.0} (worst) | {} |\n",
-                100.0 * ops / limit as f64,
-                100.0 * steady / limit as f64,
-                100.0 * thr / gets.max(1.0),
-                exits.join(",")
-            ));
+            table.row(&[
+                limit.to_string(),
+                engine.clone(),
+                format!("{ops:.0}"),
+                format!("{:.1} %", 100.0 * ops / limit as f64),
+                format!("{steady:.0} ({:.1} %)", 100.0 * steady / limit as f64),
+                format!("{gets:.0}"),
+                format!("{thr:.0} ({:.1} %)", 100.0 * thr / gets.max(1.0)),
+                format!("{failed:.0} (worst)"),
+                exits.join(","),
+            ]);
         }
+    }
+    if !limits.is_empty() {
+        report.push_str(&table.to_string());
     }
     // Two prefixes: p0000/ limited to 1,000 GET/s, p0001/ unlimited (only counted).
     let two = |extra: &[&str]| -> Vec<String> {
@@ -219,10 +211,8 @@ fn main() {
         a
     };
     let two_reps = if o.sections.iter().any(|s| s == "two") { o.repeat } else { 0 };
-    if two_reps > 0 {
-        report.push_str("\nTwo prefixes (`p0000/` limited to 1,000 GET/s, `p0001/` unlimited), s3uring:\n\n");
-        report.push_str("| run | p0000/ GET/s (limited) | p0001/ GET/s | p0001/ alone GET/s | ratio | 503s | exit |\n|---|---|---|---|---|---|---|\n");
-    }
+    let mut table =
+        Table::new(&["run", "p0000/ GET/s (limited)", "p0001/ GET/s", "p0001/ alone GET/s", "ratio", "503s", "exit"]);
     for rep in 0..two_reps {
         let server =
             Server::start(bin, &two(&["--rate-limit-prefix", "p0000/=1000", "--rate-limit-prefix", "p0001/=0"]));
@@ -238,11 +228,19 @@ fn main() {
         let r = rules(&server.stop());
         let alone = r.iter().find(|x| x.0 == "p0001/").map_or(0.0, |x| x.1 as f64 / (x.4 - x.3).max(1e-3));
         eprintln!("two prefixes rep {rep}: hot {hot:.0} cold {cold:.0} alone {alone:.0} ({alone_exit})");
-        report.push_str(&format!(
-            "| {rep} | {hot:.0} ({:.1} % of 1,000) | {cold:.0} | {alone:.0} | {:.2} | {thr} | {exit} |\n",
-            hot / 10.0,
-            cold / alone.max(1.0)
-        ));
+        table.row(&[
+            rep.to_string(),
+            format!("{hot:.0} ({:.1} % of 1,000)", hot / 10.0),
+            format!("{cold:.0}"),
+            format!("{alone:.0}"),
+            format!("{:.2}", cold / alone.max(1.0)),
+            thr.to_string(),
+            exit.to_string(),
+        ]);
+    }
+    if two_reps > 0 {
+        report.push_str("\nTwo prefixes (`p0000/` limited to 1,000 GET/s, `p0001/` unlimited), s3uring:\n\n");
+        report.push_str(&table.to_string());
     }
     if o.sections.iter().any(|s| s == "change") {
         change(&o, bin, &scratch, &mut report);
@@ -254,15 +252,14 @@ fn main() {
         .map(|e| format!("{e}: {}", sh(&format!("{e} version 2>&1 | head -1"))))
         .collect();
     let machine = format!(
-        "{} cores, kernel {}, dest {} ({})",
-        sh("nproc"),
-        sh("uname -r"),
+        "{}, dest {} ({})",
+        common::machine(),
         o.dest.display(),
         sh(&format!("stat -f -c %T '{}'", o.dest.display()))
     );
     let text = format!(
         "# Request-rate limits\n\n`cargo bench --bench throttle -- {}`\n\n{} · {} objects × 4 KiB, {} ms latency, medians of {}; {}\n\n{report}",
-        std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
+        common::command_line(),
         machine,
         o.objects,
         o.latency_ms,
@@ -288,9 +285,7 @@ fn change(o: &Opts, bin: &str, scratch: &Path, report: &mut String) {
          the best second after the change (lifted):\n\n",
         3 * o.objects
     ));
-    report.push_str(
-        "| run | change | served GET/s, per second | seconds to follow | 503s | exit |\n|---|---|---|---|---|---|\n",
-    );
+    let mut table = Table::new(&["run", "change", "served GET/s, per second", "seconds to follow", "503s", "exit"]);
     for rep in 0..o.repeat {
         for (label, after) in [("doubles", 2 * BEFORE), ("lifted", 0)] {
             let args: Vec<String> = [
@@ -324,11 +319,15 @@ fn change(o: &Opts, bin: &str, scratch: &Path, report: &mut String) {
                 .map_or("not within the run".to_owned(), |i| format!("{}", i + 1));
             let series: Vec<String> = per.iter().map(u64::to_string).collect();
             eprintln!("change {label} rep {rep}: {series:?} follow {follow}");
-            report.push_str(&format!(
-                "| {rep} | {BEFORE} → {} | {} | {follow} | {throttled} | {exit} |\n",
-                if after > 0 { after.to_string() } else { "unlimited".into() },
-                series.join(" ")
-            ));
+            table.row(&[
+                rep.to_string(),
+                format!("{BEFORE} → {}", if after > 0 { after.to_string() } else { "unlimited".into() }),
+                series.join(" "),
+                follow,
+                throttled.to_string(),
+                exit.to_string(),
+            ]);
         }
     }
+    report.push_str(&table.to_string());
 }

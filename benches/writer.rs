@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use common::{bare_loop, median, self_cpu, sh};
+use common::{Table, bare_loop, median, self_cpu, sh};
 use s3uring::config::IoEngine;
 use s3uring::report::Report;
 use s3uring::writer::{self, FileJob, Job, WriterOptions};
@@ -74,17 +74,26 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     assert_eq!((s.counts.written, s.counts.failed), (files, 0), "{config}: {:?}", s.first_failures);
 }
 
+/// In-memory bodies straight into each writer (no network).
+#[derive(clap::Parser)]
+struct Opts {
+    #[arg(long, default_value_t = 20_000)]
+    files: u64,
+    #[arg(long, default_value_t = 4096)]
+    size: u64,
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    #[arg(long, value_delimiter = ',', default_values = ["/dev/shm", "target/bench-disk"])]
+    dests: Vec<PathBuf>,
+    /// Results directory (default: bench-results/DATE-Ncore-writer).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: &str| -> String {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.to_owned())
-    };
-    let files: u64 = arg("--files", "20000").parse().expect("--files N");
-    let size: u64 = arg("--size", "4096").parse().expect("--size BYTES");
-    let repeat: usize = arg("--repeat", "5").parse().expect("--repeat N");
-    let dests: Vec<PathBuf> = arg("--dests", "/dev/shm,target/bench-disk").split(',').map(PathBuf::from).collect();
+    let Opts { files, size, repeat, dests, out } = common::opts();
     let date = sh("date -u +%Y-%m-%d");
-    let out = PathBuf::from(arg("--out", &format!("bench-results/{date}-{}core-writer", sh("nproc"))));
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-writer", sh("nproc"))));
     std::fs::create_dir_all(&out).expect("create output dir");
     if let Err(why) = s3uring::writer::uring::available() {
         eprintln!("io_uring unavailable ({why}): nothing to compare");
@@ -117,26 +126,27 @@ fn main() {
         let _ = std::fs::remove_dir_all(base.join(format!("s3uring-writer-bench-{}", std::process::id())));
     }
     std::fs::write(out.join("raw.csv"), csv).expect("write raw.csv");
-    let mut md = format!(
-        "# Writers alone: {files} files × {size} bytes, in-memory bodies\n\n- date: {date}\n- machine: {} cores ({}), kernel {}\n\
-         - command: `cargo bench --bench writer -- --files {files} --size {size} --repeat {repeat}`\n\n\
-         | dest (fs) | config | runs | median files/s | median CPU µs/file | files/s vs threads-16 |\n|---|---|---|---|---|---|\n",
-        sh("nproc"),
-        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
-        sh("uname -r")
-    );
+    let mut table =
+        Table::new(&["dest (fs)", "config", "runs", "median files/s", "median CPU µs/file", "files/s vs threads-16"]);
     for ((dest, config), v) in &groups {
         let fps = median(v.iter().map(|x| x.0).collect());
         let base =
             groups.get(&(dest.clone(), "threads-16".to_owned())).map(|b| median(b.iter().map(|x| x.0).collect()));
-        md += &format!(
-            "| {dest} ({}) | {config} | {} | {fps:.0} | {:.1} | {} |\n",
-            sh(&format!("findmnt -no FSTYPE -T {dest} | head -1")),
-            v.len(),
-            median(v.iter().map(|x| x.1).collect()),
-            base.map_or("-".to_owned(), |b| format!("{:.2}×", fps / b.max(1.0)))
-        );
+        table.row(&[
+            format!("{dest} ({})", sh(&format!("findmnt -no FSTYPE -T {dest} | head -1"))),
+            config.clone(),
+            v.len().to_string(),
+            format!("{fps:.0}"),
+            format!("{:.1}", median(v.iter().map(|x| x.1).collect())),
+            base.map_or("-".to_owned(), |b| format!("{:.2}×", fps / b.max(1.0))),
+        ]);
     }
+    let md = format!(
+        "# Writers alone: {files} files × {size} bytes, in-memory bodies\n\n- date: {date}\n- machine: {}\n\
+         - command: `cargo bench --bench writer -- {}`\n\n{table}",
+        common::machine(),
+        common::command_line(),
+    );
     std::fs::write(out.join("summary.md"), &md).expect("write summary.md");
     println!("{md}");
 }
