@@ -144,6 +144,23 @@ fn quiet_prints_nothing_on_success() {
     assert!(out.stdout.is_empty());
 }
 
+/// The dotted paths of an object's fields, recursively (`stages.*.p50_us`: one stage's fields
+/// stand for all; arrays are leaves, their elements described in the README's prose).
+fn json_paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    let Some(map) = v.as_object() else { return };
+    for (key, child) in map {
+        let path = match prefix {
+            "" => key.clone(),
+            "stages" => "stages.*".to_owned(),
+            _ => format!("{prefix}.{key}"),
+        };
+        if key != "..." {
+            out.insert(path.clone());
+            json_paths(child, &path, out);
+        }
+    }
+}
+
 #[test]
 fn stats_json_and_progress_lines_describe_the_run() {
     let objs: Vec<(String, Bytes)> =
@@ -175,8 +192,25 @@ fn stats_json_and_progress_lines_describe_the_run() {
     for stage in ["queue", "ttfb", "body", "handoff", "write", "total"] {
         assert_eq!(doc["stages"][stage]["count"], 300, "{stage}");
         let s = &doc["stages"][stage];
-        assert!(s["p50_us"].as_u64() <= s["p99_us"].as_u64() && s["p99_us"].as_u64() <= s["max_us"].as_u64());
+        let us = |p: &str| s[p].as_u64().unwrap_or_else(|| panic!("stages.{stage}.{p}: {s}"));
+        assert!(us("p50_us") <= us("p99_us") && us("p99_us") <= us("max_us"), "{stage}: {s}");
     }
+    // Every field is documented, and every documented field is there: the README's example
+    // is the list scripts rely on.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("### Stats JSON")
+        .nth(1)
+        .and_then(|rest| rest.split("```json").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's Stats JSON example");
+    let documented: serde_json::Value = serde_json::from_str(example).expect("the README's example is JSON");
+    let (mut have, mut want) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    json_paths(&doc, "", &mut have);
+    json_paths(&documented, "", &mut want);
+    let missing: Vec<_> = want.difference(&have).collect();
+    let undocumented: Vec<_> = have.difference(&want).collect();
+    assert!(missing.is_empty() && undocumented.is_empty(), "missing: {missing:?}; undocumented: {undocumented:?}");
     // One request per "directory" scope of the parallel listing (at least the root).
     assert!(doc["stages"]["list"]["count"].as_u64().unwrap() >= 1);
     assert_eq!(doc["config"]["list_workers"], s3uring::config::DEFAULT_LIST_WORKERS);
