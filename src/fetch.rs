@@ -363,13 +363,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 0..40 {
-            let bound = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
-            for _ in 0..50 {
-                assert!(backoff(attempt) <= bound);
-            }
+    fn backoff_doubles_per_attempt_with_full_jitter_up_to_five_seconds() {
+        // (attempt, bound): 50 ms doubling, capped at 5 s.
+        for (attempt, bound_ms) in [(0, 50), (1, 100), (3, 400), (6, 3_200), (7, 5_000), (30, 5_000)] {
+            let waits: Vec<Duration> = (0..200).map(|_| backoff(attempt)).collect();
+            let bound = Duration::from_millis(bound_ms);
+            assert!(waits.iter().all(|w| *w < bound), "attempt {attempt}: {waits:?}");
+            // Full jitter: spread over the whole range (200 uniform draws all in one half
+            // has a chance of 2^-199).
+            assert!(waits.iter().any(|w| *w > bound / 2), "attempt {attempt}: {waits:?}");
+            assert!(waits.iter().any(|w| *w < bound / 2), "attempt {attempt}: {waits:?}");
         }
-        assert_eq!(BACKOFF_BASE.saturating_mul(1u32 << 16).min(BACKOFF_CAP), BACKOFF_CAP);
     }
 }
