@@ -476,17 +476,9 @@ fn requester_pays_buckets_need_request_payer_in_lists_and_gets() {
     let out = run(env.cmd().arg("s3://payer").arg(scratch.dest()));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("AccessDenied"), "{}", stderr(&out));
-    for e in engines() {
-        for workers in ["1", "32"] {
-            let scratch = Scratch::new();
-            let out = run(env
-                .cmd()
-                .args(e.args())
-                .args(["--request-payer", "requester", "--list-workers", workers, "s3://payer"])
-                .arg(scratch.dest()));
-            assert_eq!(out.status.code(), Some(0), "{e} --list-workers {workers}");
-            assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
-        }
+    for workers in ["1", "32"] {
+        let args = ["--request-payer", "requester", "--list-workers", workers];
+        copy_each_engine(&env, &args, "s3://payer", 0, &expected_tree(&objs, ""), |_, _, _| {});
     }
 }
 
@@ -508,17 +500,13 @@ fn archived_objects_are_skipped_with_a_reason_unless_restored() {
         true,
     );
     let readable: Vec<_> = objs.iter().filter(|(k, _)| k != frozen && k != deep).cloned().collect();
-    for e in engines() {
-        for workers in ["1", "32"] {
-            let scratch = Scratch::new();
-            let out = run(env.cmd().args(e.args()).args(["--list-workers", workers, "s3://cold"]).arg(scratch.dest()));
-            assert_eq!(out.status.code(), Some(0), "{e}");
-            assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&readable, ""));
-            let err = stderr(&out);
+    for workers in ["1", "32"] {
+        let want = expected_tree(&readable, "");
+        copy_each_engine(&env, &["--list-workers", workers], "s3://cold", 0, &want, |_, err, _| {
             assert!(err.contains(&format!("skipped '{frozen}': in GLACIER and not restored")), "{err}");
             assert!(err.contains(&format!("skipped '{deep}': in DEEP_ARCHIVE and not restored")), "{err}");
             assert!(err.contains("28 files written, 0 directories, 2 skipped, 0 failed"), "{err}");
             assert!(err.contains("2 of the skipped objects are in GLACIER/DEEP_ARCHIVE"), "{err}");
-        }
+        });
     }
 }

@@ -324,3 +324,24 @@ pub fn private_ca() -> (s3uring::endpoint::TlsIdentity, String) {
         s3uring::endpoint::TlsIdentity { cert_pem: cert.pem().into_bytes(), key_pem: key.serialize_pem().into_bytes() };
     (identity, ca_pem)
 }
+
+/// The usual test body: with each engine pair, `source` copied with `args` into a fresh
+/// directory exits with `exit` and leaves exactly `want`; `check` then looks at the run's
+/// stderr (and anything else it captured) for that engine pair.
+pub fn copy_each_engine(
+    env: &Env,
+    args: &[&str],
+    source: &str,
+    exit: i32,
+    want: &Tree,
+    mut check: impl FnMut(Engines, &str, &Scratch),
+) {
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let out = run(env.cmd().args(engine.args()).args(args).arg(source).arg(scratch.dest()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(exit), "{engine}: {err}");
+        assert_same_tree(&read_tree(&scratch.dest()), want);
+        check(engine, &err, &scratch);
+    }
+}
