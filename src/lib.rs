@@ -4,9 +4,9 @@
 //! lister ─▶ [bounded key queue] ─▶ fetch tasks (lean: hyper + aws-sigv4; or aws-sdk-s3) ─▶ [bounded hand-off] ─▶ writer
 //! ```
 //!
-//! See `DESIGN.md` in the steering repository and the README for the why; each module opens
-//! with its own design note. `main.rs` only calls [`cli::main`]; tests and benches drive
-//! [`pipeline::run`] and the [`endpoint`] in-process.
+//! See `ARCHITECTURE.md` (stages, invariants, the reasons behind the big choices) and the
+//! README; each module opens with its own design note. `main.rs` only calls [`cli::main`];
+//! tests and benches drive [`pipeline::run`] and the [`endpoint`] in-process.
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
