@@ -105,7 +105,7 @@ fn a_read_only_subtree_fails_its_keys_with_the_path_and_the_rest_is_copied() {
         let dest = scratch.dest();
         std::fs::create_dir_all(dest.join("ro")).unwrap();
         let Some(_mount) = Mount::tmpfs(&dest.join("ro"), "ro,size=1m") else {
-            eprintln!("SKIPPED: cannot mount a read-only tmpfs here (needs root and mount permission)");
+            skipped("cannot mount a read-only tmpfs here (needs root and mount permission)");
             return;
         };
         let out = run(env.cmd().args(engine.args()).args(["s3://read-only"]).arg(&dest));
@@ -134,7 +134,7 @@ fn a_full_disk_stops_the_run_quickly_and_leaves_no_partial_file() {
         let dest = scratch.dest();
         std::fs::create_dir_all(&dest).unwrap();
         let Some(_mount) = Mount::tmpfs(&dest, "size=1m") else {
-            eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root and mount permission)");
+            skipped("cannot mount a small tmpfs here (needs root and mount permission)");
             return;
         };
         let out = run(env.cmd().args(engine.args()).args(["--workers", "8", "s3://full-disk"]).arg(&dest));

@@ -340,7 +340,7 @@ fn a_file_system_without_extended_attributes_still_copies_and_resumes() {
         let dest = scratch.dest();
         std::fs::create_dir_all(&dest).unwrap();
         let Some(_mount) = Mount::new("ramfs", &dest, "mode=755") else {
-            eprintln!("SKIPPED: cannot mount ramfs here (needs root)");
+            skipped("cannot mount ramfs here (needs root)");
             return;
         };
         let copy = || run(env.cmd().args(e.args()).arg("s3://no-xattr").arg(&dest));

@@ -28,16 +28,16 @@ impl Moto {
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("SKIPPED: cannot start python3 -m moto.server ({e}); .ci/run installs moto[server]");
+                skipped(&format!("cannot start python3 -m moto.server ({e}); .ci/run installs moto[server]"));
                 return None;
             }
         };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(status)) = child.try_wait() {
-                eprintln!(
-                    "SKIPPED: moto.server exited at once ({status}): is moto[server] installed? .ci/run installs it"
-                );
+                skipped(&format!(
+                    "moto.server exited at once ({status}): is moto[server] installed? .ci/run installs it"
+                ));
                 return None;
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -33,13 +33,21 @@ impl std::fmt::Display for Engines {
 // Tests that count GETs at the endpoint exactly pass `--hedge-after 0`: on a loaded machine
 // a GET can take longer than the default 2 s threshold and be hedged, which adds a GET.
 
+/// Says that a test (or part of it) is skipped, and why, so that `cargo test` shows it even
+/// when the test passes: libtest captures `eprintln!`, not writes to the stderr handle.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED in {test}: {why}");
+}
+
 /// Every io engine × every fetch engine, to run a test body over. `uring` is left out, with
 /// a message, where io_uring is unavailable.
 pub fn engines() -> Vec<Engines> {
     let io = match s3uring::writer::uring::available() {
         Ok(()) => vec!["uring", "threads"],
         Err(why) => {
-            eprintln!("io_uring unavailable here ({why}): testing the threads engine only");
+            skipped(&format!("io_uring unavailable here ({why}): testing the threads engine only"));
             vec!["threads"]
         }
     };
@@ -134,7 +142,7 @@ pub fn in_pid_namespace(cmd: &Command) -> Option<Command> {
     const UNSHARE: [&str; 4] = ["--pid", "--fork", "--mount-proc", "--kill-child"];
     let works = Command::new("unshare").args(UNSHARE).arg("true").output().is_ok_and(|o| o.status.success());
     if !works {
-        eprintln!("SKIPPED: cannot run in a fresh pid namespace here (unshare --pid needs root or user namespaces)");
+        skipped("cannot run in a fresh pid namespace here (unshare --pid needs root or user namespaces)");
         return None;
     }
     let mut c = Command::new("unshare");
