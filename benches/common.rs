@@ -6,14 +6,19 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-/// The bench's flags (`cargo bench` adds `--bench`, which no bench takes).
+/// The bench's command line without the `--bench` that `cargo bench` adds (no bench takes it).
+fn args() -> impl Iterator<Item = String> {
+    std::env::args().filter(|a| a != "--bench")
+}
+
+/// The bench's flags.
 pub fn opts<T: clap::Parser>() -> T {
-    T::parse_from(std::env::args().filter(|a| a != "--bench"))
+    T::parse_from(args())
 }
 
 /// The flags the bench was given, as the results quote them.
 pub fn command_line() -> String {
-    std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" ")
+    args().skip(1).collect::<Vec<_>>().join(" ")
 }
 
 pub fn sh(cmd: &str) -> String {

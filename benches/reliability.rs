@@ -131,7 +131,7 @@ fn row_from(scenario: &str, exit: i32, secs: f64, stats: &Path) -> Row {
 }
 
 fn main() {
-    let o = common::opts::<Opts>();
+    let o: Opts = common::opts();
     let date = sh("date -u +%Y-%m-%d");
     let out =
         o.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{date}-{}core-reliability", sh("nproc"))));
