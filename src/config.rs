@@ -155,7 +155,7 @@ pub struct Config {
     /// `--verify`: check each body against its checksum or MD5 ETag.
     pub verify: bool,
     /// Retries of a GET that failed transiently before the key fails (throttling answers
-    /// spend none: see [`crate::throttle`]).
+    /// spend none: see [`crate::fetch::throttle`]).
     pub retries: u32,
     /// `--max-rate`: GETs per second at most, over the whole run (`None`: as many as the
     /// service accepts).
@@ -171,7 +171,7 @@ pub struct Config {
     /// Print the summary (off with `--quiet`).
     pub summary: bool,
     /// Live progress display.
-    pub progress: crate::progress::Mode,
+    pub progress: crate::console::ProgressMode,
     /// Write the run's statistics here as JSON.
     pub stats_json: Option<PathBuf>,
     /// `--failed-keys FILE`: one failed key per line, with its reason.
@@ -179,7 +179,7 @@ pub struct Config {
     /// `--keys-from FILE`: copy these keys instead of listing.
     pub keys_from: Option<PathBuf>,
     /// `--manifest`: copy the keys of this S3 Inventory report instead of listing.
-    pub manifest: Option<crate::manifest::Location>,
+    pub manifest: Option<Location>,
     /// `--include`/`--exclude`/`--shard`: which keys this run copies.
     pub selection: crate::select::Selection,
     /// `--dry-run`: list and print, copy nothing.
@@ -243,7 +243,7 @@ impl Config {
             io_threads: None,
             buffer_bytes: DEFAULT_BUFFER_MIB << 20,
             summary: true,
-            progress: crate::progress::Mode::Off,
+            progress: crate::console::ProgressMode::Off,
             stats_json: None,
             failed_keys: None,
             keys_from: None,
@@ -254,6 +254,36 @@ impl Config {
             version_id: None,
             single: None,
             parts: Parts::default(),
+        }
+    }
+}
+
+/// Where `--manifest` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3 { bucket: String, key: String },
+}
+
+impl Location {
+    pub fn parse(s: &str) -> Result<Location, String> {
+        match s.strip_prefix("s3://") {
+            Some(rest) => match rest.split_once('/') {
+                Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
+                    Ok(Location::S3 { bucket: bucket.to_owned(), key: key.to_owned() })
+                }
+                _ => Err(format!("--manifest '{s}' must be s3://bucket/key/of/manifest.json or a local file")),
+            },
+            None => Ok(Location::Local(PathBuf::from(s))),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
         }
     }
 }
@@ -276,6 +306,9 @@ pub fn default_io_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16)
 }
 /// Default `--buffer-mib`.
+/// The ring's io-wq workers unless `--io-threads` says otherwise.
+pub const RING_IO_WORKERS: usize = 16;
+
 pub const DEFAULT_BUFFER_MIB: u64 = 256;
 /// Default `--multipart-threshold`: objects above it are fetched in parts.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 << 20;

@@ -133,7 +133,7 @@ fn kept_etag(dir: &OwnedFd, name: &str) -> Option<String> {
     // names exactly this directory; the final component is not followed.
     let path = format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(dir));
     let mut buf = [0u8; 128];
-    let n = rustix::fs::lgetxattr(path.as_str(), crate::writer::ETAG_XATTR, &mut buf).ok()?;
+    let n = rustix::fs::lgetxattr(path.as_str(), crate::keymap::ETAG_XATTR, &mut buf).ok()?;
     String::from_utf8(buf[..n].to_vec()).ok()
 }
 

@@ -26,6 +26,19 @@ pub const NAME_MAX: usize = 255;
 /// are refused, which is what makes temporary names collision-free.
 pub const TMP_PREFIX: &str = ".s3uring-tmp.";
 
+/// The extended attribute holding a file's object's ETag (written by the writer, read by
+/// the existing-file check).
+pub const ETAG_XATTR: &str = "user.s3uring.etag";
+
+/// This run's id: 16 random hex digits, the same for all its temporary files.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        // fastrand's global generator is seeded from the OS's random hash keys.
+        format!("{:016x}", fastrand::u64(..))
+    });
+    &ID
+}
+
 /// Where a key lands, relative to DEST. Every component is a valid single file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -6,7 +6,7 @@
 //!
 //! See `ARCHITECTURE.md` (stages, invariants, the reasons behind the big choices) and the
 //! README; each module opens with its own design note. `main.rs` only calls [`cli::main`];
-//! tests and benches drive [`pipeline::run`] and the [`endpoint`] in-process.
+//! tests and benches drive [`run::run`] and the [`endpoint`] in-process.
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -31,22 +31,18 @@ macro_rules! say_raw {
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod endpoint;
+pub mod error;
 pub mod existing;
 pub mod fetch;
 pub mod keymap;
-pub mod lean;
-pub mod listing;
-pub mod manifest;
-pub mod pipeline;
-pub mod progress;
+pub mod queue;
 pub mod report;
+pub mod run;
 pub mod s3;
 pub mod select;
-mod sigv4;
-pub mod stats;
-pub mod throttle;
-pub mod tune;
+pub mod source;
+pub mod stop;
 pub mod verify;
-pub mod window;
 pub mod writer;

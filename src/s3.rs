@@ -1,6 +1,6 @@
 //! Everything that talks to S3 through aws-sdk-s3 — the control plane: building the client
 //! (credentials, region, endpoint, HTTP settings), listing, resolving a bucket's endpoint and
-//! credentials for the lean data plane ([`crate::lean`]), and the reference GetObject
+//! credentials for the lean data plane ([`crate::fetch::lean`]), and the reference GetObject
 //! (`--fetch-engine sdk`). The only module that calls SDK operations.
 //!
 //! HTTP settings that matter at hundreds of concurrent small GETs:
@@ -27,9 +27,8 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
-use bytes::Bytes;
 
-use crate::config::{Credentials, S3Settings, S3Url};
+use crate::config::{Credentials, S3Settings};
 
 /// Idle connections are dropped after this (S3 closes them after ~20 s).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -192,9 +191,25 @@ impl Identities {
             _ => Some(c.identity.clone()),
         }
     }
+}
 
+/// No credentials to sign with: `permanent` when there never were any (a setup problem),
+/// else a passing failure to refresh them.
+#[derive(Debug, Clone)]
+pub struct CredentialsError {
+    pub reason: String,
+    pub permanent: bool,
+}
+
+impl CredentialsError {
+    fn passing(reason: String) -> CredentialsError {
+        CredentialsError { reason, permanent: false }
+    }
+}
+
+impl Identities {
     /// Current credentials as a signing identity.
-    pub async fn get(&self) -> Result<Identity, GetError> {
+    pub async fn get(&self) -> Result<Identity, CredentialsError> {
         if let Some(id) = self.cached() {
             return Ok(id);
         }
@@ -218,10 +233,10 @@ impl Identities {
                 let why = chain(&e).lines().next().unwrap_or_default().to_owned();
                 let now = SystemTime::now();
                 let mut cur =
-                    self.current.write().map_err(|_| GetError::transient("credentials cache poisoned".into()))?;
+                    self.current.write().map_err(|_| CredentialsError::passing("credentials cache poisoned".into()))?;
                 let Some(c) = cur.as_mut() else {
                     // Never had any: a setup problem, not a passing one.
-                    return Err(GetError { reason: format!("{NO_CREDENTIALS}: {why}"), retry: Retry::No });
+                    return Err(CredentialsError { reason: format!("{NO_CREDENTIALS}: {why}"), permanent: true });
                 };
                 *backoff = (*backoff * 2).clamp(REFRESH_RETRY_FIRST, REFRESH_RETRY_MAX);
                 if c.expires.is_none_or(|t| t > now) {
@@ -234,7 +249,7 @@ impl Identities {
                     return Ok(c.identity.clone());
                 }
                 c.refresh_at = Some(now + *backoff);
-                Err(GetError::transient(format!("the credentials expired and refreshing them failed: {why}")))
+                Err(CredentialsError::passing(format!("the credentials expired and refreshing them failed: {why}")))
             }
         }
     }
@@ -392,7 +407,7 @@ fn archived(
     (!restored).then(|| class.to_owned())
 }
 
-/// One ListObjectsV2 page of a parallel listing ([`crate::listing`]).
+/// One ListObjectsV2 page of a parallel listing ([`crate::source::listing`]).
 #[derive(Debug, Default)]
 pub struct Page {
     pub objects: Vec<ListedObject>,
@@ -487,250 +502,6 @@ pub fn url_decode(s: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
-}
-
-/// Streams the keys under a prefix, one ListObjectsV2 page at a time.
-pub struct Lister {
-    client: Client,
-    source: S3Url,
-    token: Option<String>,
-    done: bool,
-    requester_pays: bool,
-}
-
-impl Lister {
-    pub fn new(client: &Client, source: &S3Url, requester_pays: bool) -> Lister {
-        Lister { client: client.clone(), source: source.clone(), token: None, done: false, requester_pays }
-    }
-
-    /// The next page, `None` after the last one.
-    pub async fn next_page(&mut self) -> Option<Result<Vec<ListedObject>, String>> {
-        if self.done {
-            return None;
-        }
-        let (bucket, prefix) = (&self.source.bucket, &self.source.prefix);
-        match list_page(&self.client, bucket, prefix, false, None, self.token.take(), self.requester_pays).await {
-            Ok(page) => {
-                self.token = page.next;
-                self.done = self.token.is_none();
-                Some(Ok(page.objects))
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-/// A downloaded object.
-#[derive(Debug)]
-pub struct Fetched {
-    pub body: Bytes,
-    pub last_modified: Option<SystemTime>,
-    /// Request sent to response headers parsed.
-    pub ttfb: Duration,
-    /// Headers to the last body byte.
-    pub body_time: Duration,
-    /// ETag and checksums, when `--verify` asked for them.
-    pub integrity: Option<crate::verify::Integrity>,
-    /// For a ranged GET: the object's ETag and its whole size (from Content-Range).
-    pub part: Option<PartInfo>,
-    /// The body's end was announced (Content-Length, or chunked framing): a connection that
-    /// closed early shows as an error. Without it (connection-close framing, as some proxies
-    /// answer) a cut body looks complete, so its length is checked against the listing.
-    pub framed: bool,
-}
-
-/// What a ranged GET says about the whole object.
-#[derive(Debug, Clone, Default)]
-pub struct PartInfo {
-    pub etag: Option<String>,
-    pub total: Option<u64>,
-}
-
-/// A byte range of an object, for large objects fetched in parts: `len` bytes from `first`,
-/// of the object version whose ETag is `if_match` (S3 answers `412 PreconditionFailed` once
-/// the object changed, so parts of two versions never make one file).
-#[derive(Debug, Clone)]
-pub struct ByteRange {
-    pub first: u64,
-    pub len: u64,
-    pub if_match: Option<String>,
-}
-
-impl ByteRange {
-    /// The `Range` header value.
-    pub fn header(&self) -> String {
-        format!("bytes={}-{}", self.first, self.first + self.len.max(1) - 1)
-    }
-}
-
-/// The whole size in a `Content-Range: bytes FIRST-LAST/TOTAL` header.
-pub fn content_range_total(v: &str) -> Option<u64> {
-    v.rsplit_once('/')?.1.trim().parse().ok()
-}
-
-/// Whether a failed GET is worth another attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Permanent (NoSuchKey, AccessDenied, …): fail the key.
-    No,
-    /// Transient (5xx, reset, timeout, short body): back off and try again.
-    Transient,
-    /// The service asks us to slow down (SlowDown, 503, 429).
-    Throttled,
-    /// The body does not match its checksum (`--verify`): fetch it again.
-    Corrupt,
-}
-
-/// A failed GET attempt: the one-line reason and whether to retry.
-#[derive(Debug, Clone)]
-pub struct GetError {
-    pub reason: String,
-    pub retry: Retry,
-}
-
-impl GetError {
-    pub fn transient(reason: String) -> GetError {
-        GetError { reason, retry: Retry::Transient }
-    }
-}
-
-/// How S3 error codes and HTTP statuses are retried (the SDK's standard classification).
-pub fn classify(status: u16, code: &str) -> Retry {
-    match code {
-        "SlowDown"
-        | "Throttling"
-        | "ThrottlingException"
-        | "ThrottledException"
-        | "RequestThrottled"
-        | "RequestThrottledException"
-        | "TooManyRequestsException"
-        | "RequestLimitExceeded"
-        | "ProvisionedThroughputExceededException"
-        | "BandwidthLimitExceeded"
-        | "EC2ThrottledException" => Retry::Throttled,
-        "InternalError"
-        | "RequestTimeout"
-        | "RequestTimeoutException"
-        | "ServiceUnavailable"
-        | "PriorRequestNotComplete"
-        | "TransactionInProgressException"
-        // The local clock is off: both engines learn the service's time from the answer's
-        // Date header and sign the next attempt with it.
-        | "RequestTimeTooSkewed" => Retry::Transient,
-        _ => match status {
-            429 | 503 => Retry::Throttled,
-            500 | 502 | 504 => Retry::Transient,
-            _ => Retry::No,
-        },
-    }
-}
-
-/// The body's length must be the announced one: a short body is transient.
-pub fn check_length(got: usize, content_length: Option<u64>) -> Result<(), GetError> {
-    match content_length {
-        Some(n) if got as u64 != n => {
-            Err(GetError::transient(format!("body has {got} bytes, Content-Length said {n}")))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// What every GET of a run through aws-sdk-s3 shares.
-pub struct SdkGets<'a> {
-    /// [`Control::client_no_retry`]: retries are the caller's.
-    pub client: &'a Client,
-    pub bucket: &'a str,
-    /// `--verify`: ask for checksums.
-    pub verify: bool,
-    pub requester_pays: bool,
-    /// `--version-id`.
-    pub version: Option<&'a str>,
-}
-
-/// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
-/// collects its body, checking its length against Content-Length; `first_byte` is set when
-/// the response's headers are in.
-pub async fn get(
-    gets: &SdkGets<'_>,
-    key: &str,
-    range: Option<&ByteRange>,
-    first_byte: &std::sync::atomic::AtomicBool,
-) -> Result<Fetched, GetError> {
-    let SdkGets { client, bucket, verify, requester_pays, version } = *gets;
-    let sent = Instant::now();
-    let mut req = client.get_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
-    if requester_pays {
-        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
-    }
-    if let Some(r) = range {
-        req = req.range(r.header()).set_if_match(r.if_match.clone());
-    }
-    // A part has no checksum of its own (S3 sends none for a range); its ETag and encryption
-    // are still kept, for a first range that turns out to hold the whole object.
-    if verify && range.is_none() {
-        req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
-    }
-    let out = req.send().await.map_err(|e| {
-        let retry = match &e {
-            SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or("")),
-            SdkError::DispatchFailure(df) if df.is_user() => Retry::No,
-            SdkError::ConstructionFailure(_) => Retry::No,
-            _ => Retry::Transient,
-        };
-        GetError { reason: describe(&e, Some(bucket)), retry }
-    })?;
-    let headers = Instant::now();
-    first_byte.store(true, std::sync::atomic::Ordering::Relaxed);
-    let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
-    let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
-    let integrity = verify.then(|| {
-        use aws_sdk_s3::types::ServerSideEncryption as Sse;
-        let values = [
-            out.checksum_crc64_nvme.clone(),
-            out.checksum_crc32_c.clone(),
-            out.checksum_crc32.clone(),
-            out.checksum_sha256.clone(),
-            out.checksum_sha1.clone(),
-        ];
-        crate::verify::Integrity {
-            etag: out.e_tag.clone(),
-            encrypted: matches!(out.server_side_encryption, Some(Sse::AwsKms | Sse::AwsKmsDsse))
-                || out.sse_customer_algorithm.is_some(),
-            checksums: crate::verify::CHECKSUM_HEADERS
-                .iter()
-                .zip(values)
-                .filter_map(|((name, _), v)| Some((*name, v?)))
-                .collect(),
-        }
-    });
-    let part = range.map(|_| PartInfo {
-        etag: out.e_tag.clone(),
-        total: out.content_range.as_deref().and_then(content_range_total),
-    });
-    let body = out.body.collect().await.map_err(body_error)?.into_bytes();
-    check_length(body.len(), expected)?;
-    // The SDK does not say how the body was framed: without a Content-Length, assume nothing.
-    let framed = expected.is_some();
-    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
-}
-
-/// A failed body read. With checksum mode on, the SDK validates the checksum while reading:
-/// its mismatch is the same [`Retry::Corrupt`] as the lean engine's `--verify` finding.
-fn body_error(e: aws_smithy_types::byte_stream::error::Error) -> GetError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(s) = source {
-        if s.downcast_ref::<aws_smithy_checksums::body::validate::Error>().is_some() {
-            return GetError {
-                reason: format!("content does not match its checksum: {}", chain(&e)),
-                retry: Retry::Corrupt,
-            };
-        }
-        source = s.source();
-    }
-    GetError::transient(format!("reading body: {}", chain(&e)))
 }
 
 /// The error and its sources on one line: `a: b: c`.

@@ -10,6 +10,7 @@ mod field;
 mod keys;
 mod killed;
 mod large;
+mod layout;
 mod listing;
 mod manifest;
 mod moto;

@@ -46,9 +46,10 @@ use rustix::io::Errno;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::IoEngine;
-use crate::keymap::{TMP_PREFIX, Target};
+use crate::config::RING_IO_WORKERS;
+use crate::keymap::{ETAG_XATTR, TMP_PREFIX, Target, run_id};
 use crate::report::Report;
-use crate::stats::{Recorder, Stage};
+use crate::report::stats::{Recorder, Stage};
 
 /// A downloaded object, ready to be written.
 pub struct FileJob {
@@ -74,9 +75,6 @@ pub struct Meta {
     /// The ETag (without quotes): the `user.s3uring.etag` extended attribute.
     pub etag: Option<String>,
 }
-
-/// The extended attribute holding a file's object's ETag.
-pub const ETAG_XATTR: &str = "user.s3uring.etag";
 
 /// Set once a file system refused timestamps or extended attributes: warned about once,
 /// and (for attributes) not tried again.
@@ -352,9 +350,6 @@ impl Writer {
     }
 }
 
-/// The ring's io-wq workers unless `--io-threads` says otherwise.
-pub const RING_IO_WORKERS: usize = 16;
-
 /// How to run a writer.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -429,15 +424,6 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
         threads.push(t);
     }
     Ok(Writer { jobs: tx, engine: "threads", threads, dirs })
-}
-
-/// This run's id: 16 random hex digits, the same for all its temporary files.
-pub fn run_id() -> &'static str {
-    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        // fastrand's global generator is seeded from the OS's random hash keys.
-        format!("{:016x}", fastrand::u64(..))
-    });
-    &ID
 }
 
 /// The temporary name for sequence number `seq`: at most 13 + 16 + 1 + 16 = 46 bytes.

@@ -54,7 +54,7 @@ use super::{DirCache, FileJob, Job, LargeFile, c_name, io_reason, tmp_name};
 
 type Permit = tokio::sync::OwnedSemaphorePermit;
 use crate::report::Report;
-use crate::stats::{Recorder, Stage};
+use crate::report::stats::{Recorder, Stage};
 
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
@@ -63,7 +63,7 @@ const SLOTS: u32 = 1024;
 /// Largest single WRITE; bigger bodies are written in chunks of this size.
 const MAX_WRITE: usize = 1 << 30;
 /// io-wq workers per class (bounded: regular-file I/O, unbounded: O_CREAT opens and renames).
-const IOWQ_MAX_WORKERS: u32 = super::RING_IO_WORKERS as u32;
+const IOWQ_MAX_WORKERS: u32 = crate::config::RING_IO_WORKERS as u32;
 
 const OP_OPEN: u64 = 0;
 const OP_WRITE: u64 = 1;

@@ -35,8 +35,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::report::Report;
-use crate::s3::{self, ListedObject};
-use crate::stats::Stage;
+use aws_sdk_s3::Client;
+
+use crate::config::S3Url;
+use crate::report::stats::Stage;
+use crate::s3::{self, ListedObject, list_page};
 
 /// A range of keys to list under the prefix: strictly after `after`, up to `until` inclusive.
 #[derive(Debug, Clone)]
@@ -413,6 +416,40 @@ fn boundaries(
         ok
     });
     if ascending { out } else { Vec::new() }
+}
+
+/// Streams the keys under a prefix, one ListObjectsV2 page at a time.
+pub struct Lister {
+    client: Client,
+    source: S3Url,
+    token: Option<String>,
+    done: bool,
+    requester_pays: bool,
+}
+
+impl Lister {
+    pub fn new(client: &Client, source: &S3Url, requester_pays: bool) -> Lister {
+        Lister { client: client.clone(), source: source.clone(), token: None, done: false, requester_pays }
+    }
+
+    /// The next page, `None` after the last one.
+    pub async fn next_page(&mut self) -> Option<Result<Vec<ListedObject>, String>> {
+        if self.done {
+            return None;
+        }
+        let (bucket, prefix) = (&self.source.bucket, &self.source.prefix);
+        match list_page(&self.client, bucket, prefix, false, None, self.token.take(), self.requester_pays).await {
+            Ok(page) => {
+                self.token = page.next;
+                self.done = self.token.is_none();
+                Some(Ok(page.objects))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

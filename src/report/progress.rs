@@ -1,82 +1,16 @@
 //! Live progress on stderr: a bar (indicatif) on a terminal, one plain line every
 //! `--progress-interval` seconds otherwise (logs, CI), nothing with `--quiet`.
 //!
-//! Everything else printed to stderr while a bar is live — failure lines, tracing logs — goes
-//! through [`line`] / [`LogWriter`], which suspend the bar around the write, so the two never
-//! interleave on one terminal line.
+//! Everything else printed to stderr while a bar is live goes through [`crate::console`],
+//! which suspends the bar around the write.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::console::{self, ProgressMode as Mode, line};
 use crate::report::Report;
-
-/// The live bar, if any: shared with [`line`] and the log writer.
-static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
-
-fn current_bar() -> Option<ProgressBar> {
-    BAR.lock().ok().and_then(|b| b.clone())
-}
-
-/// Prints one line to stderr without tearing the progress bar.
-pub fn line(s: &str) {
-    match current_bar() {
-        Some(bar) => bar.suspend(|| crate::say!("{s}")),
-        None => crate::say!("{s}"),
-    }
-}
-
-/// A `tracing` writer that suspends the bar around each log record.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match current_bar() {
-            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
-            None => std::io::stderr().write_all(buf)?,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
-    type Writer = LogWriter;
-    fn make_writer(&'a self) -> Self::Writer {
-        LogWriter
-    }
-}
-
-/// How to show progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// A live bar (stderr is a terminal).
-    Bar,
-    /// A plain line every so often (stderr is a file or pipe).
-    Lines(Duration),
-    Off,
-}
-
-impl Mode {
-    /// The mode for this process: a bar on a terminal, else lines every `interval` (0: none).
-    pub fn detect(quiet: bool, interval: Duration) -> Mode {
-        if quiet {
-            Mode::Off
-        } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            Mode::Bar
-        } else if interval.is_zero() {
-            Mode::Off
-        } else {
-            Mode::Lines(interval)
-        }
-    }
-}
 
 /// A running progress display; [`Progress::finish`] removes the bar.
 pub struct Progress {
@@ -96,9 +30,7 @@ impl Progress {
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            if let Ok(mut b) = BAR.lock() {
-                *b = Some(bar.clone());
-            }
+            console::show_bar(Some(bar.clone()));
             bar
         });
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -122,9 +54,7 @@ impl Progress {
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            if let Ok(mut b) = BAR.lock() {
-                *b = None;
-            }
+            console::show_bar(None);
         });
         Some(Progress { stop, task })
     }

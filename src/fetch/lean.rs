@@ -16,7 +16,7 @@
 //!   ([`Pool`]): a GET takes an idle one; when none is idle and fewer are open than GETs want
 //!   one, it starts opening one in the background and takes whichever comes first, that one
 //!   or one another GET gives back, so a handshake delays a GET by at most the time until the
-//!   next answer. Connections therefore follow the GETs in flight ([`crate::window`]), not
+//!   next answer. Connections therefore follow the GETs in flight ([`crate::fetch::window`]), not
 //!   `--workers`; one is closed only when the server closes it or a request on it fails (a
 //!   response not read whole). TLS by rustls (aws-lc-rs) with the platform's roots (or
 //!   `--ca-bundle`); one client configuration for all connections, so every connection after
@@ -45,11 +45,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::store::{ByteRange, Fetched, GetError, PartInfo, Retry, check_length, classify, content_range_total};
 use crate::report::Report;
-use crate::s3::{
-    BucketEndpoint, ByteRange, CachingResolver, Fetched, GetError, Identities, PartInfo, Retry, check_length,
-    content_range_total,
-};
+use crate::s3::{BucketEndpoint, CachingResolver, Identities};
 
 /// TCP connect plus TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,7 +85,7 @@ struct Signer {
     region: String,
     name: String,
     /// The usual GET, signed without the generic signer's per-request cost.
-    fast: crate::sigv4::GetSigner,
+    fast: crate::fetch::sigv4::GetSigner,
     /// The service's clock minus ours, in milliseconds, once it refused a request as
     /// `RequestTimeTooSkewed`: requests are signed with the service's time.
     skew_ms: std::sync::atomic::AtomicI64,
@@ -120,7 +118,7 @@ impl Lean {
             identities,
             region: endpoint.signing_region.clone(),
             name: endpoint.signing_name.clone(),
-            fast: crate::sigv4::GetSigner::new(&endpoint.signing_region, &endpoint.signing_name),
+            fast: crate::fetch::sigv4::GetSigner::new(&endpoint.signing_region, &endpoint.signing_name),
             skew_ms: std::sync::atomic::AtomicI64::new(0),
         });
         let dial =
@@ -256,7 +254,7 @@ impl Lean {
         {
             reason.push_str(&format!(" [bucket region: {region}]"));
         }
-        GetError { reason, retry: crate::s3::classify(status.as_u16(), &code) }
+        GetError { reason, retry: classify(status.as_u16(), &code) }
     }
 }
 
@@ -285,7 +283,7 @@ impl Dial {
             let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| transport(&what(), &e))?;
             let _ = tcp.set_nodelay(true);
             match &self.tls {
-                None => Ok((handshake(tcp).await?, false)),
+                None => Ok::<_, GetError>((handshake(tcp).await?, false)),
                 Some((connector, name)) => {
                     // rustls asks for 4 KiB per read: buffered, a response takes one read.
                     let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
@@ -478,7 +476,7 @@ impl Signer {
             return Ok(());
         }
         // Anything else (a version id's query string, …): aws-sigv4's generic signer.
-        let settings = crate::sigv4::s3_settings();
+        let settings = crate::fetch::sigv4::s3_settings();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
@@ -495,7 +493,7 @@ impl Signer {
             "GET",
             path,
             headers.into_iter(),
-            SignableBody::Precomputed(crate::sigv4::EMPTY_SHA256.to_owned()),
+            SignableBody::Precomputed(crate::fetch::sigv4::EMPTY_SHA256.to_owned()),
         )
         .and_then(|r| sign(r, &params))
         .map_err(|e| GetError { reason: format!("cannot sign the request: {e}"), retry: Retry::No })?;

@@ -19,7 +19,7 @@
 //! round of where more GETs would only wait (it may overshoot that point by up to 2×).
 //!
 //! It never shrinks: connections once opened stay in use (no churn), and a window larger
-//! than needed costs nothing while the rate limiter ([`crate::throttle`]) or an empty key
+//! than needed costs nothing while the rate limiter ([`crate::fetch::throttle`]) or an empty key
 //! queue holds GETs back. `--workers` is its ceiling. Parts of large objects are not in it:
 //! their count is bounded by the byte budget and `--part-concurrency`. Nor are any GETs
 //! once the service has throttled the run (or `--max-rate` caps it): the rate limiters then

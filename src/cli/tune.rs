@@ -15,8 +15,8 @@ use std::time::Instant;
 use plotters::prelude::*;
 
 use crate::config::Config;
-use crate::pipeline;
 use crate::report::{ProcessCpu, Report, Summary};
+use crate::run;
 
 /// One cell's result.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub async fn sweep(base: &Config, workers: &[usize], queues: &[usize], repeat: u
                 let cpu0 = ProcessCpu::now().unwrap_or_default();
                 let report = Arc::new(Report::silent());
                 let started = Instant::now();
-                let summary = pipeline::run(&cfg, report).await.map_err(|e| e.to_string())?;
+                let summary = run::run(&cfg, report).await.map_err(|e| e.to_string())?;
                 let cpu1 = ProcessCpu::now().unwrap_or_default();
                 let objects = (summary.counts.written + summary.counts.dirs).max(1) as f64;
                 let cpu_us =
@@ -114,9 +114,9 @@ pub fn write_results(out: &Path, cells: &[Cell], source: &str, command: &str) ->
             md,
             "| {w} | {q} | {} | {ops:.0}{mark} | {cpu:.0} | {} / {} | {} |",
             cells.iter().filter(|c| c.workers == *w && c.queue == *q).count(),
-            crate::stats::fmt_us(t50),
-            crate::stats::fmt_us(t99),
-            crate::stats::fmt_us(a99)
+            crate::report::stats::fmt_us(t50),
+            crate::report::stats::fmt_us(t99),
+            crate::report::stats::fmt_us(a99)
         );
     }
     let files = vec![out.join("tune.csv"), out.join("tune.md"), out.join("tune.svg")];

@@ -20,39 +20,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::pipeline::KEYS_PER_PAGE;
+pub use crate::config::Location;
+use crate::queue::KEYS_PER_PAGE;
 use crate::report::Report;
 use crate::s3::ListedObject;
-
-/// Where `--manifest` points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    Local(PathBuf),
-    S3 { bucket: String, key: String },
-}
-
-impl Location {
-    pub fn parse(s: &str) -> Result<Location, String> {
-        match s.strip_prefix("s3://") {
-            Some(rest) => match rest.split_once('/') {
-                Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
-                    Ok(Location::S3 { bucket: bucket.to_owned(), key: key.to_owned() })
-                }
-                _ => Err(format!("--manifest '{s}' must be s3://bucket/key/of/manifest.json or a local file")),
-            },
-            None => Ok(Location::Local(PathBuf::from(s))),
-        }
-    }
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-        }
-    }
-}
 
 /// The parts of `manifest.json` this tool uses.
 #[derive(Debug, serde::Deserialize)]

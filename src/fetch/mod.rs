@@ -7,7 +7,7 @@
 //! together do not come back together. Permanent errors (NoSuchKey, AccessDenied, …) fail
 //! the key at once. Every retry is counted in the summary, throttled ones separately.
 //!
-//! Throttling slows the whole run instead of failing keys ([`crate::throttle`]): a
+//! Throttling slows the whole run instead of failing keys ([`crate::fetch::throttle`]): a
 //! SlowDown/503/429 answer lowers the rate of GETs of that key's partition, and the key is
 //! tried again without spending `--retries` — as long as the run makes progress: when no GET
 //! at all has succeeded for `--stall-timeout`, the key fails and the run stops.
@@ -19,16 +19,27 @@
 //! first request has its send slot, and the second request takes a slot of its own: hedges
 //! obey the rate limit like every GET.
 
+pub mod lean;
+mod parked;
+pub mod sdk;
+mod sigv4;
+pub mod store;
+pub mod task;
+pub mod throttle;
+pub mod window;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, FetchEngine};
-use crate::lean::Lean;
 use crate::report::Report;
-use crate::s3::{self, ByteRange, Control, Fetched, GetError, Retry};
-use crate::throttle::{Answer, Limiter, Throttle, ThrottleStats, Ticket};
-use crate::window::{Slot, Window};
+use crate::report::ThrottleStats;
+use crate::s3::{self, Control};
+use lean::Lean;
+use store::{ByteRange, Fetched, GetError, Retry};
+use throttle::{Answer, Limiter, Throttle, Ticket};
+use window::{Slot, Window};
 
 /// First backoff bound; doubles per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -142,7 +153,7 @@ impl Engine {
     }
 
     /// A place in the window of GETs in flight, then the rate limiter's send slot. A part
-    /// needs no place (see [`crate::window`]), nor does any GET once the service has
+    /// needs no place (see [`crate::fetch::window`]), nor does any GET once the service has
     /// throttled the run (or `--max-rate` caps it): the limiters then pace GETs and bound
     /// them in flight, and a paced GET queued behind unlimited ones would miss its slot.
     /// The send slot comes last, right before sending: a GET that waited for its place
@@ -172,14 +183,14 @@ impl Engine {
             match &self.kind {
                 Kind::Lean(lean) => lean.get(key, self.version_id.as_deref(), range, first_byte).await,
                 Kind::Sdk { client, bucket, requester_pays } => {
-                    let gets = s3::SdkGets {
+                    let gets = sdk::SdkGets {
                         client,
                         bucket,
                         verify: self.verify,
                         requester_pays: *requester_pays,
                         version: self.version_id.as_deref(),
                     };
-                    s3::get(&gets, key, range, first_byte).await
+                    sdk::get(&gets, key, range, first_byte).await
                 }
             }
         })

@@ -3,6 +3,8 @@
 //! `s3uring SOURCE DEST` copies; `s3uring demo` runs a whole copy against the embedded
 //! endpoint and verifies it; `s3uring serve` runs the endpoint alone for other tools.
 
+pub mod tune;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,9 +16,10 @@ use crate::config::{
     Config, Credentials, DEFAULT_BUFFER_MIB, DEFAULT_HEDGE_AFTER_MS, DEFAULT_LIST_WORKERS, DEFAULT_PART_CONCURRENCY,
     DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS, FetchEngine, IoEngine, S3Settings, S3Url,
 };
+use crate::console::sanitize;
 use crate::endpoint::{BucketSpec, Contents, Endpoint, EndpointConfig, Faults, Layout, generated_content};
-use crate::pipeline::{self, Fatal};
-use crate::report::{Report, sanitize};
+use crate::report::Report;
+use crate::run::{self, Fatal};
 
 /// Exit codes: 0 every key written or skipped, 1 some keys failed, 2 usage or setup error,
 /// 130 interrupted.
@@ -211,8 +214,8 @@ struct Tuning {
     /// Copy the objects of an S3 Inventory report (CSV) instead of listing: its manifest.json,
     /// local or s3://bucket/…/manifest.json. Keys outside SOURCE's prefix are left out; sizes,
     /// LastModifiedDate and ETags from the inventory drive the skip check.
-    #[arg(long, value_name = "FILE|S3URL", value_parser = crate::manifest::Location::parse)]
-    manifest: Option<crate::manifest::Location>,
+    #[arg(long, value_name = "FILE|S3URL", value_parser = crate::config::Location::parse)]
+    manifest: Option<crate::config::Location>,
 
     /// Threads of the async runtime running the fetch tasks (0: one per CPU core). The
     /// writer has its own threads besides.
@@ -539,7 +542,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("s3uring={ours},{theirs}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::progress::LogWriter)
+        .with_writer(crate::console::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
@@ -616,7 +619,8 @@ fn apply_output(cfg: &mut Config, o: &Output) -> Result<(), String> {
         ));
     }
     cfg.summary = !o.quiet;
-    cfg.progress = crate::progress::Mode::detect(o.quiet, std::time::Duration::from_secs_f64(o.progress_interval));
+    cfg.progress =
+        crate::console::ProgressMode::detect(o.quiet, std::time::Duration::from_secs_f64(o.progress_interval));
     cfg.stats_json = o.stats_json.clone();
     cfg.failed_keys = o.failed_keys.clone();
     Ok(())
@@ -676,23 +680,23 @@ async fn watch_signals(stop: tokio::sync::watch::Sender<bool>) {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    crate::progress::line("s3uring: interrupted: finishing the files in flight (interrupt again to quit at once)");
+    crate::console::line("s3uring: interrupted: finishing the files in flight (interrupt again to quit at once)");
     let _ = stop.send(true);
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    crate::progress::line("s3uring: interrupted again: quitting now; the next run removes temporary files");
+    crate::console::line("s3uring: interrupted again: quitting now; the next run removes temporary files");
     std::process::exit(Exit::Interrupted as i32);
 }
 
 /// Runs a copy and prints its summary; the exit code says how it went.
 pub async fn copy(cfg: Config) -> Exit {
     let report = Arc::new(Report::new());
-    let progress = crate::progress::Progress::start(report.clone(), cfg.progress);
-    let (stop_tx, stop) = pipeline::Stop::new();
+    let progress = crate::report::progress::Progress::start(report.clone(), cfg.progress);
+    let (stop_tx, stop) = run::Stop::new();
     let signals = tokio::spawn(watch_signals(stop_tx));
-    let result = pipeline::run_until(&cfg, report, stop).await;
+    let result = run::run_until(&cfg, report, stop).await;
     signals.abort();
     if let Some(p) = progress {
         p.finish().await;
@@ -710,7 +714,7 @@ pub async fn copy(cfg: Config) -> Exit {
             if cfg.summary {
                 crate::say_raw!("{}", summary.render());
                 if !summary.stages.is_empty() {
-                    crate::say_raw!("{}", crate::stats::render_table(&summary.stages));
+                    crate::say_raw!("{}", crate::report::stats::render_table(&summary.stages));
                 }
             }
             if summary.interrupted {
@@ -909,8 +913,8 @@ async fn serve(args: ServeArgs) -> Exit {
 async fn tune(args: TuneArgs) -> Exit {
     let setup = (|| {
         let cfg = base_config(&args.source, args.scratch.clone(), &args.s3)?;
-        let workers = crate::tune::parse_list(&args.workers_list, "--workers")?;
-        let queues = crate::tune::parse_list(&args.queue_list, "--queue")?;
+        let workers = crate::cli::tune::parse_list(&args.workers_list, "--workers")?;
+        let queues = crate::cli::tune::parse_list(&args.queue_list, "--queue")?;
         Ok::<_, String>((cfg, workers, queues))
     })();
     let (mut cfg, workers, queues) = match setup {
@@ -921,7 +925,7 @@ async fn tune(args: TuneArgs) -> Exit {
         }
     };
     cfg.io_engine = args.io_engine;
-    let cells = match crate::tune::sweep(&cfg, &workers, &queues, args.repeat as usize).await {
+    let cells = match crate::cli::tune::sweep(&cfg, &workers, &queues, args.repeat as usize).await {
         Ok(c) => c,
         Err(msg) => {
             crate::say!("s3uring: error: {}", sanitize(&msg));
@@ -929,7 +933,7 @@ async fn tune(args: TuneArgs) -> Exit {
         }
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    match crate::tune::write_results(&args.out, &cells, &cfg.source.to_string(), &command) {
+    match crate::cli::tune::write_results(&args.out, &cells, &cfg.source.to_string(), &command) {
         Ok(files) => {
             if let Ok(md) = std::fs::read_to_string(&files[1]) {
                 crate::say_raw!("{md}");

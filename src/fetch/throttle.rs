@@ -54,6 +54,7 @@
 //! unthrottled prefix at its own speed. What it cannot tell apart: throttling answers that
 //! come at random, whatever the rate, look like a limit below every rate tried.
 
+use crate::report::{PartitionStats, ThrottleStats};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -197,36 +198,6 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.throttle.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// What the summary and the stats JSON say about the limiters.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ThrottleStats {
-    /// Throttling answers (SlowDown, 503, 429) received.
-    pub throttled: u64,
-    /// `--max-rate`, if given.
-    pub max_rate: Option<f64>,
-    /// Seconds GETs spent waiting for their send slot, summed over GETs.
-    pub limiter_wait_s: f64,
-    /// The limited partitions at the end of the run (empty when nothing was ever limited).
-    pub partitions: Vec<PartitionStats>,
-}
-
-/// One partition's limiter.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PartitionStats {
-    /// The key prefix of the partition (SOURCE's prefix for the root partition).
-    pub prefix: String,
-    /// Its rate when the run ended (GET/s); `null` once it was unlimited again.
-    pub rate: Option<f64>,
-    /// The rate at the last cut: what the service accepted when it last throttled.
-    pub settled_rate: Option<f64>,
-    /// The lowest rate it was cut to.
-    pub lowest_rate: Option<f64>,
-    /// Cuts made (one per throttling episode round trip, not one per answer).
-    pub cuts: u64,
-    /// Throttling answers in this partition.
-    pub throttled: u64,
 }
 
 impl Throttle {

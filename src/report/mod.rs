@@ -4,12 +4,47 @@
 //! Invariant 3: every listed key ends as exactly one of written (a file or a directory),
 //! skipped, or failed — [`Summary::unaccounted`] checks it.
 
+pub mod progress;
+pub mod stats;
+
 use std::fmt::Write as _;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::stats::{Recorder, StageSink, StageStats};
+use crate::console::sanitize;
+use stats::{Recorder, StageSink, StageStats};
+
+/// What the summary and the stats JSON say about the limiters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ThrottleStats {
+    /// Throttling answers (SlowDown, 503, 429) received.
+    pub throttled: u64,
+    /// `--max-rate`, if given.
+    pub max_rate: Option<f64>,
+    /// Seconds GETs spent waiting for their send slot, summed over GETs.
+    pub limiter_wait_s: f64,
+    /// The limited partitions at the end of the run (empty when nothing was ever limited).
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// One partition's limiter.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PartitionStats {
+    /// The key prefix of the partition (SOURCE's prefix for the root partition).
+    pub prefix: String,
+    /// Its rate when the run ended (GET/s); `null` once it was unlimited again.
+    pub rate: Option<f64>,
+    /// The rate at the last cut: what the service accepted when it last throttled.
+    pub settled_rate: Option<f64>,
+    /// The lowest rate it was cut to.
+    pub lowest_rate: Option<f64>,
+    /// Cuts made (one per throttling episode round trip, not one per answer).
+    pub cuts: u64,
+    /// Throttling answers in this partition.
+    pub throttled: u64,
+}
 
 /// How many failures the summary repeats at the end.
 const FAILURES_KEPT: usize = 10;
@@ -51,7 +86,7 @@ pub struct Report {
     hedge_won: AtomicU64,
     /// The fewest GETs in flight while the rate limiter held GETs back.
     min_in_flight: AtomicU64,
-    /// The window of GETs in flight at the end ([`crate::window`]).
+    /// The window of GETs in flight at the end ([`crate::fetch::window`]).
     window: AtomicU64,
     /// `--verify`: bodies checked against a checksum header, against the ETag's MD5, with
     /// nothing to check against, and bodies that did not match.
@@ -78,7 +113,7 @@ impl Report {
         Report { quiet_failures: true, ..Report::default() }
     }
 
-    /// A buffer for one task's stage latencies (see [`crate::stats`]).
+    /// A buffer for one task's stage latencies (see [`crate::report::stats`]).
     pub fn recorder(&self) -> Recorder {
         self.stages.recorder()
     }
@@ -122,7 +157,7 @@ impl Report {
         self.skipped();
         self.archived.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_failures {
-            crate::progress::line(&format!(
+            crate::console::line(&format!(
                 "s3uring: skipped '{}': in {class} and not restored (restore it first, e.g. aws s3api restore-object)",
                 sanitize(key)
             ));
@@ -133,7 +168,7 @@ impl Report {
     pub fn fail(&self, key: &str, reason: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_failures {
-            crate::progress::line(&format!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason)));
+            crate::console::line(&format!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason)));
         }
         if let Ok(mut f) = self.failed_keys.lock()
             && let Some(f) = f.as_mut()
@@ -149,7 +184,7 @@ impl Report {
 
     pub fn listing_incomplete(&self, reason: &str) {
         self.listing_incomplete.store(true, Ordering::Relaxed);
-        crate::progress::line(&format!("s3uring: {}", sanitize(reason)));
+        crate::console::line(&format!("s3uring: {}", sanitize(reason)));
     }
 
     /// The io_uring writer's batching: `submits` enters carried `files` files.
@@ -180,7 +215,7 @@ impl Report {
     /// may be the same file) has been read.
     pub fn write_failed_keys(&self, path: &std::path::Path) -> Result<(), String> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temp = path.with_file_name(format!(".{name}.{}.tmp", crate::writer::run_id()));
+        let temp = path.with_file_name(format!(".{name}.{}.tmp", crate::keymap::run_id()));
         let file = std::fs::File::create_new(&temp)
             .map_err(|e| format!("cannot create --failed-keys file '{}': {e}", path.display()))?;
         if let Ok(mut f) = self.failed_keys.lock() {
@@ -269,7 +304,7 @@ impl Report {
     pub fn abort(&self, reason: &str) {
         let Ok(mut a) = self.abort.lock() else { return };
         if a.0.is_none() {
-            crate::progress::line(&format!("s3uring: stopping: {}", sanitize(reason)));
+            crate::console::line(&format!("s3uring: stopping: {}", sanitize(reason)));
             a.0 = Some(reason.to_owned());
         }
         if let Some(t) = &a.1 {
@@ -368,7 +403,7 @@ impl Report {
             hedged: self.hedged.load(Ordering::Relaxed),
             hedge_won: self.hedge_won.load(Ordering::Relaxed),
             min_in_flight: self.min_in_flight.load(Ordering::Relaxed),
-            throttle: crate::throttle::ThrottleStats::default(),
+            throttle: ThrottleStats::default(),
             retries_allowed: 0,
             hedge_after_ms: 0,
             verify: [
@@ -509,7 +544,7 @@ pub struct Summary {
     /// `--workers` when none ever did).
     pub min_in_flight: u64,
     /// The rate limiters: throttling answers, `--max-rate`, waiting, partitions.
-    pub throttle: crate::throttle::ThrottleStats,
+    pub throttle: ThrottleStats,
     /// `--retries` and `--hedge-after` (ms) of the run.
     pub retries_allowed: u32,
     pub hedge_after_ms: u64,
@@ -721,38 +756,9 @@ impl Summary {
     }
 }
 
-/// Makes a key safe to print on a terminal: control characters and Unicode bidi/format
-/// characters are escaped (`\u{202e}`), everything else is kept.
-pub fn sanitize(s: &str) -> String {
-    let needs = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
-    };
-    if !s.chars().any(needs) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if needs(c) {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sanitize_escapes_terminal_tricks_only() {
-        assert_eq!(sanitize("plain/ünï code.txt"), "plain/ünï code.txt");
-        assert_eq!(sanitize("a\nb"), "a\\u{a}b");
-        assert_eq!(sanitize("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
-        assert_eq!(sanitize("\x1b[31mred"), "\\u{1b}[31mred");
-    }
 
     #[test]
     fn every_key_is_accounted_for() {
@@ -823,7 +829,7 @@ pub fn stats_json(summary: &Summary, cfg: &crate::config::Config) -> serde_json:
             "fsync": cfg.fsync,
             "existing": format!("{:?}", cfg.existing).to_lowercase(),
             "io_threads": cfg.io_threads.unwrap_or(match summary.engine.as_str() {
-                "io_uring" => crate::writer::RING_IO_WORKERS,
+                "io_uring" => crate::config::RING_IO_WORKERS,
                 _ => crate::config::default_io_threads(),
             }),
             "buffer_bytes": cfg.buffer_bytes,

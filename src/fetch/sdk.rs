@@ -1,0 +1,104 @@
+//! The reference fetch engine, `--fetch-engine sdk`: GetObject through aws-sdk-s3.
+
+use std::time::{Instant, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use super::store::{ByteRange, Fetched, GetError, PartInfo, Retry, check_length, classify, content_range_total};
+use crate::s3::{chain, describe};
+
+/// What every GET of a run through aws-sdk-s3 shares.
+pub struct SdkGets<'a> {
+    /// [`crate::s3::Control::client_no_retry`]: retries are the caller's.
+    pub client: &'a Client,
+    pub bucket: &'a str,
+    /// `--verify`: ask for checksums.
+    pub verify: bool,
+    pub requester_pays: bool,
+    /// `--version-id`.
+    pub version: Option<&'a str>,
+}
+
+/// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
+/// collects its body, checking its length against Content-Length; `first_byte` is set when
+/// the response's headers are in.
+pub async fn get(
+    gets: &SdkGets<'_>,
+    key: &str,
+    range: Option<&ByteRange>,
+    first_byte: &std::sync::atomic::AtomicBool,
+) -> Result<Fetched, GetError> {
+    let SdkGets { client, bucket, verify, requester_pays, version } = *gets;
+    let sent = Instant::now();
+    let mut req = client.get_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
+    if requester_pays {
+        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
+    }
+    if let Some(r) = range {
+        req = req.range(r.header()).set_if_match(r.if_match.clone());
+    }
+    // A part has no checksum of its own (S3 sends none for a range); its ETag and encryption
+    // are still kept, for a first range that turns out to hold the whole object.
+    if verify && range.is_none() {
+        req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+    }
+    let out = req.send().await.map_err(|e| {
+        let retry = match &e {
+            SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or("")),
+            SdkError::DispatchFailure(df) if df.is_user() => Retry::No,
+            SdkError::ConstructionFailure(_) => Retry::No,
+            _ => Retry::Transient,
+        };
+        GetError { reason: describe(&e, Some(bucket)), retry }
+    })?;
+    let headers = Instant::now();
+    first_byte.store(true, std::sync::atomic::Ordering::Relaxed);
+    let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
+    let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
+    let integrity = verify.then(|| {
+        use aws_sdk_s3::types::ServerSideEncryption as Sse;
+        let values = [
+            out.checksum_crc64_nvme.clone(),
+            out.checksum_crc32_c.clone(),
+            out.checksum_crc32.clone(),
+            out.checksum_sha256.clone(),
+            out.checksum_sha1.clone(),
+        ];
+        crate::verify::Integrity {
+            etag: out.e_tag.clone(),
+            encrypted: matches!(out.server_side_encryption, Some(Sse::AwsKms | Sse::AwsKmsDsse))
+                || out.sse_customer_algorithm.is_some(),
+            checksums: crate::verify::CHECKSUM_HEADERS
+                .iter()
+                .zip(values)
+                .filter_map(|((name, _), v)| Some((*name, v?)))
+                .collect(),
+        }
+    });
+    let part = range.map(|_| PartInfo {
+        etag: out.e_tag.clone(),
+        total: out.content_range.as_deref().and_then(content_range_total),
+    });
+    let body = out.body.collect().await.map_err(body_error)?.into_bytes();
+    check_length(body.len(), expected)?;
+    // The SDK does not say how the body was framed: without a Content-Length, assume nothing.
+    let framed = expected.is_some();
+    Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
+}
+
+/// A failed body read. With checksum mode on, the SDK validates the checksum while reading:
+/// its mismatch is the same [`Retry::Corrupt`] as the lean engine's `--verify` finding.
+fn body_error(e: aws_smithy_types::byte_stream::error::Error) -> GetError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.downcast_ref::<aws_smithy_checksums::body::validate::Error>().is_some() {
+            return GetError {
+                reason: format!("content does not match its checksum: {}", chain(&e)),
+                retry: Retry::Corrupt,
+            };
+        }
+        source = s.source();
+    }
+    GetError::transient(format!("reading body: {}", chain(&e)))
+}

@@ -1,0 +1,129 @@
+//! What a GET gives back, and how its failures are classified: the types every fetch
+//! engine shares.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use crate::s3::CredentialsError;
+
+/// A downloaded object.
+#[derive(Debug)]
+pub struct Fetched {
+    pub body: Bytes,
+    pub last_modified: Option<SystemTime>,
+    /// Request sent to response headers parsed.
+    pub ttfb: Duration,
+    /// Headers to the last body byte.
+    pub body_time: Duration,
+    /// ETag and checksums, when `--verify` asked for them.
+    pub integrity: Option<crate::verify::Integrity>,
+    /// For a ranged GET: the object's ETag and its whole size (from Content-Range).
+    pub part: Option<PartInfo>,
+    /// The body's end was announced (Content-Length, or chunked framing): a connection that
+    /// closed early shows as an error. Without it (connection-close framing, as some proxies
+    /// answer) a cut body looks complete, so its length is checked against the listing.
+    pub framed: bool,
+}
+
+/// What a ranged GET says about the whole object.
+#[derive(Debug, Clone, Default)]
+pub struct PartInfo {
+    pub etag: Option<String>,
+    pub total: Option<u64>,
+}
+
+/// A byte range of an object, for large objects fetched in parts: `len` bytes from `first`,
+/// of the object version whose ETag is `if_match` (S3 answers `412 PreconditionFailed` once
+/// the object changed, so parts of two versions never make one file).
+#[derive(Debug, Clone)]
+pub struct ByteRange {
+    pub first: u64,
+    pub len: u64,
+    pub if_match: Option<String>,
+}
+
+impl ByteRange {
+    /// The `Range` header value.
+    pub fn header(&self) -> String {
+        format!("bytes={}-{}", self.first, self.first + self.len.max(1) - 1)
+    }
+}
+
+/// The whole size in a `Content-Range: bytes FIRST-LAST/TOTAL` header.
+pub fn content_range_total(v: &str) -> Option<u64> {
+    v.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+/// Whether a failed GET is worth another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Permanent (NoSuchKey, AccessDenied, …): fail the key.
+    No,
+    /// Transient (5xx, reset, timeout, short body): back off and try again.
+    Transient,
+    /// The service asks us to slow down (SlowDown, 503, 429).
+    Throttled,
+    /// The body does not match its checksum (`--verify`): fetch it again.
+    Corrupt,
+}
+
+/// A failed GET attempt: the one-line reason and whether to retry.
+#[derive(Debug, Clone)]
+pub struct GetError {
+    pub reason: String,
+    pub retry: Retry,
+}
+
+impl GetError {
+    pub fn transient(reason: String) -> GetError {
+        GetError { reason, retry: Retry::Transient }
+    }
+}
+
+/// How S3 error codes and HTTP statuses are retried (the SDK's standard classification).
+pub fn classify(status: u16, code: &str) -> Retry {
+    match code {
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "ThrottledException"
+        | "RequestThrottled"
+        | "RequestThrottledException"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "ProvisionedThroughputExceededException"
+        | "BandwidthLimitExceeded"
+        | "EC2ThrottledException" => Retry::Throttled,
+        "InternalError"
+        | "RequestTimeout"
+        | "RequestTimeoutException"
+        | "ServiceUnavailable"
+        | "PriorRequestNotComplete"
+        | "TransactionInProgressException"
+        // The local clock is off: both engines learn the service's time from the answer's
+        // Date header and sign the next attempt with it.
+        | "RequestTimeTooSkewed" => Retry::Transient,
+        _ => match status {
+            429 | 503 => Retry::Throttled,
+            500 | 502 | 504 => Retry::Transient,
+            _ => Retry::No,
+        },
+    }
+}
+
+/// The body's length must be the announced one: a short body is transient.
+pub fn check_length(got: usize, content_length: Option<u64>) -> Result<(), GetError> {
+    match content_length {
+        Some(n) if got as u64 != n => {
+            Err(GetError::transient(format!("body has {got} bytes, Content-Length said {n}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl From<CredentialsError> for GetError {
+    fn from(e: CredentialsError) -> GetError {
+        GetError { reason: e.reason, retry: if e.permanent { Retry::No } else { Retry::Transient } }
+    }
+}
