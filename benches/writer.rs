@@ -71,7 +71,7 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     }
     w.finish().expect("writer finished");
     let s = report.summary(std::time::Duration::ZERO, "", "");
-    assert_eq!((s.counts.written, s.counts.failed), (files, 0), "{config}: {:?}", s.first_failures);
+    assert_eq!((s.counters.counts.written, s.counters.counts.failed), (files, 0), "{config}: {:?}", s.first_failures);
 }
 
 /// In-memory bodies straight into each writer (no network).

@@ -114,7 +114,7 @@ async fn copy(
     report.set_window(fetch.window() as u64);
     let mut summary = report.summary(started.elapsed(), engine, fetch.name());
     summary.failed_keys = report.finish_failed_keys();
-    summary.throttle = fetch.throttle_stats();
+    summary.fetch.rate_limit = fetch.throttle_stats();
     summary.retries_allowed = cfg.retries;
     summary.hedge_after_ms = cfg.hedge_after_ms;
     Ok(summary)

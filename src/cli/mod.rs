@@ -717,7 +717,7 @@ pub async fn copy(cfg: Config) -> Exit {
                     crate::say_raw!("{}", crate::report::stats::render_table(&summary.stages));
                 }
             }
-            if summary.interrupted {
+            if summary.counters.interrupted {
                 Exit::Interrupted
             } else if summary.success() {
                 Exit::Ok

@@ -53,15 +53,15 @@ pub async fn sweep(base: &Config, workers: &[usize], queues: &[usize], repeat: u
                 let started = Instant::now();
                 let summary = run::run(&cfg, report).await.map_err(|e| e.to_string())?;
                 let cpu1 = ProcessCpu::now().unwrap_or_default();
-                let objects = (summary.counts.written + summary.counts.dirs).max(1) as f64;
+                let objects = (summary.counters.counts.written + summary.counters.counts.dirs).max(1) as f64;
                 let cpu_us =
                     ((cpu1.user + cpu1.sys).as_secs_f64() - (cpu0.user + cpu0.sys).as_secs_f64()) * 1e6 / objects;
                 let cell = Cell { workers: w, queue: q, rep, summary, cpu_us };
                 crate::say!(
                     "workers {w:>5} queue {q:>6} rep {rep}: {:>8.0} objects/s, {:>5.0} µs CPU/object, {} failed ({:.1} s)",
-                    cell.summary.objects_per_sec(),
+                    cell.summary.throughput.objects_per_s,
                     cpu_us,
-                    cell.summary.counts.failed,
+                    cell.summary.counters.counts.failed,
                     started.elapsed().as_secs_f64()
                 );
                 let dest = cfg.dest.clone();
@@ -90,11 +90,11 @@ pub fn write_results(out: &Path, cells: &[Cell], source: &str, command: &str) ->
             c.workers,
             c.queue,
             c.rep,
-            s.counts.written + s.counts.dirs,
-            s.counts.failed,
+            s.counters.counts.written + s.counters.counts.dirs,
+            s.counters.counts.failed,
             s.elapsed.as_secs_f64(),
-            s.objects_per_sec(),
-            s.mib_per_sec(),
+            s.throughput.objects_per_s,
+            s.throughput.mib_per_s,
             c.cpu_us
         );
     }
@@ -134,11 +134,11 @@ fn grouped(cells: &[Cell]) -> Vec<(usize, usize, f64, f64, &Cell)> {
     keys.into_iter()
         .filter_map(|(w, q)| {
             let mut runs: Vec<&Cell> = cells.iter().filter(|c| c.workers == w && c.queue == q).collect();
-            runs.sort_by(|a, b| a.summary.objects_per_sec().total_cmp(&b.summary.objects_per_sec()));
+            runs.sort_by(|a, b| a.summary.throughput.objects_per_s.total_cmp(&b.summary.throughput.objects_per_s));
             let mid = *runs.get(runs.len() / 2)?;
             let mut cpus: Vec<f64> = runs.iter().map(|c| c.cpu_us).collect();
             cpus.sort_by(f64::total_cmp);
-            Some((w, q, mid.summary.objects_per_sec(), cpus[cpus.len() / 2], mid))
+            Some((w, q, mid.summary.throughput.objects_per_s, cpus[cpus.len() / 2], mid))
         })
         .collect()
 }

@@ -72,7 +72,7 @@ pub fn status_line(report: &Report, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let rate = (c.written + c.dirs + c.skipped) as f64 / secs;
     let mib = c.bytes as f64 / (1 << 20) as f64;
-    let (total, eta) = if c.listing_done {
+    let (total, eta) = if report.listing_ended() {
         let left = c.listed.saturating_sub(done) as f64;
         let eta = if rate > 0.0 { format!(" · ETA {:.0}s", left / rate) } else { String::new() };
         (format!("{}", c.listed), eta)

@@ -114,6 +114,8 @@ impl Stages {
 /// Percentiles of one stage, in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageStats {
+    /// The stage's name (the key of its object in the stats JSON).
+    #[serde(skip)]
     pub stage: &'static str,
     pub count: u64,
     pub mean_us: f64,
