@@ -77,9 +77,10 @@ pub enum FetchEngine {
 }
 
 /// Where credentials come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Credentials {
     /// aws-config's default chain: environment, profile files, SSO, web identity, IMDS.
+    #[default]
     DefaultChain,
     /// `--no-sign-request`: anonymous requests.
     Anonymous,
@@ -88,7 +89,7 @@ pub enum Credentials {
 }
 
 /// S3 connection settings: everything the control plane needs to build a client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct S3Settings {
     pub endpoint_url: Option<String>,
     pub region: Option<String>,

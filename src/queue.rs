@@ -47,7 +47,7 @@ impl Room {
     }
 
     /// Waits until `queue` is at or below the mark.
-    pub async fn wait(&self, queue: &async_channel::Sender<Listed>) {
+    pub async fn wait<T>(&self, queue: &async_channel::Sender<T>) {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -58,5 +58,43 @@ impl Room {
             // The timeout only guards against consumers that are gone without a signal.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_leaves_room_for_a_page_or_half_a_small_queue() {
+        assert_eq!(Room::new(4096).low, 4096 - KEYS_PER_PAGE);
+        assert_eq!(Room::new(1500).low, 750);
+        assert_eq!(Room::new(1).low, 0);
+    }
+
+    #[tokio::test]
+    async fn the_source_waits_until_the_queue_is_down_to_the_mark_then_hands_on_a_page() {
+        let (tx, rx) = async_channel::bounded::<u32>(8);
+        let room = Room::new(8); // mark: 4
+        for i in 0..8 {
+            tx.send(i).await.expect("room");
+        }
+        let waiting = {
+            let (room, tx) = (room.clone(), tx.clone());
+            tokio::spawn(async move {
+                room.wait(&tx).await;
+                tx.len()
+            })
+        };
+        // Taking keys above the mark wakes nobody; the one that reaches it does.
+        for _ in 0..3 {
+            rx.recv().await.expect("a key");
+            room.took(rx.len());
+            tokio::task::yield_now().await;
+            assert!(!waiting.is_finished(), "woken at {} keys, above the mark", rx.len());
+        }
+        rx.recv().await.expect("a key");
+        room.took(rx.len());
+        assert_eq!(waiting.await.expect("the source"), 4);
     }
 }

@@ -45,7 +45,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::store::{ByteRange, Fetched, GetError, PartInfo, Retry, check_length, classify, content_range_total};
+use super::store::{
+    ByteRange, Fetched, GetError, GetFuture, ObjectStore, PartInfo, Retry, check_length, classify, content_range_total,
+};
 use crate::report::Report;
 use crate::s3::{BucketEndpoint, CachingResolver, Identities};
 
@@ -89,6 +91,22 @@ struct Signer {
     /// The service's clock minus ours, in milliseconds, once it refused a request as
     /// `RequestTimeTooSkewed`: requests are signed with the service's time.
     skew_ms: std::sync::atomic::AtomicI64,
+}
+
+impl ObjectStore for Lean {
+    fn name(&self) -> &'static str {
+        "lean"
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        version: Option<&'a str>,
+        range: Option<&'a ByteRange>,
+        first_byte: &'a std::sync::atomic::AtomicBool,
+    ) -> GetFuture<'a> {
+        Box::pin(self.attempt(key, version, range, first_byte))
+    }
 }
 
 impl Lean {
@@ -135,7 +153,7 @@ impl Lean {
     }
 
     /// One GET attempt for `key`, on a connection of the pool.
-    pub async fn get(
+    async fn attempt(
         &self,
         key: &str,
         version: Option<&str>,

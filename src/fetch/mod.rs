@@ -37,7 +37,7 @@ use crate::report::Report;
 use crate::report::ThrottleStats;
 use crate::s3::{self, Control};
 use lean::Lean;
-use store::{ByteRange, Fetched, GetError, Retry};
+use store::{ByteRange, Fetched, GetError, ObjectStore, Retry};
 use throttle::{Answer, Limiter, Throttle, Ticket};
 use window::{Slot, Window};
 
@@ -49,7 +49,7 @@ const HEDGE_MAX_SIZE: u64 = 8 << 20;
 
 /// The engine all fetch tasks share, and whether bodies are verified (`--verify`).
 pub struct Engine {
-    kind: Kind,
+    store: Arc<dyn ObjectStore>,
     verify: bool,
     throttle: Throttle,
     /// Whole-object GETs in flight at once: as many as the round trip needs.
@@ -64,11 +64,6 @@ pub struct Engine {
     version_id: Option<String>,
 }
 
-enum Kind {
-    Lean(Box<Lean>),
-    Sdk { client: aws_sdk_s3::Client, bucket: String, requester_pays: bool },
-}
-
 impl Engine {
     /// The configured engine. `lean` falls back to `sdk`, with a warning, for endpoints it
     /// cannot sign for (S3 Express, multi-region access points).
@@ -76,11 +71,18 @@ impl Engine {
         let bucket = &cfg.source.bucket;
         let verify = cfg.verify;
         let requester_pays = cfg.s3.requester_pays;
-        let sdk = || Kind::Sdk { client: control.client_no_retry.clone(), bucket: bucket.clone(), requester_pays };
-        let kind = match cfg.fetch_engine {
+        let sdk = || -> Arc<dyn ObjectStore> {
+            Arc::new(sdk::Sdk {
+                client: control.client_no_retry.clone(),
+                bucket: bucket.clone(),
+                verify,
+                requester_pays,
+            })
+        };
+        let store: Arc<dyn ObjectStore> = match cfg.fetch_engine {
             FetchEngine::Sdk => sdk(),
             FetchEngine::Lean => match control.bucket_endpoint(bucket).await {
-                Ok(ep) => Kind::Lean(Box::new(Lean::new(
+                Ok(ep) => Arc::new(Lean::new(
                     bucket,
                     &ep,
                     control.identities(),
@@ -88,31 +90,34 @@ impl Engine {
                     verify,
                     requester_pays,
                     cfg.s3.ca_bundle.as_ref(),
-                )?)),
+                )?),
                 Err(why) => {
                     tracing::warn!("{why}: using --fetch-engine sdk");
                     sdk()
                 }
             },
         };
+        Ok(Engine::with_store(store, cfg))
+    }
+
+    /// An engine over any object store (the configured engines, or a scripted one in tests),
+    /// with `cfg`'s retry, rate, window, hedging and verify settings.
+    pub fn with_store(store: Arc<dyn ObjectStore>, cfg: &Config) -> Engine {
         let hedge_after = (cfg.hedge_after_ms > 0).then(|| Duration::from_millis(cfg.hedge_after_ms));
-        Ok(Engine {
-            kind,
-            verify,
+        Engine {
+            store,
+            verify: cfg.verify,
             throttle: Throttle::new(&cfg.source.prefix, cfg.max_rate),
             window: Window::new(cfg.workers),
             workers: cfg.workers.max(1),
             stall_timeout: cfg.stall_timeout,
             hedge_after,
             version_id: cfg.version_id.clone(),
-        })
+        }
     }
 
     pub fn name(&self) -> &'static str {
-        match self.kind {
-            Kind::Lean(_) => "lean",
-            Kind::Sdk { .. } => "sdk",
-        }
+        self.store.name()
     }
 
     /// `--verify`: bodies are checked against their checksums.
@@ -180,19 +185,7 @@ impl Engine {
     ) -> Result<Fetched, GetError> {
         let limit = attempt_timeout(size);
         let got = tokio::time::timeout(limit, async {
-            match &self.kind {
-                Kind::Lean(lean) => lean.get(key, self.version_id.as_deref(), range, first_byte).await,
-                Kind::Sdk { client, bucket, requester_pays } => {
-                    let gets = sdk::SdkGets {
-                        client,
-                        bucket,
-                        verify: self.verify,
-                        requester_pays: *requester_pays,
-                        version: self.version_id.as_deref(),
-                    };
-                    sdk::get(&gets, key, range, first_byte).await
-                }
-            }
+            self.store.get(key, self.version_id.as_deref(), range, first_byte).await
         })
         .await;
         // Only objects answered measure the round trip: a 503 SlowDown or an error comes back
@@ -368,6 +361,9 @@ fn backoff(attempt: u32) -> Duration {
     let bound = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
     bound.mul_f64(fastrand::f64())
 }
+
+#[cfg(test)]
+mod scripted;
 
 #[cfg(test)]
 mod tests {

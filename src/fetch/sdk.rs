@@ -5,31 +5,51 @@ use std::time::{Instant, SystemTime};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use super::store::{ByteRange, Fetched, GetError, PartInfo, Retry, check_length, classify, content_range_total};
+use std::sync::atomic::AtomicBool;
+
+use super::store::{
+    ByteRange, Fetched, GetError, GetFuture, ObjectStore, PartInfo, Retry, check_length, classify, content_range_total,
+};
 use crate::s3::{chain, describe};
 
-/// What every GET of a run through aws-sdk-s3 shares.
-pub struct SdkGets<'a> {
+/// The SDK engine: what every GET of a run through aws-sdk-s3 shares.
+pub struct Sdk {
     /// [`crate::s3::Control::client_no_retry`]: retries are the caller's.
-    pub client: &'a Client,
-    pub bucket: &'a str,
+    pub client: Client,
+    pub bucket: String,
     /// `--verify`: ask for checksums.
     pub verify: bool,
     pub requester_pays: bool,
-    /// `--version-id`.
-    pub version: Option<&'a str>,
+}
+
+impl ObjectStore for Sdk {
+    fn name(&self) -> &'static str {
+        "sdk"
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        version: Option<&'a str>,
+        range: Option<&'a ByteRange>,
+        first_byte: &'a AtomicBool,
+    ) -> GetFuture<'a> {
+        Box::pin(get(self, key, version, range, first_byte))
+    }
 }
 
 /// GETs one object through aws-sdk-s3 (the reference fetch engine, `--fetch-engine sdk`) and
 /// collects its body, checking its length against Content-Length; `first_byte` is set when
 /// the response's headers are in.
-pub async fn get(
-    gets: &SdkGets<'_>,
+async fn get(
+    sdk: &Sdk,
     key: &str,
+    version: Option<&str>,
     range: Option<&ByteRange>,
-    first_byte: &std::sync::atomic::AtomicBool,
+    first_byte: &AtomicBool,
 ) -> Result<Fetched, GetError> {
-    let SdkGets { client, bucket, verify, requester_pays, version } = *gets;
+    let Sdk { client, bucket, verify, requester_pays } = sdk;
+    let (verify, requester_pays) = (*verify, *requester_pays);
     let sent = Instant::now();
     let mut req = client.get_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
     if requester_pays {

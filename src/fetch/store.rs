@@ -1,11 +1,37 @@
-//! What a GET gives back, and how its failures are classified: the types every fetch
-//! engine shares.
+//! The fetch path's boundary: [`ObjectStore`], one GET attempt against an object store, what
+//! it gives back, and how its failures are classified. The engines (`lean`, `sdk`) implement
+//! it; the retry loop, the rate limiter, the window, hedging and the fetch tasks above it
+//! see only this trait, so unit tests drive them with scripted stores in milliseconds.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use crate::s3::CredentialsError;
+
+/// One GET attempt's future.
+pub type GetFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, GetError>> + Send + 'a>>;
+
+/// An object store as the fetch path sees it: one GET attempt, no retries (those are the
+/// caller's, [`super::Engine::fetch`]).
+pub trait ObjectStore: Send + Sync {
+    /// The engine's name for the summary (`lean`, `sdk`).
+    fn name(&self) -> &'static str;
+
+    /// GETs `key` (of `version`, when given) or the `range` of it and collects the body.
+    /// `first_byte` is set once the response's headers are in (hedging tells an attempt
+    /// that has not answered from one whose body is slow).
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        version: Option<&'a str>,
+        range: Option<&'a ByteRange>,
+        first_byte: &'a AtomicBool,
+    ) -> GetFuture<'a>;
+}
 
 /// A downloaded object.
 #[derive(Debug)]

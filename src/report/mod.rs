@@ -474,15 +474,7 @@ mod json_tests {
         let cfg = crate::config::Config::new(
             "s3://b/p/".parse().expect("a URL"),
             "/tmp/d".into(),
-            crate::config::S3Settings {
-                endpoint_url: None,
-                region: None,
-                profile: None,
-                credentials: crate::config::Credentials::Anonymous,
-                force_path_style: false,
-                requester_pays: false,
-                ca_bundle: None,
-            },
+            crate::config::S3Settings::default(),
         );
         let j = stats_json(&summary, &cfg);
         let at = |path: &str| j.pointer(path).cloned().unwrap_or_else(|| panic!("{path} missing in {j:#}"));
