@@ -264,6 +264,33 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
     }
 }
 
+/// A FIFO nobody reads: writing `--stats-json` into it blocks for ever, so a run that
+/// reaches its results cannot end by itself and only an interrupt ends it.
+fn fifo(scratch: &Scratch) -> std::path::PathBuf {
+    let path = scratch.dir.path().join("stats.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(made.success());
+    path
+}
+
+/// Waits (at most a minute: a liveness bound, not a timing) for the child to exit: its exit
+/// code (`None`: killed after the minute) and its stderr.
+fn exited_within_a_minute(child: &mut std::process::Child) -> (Option<i32>, String) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let mut status = None;
+    while status.is_none() && std::time::Instant::now() < until {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.and_then(|s| s.code()), err)
+}
+
 #[test]
 fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
     let (env, objs) = slow_env("sigint-twice", 2000);
@@ -271,23 +298,58 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
     for engine in engines() {
         let scratch = Scratch::new();
         let dest = scratch.dest();
-        let child = env
+        // The graceful stop cannot finish (its stats JSON goes to a FIFO nobody reads): only
+        // the second interrupt ends the run.
+        let mut child = env
             .cmd()
             .args(engine.args())
-            .args(["-q", "--workers", "32", "s3://sigint-twice"])
+            .args(["-q", "--workers", "32", "--stats-json"])
+            .arg(fifo(&scratch))
+            .arg("s3://sigint-twice")
             .arg(&dest)
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(400));
         signal(&child, "INT");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(child.try_wait().unwrap().is_none(), "{engine}: the first interrupt cannot end this run");
         signal(&child, "INT");
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(130), "{engine}");
+        let (code, err) = exited_within_a_minute(&mut child);
+        assert_eq!(code, Some(130), "{engine}: {err}");
+        assert!(err.contains("interrupted again: quitting now"), "{engine}: {err}");
         std::thread::sleep(Duration::from_millis(100));
         let tree = read_tree(&dest);
         for (path, data) in tree.iter().filter(|(p, d)| d.is_some() && !temporaries(&tree).contains(p)) {
             assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
         }
     }
+}
+
+#[test]
+fn an_interrupt_while_the_results_are_written_quits_at_once() {
+    let objs: Vec<(String, Bytes)> = ["a", "b/c"].iter().map(|k| (k.to_string(), content(k, 100))).collect();
+    let env = Env::new(vec![bucket("after", objs)]);
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let mut child = env
+        .cmd()
+        .args(["--stats-json"])
+        .arg(fifo(&scratch))
+        .arg("s3://after")
+        .arg(&dest)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both files are written before the results: then the run blocks on the FIFO.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !(dest.join("a").is_file() && dest.join("b/c").is_file()) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "the run cannot end by itself");
+    signal(&child, "INT");
+    let (code, err) = exited_within_a_minute(&mut child);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted after the run: quitting now"), "{err}");
 }

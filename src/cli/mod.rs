@@ -680,8 +680,13 @@ async fn watch_signals(stop: tokio::sync::watch::Sender<bool>) {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
+    if stop.send(true).is_err() {
+        // The run is over (nothing listens for the stop): what is left is writing its results,
+        // which may block (a full pipe, a FIFO nobody reads). Nothing is in flight to finish.
+        crate::console::line("s3uring: interrupted after the run: quitting now without its summary");
+        std::process::exit(Exit::Interrupted as i32);
+    }
     crate::console::line("s3uring: interrupted: finishing the files in flight (interrupt again to quit at once)");
-    let _ = stop.send(true);
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
@@ -697,14 +702,21 @@ pub async fn copy(cfg: Config) -> Exit {
     let (stop_tx, stop) = run::Stop::new();
     let signals = tokio::spawn(watch_signals(stop_tx));
     let result = run::run_until(&cfg, report, stop).await;
-    signals.abort();
     if let Some(p) = progress {
         p.finish().await;
     }
+    // Interrupts are still watched while the results are written: that may block.
+    let exit = finish(&cfg, result);
+    signals.abort();
+    exit
+}
+
+/// Writes the results of a run (stats JSON, summary) and says how it ended.
+fn finish(cfg: &Config, result: Result<crate::report::Summary, Fatal>) -> Exit {
     match result {
         Ok(summary) => {
             if let Some(path) = &cfg.stats_json {
-                let doc = crate::report::stats_json(&summary, &cfg);
+                let doc = crate::report::stats_json(&summary, cfg);
                 let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
                 if let Err(e) = std::fs::write(path, text) {
                     crate::say!("s3uring: error: cannot write --stats-json '{}': {e}", path.display());
