@@ -77,6 +77,10 @@ struct Opts {
     /// Delete each run's tree right after it is measured.
     #[arg(long)]
     clean_each: bool,
+    /// Another s3uring build to compare with in the same run: engines named `base:ENGINE`
+    /// (e.g. `base:threads`) run it, the others this build.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// Where this bench process puts its runs under a destination base.
@@ -236,6 +240,10 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
             }
         }
         _ => {
+            let (bin, engine) = match engine.strip_prefix("base:") {
+                Some(engine) => (o.baseline.as_deref().expect("base:ENGINE needs --baseline BIN").as_os_str(), engine),
+                None => (std::ffi::OsStr::new(bin), engine),
+            };
             let (io, fetch) = match engine.strip_suffix("-sdk") {
                 Some(io) => (io, "sdk"),
                 None => (engine, "lean"),
@@ -419,7 +427,7 @@ fn write_results(out: &Path, o: &Opts, rows: &[Row], date: &str) {
         o.schemes.join(","),
         if o.clean_each { " --clean-each" } else { "" },
         if o.pin { " --pin" } else { "" },
-    );
+    ) + &o.baseline.as_ref().map_or(String::new(), |b| format!(" --baseline {}", b.display()));
     let mut md = format!(
         "# s3uring end to end: {} objects × {} bytes, {} ms GET latency, {} requests\n\n\
          - date: {date}\n- machine: {}\n- command: `cargo bench --bench e2e -- --objects {} --size {} --repeat {} --workers {} --queue {} --latency-ms {}{}{} --engines {} --dests {}{}`\n\
