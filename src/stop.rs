@@ -22,10 +22,12 @@ impl Stop {
         self.abort = Some(abort);
     }
 
+    /// A stop nobody can request (a run to the end).
     pub fn never() -> Stop {
         Stop::new().1
     }
 
+    /// Whether a stop was requested.
     pub fn requested(&self) -> bool {
         *self.rx.borrow() || self.abort.as_ref().is_some_and(|a| *a.borrow())
     }

@@ -27,7 +27,7 @@
 //!   without a copy; a smaller one is copied so it does not pin hyper's read buffer), its
 //!   length checked against Content-Length; anything else → the S3 error body's
 //!   `Code` and `Message`, turned into the same one-line message and retry class as the SDK
-//!   engine ([`crate::s3::service_error`], [`crate::s3::classify`]).
+//!   engine ([`crate::s3::service_error`], [`super::store::classify`]).
 //!
 //! Retries are not here: both engines return one attempt's outcome and the fetcher's retry
 //! loop applies one policy to both.

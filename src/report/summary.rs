@@ -1,6 +1,6 @@
 //! The run's numbers, defined once: the snapshot types that the summary renders and the
 //! `--stats-json` document serialises (field names are the JSON's, README "Stats JSON").
-//! A new counter is one line in a [`counters!`] list, its increment where it happens, and,
+//! A new counter is one line in a `counters!` list, its increment where it happens, and,
 //! if the summary should say it, a line of [`Summary::render`].
 
 use std::fmt::Write as _;

@@ -23,7 +23,7 @@
 //! - **mtime = the object's LastModified** (the listing's, at the precision the store keeps:
 //!   milliseconds on MinIO and Ceph), and the object's ETag in the `user.s3uring.etag`
 //!   extended attribute, so a later run can tell a complete, current file from anything
-//!   else without reading it ([`Existing`]). A file system that refuses either still gets
+//!   else without reading it ([`crate::existing::Existing`]). A file system that refuses either still gets
 //!   the file, with one warning ([`set_meta`]).
 //! - **No file-system syscall on a tokio thread.** Directory creation happens here, cached,
 //!   so each directory is created once.
