@@ -53,7 +53,7 @@ pub async fn sweep(base: &Config, workers: &[usize], queues: &[usize], repeat: u
                 let started = Instant::now();
                 let summary = run::run(&cfg, report).await.map_err(|e| e.to_string())?;
                 let cpu1 = ProcessCpu::now().unwrap_or_default();
-                let objects = (summary.counters.counts.written + summary.counters.counts.dirs).max(1) as f64;
+                let objects = summary.counters.counts.objects().max(1) as f64;
                 let cpu_us =
                     ((cpu1.user + cpu1.sys).as_secs_f64() - (cpu0.user + cpu0.sys).as_secs_f64()) * 1e6 / objects;
                 let cell = Cell { workers: w, queue: q, rep, summary, cpu_us };
@@ -90,7 +90,7 @@ pub fn write_results(out: &Path, cells: &[Cell], source: &str, command: &str) ->
             c.workers,
             c.queue,
             c.rep,
-            s.counters.counts.written + s.counters.counts.dirs,
+            s.counters.counts.objects(),
             s.counters.counts.failed,
             s.elapsed.as_secs_f64(),
             s.throughput.objects_per_s,

@@ -323,7 +323,7 @@ impl Report {
         let counts = self.counts();
         let writer = self.writer.load();
         let secs = elapsed.as_secs_f64().max(1e-9);
-        let objects = counts.written + counts.dirs;
+        let objects = counts.objects();
         let cpu = ProcessCpu::now().map(|c| Cpu {
             user_s: c.user.as_secs_f64(),
             sys_s: c.sys.as_secs_f64(),

@@ -141,6 +141,13 @@ pub struct PartitionStats {
     pub throttled: u64,
 }
 
+impl Counts {
+    /// Objects written (files and directories).
+    pub fn objects(&self) -> u64 {
+        self.written + self.dirs
+    }
+}
+
 /// The stats JSON's `counters`: [`Counts`] and how the run ended.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counters {
@@ -269,11 +276,6 @@ impl Summary {
     pub fn unaccounted(&self) -> u64 {
         let c = &self.counters.counts;
         c.listed.saturating_sub(c.written + c.dirs + c.skipped + c.failed + c.planned)
-    }
-
-    /// Objects written (files and directories).
-    pub fn objects(&self) -> u64 {
-        self.counters.counts.written + self.counters.counts.dirs
     }
 
     /// The one-screen summary.
