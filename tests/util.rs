@@ -93,6 +93,11 @@ impl Env {
         self.endpoint.as_ref().map(|e| e.fault_counts()).unwrap_or_default()
     }
 
+    /// List requests served (`gets`) and faults injected into them.
+    pub fn list_fault_counts(&self) -> s3uring::endpoint::FaultCounts {
+        self.endpoint.as_ref().map(|e| e.list_fault_counts()).unwrap_or_default()
+    }
+
     /// What each of the endpoint's rate limits let through and refused, by prefix.
     pub fn rate_limit_counts(&self) -> Vec<s3uring::endpoint::RateLimitCounts> {
         self.endpoint.as_ref().map(|e| e.rate_limit_counts()).unwrap_or_default()

@@ -79,6 +79,9 @@ pub struct EndpointConfig {
     pub list_latency: Duration,
     /// Faults injected into a fraction of GETs (what the reliability tests and bench run against).
     pub faults: Faults,
+    /// Faults injected into a fraction of ListObjectsV2 requests (S3 throttles and fails
+    /// those too): `slowdown`, `internal`, `reset` and `slow` apply; the others are ignored.
+    pub list_faults: Faults,
     /// Keys that are listed but whose GET is refused with `403 AccessDenied` (a bucket
     /// policy denying some objects).
     pub denied: Vec<String>,
@@ -273,6 +276,7 @@ struct MemS3 {
     get_latency: Duration,
     list_latency: Duration,
     faults: Arc<FaultState>,
+    list_faults: Arc<FaultState>,
     denied: std::collections::HashSet<String>,
     vanished: std::collections::HashSet<String>,
     /// `changing` keys, and how often each was overwritten (`None`: no such keys, no lock
@@ -620,6 +624,13 @@ impl S3 for MemS3 {
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        // The connection layer drew this request's fate (and already handled resets).
+        match req.extensions.get::<Drawn>().and_then(|d| d.0) {
+            Some(Fault::SlowDown) => return Err(s3_error!(SlowDown, "injected: please reduce your request rate")),
+            Some(Fault::Internal) => return Err(s3_error!(InternalError, "injected: internal error")),
+            Some(Fault::Slow) => delay(self.list_faults.faults.slow_delay).await,
+            _ => {}
+        }
         let input = &req.input;
         // Continue strictly after the token's key, else after start-after.
         let after = match &input.continuation_token {
@@ -739,6 +750,7 @@ fn build_store(config: &EndpointConfig) -> MemS3 {
         archived: config.archived.iter().map(|(k, c, r)| (k.clone(), (c.clone(), *r))).collect(),
         list_latency: config.list_latency,
         faults: Arc::new(FaultState::new(config.faults.clone())),
+        list_faults: Arc::new(FaultState::new(config.list_faults.clone())),
         limits: Limits::new(&config.rate_limits).map(Arc::new),
         ignore_encoding_type: config.ignore_encoding_type,
         broken_delimiter_under: config.broken_delimiter_under.clone(),
@@ -793,11 +805,16 @@ fn too_skewed() -> http::Response<s3s::Body> {
 }
 
 /// Is this HTTP request a GetObject (path style `/bucket/key`, or virtual-hosted `/key`,
-/// without a sub-resource query)? Only GETs get faults.
+/// without a sub-resource query)?
 fn is_get_object(req: &http::Request<hyper::body::Incoming>) -> bool {
     req.method() == http::Method::GET
         && req.uri().query().is_none_or(|q| !q.contains("list-type") && !q.contains("location"))
         && req.uri().path().trim_start_matches('/').contains('/')
+}
+
+/// Is this HTTP request a ListObjectsV2?
+fn is_list(req: &http::Request<hyper::body::Incoming>) -> bool {
+    req.method() == http::Method::GET && req.uri().query().is_some_and(|q| q.contains("list-type=2"))
 }
 
 /// A running endpoint. Dropping it stops accepting connections.
@@ -807,6 +824,7 @@ pub struct Endpoint {
     https: bool,
     task: tokio::task::JoinHandle<()>,
     faults: Arc<FaultState>,
+    list_faults: Arc<FaultState>,
     limits: Option<Arc<Limits>>,
 }
 
@@ -815,6 +833,7 @@ impl Endpoint {
     pub async fn start(config: EndpointConfig) -> std::io::Result<Endpoint> {
         let store = build_store(&config);
         let faults = store.faults.clone();
+        let list_faults = store.list_faults.clone();
         let limits = store.limits.clone();
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some((ak, sk)) = &config.credentials {
@@ -838,13 +857,13 @@ impl Endpoint {
         let addr = listener.local_addr()?;
         let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
         let https = tls.is_some();
-        let fault_state = faults.clone();
+        let fault_state = (faults.clone(), list_faults.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
-                let faults = fault_state.clone();
+                let (faults, list_faults) = fault_state.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let io: Box<dyn Io> = match tls {
@@ -859,7 +878,13 @@ impl Endpoint {
                     // any answer, which only this layer can do.
                     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                         let service = service.clone();
-                        let drawn = if is_get_object(&req) { faults.draw() } else { None };
+                        let drawn = if is_get_object(&req) {
+                            faults.draw()
+                        } else if is_list(&req) {
+                            list_faults.draw()
+                        } else {
+                            None
+                        };
                         req.extensions_mut().insert(Drawn(drawn));
                         async move {
                             if drawn == Some(Fault::Reset) {
@@ -894,7 +919,7 @@ impl Endpoint {
                 });
             }
         });
-        Ok(Endpoint { addr, https, task, faults, limits })
+        Ok(Endpoint { addr, https, task, faults, list_faults, limits })
     }
 
     /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
@@ -910,6 +935,11 @@ impl Endpoint {
     /// GETs served and faults injected so far.
     pub fn fault_counts(&self) -> FaultCounts {
         self.faults.counts()
+    }
+
+    /// List requests served (in `gets`) and faults injected into them so far.
+    pub fn list_fault_counts(&self) -> FaultCounts {
+        self.list_faults.counts()
     }
 
     /// What each rate-limit rule let through and refused so far.
