@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::console::sanitize;
 pub use crate::error::Fatal;
 use crate::existing::{Existing, ExistingMode};
-use crate::fetch::{Engine, task};
+use crate::fetch::{self, Engine, task};
 use crate::queue::{Listed, Room};
 use crate::report::{Report, Summary};
 use crate::s3;
@@ -83,8 +83,8 @@ async fn copy(
     };
     let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
-    let client = control.client.clone();
-    let fetch = Arc::new(Engine::new(cfg, control, &report).await.map_err(Fatal::Setup)?);
+    let stores = fetch::stores(cfg, control, &report).await.map_err(Fatal::Setup)?;
+    let fetch = Arc::new(Engine::with_store(stores.objects, cfg));
 
     let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
     let room = Room::new(cfg.queue.max(1));
@@ -96,7 +96,8 @@ async fn copy(
         _ if created_dest => None,
         mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
     };
-    let listed = source::list(cfg, &client, (&keys_tx, &room), &report, stop.clone(), existing).await;
+    let listed =
+        source::list(cfg, &control.client, &stores.lists, (&keys_tx, &room), &report, stop.clone(), existing).await;
     report.listing_done();
     drop(keys_tx);
     for f in fetchers {
@@ -147,9 +148,16 @@ async fn single_object(cfg: &Config, control: &s3::Control) -> Result<Option<Con
     };
     if version.is_none() {
         // An object that is also a "directory" of other keys: say which is meant, never pick.
-        let page = s3::list_page(&control.client, bucket, &format!("{key}/"), false, None, None, cfg.s3.requester_pays)
-            .await
-            .map_err(Fatal::Setup)?;
+        let prefix = format!("{key}/");
+        let query = s3::ListQuery {
+            bucket,
+            prefix: &prefix,
+            delimiter: false,
+            start_after: None,
+            token: None,
+            requester_pays: cfg.s3.requester_pays,
+        };
+        let page = s3::list_page(&control.client, query).await.map_err(Fatal::Setup)?;
         if let Some(other) = page.objects.first() {
             return Err(Fatal::Setup(format!(
                 "s3://{bucket}/{key} is an object and also a prefix of other keys (s3://{bucket}/{}): \
@@ -207,7 +215,9 @@ async fn dry_run(
         }
         let _ = out.flush();
     });
-    let listed = source::list(cfg, &control.client, (&tx, &room), &report, stop, existing).await;
+    // Listed as a copy lists: through the configured engine.
+    let lists = fetch::stores(cfg, control, &report).await.map_err(Fatal::Setup)?.lists;
+    let listed = source::list(cfg, &control.client, &lists, (&tx, &room), &report, stop, existing).await;
     report.listing_done();
     drop(tx);
     printer.await.map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;

@@ -1,7 +1,9 @@
 //! Everything that talks to S3 through aws-sdk-s3 — the control plane: building the client
 //! (credentials, region, endpoint, HTTP settings), listing, resolving a bucket's endpoint and
 //! credentials for the lean data plane ([`crate::fetch::lean`]), and the reference GetObject
-//! (`--fetch-engine sdk`). The only module that calls SDK operations.
+//! (`--fetch-engine sdk`). The only module that calls SDK operations. Listing has a seam
+//! ([`ListObjects`]): the lean engine sends list requests itself and reads them with
+//! [`parse_list_page`].
 //!
 //! HTTP settings that matter at hundreds of concurrent small GETs:
 //! - response checksum validation `WhenRequired`: no CRC over every body unless asked;
@@ -97,6 +99,15 @@ pub struct BucketEndpoint {
 }
 
 impl Control {
+    /// The client with the SDK's standard retry mode at `retries` + 1 attempts (`--retries`,
+    /// for list requests under `--fetch-engine sdk`); the control client keeps the SDK's 3.
+    pub fn client_with_retries(&self, retries: u32) -> Client {
+        let conf = self.client.config().to_builder();
+        Client::from_conf(
+            conf.retry_config(RetryConfig::standard().with_max_attempts(retries.saturating_add(1))).build(),
+        )
+    }
+
     /// Resolves the endpoint of `bucket` once, with the client's own resolver, so
     /// virtual-hosted and path style, FIPS, dual-stack and custom endpoints are exactly the
     /// SDK's. Fails for endpoints that need another signing scheme than SigV4.
@@ -394,16 +405,14 @@ pub struct ListedObject {
     pub etag: Option<String>,
 }
 
-/// The archive class of a listed object that cannot be read without a restore.
-fn archived(
-    class: Option<&aws_sdk_s3::types::ObjectStorageClass>,
-    restore: Option<&aws_sdk_s3::types::RestoreStatus>,
-) -> Option<String> {
-    let class = class?.as_str();
+/// The archive class of a listed object that cannot be read without a restore: in GLACIER or
+/// DEEP_ARCHIVE, and no restored copy (a restore not in progress, with an expiry date).
+fn archived(class: Option<&str>, in_progress: Option<bool>, expires: bool) -> Option<String> {
+    let class = class?;
     if !matches!(class, "GLACIER" | "DEEP_ARCHIVE") {
         return None;
     }
-    let restored = restore.is_some_and(|r| r.is_restore_in_progress != Some(true) && r.restore_expiry_date.is_some());
+    let restored = in_progress != Some(true) && expires;
     (!restored).then(|| class.to_owned())
 }
 
@@ -419,23 +428,49 @@ pub struct Page {
 
 /// One ListObjectsV2 request: keys under `prefix` (grouped at `/` when `delimiter`), after
 /// `start_after` or from continuation `token`.
-pub async fn list_page(
-    client: &Client,
-    bucket: &str,
-    prefix: &str,
-    delimiter: bool,
-    start_after: Option<&str>,
-    token: Option<String>,
-    requester_pays: bool,
-) -> Result<Page, String> {
-    let mut req = client.list_objects_v2().bucket(bucket);
-    if requester_pays {
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    pub delimiter: bool,
+    pub start_after: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub requester_pays: bool,
+}
+
+impl ListQuery<'_> {
+    /// The failure message for this listing: `cannot list s3://bucket/prefix: why`.
+    pub fn failed(&self, why: &str) -> String {
+        format!("cannot list s3://{}/{}: {why}", self.bucket, self.prefix)
+    }
+}
+
+/// A list page's future.
+pub type PageFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Page, String>> + Send + 'a>>;
+
+/// Where list requests go: the SDK's client, or the lean engine's connections
+/// ([`crate::fetch::lean`]), which read the answer with [`parse_list_page`] at a fraction of
+/// the SDK's cost. Either retries transient failures itself.
+pub trait ListObjects: Send + Sync {
+    fn list_page<'a>(&'a self, q: ListQuery<'a>) -> PageFuture<'a>;
+}
+
+impl ListObjects for Client {
+    fn list_page<'a>(&'a self, q: ListQuery<'a>) -> PageFuture<'a> {
+        Box::pin(list_page(self, q))
+    }
+}
+
+/// One ListObjectsV2 request through the SDK.
+pub async fn list_page(client: &Client, q: ListQuery<'_>) -> Result<Page, String> {
+    let mut req = client.list_objects_v2().bucket(q.bucket);
+    if q.requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
     }
-    if !prefix.is_empty() {
-        req = req.prefix(prefix);
+    if !q.prefix.is_empty() {
+        req = req.prefix(q.prefix);
     }
-    if delimiter {
+    if q.delimiter {
         req = req.delimiter("/");
     }
     // Archived objects: is a restored copy readable?
@@ -443,29 +478,27 @@ pub async fn list_page(
     // Keys URL-encoded, as the AWS CLI asks: a key with a control character is otherwise sent
     // as an XML character reference that no XML parser accepts, and the page fails.
     req = req.encoding_type(aws_sdk_s3::types::EncodingType::Url);
-    if token.is_none()
-        && let Some(after) = start_after
-    {
-        req = req.start_after(after);
+    match (q.token, q.start_after) {
+        (Some(token), _) => req = req.continuation_token(token),
+        (None, Some(after)) => req = req.start_after(after),
+        (None, None) => {}
     }
-    let out = req
-        .set_continuation_token(token)
-        .send()
-        .await
-        .map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e, Some(bucket))))?;
+    let out = req.send().await.map_err(|e| q.failed(&describe(&e, Some(q.bucket))))?;
     let truncated = out.is_truncated.unwrap_or(false);
-    // Only when the store says it encoded them: one that ignores the parameter sends keys as
-    // they are, and decoding those would turn a '+' or a '%41' in a key into something else.
-    let encoded = out.encoding_type.as_ref().is_some_and(|t| t.as_str().eq_ignore_ascii_case("url"));
-    let decode = |k: String| if encoded { url_decode(&k).unwrap_or(k) } else { k };
+    let decode = decoder(out.encoding_type.as_ref().map(|t| t.as_str()));
     Ok(Page {
         objects: out
             .contents
             .unwrap_or_default()
             .into_iter()
             .filter_map(|o| {
+                let restore = o.restore_status.as_ref();
                 Some(ListedObject {
-                    archived: archived(o.storage_class.as_ref(), o.restore_status.as_ref()),
+                    archived: archived(
+                        o.storage_class.as_ref().map(|c| c.as_str()),
+                        restore.and_then(|r| r.is_restore_in_progress),
+                        restore.is_some_and(|r| r.restore_expiry_date.is_some()),
+                    ),
                     key: decode(o.key?),
                     size: o.size.unwrap_or(0).max(0) as u64,
                     last_modified: o.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
@@ -477,9 +510,191 @@ pub async fn list_page(
             .common_prefixes
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|p| p.prefix.map(decode))
+            .filter_map(|p| p.prefix.map(&decode))
             .collect(),
         next: if truncated { out.next_continuation_token } else { None },
+    })
+}
+
+/// How keys of a page are read back: URL-decoded only when the store says it encoded them
+/// (`EncodingType` url). One that ignores the parameter sends keys as they are, and decoding
+/// those would turn a '+' or a '%41' in a key into something else.
+fn decoder(encoding_type: Option<&str>) -> impl Fn(String) -> String {
+    let encoded = encoding_type.is_some_and(|t| t.eq_ignore_ascii_case("url"));
+    move |k: String| if encoded { url_decode(&k).unwrap_or(k) } else { k }
+}
+
+/// Reads a ListObjectsV2 answer (the XML body of a 200): the fields a restore uses, every
+/// other element skipped. Text is taken as it is (entity and character references resolved,
+/// no end-of-line folding), as the SDK reads it.
+pub fn parse_list_page(xml: &[u8]) -> Result<Page, String> {
+    use quick_xml::events::Event;
+
+    /// Elements whose children are read.
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Result,
+        Contents,
+        CommonPrefixes,
+        RestoreStatus,
+        Other,
+    }
+    /// The text being read.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Text {
+        Skip,
+        Key,
+        Size,
+        LastModified,
+        ETag,
+        StorageClass,
+        InProgress,
+        Expiry,
+        Prefix,
+        Truncated,
+        Token,
+        Encoding,
+    }
+    #[derive(Default)]
+    struct Object {
+        key: Option<String>,
+        size: i64,
+        last_modified: Option<SystemTime>,
+        etag: Option<String>,
+        class: Option<String>,
+        in_progress: Option<bool>,
+        expires: bool,
+    }
+
+    let bad = |what: &dyn std::fmt::Display| format!("cannot read the ListObjectsV2 answer: {what}");
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut open: Vec<In> = Vec::with_capacity(8);
+    let (mut reading, mut text) = (Text::Skip, String::new());
+    let (mut object, mut objects, mut prefixes) = (Object::default(), Vec::new(), Vec::new());
+    let (mut truncated, mut token, mut encoding) = (false, None, None);
+    let mut is_list = false;
+    loop {
+        let event = reader.read_event().map_err(|e| bad(&format_args!("at byte {}: {e}", reader.error_position())))?;
+        let (start, end) = match &event {
+            Event::Start(e) => (Some(e.local_name()), false),
+            Event::Empty(e) => (Some(e.local_name()), true),
+            Event::End(_) => (None, true),
+            Event::Text(t) => {
+                if reading != Text::Skip {
+                    text.push_str(&t.decode().map_err(|e| bad(&e))?);
+                }
+                continue;
+            }
+            Event::CData(t) => {
+                if reading != Text::Skip {
+                    text.push_str(&t.decode().map_err(|e| bad(&e))?);
+                }
+                continue;
+            }
+            Event::GeneralRef(r) => {
+                if reading != Text::Skip {
+                    match r.resolve_char_ref().map_err(|e| bad(&e))? {
+                        Some(c) => text.push(c),
+                        None => {
+                            let name = r.decode().map_err(|e| bad(&e))?;
+                            let value = quick_xml::escape::resolve_predefined_entity(&name)
+                                .ok_or_else(|| bad(&format_args!("unknown entity &{name};")))?;
+                            text.push_str(value);
+                        }
+                    }
+                }
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
+        if let Some(name) = start {
+            let name = name.as_ref();
+            let (element, what) = match (open.last(), name) {
+                (None, b"ListBucketResult") => {
+                    is_list = true;
+                    (In::Result, Text::Skip)
+                }
+                (Some(In::Result), b"Contents") => {
+                    object = Object::default();
+                    (In::Contents, Text::Skip)
+                }
+                (Some(In::Result), b"CommonPrefixes") => (In::CommonPrefixes, Text::Skip),
+                (Some(In::Result), b"IsTruncated") => (In::Other, Text::Truncated),
+                (Some(In::Result), b"NextContinuationToken") => (In::Other, Text::Token),
+                (Some(In::Result), b"EncodingType") => (In::Other, Text::Encoding),
+                (Some(In::Contents), b"Key") => (In::Other, Text::Key),
+                (Some(In::Contents), b"Size") => (In::Other, Text::Size),
+                (Some(In::Contents), b"LastModified") => (In::Other, Text::LastModified),
+                (Some(In::Contents), b"ETag") => (In::Other, Text::ETag),
+                (Some(In::Contents), b"StorageClass") => (In::Other, Text::StorageClass),
+                (Some(In::Contents), b"RestoreStatus") => (In::RestoreStatus, Text::Skip),
+                (Some(In::RestoreStatus), b"IsRestoreInProgress") => (In::Other, Text::InProgress),
+                (Some(In::RestoreStatus), b"RestoreExpiryDate") => (In::Other, Text::Expiry),
+                (Some(In::CommonPrefixes), b"Prefix") => (In::Other, Text::Prefix),
+                (None, _) => {
+                    return Err(bad(&format_args!(
+                        "<{}> instead of <ListBucketResult>",
+                        String::from_utf8_lossy(name)
+                    )));
+                }
+                _ => (In::Other, Text::Skip),
+            };
+            open.push(element);
+            reading = what;
+            text.clear();
+        }
+        if !end {
+            continue;
+        }
+        let value = std::mem::take(&mut text);
+        match std::mem::replace(&mut reading, Text::Skip) {
+            Text::Skip => {}
+            Text::Key => object.key = Some(value),
+            Text::Size => object.size = value.trim().parse().map_err(|_| bad(&format_args!("size '{value}'")))?,
+            Text::LastModified => {
+                object.last_modified =
+                    aws_smithy_types::DateTime::from_str(value.trim(), aws_smithy_types::date_time::Format::DateTime)
+                        .ok()
+                        .and_then(|t| SystemTime::try_from(t).ok())
+            }
+            Text::ETag => object.etag = Some(value.trim_matches('"').to_owned()),
+            Text::StorageClass => object.class = Some(value),
+            Text::InProgress => object.in_progress = Some(value.trim() == "true"),
+            Text::Expiry => object.expires = !value.trim().is_empty(),
+            Text::Prefix => prefixes.push(value),
+            Text::Truncated => truncated = value.trim() == "true",
+            Text::Token => token = Some(value),
+            Text::Encoding => encoding = Some(value),
+        }
+        if open.pop() == Some(In::Contents) {
+            let o = std::mem::take(&mut object);
+            if let Some(key) = o.key {
+                objects.push(ListedObject {
+                    archived: archived(o.class.as_deref(), o.in_progress, o.expires),
+                    key,
+                    size: o.size.max(0) as u64,
+                    last_modified: o.last_modified,
+                    etag: o.etag,
+                });
+            }
+        }
+    }
+    if !is_list {
+        return Err(bad(&"no <ListBucketResult> in it"));
+    }
+    if !open.is_empty() {
+        // Cut short: a page read in part must not pass for the whole page.
+        return Err(bad(&"it ends before </ListBucketResult>"));
+    }
+    let decode = decoder(encoding.as_deref());
+    for o in &mut objects {
+        o.key = decode(std::mem::take(&mut o.key));
+    }
+    Ok(Page {
+        objects,
+        common_prefixes: prefixes.into_iter().map(&decode).collect(),
+        next: if truncated { token } else { None },
     })
 }
 
@@ -652,5 +867,70 @@ mod tests {
         assert_eq!(url_decode("bad%2"), None);
         assert_eq!(url_decode("bad%zz"), None);
         assert_eq!(url_decode("%FF"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn list_answers_are_read_as_s3_writes_them() {
+        // As S3 answers with encoding-type=url: keys and prefixes encoded, an owner and
+        // checksum fields to skip, an archived object, one restored, dates with and without
+        // milliseconds, a quoted ETag written with entities.
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>p%2F</Prefix>
+<KeyCount>3</KeyCount><MaxKeys>1000</MaxKeys><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>
+<Contents><Key>p/a+b%2Bc%01</Key><LastModified>2026-11-30T10:20:30.123Z</LastModified>
+<ETag>&quot;0123abc&quot;</ETag><ChecksumAlgorithm>CRC32</ChecksumAlgorithm><Size>42</Size>
+<Owner><ID>x</ID><DisplayName>Size</DisplayName></Owner><StorageClass>STANDARD</StorageClass></Contents>
+<Contents><Key>p/cold</Key><LastModified>2026-11-30T10:20:30Z</LastModified><ETag>"e1"</ETag><Size>7</Size>
+<StorageClass>GLACIER</StorageClass></Contents>
+<Contents><Key>p/warm</Key><Size>0</Size><StorageClass>DEEP_ARCHIVE</StorageClass><RestoreStatus>
+<IsRestoreInProgress>false</IsRestoreInProgress><RestoreExpiryDate>2026-12-30T00:00:00.000Z</RestoreExpiryDate>
+</RestoreStatus></Contents>
+<CommonPrefixes><Prefix>p/d%20ir/</Prefix></CommonPrefixes>
+<NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken></ListBucketResult>"#;
+        let page = parse_list_page(xml).expect("a valid answer");
+        let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["p/a b+c\u{1}", "p/cold", "p/warm"]);
+        let o = &page.objects[0];
+        assert_eq!((o.size, o.etag.as_deref(), o.archived.as_deref()), (42, Some("0123abc"), None));
+        let at = |s: &str| {
+            SystemTime::try_from(
+                aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::DateTime).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(o.last_modified, Some(at("2026-11-30T10:20:30.123Z")));
+        assert_eq!(page.objects[1].last_modified, Some(at("2026-11-30T10:20:30Z")));
+        assert_eq!(page.objects[1].etag.as_deref(), Some("e1"));
+        assert_eq!(page.objects[1].archived.as_deref(), Some("GLACIER"));
+        assert_eq!(page.objects[2].archived, None, "restored");
+        assert_eq!(page.common_prefixes, ["p/d ir/"]);
+        assert_eq!(page.next.as_deref(), Some("1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="));
+    }
+
+    #[test]
+    fn list_answers_without_encoding_keep_keys_as_they_are() {
+        // A store that ignores encoding-type: '+' and '%41' are part of the key; character
+        // references and entities resolve; the last page has no token to follow.
+        let xml = b"<ListBucketResult><IsTruncated>false</IsTruncated><NextContinuationToken>t</NextContinuationToken>\
+            <Contents><Key>a+b%41 &amp; &lt;&#x1F;&#233;</Key><Size>1</Size></Contents>\
+            <Contents><Key><![CDATA[c<d]]></Key></Contents><Contents><Size>3</Size></Contents></ListBucketResult>";
+        let page = parse_list_page(xml).expect("a valid answer");
+        let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["a+b%41 & <\u{1f}\u{e9}", "c<d"], "an object without a key is skipped");
+        assert_eq!(page.next, None, "not truncated");
+    }
+
+    #[test]
+    fn unreadable_list_answers_fail_with_the_reason() {
+        for (xml, why) in [
+            (&b"<Error><Code>x</Code></Error>"[..], "<Error> instead of <ListBucketResult>"),
+            (b"", "no <ListBucketResult>"),
+            (b"<ListBucketResult><Contents><Key>a</Key></Contents>", "ends before </ListBucketResult>"),
+            (b"<ListBucketResult><Contents><Size>x</Size></Contents></ListBucketResult>", "size 'x'"),
+            (b"<ListBucketResult><Contents><Key>&bogus;</Key></Contents></ListBucketResult>", "&bogus;"),
+        ] {
+            let err = parse_list_page(xml).expect_err(why);
+            assert!(err.starts_with("cannot read the ListObjectsV2 answer") && err.contains(why), "{err}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! start-after boundaries, and awkward names.
 
 use bytes::Bytes;
+use s3uring::endpoint::{EndpointConfig, Faults};
 
 use crate::util::*;
 
@@ -54,6 +55,43 @@ fn parallel_listing_lists_every_key_exactly_once() {
         }
     }
     assert!(files > 8000);
+}
+
+#[test]
+fn list_requests_that_are_throttled_fail_or_reset_are_tried_again_and_no_key_is_lost() {
+    // S3 throttles and fails list requests as it does GETs. The lean engine lists on its own
+    // connections with its own retries: throttling does not spend --retries, so a page fails
+    // only after 11 failures of the other kinds in a row ((2/7)^11 ≈ 1e-6 per page at these
+    // fractions). The SDK engine lists through the SDK, whose retry mode counts every failure:
+    // 21 in a row (0.5^21 ≈ 5e-7).
+    let objs = layout();
+    let want = expected_tree(&objs, "");
+    let files = objs.iter().filter(|(k, _)| !k.ends_with('/')).count();
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("shaky", objs.clone())],
+            list_faults: Faults { slowdown: 0.3, internal: 0.1, reset: 0.1, ..Faults::default() },
+            ..Default::default()
+        },
+        true,
+    );
+    for (engine, workers, retries) in [("lean", "1", "10"), ("lean", "8", "10"), ("sdk", "8", "20")] {
+        let before = env.list_fault_counts();
+        let scratch = Scratch::new();
+        let args = ["--fetch-engine", engine, "--list-workers", workers, "--retries", retries, "s3://shaky"];
+        let out = run(env.cmd().args(args).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engine}, --list-workers {workers}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &want);
+        let c = env.list_fault_counts();
+        let (lists, faults) = (
+            c.gets - before.gets,
+            c.slowdown + c.internal + c.reset - before.slowdown - before.internal - before.reset,
+        );
+        // Dozens of list requests at 50 % faults: some of each kind was met and got past.
+        assert!(c.slowdown > before.slowdown && c.internal > before.internal && c.reset > before.reset, "{c:?}");
+        assert!(lists > faults && faults > 0, "{lists} list requests, {faults} faults");
+        assert!(stderr(&out).contains(&format!("{} keys listed: {files} files written", objs.len())));
+    }
 }
 
 #[test]

@@ -118,7 +118,9 @@ fn at_0_ms_connections_follow_the_gets_in_flight_not_the_workers() {
     // An endpoint on the same machine answers in well under a millisecond: the window
     // stops where more GETs would only queue, far below 1,024 workers.
     assert!(window < 1024, "window {window} with 1,024 workers at 0 ms: {fetch}");
-    assert!((1..=window).contains(&opened), "{opened} connections for a window of {window}: {fetch}");
+    // List requests share the pool: at most the window of GETs plus the list requests in
+    // flight (`--list-workers`, 32 by default) want a connection at once.
+    assert!((1..=window + 32).contains(&opened), "{opened} connections for a window of {window}: {fetch}");
 }
 
 #[test]

@@ -34,12 +34,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::report::Report;
-use aws_sdk_s3::Client;
-
 use crate::config::S3Url;
+use crate::report::Report;
 use crate::report::stats::Stage;
-use crate::s3::{self, ListedObject, list_page};
+use crate::s3::{ListObjects, ListQuery, ListedObject};
 
 /// A range of keys to list under the prefix: strictly after `after`, up to `until` inclusive.
 #[derive(Debug, Clone)]
@@ -64,7 +62,7 @@ pub type PageResult = Result<Vec<ListedObject>, String>;
 /// Starts `workers` listers over `prefix`; pages arrive on the returned channel, which
 /// closes when everything is listed (or after the first error).
 pub fn start(
-    client: aws_sdk_s3::Client,
+    client: Arc<dyn ListObjects>,
     bucket: String,
     prefix: String,
     workers: usize,
@@ -112,7 +110,7 @@ pub fn start(
 }
 
 struct Shared {
-    client: aws_sdk_s3::Client,
+    client: Arc<dyn ListObjects>,
     bucket: String,
     prefix: String,
     /// Ranges queued or being listed.
@@ -188,16 +186,15 @@ impl Shared {
             // counts like a request in flight, so waiting pages are bounded as well.
             let _slot = self.request_slot().await;
             let asked = Instant::now();
-            let page = s3::list_page(
-                &self.client,
-                &self.bucket,
-                &self.prefix,
-                false,
-                scope.after.as_deref(),
-                token.take(),
-                self.requester_pays,
-            )
-            .await;
+            let query = ListQuery {
+                bucket: &self.bucket,
+                prefix: &self.prefix,
+                delimiter: false,
+                start_after: scope.after.as_deref(),
+                token: token.as_deref(),
+                requester_pays: self.requester_pays,
+            };
+            let page = self.client.list_page(query).await;
             let allowed = self.allowed.load(Ordering::Relaxed);
             let next = if (self.hungry)() { (allowed * 2).min(self.max_requests) } else { (allowed / 2).max(1) };
             self.allowed.store(next, Ordering::Relaxed);
@@ -420,7 +417,7 @@ fn boundaries(
 
 /// Streams the keys under a prefix, one ListObjectsV2 page at a time.
 pub struct Lister {
-    client: Client,
+    client: Arc<dyn ListObjects>,
     source: S3Url,
     token: Option<String>,
     done: bool,
@@ -428,8 +425,8 @@ pub struct Lister {
 }
 
 impl Lister {
-    pub fn new(client: &Client, source: &S3Url, requester_pays: bool) -> Lister {
-        Lister { client: client.clone(), source: source.clone(), token: None, done: false, requester_pays }
+    pub fn new(client: Arc<dyn ListObjects>, source: &S3Url, requester_pays: bool) -> Lister {
+        Lister { client, source: source.clone(), token: None, done: false, requester_pays }
     }
 
     /// The next page, `None` after the last one.
@@ -437,8 +434,15 @@ impl Lister {
         if self.done {
             return None;
         }
-        let (bucket, prefix) = (&self.source.bucket, &self.source.prefix);
-        match list_page(&self.client, bucket, prefix, false, None, self.token.take(), self.requester_pays).await {
+        let query = ListQuery {
+            bucket: &self.source.bucket,
+            prefix: &self.source.prefix,
+            delimiter: false,
+            start_after: None,
+            token: self.token.as_deref(),
+            requester_pays: self.requester_pays,
+        };
+        match self.client.list_page(query).await {
             Ok(page) => {
                 self.token = page.next;
                 self.done = self.token.is_none();

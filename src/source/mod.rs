@@ -21,10 +21,12 @@ use crate::report::stats::Stage;
 use crate::s3;
 use crate::stop::Stop;
 
-/// Lists the source into the queue. Returns an error only if the first page failed.
+/// Lists the source into the queue (list requests through `lists`; an inventory's files
+/// through the SDK's `client`). Returns an error only if the first page failed.
 pub async fn list(
     cfg: &Config,
     client: &aws_sdk_s3::Client,
+    lists: &Arc<dyn s3::ListObjects>,
     (keys, room): (&async_channel::Sender<Listed>, &Room),
     report: &Arc<Report>,
     mut stop: Stop,
@@ -58,7 +60,7 @@ pub async fn list(
             Pages::Keys(manifest.start(client.clone(), prefix.clone(), report.clone()))
         }
         (None, None) if cfg.list_workers > 1 => Pages::Keys(crate::source::listing::start(
-            client.clone(),
+            lists.clone(),
             cfg.source.bucket.clone(),
             cfg.source.prefix.clone(),
             cfg.list_workers,
@@ -69,7 +71,7 @@ pub async fn list(
             },
             cfg.s3.requester_pays,
         )),
-        (None, None) => Pages::Listing(listing::Lister::new(client, &cfg.source, cfg.s3.requester_pays)),
+        (None, None) => Pages::Listing(listing::Lister::new(lists.clone(), &cfg.source, cfg.s3.requester_pays)),
     };
     let mut rec = report.recorder();
     let mut first = true;
