@@ -76,10 +76,14 @@ pub async fn list(
     let mut rec = report.recorder();
     let mut first = true;
     let mut seen = 0u64;
+    // One stop waiter for the whole listing: a waiter made per select registered in (and
+    // removed from) the stop channel's shared list for every key sent.
+    let stopping = stop.requested_wait();
+    tokio::pin!(stopping);
     loop {
         let asked = Instant::now();
         let page = tokio::select! {
-            () = stop.requested_wait() => return Ok(()),
+            () = &mut stopping => return Ok(()),
             page = lister.next_page() => page,
         };
         let Some(page) = page else { break };
@@ -160,13 +164,13 @@ pub async fn list(
         }
         if !items.is_empty() {
             tokio::select! {
-                () = stop.requested_wait() => return Ok(()),
+                () = &mut stopping => return Ok(()),
                 () = room.wait(keys) => {}
             }
         }
         for item in items {
             let sent = tokio::select! {
-                () = stop.requested_wait() => return Ok(()),
+                () = &mut stopping => return Ok(()),
                 sent = keys.send(item) => sent,
             };
             if sent.is_err() {
