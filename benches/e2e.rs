@@ -89,7 +89,8 @@ struct Opts {
 /// without this, a run that gets fresh pages pays several times the kernel's write cost of a
 /// run that reuses pages an earlier one freed, which favours whichever engine runs first.
 fn warm_tmpfs(dests: &[PathBuf], bytes: u64) {
-    let available = sh("awk '/MemAvailable/ {print $2 * 1024}' /proc/meminfo").parse::<u64>().unwrap_or(0);
+    let available_kib = sh("awk '/MemAvailable/ {print $2}' /proc/meminfo").parse::<u64>().unwrap_or(0);
+    let available = available_kib * 1024;
     let bytes = bytes.min(available / 2);
     let chunk = vec![1u8; 1 << 20];
     for d in dests.iter().filter(|d| sh(&format!("findmnt -no FSTYPE -T {} | head -1", d.display())) == "tmpfs") {
