@@ -579,28 +579,23 @@ pub fn parse_list_page(xml: &[u8]) -> Result<Page, String> {
             Event::Start(e) => (Some(e.local_name()), false),
             Event::Empty(e) => (Some(e.local_name()), true),
             Event::End(_) => (None, true),
+            Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) if reading == Text::Skip => continue,
             Event::Text(t) => {
-                if reading != Text::Skip {
-                    text.push_str(&t.decode().map_err(|e| bad(&e))?);
-                }
+                text.push_str(&t.decode().map_err(|e| bad(&e))?);
                 continue;
             }
             Event::CData(t) => {
-                if reading != Text::Skip {
-                    text.push_str(&t.decode().map_err(|e| bad(&e))?);
-                }
+                text.push_str(&t.decode().map_err(|e| bad(&e))?);
                 continue;
             }
             Event::GeneralRef(r) => {
-                if reading != Text::Skip {
-                    match r.resolve_char_ref().map_err(|e| bad(&e))? {
-                        Some(c) => text.push(c),
-                        None => {
-                            let name = r.decode().map_err(|e| bad(&e))?;
-                            let value = quick_xml::escape::resolve_predefined_entity(&name)
-                                .ok_or_else(|| bad(&format_args!("unknown entity &{name};")))?;
-                            text.push_str(value);
-                        }
+                match r.resolve_char_ref().map_err(|e| bad(&e))? {
+                    Some(c) => text.push(c),
+                    None => {
+                        let name = r.decode().map_err(|e| bad(&e))?;
+                        let value = quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or_else(|| bad(&format_args!("unknown entity &{name};")))?;
+                        text.push_str(value);
                     }
                 }
                 continue;
@@ -647,26 +642,29 @@ pub fn parse_list_page(xml: &[u8]) -> Result<Page, String> {
         if !end {
             continue;
         }
-        let value = std::mem::take(&mut text);
+        // Text kept as a string is taken; text read as a value is parsed in place, and its
+        // buffer serves the next element.
+        let value = text.trim();
         match std::mem::replace(&mut reading, Text::Skip) {
             Text::Skip => {}
-            Text::Key => object.key = Some(value),
-            Text::Size => object.size = value.trim().parse().map_err(|_| bad(&format_args!("size '{value}'")))?,
+            Text::Key => object.key = Some(std::mem::take(&mut text)),
+            Text::Size => object.size = value.parse().map_err(|_| bad(&format_args!("size '{value}'")))?,
             Text::LastModified => {
                 object.last_modified =
-                    aws_smithy_types::DateTime::from_str(value.trim(), aws_smithy_types::date_time::Format::DateTime)
+                    aws_smithy_types::DateTime::from_str(value, aws_smithy_types::date_time::Format::DateTime)
                         .ok()
                         .and_then(|t| SystemTime::try_from(t).ok())
             }
-            Text::ETag => object.etag = Some(value.trim_matches('"').to_owned()),
-            Text::StorageClass => object.class = Some(value),
-            Text::InProgress => object.in_progress = Some(value.trim() == "true"),
-            Text::Expiry => object.expires = !value.trim().is_empty(),
-            Text::Prefix => prefixes.push(value),
-            Text::Truncated => truncated = value.trim() == "true",
-            Text::Token => token = Some(value),
-            Text::Encoding => encoding = Some(value),
+            Text::ETag => object.etag = Some(text.trim_matches('"').to_owned()),
+            Text::StorageClass => object.class = Some(std::mem::take(&mut text)),
+            Text::InProgress => object.in_progress = Some(value == "true"),
+            Text::Expiry => object.expires = !value.is_empty(),
+            Text::Prefix => prefixes.push(std::mem::take(&mut text)),
+            Text::Truncated => truncated = value == "true",
+            Text::Token => token = Some(std::mem::take(&mut text)),
+            Text::Encoding => encoding = Some(std::mem::take(&mut text)),
         }
+        text.clear();
         if open.pop() == Some(In::Contents) {
             let o = std::mem::take(&mut object);
             if let Some(key) = o.key {

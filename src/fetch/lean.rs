@@ -167,11 +167,11 @@ impl Lean {
             signer,
             verify,
             requester_pays,
-            list_retries: 4,
+            list_retries: 0,
         })
     }
 
-    /// List requests that failed transiently are tried again `retries` times.
+    /// List requests that failed transiently are tried again `retries` times (none unless set).
     pub fn with_list_retries(mut self, retries: u32) -> Lean {
         self.list_retries = retries;
         self
@@ -186,33 +186,20 @@ impl Lean {
         first_byte: &std::sync::atomic::AtomicBool,
     ) -> Result<Fetched, GetError> {
         let req = self.request(key, version, range).await?;
-        let (resp, mut conn, sent) = self.send(req).await?;
+        let (resp, conn, sent) = self.send(req).await?;
         let headers = Instant::now();
         first_byte.store(true, std::sync::atomic::Ordering::Relaxed);
-        let status = resp.status();
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         let framed = content_length.is_some()
             || header_str(&resp, header::TRANSFER_ENCODING).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let last_modified = header_str(&resp, header::LAST_MODIFIED).and_then(parse_http_date);
-        let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
-        let date = (status == StatusCode::FORBIDDEN)
-            .then(|| header_str(&resp, header::DATE).and_then(parse_http_date))
-            .flatten();
         let integrity = self.verify.then(|| integrity(&resp));
         let part = range.map(|_| PartInfo {
             etag: header_str(&resp, header::ETAG).map(str::to_owned),
             total: header_str(&resp, header::CONTENT_RANGE).and_then(content_range_total),
         });
         let ok = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-        let limit = if status == ok { usize::MAX } else { MAX_ERROR_BODY };
-        let body = read_body(resp.into_body(), content_length, limit).await?;
-        // The whole response was read: the connection can carry the next request.
-        conn.reusable = true;
-        drop(conn);
-        if status != ok {
-            return Err(self.refused(status, &body, bucket_region.as_deref(), date, sent));
-        }
-        check_length(body.len(), content_length)?;
+        let body = self.body_or_error(resp, conn, sent, ok, content_length).await?;
         Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
     }
 
@@ -298,21 +285,9 @@ impl Lean {
         // Archived objects: is a restored copy readable?
         let req = self.get(&path).header("x-amz-optional-object-attributes", HeaderValue::from_static("RestoreStatus"));
         let req = self.signed(req, &path, q.requester_pays).await?;
-        let (resp, mut conn, sent) = self.send(req).await?;
-        let status = resp.status();
+        let (resp, conn, sent) = self.send(req).await?;
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-        let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
-        let date = (status == StatusCode::FORBIDDEN)
-            .then(|| header_str(&resp, header::DATE).and_then(parse_http_date))
-            .flatten();
-        let limit = if status == StatusCode::OK { usize::MAX } else { MAX_ERROR_BODY };
-        let body = read_body(resp.into_body(), content_length, limit).await?;
-        conn.reusable = true;
-        drop(conn);
-        if status != StatusCode::OK {
-            return Err(self.refused(status, &body, bucket_region.as_deref(), date, sent));
-        }
-        check_length(body.len(), content_length)?;
+        let body = self.body_or_error(resp, conn, sent, StatusCode::OK, content_length).await?;
         // An unreadable page may be one cut short on the way: tried again like a transport error.
         crate::s3::parse_list_page(&body).map_err(GetError::transient)
     }
@@ -372,25 +347,40 @@ impl Lean {
         Ok(req)
     }
 
-    /// A request the service refused: its error, and the service's clock learned when it
-    /// said ours is off.
-    fn refused(
+    /// The rest of a response whose headers came: its body when the status is `ok`, checked
+    /// against `content_length`; else the service's error, and its clock learned when it said
+    /// ours is off. Either way the body is read whole, so the connection is kept.
+    async fn body_or_error(
         &self,
-        status: StatusCode,
-        body: &[u8],
-        bucket_region: Option<&str>,
-        date: Option<SystemTime>,
+        resp: http::Response<hyper::body::Incoming>,
+        mut conn: Checkout,
         sent: Instant,
-    ) -> GetError {
-        let err = self.error_response(status, body, bucket_region);
+        ok: StatusCode,
+        content_length: Option<u64>,
+    ) -> Result<Bytes, GetError> {
+        let status = resp.status();
+        let bucket_region = header_str(&resp, "x-amz-bucket-region").map(str::to_owned);
+        let date = (status == StatusCode::FORBIDDEN)
+            .then(|| header_str(&resp, header::DATE).and_then(parse_http_date))
+            .flatten();
+        let limit = if status == ok { usize::MAX } else { MAX_ERROR_BODY };
+        let body = read_body(resp.into_body(), content_length, limit).await?;
+        // The whole response was read: the connection can carry the next request.
+        conn.reusable = true;
+        drop(conn);
+        if status == ok {
+            check_length(body.len(), content_length)?;
+            return Ok(body);
+        }
+        let err = self.error_response(status, &body, bucket_region.as_deref());
         if err.reason.starts_with("RequestTimeTooSkewed")
             && let (Some(signer), Some(server)) = (&self.signer, date)
         {
             // Sign with the service's clock from now on, as the SDK does, and try again.
             signer.learn_skew(server, sent);
-            return GetError { retry: Retry::Transient, ..err };
+            return Err(GetError { retry: Retry::Transient, ..err });
         }
-        err
+        Err(err)
     }
 
     /// S3's error body → the same message and retry class as the SDK engine.
