@@ -19,7 +19,7 @@
 //!   next answer. Connections therefore follow the GETs in flight ([`crate::fetch::window`]), not
 //!   `--workers`; one is closed only when the server closes it or a request on it fails (a
 //!   response not read whole). TLS by rustls (aws-lc-rs) with the platform's roots (or
-//!   `--ca-bundle`); one client configuration for all connections, so every connection after
+//!   `--ca-bundle`), through our own stream on rustls' unbuffered API ([`super::tls`]); one client configuration for all connections, so every connection after
 //!   the first few resumes a session from a ticket of an earlier one (TLS 1.3 PSK with a
 //!   fresh key exchange: no certificate sent or checked). Connections opened and handshakes
 //!   resumed are counted.
@@ -53,6 +53,7 @@ use hyper_util::rt::TokioIo;
 use super::store::{
     ByteRange, Fetched, GetError, GetFuture, ObjectStore, PartInfo, Retry, check_length, classify, content_range_total,
 };
+use super::tls::TlsStream;
 use crate::report::Report;
 use crate::s3::{BucketEndpoint, CachingResolver, Identities, ListObjects, ListQuery, Page, PageFuture};
 
@@ -67,10 +68,6 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 const LIST_ATTEMPTS_THROTTLED: u32 = 20;
 /// Single-frame bodies up to this size are copied out of hyper's read buffer (see `read_body`).
 const SMALL_BODY_COPY: usize = 32 * 1024;
-/// Reads under TLS fill a buffer this large: rustls reads at most 4 KiB at a time, which
-/// is two or more `recvfrom` for every response of a small object without it. One TLS
-/// record (16 KiB) and the next record's start.
-const TLS_READ_BUFFER: usize = 20 * 1024;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
@@ -149,7 +146,7 @@ impl Lean {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has an invalid host"))?;
-        let tls = if https { Some((tls_connector(ca_bundle)?, server_name(&host)?)) } else { None };
+        let tls = if https { Some((tls_config(ca_bundle)?, server_name(&host)?)) } else { None };
         let signer = identities.map(|identities| Signer {
             identities,
             region: endpoint.signing_region.clone(),
@@ -409,7 +406,7 @@ struct Dial {
     /// Host to connect to (DNS name or IP literal) and port.
     host: String,
     port: u16,
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
     resolver: CachingResolver,
     next_addr: AtomicUsize,
     report: Arc<Report>,
@@ -430,11 +427,11 @@ impl Dial {
             let _ = tcp.set_nodelay(true);
             match &self.tls {
                 None => Ok::<_, GetError>((handshake(tcp).await?, false)),
-                Some((connector, name)) => {
-                    // rustls asks for 4 KiB per read: buffered, a response takes one read.
-                    let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
-                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| transport(&what(), &e))?;
-                    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                Some((config, name)) => {
+                    let conn = rustls::client::UnbufferedClientConnection::new(config.clone(), name.clone())
+                        .map_err(|e| transport(&what(), &e))?;
+                    let tls = TlsStream::connect(tcp, conn).await.map_err(|e| transport(&what(), &e))?;
+                    let resumed = tls.tls().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                     Ok((handshake(tls).await?, resumed))
                 }
             }
@@ -777,7 +774,7 @@ fn percent_encode(s: &str, out: &mut String, keep: &[u8]) {
 }
 
 /// TLS with the system's trust store, or exactly the `--ca-bundle` certificates.
-fn tls_connector(ca_bundle: Option<&crate::config::CaBundle>) -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_config(ca_bundle: Option<&crate::config::CaBundle>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_bundle {
         Some(ca) => {
@@ -802,7 +799,7 @@ fn tls_connector(ca_bundle: Option<&crate::config::CaBundle>) -> Result<tokio_ru
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::store(Arc::new(Tickets::default()));
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// TLS 1.3 tickets per server: rustls' own store keeps 8, but connections open in bursts

@@ -26,6 +26,7 @@ mod sigv4;
 pub mod store;
 pub mod task;
 pub mod throttle;
+mod tls;
 pub mod window;
 
 use std::sync::Arc;
