@@ -19,8 +19,9 @@
 //!   next answer. Connections therefore follow the GETs in flight ([`crate::fetch::window`]), not
 //!   `--workers`; one is closed only when the server closes it or a request on it fails (a
 //!   response not read whole). TLS by rustls (aws-lc-rs) with the platform's roots (or
-//!   `--ca-bundle`), through our own stream on rustls' unbuffered API ([`super::tls`]); one client configuration for all connections, so every connection after
-//!   the first few resumes a session from a ticket of an earlier one (TLS 1.3 PSK with a
+//!   `--ca-bundle`), through our own stream on rustls' unbuffered API ([`super::tls`]); one
+//!   client configuration for all connections, so every connection after the first few
+//!   resumes a session from a ticket of an earlier one (TLS 1.3 PSK with a
 //!   fresh key exchange: no certificate sent or checked). Connections opened and handshakes
 //!   resumed are counted.
 //! - **Responses:** 200 → the body in one buffer (a single-frame body over 32 KiB is passed on
