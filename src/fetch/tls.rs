@@ -160,16 +160,16 @@ impl TlsStream {
                         None => Next::Again,
                     }
                 }
-                Ok(ConnectionState::EncodeTlsData(mut data)) => loop {
-                    match data.encode(&mut out.buf[out.end..]) {
-                        Ok(n) => {
-                            out.end += n;
-                            break Next::Again;
-                        }
-                        Err(EncodeError::InsufficientSize(s)) => out.buf.resize(out.end + s.required_size, 0),
-                        Err(EncodeError::AlreadyEncoded) => break Next::Again,
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    let needs = |e: &EncodeError| match e {
+                        EncodeError::InsufficientSize(s) => Some(s.required_size),
+                        EncodeError::AlreadyEncoded => None,
+                    };
+                    match out.append(|b| data.encode(b), needs) {
+                        Ok(()) | Err(EncodeError::AlreadyEncoded) => Next::Again,
+                        Err(e) => Next::Fail(io::Error::other(e.to_string())),
                     }
-                },
+                }
                 Ok(ConnectionState::TransmitTlsData(data)) => match out.flush(tcp, cx) {
                     Poll::Ready(Ok(())) => {
                         data.done();
@@ -182,26 +182,16 @@ impl TlsStream {
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => match goal {
                     Goal::Handshake => Next::Done(0),
                     Goal::Read(_) => Next::NeedData,
-                    Goal::Write(data) => loop {
-                        match traffic.encrypt(data, &mut out.buf[out.end..]) {
-                            Ok(n) => {
-                                out.end += n;
-                                break Next::Done(data.len());
-                            }
-                            Err(EncryptError::InsufficientSize(s)) => out.buf.resize(out.end + s.required_size, 0),
-                            Err(e) => break Next::Fail(io::Error::other(e.to_string())),
-                        }
+                    Goal::Write(data) => match out.append(|b| traffic.encrypt(data, b), encrypt_needs) {
+                        Ok(()) => Next::Done(data.len()),
+                        Err(e) => Next::Fail(io::Error::other(e.to_string())),
                     },
-                    Goal::Close => loop {
-                        match traffic.queue_close_notify(&mut out.buf[out.end..]) {
-                            Ok(n) => {
-                                out.end += n;
-                                *close_notify_sent = true;
-                                break Next::Done(0);
-                            }
-                            Err(EncryptError::InsufficientSize(s)) => out.buf.resize(out.end + s.required_size, 0),
-                            Err(e) => break Next::Fail(io::Error::other(e.to_string())),
+                    Goal::Close => match out.append(|b| traffic.queue_close_notify(b), encrypt_needs) {
+                        Ok(()) => {
+                            *close_notify_sent = true;
+                            Next::Done(0)
                         }
+                        Err(e) => Next::Fail(io::Error::other(e.to_string())),
                     },
                 },
                 Ok(ConnectionState::PeerClosed) => {
@@ -274,7 +264,36 @@ impl Incoming {
     }
 }
 
+/// The room an encryption asked for, if that is why it failed.
+fn encrypt_needs(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
 impl Outgoing {
+    /// Lets `put` write after what is pending, growing the buffer as often as `needs` finds
+    /// it asked for more room; what it wrote is then pending too.
+    fn append<E>(
+        &mut self,
+        mut put: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        needs: impl Fn(&E) -> Option<usize>,
+    ) -> Result<(), E> {
+        loop {
+            match put(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) => match needs(&e) {
+                    Some(room) => self.buf.resize(self.end + room, 0),
+                    None => return Err(e),
+                },
+            }
+        }
+    }
+
     /// Writes everything encrypted so far.
     fn flush(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pos < self.end {
