@@ -1,8 +1,10 @@
 //! Against an S3 implementation this project did not write: moto's server (PyPI: `moto[server]`,
 //! which `.ci/run` installs), started by the tests on 127.0.0.1. Objects are uploaded through
 //! aws-sdk-s3, then copied by the real binary: list pagination, keys that need
-//! `encoding-type=url`, ranged large objects, resume and `--verify`, each fetch engine.
+//! `encoding-type=url`, ranged large objects, resume and `--verify`, each fetch engine; and
+//! the same over HTTPS, where OpenSSL (Python's `ssl`) rather than rustls is the server.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,17 +16,27 @@ use crate::util::*;
 struct Moto {
     child: Child,
     url: String,
+    /// The CA's PEM text, when served over HTTPS.
+    ca: Option<String>,
 }
 
 impl Moto {
     /// `None`, having said why, where moto is not installed.
     fn start() -> Option<Moto> {
+        Moto::start_with(None)
+    }
+
+    /// Over HTTPS when given a certificate and its key (PEM files): moto's `--ssl-cert`,
+    /// served by Python's `ssl` module (OpenSSL), not rustls.
+    fn start_with(tls: Option<(&Path, &Path)>) -> Option<Moto> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let mut args = vec!["-m".into(), "moto.server".into(), "-H".into(), "127.0.0.1".into()];
+        args.extend(["-p".into(), port.to_string()]);
+        if let Some((cert, key)) = tls {
+            args.extend(["-c".into(), cert.display().to_string(), "-k".into(), key.display().to_string()]);
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let child = Command::new("python3").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
@@ -41,7 +53,7 @@ impl Moto {
                 return None;
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Moto { child, url: format!("http://127.0.0.1:{port}") });
+                return Some(Moto { child, url: format!("{scheme}://127.0.0.1:{port}"), ca: None });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -61,7 +73,19 @@ impl Moto {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
-            let conf = aws_sdk_s3::Config::builder()
+            let mut conf = aws_sdk_s3::Config::builder();
+            if let Some(ca) = &self.ca {
+                use aws_smithy_http_client::tls;
+                let store = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(ca.as_bytes());
+                let ctx = tls::TlsContext::builder().with_trust_store(store).build().unwrap();
+                conf = conf.http_client(
+                    aws_smithy_http_client::Builder::new()
+                        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                        .tls_context(ctx)
+                        .build_https(),
+                );
+            }
+            let conf = conf
                 .behavior_version_latest()
                 .endpoint_url(&self.url)
                 .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -160,5 +184,65 @@ fn moto_large_objects_in_ranged_parts_and_a_resume() {
         let out = run(moto.cmd().args(e.args()).args(parts).arg("s3://moto-large").arg(scratch.dest()));
         assert!(summary_counts(&out).contains("1 files written, 0 directories, 3 skipped"), "{}", stderr(&out));
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+    }
+}
+
+#[test]
+fn moto_over_https_with_openssl_resumes_reopened_connections() {
+    // Python's ssl module (OpenSSL) terminates TLS here, not rustls as in our endpoint.
+    let keep = Scratch::new();
+    let (identity, ca_pem) = private_ca();
+    let (cert, key, ca) =
+        (keep.dir.path().join("cert.pem"), keep.dir.path().join("key.pem"), keep.dir.path().join("ca.pem"));
+    std::fs::write(&cert, &identity.cert_pem).unwrap();
+    std::fs::write(&key, &identity.key_pem).unwrap();
+    std::fs::write(&ca, &ca_pem).unwrap();
+    let Some(mut moto) = Moto::start_with(Some((&cert, &key))) else { return };
+    moto.ca = Some(ca_pem);
+    let mut keys: Vec<String> = (0..400).map(|i| format!("t{}/k{i:04}", i % 5)).collect();
+    keys.extend(["odd/sp ace/ü.txt", "odd/ctl\u{1}key", "odd/amp&<lt>"].map(String::from));
+    let mut objs: Vec<(String, Bytes)> = keys.iter().map(|k| (k.clone(), content(k, 300 + k.len()))).collect();
+    objs.push(("big/o".to_owned(), content("big/o", (2 << 20) + 777)));
+    moto.fill("moto-tls", &objs);
+    let want = expected_tree(&objs, "");
+    let n = objs.len();
+    for e in engines() {
+        let scratch = Scratch::new();
+        let json = keep.dir.path().join(format!("stats-{e}.json").replace([' ', '/'], "_"));
+        let out = run(moto
+            .cmd()
+            .args(e.args())
+            .arg("--ca-bundle")
+            .arg(&ca)
+            .args(["--workers", "16", "--multipart-threshold", "1MiB", "--part-size", "1MiB", "--verify"])
+            .arg("--stats-json")
+            .arg(&json)
+            .arg("s3://moto-tls")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{e}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &want);
+        assert!(summary_counts(&out).starts_with(&format!("{n} keys listed: {n} files written")), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let fetch = &doc["fetch"];
+        if e.fetch == "lean" {
+            // moto's server closes the connection after every answer, so nearly every GET
+            // opens one; all but the first few (16 GETs and the list at once, before any
+            // session ticket arrived) resume a session from OpenSSL's tickets.
+            let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
+            let resumed = fetch["connections_resumed"].as_u64().expect("connections_resumed");
+            assert!(opened as usize > n / 2, "moto closes after each answer: {fetch}");
+            assert!(resumed > 0 && opened - resumed <= 17, "{resumed} of {opened} resumed: {fetch}");
+        }
+    }
+    // The AWS CLI's variable instead of the flag, with each fetch engine.
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let out = run(moto
+            .cmd()
+            .env("AWS_CA_BUNDLE", &ca)
+            .args(["--fetch-engine", fetch, "s3://moto-tls"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "fetch {fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &want);
     }
 }
