@@ -461,8 +461,41 @@ impl ListObjects for Client {
     }
 }
 
-/// One ListObjectsV2 request through the SDK.
+/// One page through the SDK, whose retry mode spends `--retries` on every failure. S3 counts
+/// list requests with its GETs, so a listing under a rate limit is throttled too: a page the
+/// SDK gave up on because it was throttled is asked for again after the fetcher's backoff,
+/// without spending `--retries` (as the lean engine does), up to
+/// [`crate::fetch::LIST_ATTEMPTS_THROTTLED`] times.
 pub async fn list_page(client: &Client, q: ListQuery<'_>) -> Result<Page, String> {
+    let mut throttled = 0;
+    loop {
+        match list_page_once(client, q).await {
+            Err(e) if is_throttled(&e) && throttled + 1 < crate::fetch::LIST_ATTEMPTS_THROTTLED => {
+                tracing::debug!(reason = %describe(&e, Some(q.bucket)), throttled, "list request throttled; asking again");
+                tokio::time::sleep(crate::fetch::backoff(throttled)).await;
+                throttled += 1;
+            }
+            result => return result.map_err(|e| q.failed(&describe(&e, Some(q.bucket)))),
+        }
+    }
+}
+
+/// Whether the service answered SlowDown, 503 or 429 (S3's throttling answers).
+fn is_throttled<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            crate::fetch::store::classify(se.raw().status().as_u16(), code) == crate::fetch::store::Retry::Throttled
+        }
+        _ => false,
+    }
+}
+
+/// One ListObjectsV2 request through the SDK (and its retry mode).
+async fn list_page_once(
+    client: &Client,
+    q: ListQuery<'_>,
+) -> Result<Page, SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error, HttpResponse>> {
     let mut req = client.list_objects_v2().bucket(q.bucket);
     if q.requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
@@ -483,7 +516,7 @@ pub async fn list_page(client: &Client, q: ListQuery<'_>) -> Result<Page, String
         (None, Some(after)) => req = req.start_after(after),
         (None, None) => {}
     }
-    let out = req.send().await.map_err(|e| q.failed(&describe(&e, Some(q.bucket))))?;
+    let out = req.send().await?;
     let truncated = out.is_truncated.unwrap_or(false);
     let decode = decoder(out.encoding_type.as_ref().map(|t| t.as_str()));
     Ok(Page {

@@ -146,6 +146,48 @@ fn a_rate_limited_endpoint_loses_no_key_in_either_engine() {
 }
 
 #[test]
+fn throttled_list_requests_are_asked_again_without_spending_retries_in_either_engine() {
+    // S3 counts list requests with the GETs of their partition. Here the bucket holds a single
+    // token, the GETs keep the rate at the limit, and the short key queue makes the lister
+    // ask for each of the many pages while they do: list requests meet the limit too.
+    let objs = objects(10_000);
+    for fetch in FETCH_ENGINES {
+        let mut limit = RateLimit::new("", 1_500.0);
+        limit.burst = std::time::Duration::ZERO;
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("listed", objs.clone())],
+                rate_limits: vec![limit],
+                ..Default::default()
+            },
+            true,
+        );
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args([
+                "--fetch-engine",
+                fetch,
+                "--workers",
+                "64",
+                "--queue",
+                "100",
+                "--retries",
+                "1",
+                "--hedge-after",
+                "0",
+            ])
+            .arg("s3://listed")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let limit = &env.rate_limit_counts()[0];
+        assert_eq!(limit.served, 10_000, "{fetch}: every key once");
+        assert!(limit.others_throttled > 0, "{fetch}: list requests met the limit: {limit:?}");
+    }
+}
+
+#[test]
 fn a_partition_throttled_alone_leaves_the_others_unthrottled_and_every_key_arrives() {
     let objs: Vec<(String, Bytes)> = (0..4_000)
         .map(|i| format!("{}/obj-{i:05}", if i % 2 == 0 { "hot" } else { "cold" }))

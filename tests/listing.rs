@@ -63,7 +63,7 @@ fn list_requests_that_are_throttled_fail_or_reset_are_tried_again_and_no_key_is_
     // connections with its own retries: throttling does not spend --retries, so a page fails
     // only after 11 failures of the other kinds in a row ((2/7)^11 ≈ 1e-6 per page at these
     // fractions). The SDK engine lists through the SDK, whose retry mode counts every failure:
-    // 21 in a row (0.5^21 ≈ 5e-7).
+    // 21 in a row (0.5^21 ≈ 5e-7), and a page it gave up on as throttled is asked for again.
     let objs = layout();
     let want = expected_tree(&objs, "");
     let files = objs.iter().filter(|(k, _)| !k.ends_with('/')).count();

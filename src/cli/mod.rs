@@ -388,12 +388,13 @@ struct ServeArgs {
 
 /// Request-rate limits on GETs, as S3 has per prefix partition.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Request-rate limits (GETs per second; 503 SlowDown above)")]
+#[command(next_help_heading = "Request-rate limits (GET, HEAD and list requests per second; 503 SlowDown above)")]
 struct RateLimitArgs {
-    /// Limit GETs of every key to N per second (a token bucket).
+    /// Limit requests for every key to N per second (a token bucket taken by GETs, HEADs and
+    /// list requests, as S3 counts them together).
     #[arg(long, value_name = "N")]
     rate_limit: Option<f64>,
-    /// Limit GETs of keys under PREFIX to N per second instead (repeatable; the longest
+    /// Limit requests for keys under PREFIX to N per second instead (repeatable; the longest
     /// matching prefix applies; N = 0: unlimited, only counted).
     #[arg(long, value_name = "PREFIX=N", value_parser = prefix_rate)]
     rate_limit_prefix: Vec<(String, f64)>,
@@ -910,10 +911,12 @@ async fn serve(args: ServeArgs) -> Exit {
     );
     for r in endpoint.rate_limit_counts() {
         println!(
-            "rate limit '{}': {} GETs served, {} answered SlowDown; served from {:.3} s to {:.3} s; per second: {}",
+            "rate limit '{}': {} GETs served, {} answered SlowDown; {} HEAD and list requests served, {} answered SlowDown; GETs served from {:.3} s to {:.3} s; per second: {}",
             r.prefix,
             r.served,
             r.throttled,
+            r.others_served,
+            r.others_throttled,
             r.first_s,
             r.last_s,
             r.per_second.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")

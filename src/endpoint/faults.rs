@@ -1,13 +1,16 @@
 //! What the embedded endpoint does to requests besides serving them: a request-rate limit as
-//! S3 enforces one (a token bucket per key prefix, `503 SlowDown` when it is empty, limits
-//! that change during a run) and injected faults (SlowDown, InternalError, resets, cut or
-//! corrupted bodies, slow answers), with the counts a test checks.
+//! S3 enforces one (a token bucket per key prefix shared by GET, HEAD and LIST requests,
+//! `503 SlowDown` when it is empty, limits that change during a run) and injected faults
+//! (SlowDown, InternalError, resets, cut or corrupted bodies, slow answers), with the counts a
+//! test checks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// A token bucket on the GETs of keys under `prefix` (`""`: every key).
+/// A token bucket on the GETs of keys under `prefix` (`""`: every key). HEADs of those keys
+/// and list requests that start among them take from the same bucket, as S3 counts GET, HEAD
+/// and LIST against one request rate per partition.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     pub prefix: String,
@@ -34,8 +37,12 @@ pub struct RateLimitCounts {
     pub prefix: String,
     /// Its rate now (0: unlimited).
     pub rate: f64,
+    /// GETs let through and refused.
     pub served: u64,
     pub throttled: u64,
+    /// HEAD and list requests let through and refused (they share the GETs' tokens).
+    pub others_served: u64,
+    pub others_throttled: u64,
     /// Seconds from the first GET of the endpoint to the first and the last GET this rule
     /// let through.
     pub first_s: f64,
@@ -60,6 +67,8 @@ pub(super) struct TokenBucket {
     next_change: usize,
     served: u64,
     throttled: u64,
+    others_served: u64,
+    others_throttled: u64,
     first: Option<Duration>,
     last_served: Option<Duration>,
     per_second: Vec<u64>,
@@ -84,8 +93,23 @@ impl Limits {
 
     /// Takes a token for a GET of `key`; false when its rule's bucket is empty.
     pub(super) fn admit(&self, key: &str) -> bool {
+        self.take(key, true)
+    }
+
+    /// Takes a token for a HEAD of `key`, or a list request that starts at `key` (its
+    /// continuation or start-after key, else its prefix): S3 serves it from that key's
+    /// partition and counts it with the GETs.
+    pub(super) fn admit_other(&self, key: &str) -> bool {
+        self.take(key, false)
+    }
+
+    fn take(&self, key: &str, get: bool) -> bool {
         let now = std::time::Instant::now();
-        let since = now.duration_since(*self.first_get.get_or_init(|| now));
+        // Time counts from the first GET: the list requests before it do not start the clock.
+        let since = match get {
+            true => now.duration_since(*self.first_get.get_or_init(|| now)),
+            false => self.first_get.get().map_or(Duration::ZERO, |t| now.duration_since(*t)),
+        };
         let Some((rule, bucket)) = self.rules.iter().find(|(r, _)| key.starts_with(r.prefix.as_str())) else {
             return true;
         };
@@ -102,10 +126,17 @@ impl Limits {
         }
         b.last = Some(now);
         if b.rate > 0.0 && b.tokens < 1.0 {
-            b.throttled += 1;
+            match get {
+                true => b.throttled += 1,
+                false => b.others_throttled += 1,
+            }
             return false;
         }
         b.tokens -= 1.0;
+        if !get {
+            b.others_served += 1;
+            return true;
+        }
         b.served += 1;
         b.first.get_or_insert(since);
         b.last_served = Some(since);
@@ -136,6 +167,8 @@ impl Limits {
                     rate: b.rate,
                     served: b.served,
                     throttled: b.throttled,
+                    others_served: b.others_served,
+                    others_throttled: b.others_throttled,
                     first_s: b.first.unwrap_or_default().as_secs_f64(),
                     last_s: b.last_served.unwrap_or_default().as_secs_f64(),
                     per_second: b.per_second.clone(),

@@ -17,9 +17,9 @@
 //! over plain HTTP or, given a certificate, HTTPS ([`TlsIdentity`]). Generated objects are
 //! produced per range, so a 1 GiB object costs only the bytes asked for.
 //!
-//! Like S3, it can limit the rate of GETs ([`RateLimit`]): a token bucket per key prefix,
-//! `503 SlowDown` when it is empty, with limits that change during a run (S3 raises a
-//! partition's limit when it splits it).
+//! Like S3, it can limit the request rate ([`RateLimit`]): a token bucket per key prefix taken
+//! by GETs, HEADs and the list requests that start under it, `503 SlowDown` when it is empty,
+//! with limits that change during a run (S3 raises a partition's limit when it splits it).
 
 mod faults;
 
@@ -103,8 +103,9 @@ pub struct EndpointConfig {
     pub no_checksums: bool,
     /// Serve HTTPS with this certificate chain and private key (both PEM) instead of HTTP.
     pub tls: Option<TlsIdentity>,
-    /// Request-rate limits on GetObject, as S3 has per prefix partition: GETs of a rule's
-    /// keys above its rate are answered `503 SlowDown`. The longest matching prefix applies.
+    /// Request-rate limits, as S3 has per prefix partition: GETs and HEADs of a rule's keys,
+    /// and list requests that start among them, above its rate are answered `503 SlowDown`.
+    /// The longest matching prefix applies.
     pub rate_limits: Vec<RateLimit>,
     /// List like a store that ignores `encoding-type=url` (keys always as they are).
     pub ignore_encoding_type: bool,
@@ -311,8 +312,9 @@ impl MemS3 {
         Ok(())
     }
 
-    /// One page of either ListObjects version, after the list latency: Requester Pays
-    /// checked, archived objects marked with their storage class and restore status.
+    /// One page of either ListObjects version, after the list latency: a token of the rate
+    /// limit of the key it starts at taken, Requester Pays checked, archived objects marked
+    /// with their storage class and restore status.
     async fn list_page(
         &self,
         bucket: &str,
@@ -322,7 +324,12 @@ impl MemS3 {
         after: Option<String>,
         max_keys: Option<i32>,
     ) -> S3Result<Page> {
+        let start = after.as_deref().or(prefix.as_deref()).unwrap_or_default();
+        let admitted = self.limits.as_ref().is_none_or(|l| l.admit_other(start));
         delay(self.list_latency).await;
+        if !admitted {
+            return Err(s3_error!(SlowDown, "Please reduce your request rate."));
+        }
         self.check_payer(bucket, payer)?;
         if let (Some(broken), Some(_)) = (&self.broken_delimiter_under, delimiter)
             && prefix.as_deref().unwrap_or_default().starts_with(broken.as_str())
@@ -491,6 +498,9 @@ impl S3 for MemS3 {
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = &req.input;
+        if !self.limits.as_ref().is_none_or(|l| l.admit_other(&input.key)) {
+            return Err(s3_error!(SlowDown, "Please reduce your request rate."));
+        }
         // A policy that denies GetObject denies HeadObject too; HEAD answers carry no body.
         if self.denied.contains(&input.key) {
             return Err(s3_error!(AccessDenied, "Access Denied"));

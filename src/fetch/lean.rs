@@ -64,9 +64,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A whole list request, sent to the last byte of its answer.
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Throttled answers to one list request before the listing gives up (they do not spend
-/// `--retries`).
-const LIST_ATTEMPTS_THROTTLED: u32 = 20;
 /// Single-frame bodies up to this size are copied out of hyper's read buffer (see `read_body`).
 const SMALL_BODY_COPY: usize = 32 * 1024;
 /// Error bodies are read up to this size.
@@ -228,7 +225,7 @@ impl Lean {
 
     /// ListObjectsV2 on the pool's connections, after the fetcher's backoff when it failed:
     /// transient failures spend `--retries`, throttled answers do not (as for GETs) but stop
-    /// after [`LIST_ATTEMPTS_THROTTLED`]; the listing cannot go on without the page.
+    /// after [`super::LIST_ATTEMPTS_THROTTLED`]; the listing cannot go on without the page.
     async fn list(&self, q: ListQuery<'_>) -> Result<Page, String> {
         let (mut attempt, mut transient, mut throttled) = (0, 0, 0);
         loop {
@@ -244,7 +241,7 @@ impl Lean {
                 Retry::No => true,
                 Retry::Throttled => {
                     throttled += 1;
-                    throttled >= LIST_ATTEMPTS_THROTTLED
+                    throttled >= super::LIST_ATTEMPTS_THROTTLED
                 }
                 Retry::Transient | Retry::Corrupt => {
                     transient += 1;

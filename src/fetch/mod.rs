@@ -371,8 +371,12 @@ fn attempt_timeout(size: u64) -> Duration {
     Duration::from_secs(60 + (size >> 20))
 }
 
+/// Throttled answers to one list request before the listing gives up (in both engines they
+/// do not spend `--retries`).
+pub(crate) const LIST_ATTEMPTS_THROTTLED: u32 = 20;
+
 /// Full-jitter exponential backoff before retry number `attempt + 1`.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let bound = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
     bound.mul_f64(fastrand::f64())
 }
