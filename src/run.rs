@@ -157,7 +157,9 @@ async fn single_object(cfg: &Config, control: &s3::Control) -> Result<Option<Con
             token: None,
             requester_pays: cfg.s3.requester_pays,
         };
-        let page = s3::list_page(&control.client, query).await.map_err(Fatal::Setup)?;
+        let page = s3::list_page(&control.client, query)
+            .await
+            .map_err(|e| Fatal::Setup(query.failed(&s3::describe(&e, Some(bucket)))))?;
         if let Some(other) = page.objects.first() {
             return Err(Fatal::Setup(format!(
                 "s3://{bucket}/{key} is an object and also a prefix of other keys (s3://{bucket}/{}): \

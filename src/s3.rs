@@ -448,54 +448,19 @@ impl ListQuery<'_> {
 /// A list page's future.
 pub type PageFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Page, String>> + Send + 'a>>;
 
-/// Where list requests go: the SDK's client, or the lean engine's connections
-/// ([`crate::fetch::lean`]), which read the answer with [`parse_list_page`] at a fraction of
-/// the SDK's cost. Either retries transient failures itself.
+/// Where list requests go: the SDK's client ([`list_page`]), or the lean engine's connections,
+/// which read the answer with [`parse_list_page`] at a fraction of the SDK's cost. Either
+/// retries transient failures itself (both implementations are in [`crate::fetch`]).
 pub trait ListObjects: Send + Sync {
     fn list_page<'a>(&'a self, q: ListQuery<'a>) -> PageFuture<'a>;
 }
 
-impl ListObjects for Client {
-    fn list_page<'a>(&'a self, q: ListQuery<'a>) -> PageFuture<'a> {
-        Box::pin(list_page(self, q))
-    }
-}
+/// The SDK's error for a ListObjectsV2 request.
+pub type ListError = SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error, HttpResponse>;
 
-/// One page through the SDK, whose retry mode spends `--retries` on every failure. S3 counts
-/// list requests with its GETs, so a listing under a rate limit is throttled too: a page the
-/// SDK gave up on because it was throttled is asked for again after the fetcher's backoff,
-/// without spending `--retries` (as the lean engine does), up to
-/// [`crate::fetch::LIST_ATTEMPTS_THROTTLED`] times.
-pub async fn list_page(client: &Client, q: ListQuery<'_>) -> Result<Page, String> {
-    let mut throttled = 0;
-    loop {
-        match list_page_once(client, q).await {
-            Err(e) if is_throttled(&e) && throttled + 1 < crate::fetch::LIST_ATTEMPTS_THROTTLED => {
-                tracing::debug!(reason = %describe(&e, Some(q.bucket)), throttled, "list request throttled; asking again");
-                tokio::time::sleep(crate::fetch::backoff(throttled)).await;
-                throttled += 1;
-            }
-            result => return result.map_err(|e| q.failed(&describe(&e, Some(q.bucket)))),
-        }
-    }
-}
-
-/// Whether the service answered SlowDown, 503 or 429 (S3's throttling answers).
-fn is_throttled<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-    match e {
-        SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or_default();
-            crate::fetch::store::classify(se.raw().status().as_u16(), code) == crate::fetch::store::Retry::Throttled
-        }
-        _ => false,
-    }
-}
-
-/// One ListObjectsV2 request through the SDK (and its retry mode).
-async fn list_page_once(
-    client: &Client,
-    q: ListQuery<'_>,
-) -> Result<Page, SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error, HttpResponse>> {
+/// One ListObjectsV2 request through the SDK (and its retry mode); the SDK engine's list
+/// requests ([`crate::fetch`]) decide what a failure means.
+pub async fn list_page(client: &Client, q: ListQuery<'_>) -> Result<Page, ListError> {
     let mut req = client.list_objects_v2().bucket(q.bucket);
     if q.requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);

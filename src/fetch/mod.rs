@@ -86,7 +86,7 @@ pub async fn stores(cfg: &Config, control: &Control, report: &Arc<Report>) -> Re
             verify,
             requester_pays,
         }),
-        lists: Arc::new(control.client_with_retries(cfg.retries)),
+        lists: Arc::new(sdk::SdkLists { client: control.client_with_retries(cfg.retries) }),
     };
     Ok(match cfg.fetch_engine {
         FetchEngine::Sdk => sdk(),
@@ -373,10 +373,10 @@ fn attempt_timeout(size: u64) -> Duration {
 
 /// Throttled answers to one list request before the listing gives up (in both engines they
 /// do not spend `--retries`).
-pub(crate) const LIST_ATTEMPTS_THROTTLED: u32 = 20;
+const LIST_ATTEMPTS_THROTTLED: u32 = 20;
 
 /// Full-jitter exponential backoff before retry number `attempt + 1`.
-pub(crate) fn backoff(attempt: u32) -> Duration {
+fn backoff(attempt: u32) -> Duration {
     let bound = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
     bound.mul_f64(fastrand::f64())
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use super::store::{
     ByteRange, Fetched, GetError, GetFuture, ObjectStore, PartInfo, Retry, check_length, classify, content_range_total,
 };
-use crate::s3::{chain, describe};
+use crate::s3::{ListObjects, ListQuery, Page, PageFuture, chain, describe};
 
 /// The SDK engine: what every GET of a run through aws-sdk-s3 shares.
 pub struct Sdk {
@@ -35,6 +35,39 @@ impl ObjectStore for Sdk {
         first_byte: &'a AtomicBool,
     ) -> GetFuture<'a> {
         Box::pin(get(self, key, version, range, first_byte))
+    }
+}
+
+/// The SDK engine's list requests: ListObjectsV2 through a client whose retry mode spends
+/// `--retries` on every failure ([`crate::s3::Control::client_with_retries`]).
+pub struct SdkLists {
+    pub client: Client,
+}
+
+impl ListObjects for SdkLists {
+    fn list_page<'a>(&'a self, q: ListQuery<'a>) -> PageFuture<'a> {
+        Box::pin(list_page(&self.client, q))
+    }
+}
+
+/// One page. S3 counts list requests with its GETs, so a listing under a rate limit is
+/// throttled too: a page the SDK gave up on because it was throttled is asked for again after
+/// the fetcher's backoff, without spending `--retries` (as the lean engine does), up to
+/// [`super::LIST_ATTEMPTS_THROTTLED`] times.
+async fn list_page(client: &Client, q: ListQuery<'_>) -> Result<Page, String> {
+    let mut throttled = 0;
+    loop {
+        match crate::s3::list_page(client, q).await {
+            Err(SdkError::ServiceError(se))
+                if classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()) == Retry::Throttled
+                    && throttled + 1 < super::LIST_ATTEMPTS_THROTTLED =>
+            {
+                tracing::debug!(code = se.err().code(), throttled, "list request throttled; asking again");
+                tokio::time::sleep(super::backoff(throttled)).await;
+                throttled += 1;
+            }
+            result => return result.map_err(|e| q.failed(&describe(&e, Some(q.bucket)))),
+        }
     }
 }
 
