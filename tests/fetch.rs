@@ -375,6 +375,47 @@ fn keys_from_stdin_copies_those_keys_relative_to_the_prefix() {
 }
 
 #[test]
+fn keys_from_a_slow_pipe_are_copied_as_they_arrive() {
+    // A producer that writes a few keys and then waits (a query still running, `tail -f`):
+    // those keys must be copied while it waits, not when a page of them has gathered or the
+    // pipe closes.
+    let objs = objects(30);
+    let env = Env::new(vec![bucket("trickle", objs.clone())]);
+    let scratch = Scratch::new();
+    let mut child = env
+        .cmd()
+        .args(["--keys-from", "-", "s3://trickle"])
+        .arg(scratch.dest())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write as _;
+    let first: Vec<_> = objs[..3].to_vec();
+    for (k, _) in &first {
+        writeln!(stdin, "{k}").unwrap();
+    }
+    stdin.flush().unwrap();
+    // The pipe stays open: wait (up to a minute, far beyond any copy of three keys) for the files.
+    let landed =
+        || first.iter().all(|(k, body)| std::fs::read(scratch.dest().join(k)).ok().as_deref() == Some(&body[..]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !landed() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let arrived = landed();
+    for (k, _) in &objs[3..] {
+        writeln!(stdin, "{k}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(arrived, "the first keys were not copied while the pipe stayed open: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+}
+
+#[test]
 fn verify_refetches_corrupted_bodies_and_never_writes_them() {
     let objs = objects(400);
     let want = expected_tree(&objs, "");

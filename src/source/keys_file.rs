@@ -8,6 +8,9 @@ use crate::queue::KEYS_PER_PAGE;
 /// file is never held in memory. A line is a key up to its first tab (so a `--failed-keys`
 /// file can be fed back as it is); empty lines are ignored. Sizes and LastModified are not
 /// known: such keys are fetched unless `--skip-existing` finds them.
+///
+/// A page goes out when it is full or when everything read so far is used up, so keys from a
+/// pipe whose writer pauses are copied while it does, not when a page has gathered.
 pub fn read_keys(
     path: &std::path::Path,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<s3::ListedObject>, String>>, String> {
@@ -20,27 +23,34 @@ pub fn read_keys(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
+        // Large enough that a file's pages fill before its buffer runs dry.
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, input);
         let mut page = Vec::with_capacity(KEYS_PER_PAGE);
-        for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
-            let line = match line {
-                Ok(l) => l,
+        let mut line = String::new();
+        for n in 1.. {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(format!("reading --keys-from '{shown}' line {}: {e}", n + 1)));
+                    let _ = tx.blocking_send(Err(format!("reading --keys-from '{shown}' line {n}: {e}")));
                     return;
                 }
-            };
-            let key = line.split('\t').next().unwrap_or_default();
-            if key.is_empty() {
-                continue;
             }
-            page.push(s3::ListedObject {
-                key: key.to_owned(),
-                size: s3::UNKNOWN_SIZE,
-                last_modified: None,
-                archived: None,
-                etag: None,
-            });
-            if page.len() == KEYS_PER_PAGE && tx.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
+            let text = line.strip_suffix('\n').unwrap_or(&line);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            let key = text.split('\t').next().unwrap_or_default();
+            if !key.is_empty() {
+                page.push(s3::ListedObject {
+                    key: key.to_owned(),
+                    size: s3::UNKNOWN_SIZE,
+                    last_modified: None,
+                    archived: None,
+                    etag: None,
+                });
+            }
+            let send = page.len() == KEYS_PER_PAGE || (!page.is_empty() && reader.buffer().is_empty());
+            if send && tx.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
                 return;
             }
         }
