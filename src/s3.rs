@@ -272,18 +272,30 @@ const NO_CREDENTIALS: &str = "no usable AWS credentials (set AWS_ACCESS_KEY_ID a
 /// Builds the S3 client from the settings: aws-config's provider chain for credentials and
 /// region (like the AWS CLI), our HTTP client settings on top.
 pub async fn client(settings: &S3Settings) -> Control {
-    let mut http_client = aws_smithy_http_client::Builder::new()
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+    let mut tls_context = None;
     if let Some(ca) = &settings.ca_bundle {
         // The Rust SDK ignores AWS_CA_BUNDLE; the AWS CLI trusts the bundle alone.
         let store = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(ca.pem.clone());
         match tls::TlsContext::builder().with_trust_store(store).build() {
-            Ok(ctx) => http_client = http_client.tls_context(ctx),
+            Ok(ctx) => tls_context = Some(ctx),
             Err(e) => tracing::warn!("--ca-bundle '{}': {e}", ca.path.display()),
         }
     }
-    let http_client = http_client.build_with_resolver(CachingResolver::default());
+    // The SDK's client builder leaves proxies off; its connector builder takes them. Built per
+    // client the way the builder would, plus HTTP(S)_PROXY / NO_PROXY as the AWS CLI reads them.
+    let http_client = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut conn = aws_smithy_http_client::Connector::builder()
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
+        conn.set_connector_settings(settings.cloned());
+        conn.set_sleep_impl(components.and_then(|c| c.sleep_impl()));
+        let conn = conn.tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        match &tls_context {
+            Some(ctx) => conn.tls_context(ctx.clone()),
+            None => conn,
+        }
+        .build_with_resolver(CachingResolver::default())
+    });
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
     if let Some(profile) = &settings.profile {
@@ -764,12 +776,42 @@ where
                 // The identity resolver failed before any request was sent.
                 return format!("{NO_CREDENTIALS}: {cause}");
             }
-            if cause.is_empty() { what.to_owned() } else { format!("{what}: {cause}{}", tls_hint(&cause)) }
+            let proxies = proxy_hint();
+            if cause.is_empty() {
+                format!("{what}{proxies}")
+            } else {
+                format!("{what}: {cause}{}{proxies}", tls_hint(&cause))
+            }
         }
         SdkError::TimeoutError(_) => "timed out".to_owned(),
         SdkError::ResponseError(_) => format!("bad response: {}", chain(e)),
         SdkError::ConstructionFailure(_) => format!("cannot build the request: {}", chain(e)),
         _ => chain(e),
+    }
+}
+
+/// For a failed connection: the proxy variables set, which the SDK's connections follow unless
+/// `NO_PROXY` names the host (credentials in a proxy URL left out).
+fn proxy_hint() -> String {
+    let set: Vec<String> = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .filter_map(|var| {
+            let url = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+            let shown = match url.parse::<http::Uri>() {
+                Ok(u) => match (u.scheme_str(), u.host()) {
+                    (Some(scheme), Some(host)) => {
+                        format!("{scheme}://{host}{}", u.port().map(|p| format!(":{p}")).unwrap_or_default())
+                    }
+                    _ => url.rsplit('@').next().unwrap_or_default().to_owned(),
+                },
+                Err(_) => url.rsplit('@').next().unwrap_or_default().to_owned(),
+            };
+            Some(format!("{var}={shown}"))
+        })
+        .collect();
+    match set.is_empty() {
+        true => String::new(),
+        false => format!(" (proxy settings: {})", set.join(", ")),
     }
 }
 

@@ -5,8 +5,7 @@
 //! the same over HTTPS, where OpenSSL (Python's `ssl`) rather than rustls is the server.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use bytes::Bytes;
 
@@ -36,29 +35,8 @@ impl Moto {
             args.extend(["-c".into(), cert.display().to_string(), "-k".into(), key.display().to_string()]);
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let child = Command::new("python3").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                skipped(&format!("cannot start python3 -m moto.server ({e}); .ci/run installs moto[server]"));
-                return None;
-            }
-        };
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(status)) = child.try_wait() {
-                skipped(&format!(
-                    "moto.server exited at once ({status}): is moto[server] installed? .ci/run installs it"
-                ));
-                return None;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Moto { child, url: format!("{scheme}://127.0.0.1:{port}"), ca: None });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        panic!("moto.server did not listen on port {port} within 30 s");
+        let child = start_server(Command::new("python3").args(&args), port, "moto[server]")?;
+        Some(Moto { child, url: format!("{scheme}://127.0.0.1:{port}"), ca: None })
     }
 
     fn cmd(&self) -> Command {

@@ -14,6 +14,7 @@ mod layout;
 mod listing;
 mod manifest;
 mod moto;
+mod proxy;
 mod select;
 mod tls;
 mod util;

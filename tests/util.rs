@@ -128,7 +128,8 @@ impl Drop for Env {
 pub fn bare_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_s3uring"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
+        // The machine's proxies too: the binary honours them, and the endpoint is on 127.0.0.1.
+        if k.starts_with("AWS_") || k.to_ascii_uppercase().ends_with("_PROXY") {
             c.env_remove(k);
         }
     }
@@ -357,4 +358,30 @@ pub fn copy_each_engine(
         assert_same_tree(&read_tree(&scratch.dest()), want);
         check(engine, &err, &scratch);
     }
+}
+
+/// Starts `cmd`, a server from PyPI (`package`, which `.ci/run` installs), and waits up to 30 s
+/// for it to listen on `port` of 127.0.0.1. `None`, having said why, where it cannot start.
+pub fn start_server(cmd: &mut Command, port: u16, package: &str) -> Option<std::process::Child> {
+    let what = format!("{cmd:?}");
+    let mut child = match cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            skipped(&format!("cannot start {what} ({e}); .ci/run installs {package}"));
+            return None;
+        }
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        if let Ok(Some(status)) = child.try_wait() {
+            skipped(&format!("{what} exited at once ({status}): is {package} installed? .ci/run installs it"));
+            return None;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("{what} did not listen on port {port} within 30 s");
 }

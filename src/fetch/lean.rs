@@ -23,7 +23,8 @@
 //!   client configuration for all connections, so every connection after the first few
 //!   resumes a session from a ticket of an earlier one (TLS 1.3 PSK with a
 //!   fresh key exchange: no certificate sent or checked). Connections opened and handshakes
-//!   resumed are counted.
+//!   resumed are counted. An HTTP proxy named by the environment is used as the SDK would
+//!   ([`super::proxy`]): a `CONNECT` tunnel for HTTPS, absolute-form requests for HTTP.
 //! - **Responses:** 200 → the body in one buffer (a single-frame body over 32 KiB is passed on
 //!   without a copy; a smaller one is copied so it does not pin hyper's read buffer), its
 //!   length checked against Content-Length; anything else → the S3 error body's
@@ -51,6 +52,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::proxy::Proxy;
 use super::store::{
     ByteRange, Fetched, GetError, GetFuture, ObjectStore, PartInfo, Retry, check_length, classify, content_range_total,
 };
@@ -87,6 +89,9 @@ pub struct Lean {
     requester_pays: bool,
     /// `--retries`, for list requests (GETs are retried by the fetcher's loop).
     list_retries: u32,
+    /// Through an HTTP proxy to a plain-HTTP endpoint: requests name `http://host` before the
+    /// path (absolute form) and carry the proxy's credentials ([`super::proxy`]).
+    via_proxy: Option<(String, Option<HeaderValue>)>,
 }
 
 struct Signer {
@@ -145,6 +150,11 @@ impl Lean {
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has an invalid host"))?;
         let tls = if https { Some((tls_config(ca_bundle)?, server_name(&host)?)) } else { None };
+        let proxy = Proxy::for_endpoint(&uri)?;
+        let via_proxy = match &proxy {
+            Some(p) if !https => Some((format!("http://{}", authority.as_str()), p.auth.clone())),
+            _ => None,
+        };
         let signer = identities.map(|identities| Signer {
             identities,
             region: endpoint.signing_region.clone(),
@@ -152,8 +162,15 @@ impl Lean {
             fast: crate::fetch::sigv4::GetSigner::new(&endpoint.signing_region, &endpoint.signing_name),
             skew_ms: std::sync::atomic::AtomicI64::new(0),
         });
-        let dial =
-            Dial { host, port, tls, resolver: CachingResolver::default(), next_addr: AtomicUsize::new(0), report };
+        let dial = Dial {
+            host,
+            port,
+            tls,
+            proxy,
+            resolver: CachingResolver::default(),
+            next_addr: AtomicUsize::new(0),
+            report,
+        };
         Ok(Lean {
             bucket: bucket.to_owned(),
             host_header,
@@ -163,6 +180,7 @@ impl Lean {
             verify,
             requester_pays,
             list_retries: 0,
+            via_proxy,
         })
     }
 
@@ -318,8 +336,11 @@ impl Lean {
 
     /// A GET of `path` (with its query) to the bucket's host.
     fn get(&self, path: &str) -> http::request::Builder {
-        Request::get(path)
-            .header(header::HOST, self.host_header.clone())
+        let req = match &self.via_proxy {
+            None => Request::get(path),
+            Some((origin, _)) => Request::get(format!("{origin}{path}")),
+        };
+        req.header(header::HOST, self.host_header.clone())
             .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
     }
 
@@ -338,6 +359,10 @@ impl Lean {
             .map_err(|e| GetError { reason: format!("cannot build the request: {e}"), retry: Retry::No })?;
         if let Some(signer) = &self.signer {
             signer.sign(&mut req, path).await?;
+        }
+        // After signing: a proxy drops this header before forwarding the request.
+        if let Some((_, Some(auth))) = &self.via_proxy {
+            req.headers_mut().insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
         Ok(req)
     }
@@ -401,10 +426,13 @@ impl Lean {
 
 /// Where connections go and how they are opened.
 struct Dial {
-    /// Host to connect to (DNS name or IP literal) and port.
+    /// The endpoint's host (DNS name or IP literal) and port.
     host: String,
     port: u16,
     tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    /// Connect to this proxy instead: through a tunnel to the endpoint for TLS, else to send
+    /// it requests in absolute form.
+    proxy: Option<Proxy>,
     resolver: CachingResolver,
     next_addr: AtomicUsize,
     report: Arc<Report>,
@@ -413,16 +441,30 @@ struct Dial {
 impl Dial {
     /// A new keep-alive connection (addresses of the host taken in turn).
     async fn connect(&self) -> Result<Sender, GetError> {
-        let what = || format!("cannot connect to {}:{}", self.host, self.port);
-        let addrs = self.resolver.resolve_dns(&self.host).await.map_err(|e| transport(&what(), &e))?;
+        let (host, port) = match &self.proxy {
+            Some(p) => (&p.host, p.port),
+            None => (&self.host, self.port),
+        };
+        let what = || match &self.proxy {
+            Some(p) => format!("cannot connect to {}:{} through proxy {}", self.host, self.port, p.shown),
+            None => format!("cannot connect to {}:{}", self.host, self.port),
+        };
+        let addrs = self.resolver.resolve_dns(host).await.map_err(|e| transport(&what(), &e))?;
         if addrs.is_empty() {
             return Err(GetError::transient(format!("{}: no address", what())));
         }
         let ip = addrs[self.next_addr.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-        let addr = SocketAddr::new(ip, self.port);
+        let addr = SocketAddr::new(ip, port);
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| transport(&what(), &e))?;
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| transport(&what(), &e))?;
             let _ = tcp.set_nodelay(true);
+            if let (Some(proxy), Some(_)) = (&self.proxy, &self.tls) {
+                let target = match self.host.contains(':') {
+                    true => format!("[{}]:{}", self.host, self.port),
+                    false => format!("{}:{}", self.host, self.port),
+                };
+                proxy.tunnel(&mut tcp, &target).await.map_err(|e| GetError::transient(format!("{}: {e}", what())))?;
+            }
             match &self.tls {
                 None => Ok::<_, GetError>((handshake(tcp).await?, false)),
                 Some((config, name)) => {

@@ -21,6 +21,7 @@
 
 pub mod lean;
 mod parked;
+mod proxy;
 pub mod sdk;
 mod sigv4;
 pub mod store;
