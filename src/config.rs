@@ -100,6 +100,9 @@ pub struct S3Settings {
     pub requester_pays: bool,
     /// `--ca-bundle` / `AWS_CA_BUNDLE`: trust exactly these certificates for HTTPS.
     pub ca_bundle: Option<CaBundle>,
+    /// Connect through the proxies `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`
+    /// name, as the AWS CLI does (false: always directly, for the demo's in-process endpoint).
+    pub proxies: bool,
 }
 
 /// A PEM file of trusted CA certificates (`--ca-bundle`, or `AWS_CA_BUNDLE` as the AWS CLI

@@ -272,6 +272,7 @@ const NO_CREDENTIALS: &str = "no usable AWS credentials (set AWS_ACCESS_KEY_ID a
 /// Builds the S3 client from the settings: aws-config's provider chain for credentials and
 /// region (like the AWS CLI), our HTTP client settings on top.
 pub async fn client(settings: &S3Settings) -> Control {
+    let proxies = settings.proxies;
     let mut tls_context = None;
     if let Some(ca) = &settings.ca_bundle {
         // The Rust SDK ignores AWS_CA_BUNDLE; the AWS CLI trusts the bundle alone.
@@ -284,9 +285,12 @@ pub async fn client(settings: &S3Settings) -> Control {
     // The SDK's client builder leaves proxies off; its connector builder takes them. Built per
     // client the way the builder would, plus HTTP(S)_PROXY / NO_PROXY as the AWS CLI reads them.
     let http_client = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
-        let mut conn = aws_smithy_http_client::Connector::builder()
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
+        let mut conn = aws_smithy_http_client::Connector::builder().pool_idle_timeout(POOL_IDLE_TIMEOUT).proxy_config(
+            match proxies {
+                true => aws_smithy_http_client::proxy::ProxyConfig::from_env(),
+                false => aws_smithy_http_client::proxy::ProxyConfig::disabled(),
+            },
+        );
         conn.set_connector_settings(settings.cloned());
         conn.set_sleep_impl(components.and_then(|c| c.sleep_impl()));
         let conn = conn.tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));

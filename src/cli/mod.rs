@@ -607,6 +607,7 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
             Some(path) => Some(crate::config::CaBundle::load(path)?),
             None => None,
         },
+        proxies: true,
     };
     Ok(Config::new(source, dest, settings))
 }
@@ -789,6 +790,8 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         force_path_style: true,
         requester_pays: false,
         ca_bundle: None,
+        // The endpoint is in this process: a proxy the machine uses cannot reach it.
+        proxies: false,
     };
     let mut cfg =
         Config::new(S3Url { bucket: "demo".into(), prefix: String::new(), object: None }, dest.clone(), settings);

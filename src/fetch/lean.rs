@@ -135,8 +135,7 @@ impl Lean {
         identities: Option<Identities>,
         report: Arc<Report>,
         verify: bool,
-        requester_pays: bool,
-        ca_bundle: Option<&crate::config::CaBundle>,
+        s3: &crate::config::S3Settings,
     ) -> Result<Lean, String> {
         let bad = |why: &str| format!("endpoint '{}' {why}", endpoint.url);
         let uri: http::Uri = endpoint.url.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
@@ -149,8 +148,8 @@ impl Lean {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has an invalid host"))?;
-        let tls = if https { Some((tls_config(ca_bundle)?, server_name(&host)?)) } else { None };
-        let proxy = Proxy::for_endpoint(&uri)?;
+        let tls = if https { Some((tls_config(s3.ca_bundle.as_ref())?, server_name(&host)?)) } else { None };
+        let proxy = if s3.proxies { Proxy::for_endpoint(&uri)? } else { None };
         let via_proxy = match &proxy {
             Some(p) if !https => Some((format!("http://{}", authority.as_str()), p.auth.clone())),
             _ => None,
@@ -178,7 +177,7 @@ impl Lean {
             pool: Arc::new(Pool::new(dial)),
             signer,
             verify,
-            requester_pays,
+            requester_pays: s3.requester_pays,
             list_retries: 0,
             via_proxy,
         })

@@ -94,16 +94,8 @@ pub async fn stores(cfg: &Config, control: &Control, report: &Arc<Report>) -> Re
         FetchEngine::Lean => match control.bucket_endpoint(bucket).await {
             Ok(ep) => {
                 let lean = Arc::new(
-                    Lean::new(
-                        bucket,
-                        &ep,
-                        control.identities(),
-                        report.clone(),
-                        verify,
-                        requester_pays,
-                        cfg.s3.ca_bundle.as_ref(),
-                    )?
-                    .with_list_retries(cfg.retries),
+                    Lean::new(bucket, &ep, control.identities(), report.clone(), verify, &cfg.s3)?
+                        .with_list_retries(cfg.retries),
                 );
                 Stores { objects: lean.clone(), lists: lean }
             }
