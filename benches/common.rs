@@ -21,6 +21,12 @@ pub fn command_line() -> String {
     args().skip(1).collect::<Vec<_>>().join(" ")
 }
 
+/// A client of the endpoint on 127.0.0.1, which a proxy the machine names could not reach:
+/// every client (s3uring, the AWS CLI, s5cmd, rclone) is told to connect directly.
+pub fn direct(c: &mut Command) -> &mut Command {
+    c.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost")
+}
+
 pub fn sh(cmd: &str) -> String {
     Command::new("sh")
         .args(["-c", cmd])

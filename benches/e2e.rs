@@ -215,6 +215,7 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
         Command::new("/usr/bin/time")
     };
     c.args(["-f", "BENCHTIME %e %U %S %M"]);
+    common::direct(&mut c);
     // The machine sets AWS_CA_BUNDLE; the Go SDK inside rclone refuses it on its transport,
     // and plain HTTP to 127.0.0.1 needs no CA.
     c.env_remove("AWS_CA_BUNDLE");

@@ -76,7 +76,7 @@ fn main() {
                 let json = scratch.join("stats.json");
                 let time = scratch.join("time.txt");
                 let started = Instant::now();
-                let status = Command::new("/usr/bin/time")
+                let status = common::direct(&mut Command::new("/usr/bin/time"))
                     .arg("-o")
                     .arg(&time)
                     .args(["-f", "%M", bin, "--no-sign-request", "--endpoint-url", &server.url, "--dry-run", "-q"])

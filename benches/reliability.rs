@@ -54,6 +54,7 @@ fn served_line(server: Server) -> String {
 
 fn client(url: &str, dest: &Path, stats: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_s3uring"));
+    common::direct(&mut c);
     c.env("AWS_ACCESS_KEY_ID", "s3uring")
         .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
         .env("AWS_REGION", "us-east-1")

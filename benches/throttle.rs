@@ -81,6 +81,7 @@ fn client(bin: &str, engine: &str, url: &str, source: &str, dest: &Path) -> (f64
         "s3uring" => bin,
         other => other,
     });
+    common::direct(&mut c);
     c.env_remove("AWS_CA_BUNDLE")
         .env("AWS_ACCESS_KEY_ID", "s3uring")
         .env("AWS_SECRET_ACCESS_KEY", "s3uring-demo-secret")
