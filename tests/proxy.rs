@@ -249,3 +249,21 @@ fn the_demo_connects_to_its_own_endpoint_directly_whatever_proxy_the_machine_set
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("verified: all 300 files are byte-identical"), "{all}");
 }
+
+#[test]
+fn a_proxy_the_lean_engine_cannot_speak_to_stops_the_run_saying_what_to_do() {
+    let objs = objects();
+    let env = Env::new(vec![bucket("via", objs)]);
+    for (proxy, says) in [
+        ("https://127.0.0.1:3129", "--fetch-engine sdk speaks TLS to the proxy too"),
+        ("socks5://127.0.0.1:1080", "only HTTP proxies are supported"),
+    ] {
+        let scratch = Scratch::new();
+        let out =
+            run(env.cmd().env("HTTP_PROXY", proxy).args(["--fetch-engine", "lean", "s3://via"]).arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(2), "{proxy}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(says) && err.contains(proxy), "{proxy}: {err}");
+        assert!(!scratch.dest().exists() || read_tree(&scratch.dest()).is_empty(), "{proxy}: nothing written");
+    }
+}

@@ -35,11 +35,20 @@ impl Proxy {
         let uri = intercept.uri();
         let authority = uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default()).unwrap_or_default();
         let shown = format!("{}://{authority}", uri.scheme_str().unwrap_or("http"));
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "proxy '{shown}' for {endpoint}: the lean engine connects through http:// proxies only \
-                 (use --fetch-engine sdk)"
-            ));
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "proxy '{shown}' for {endpoint}: the lean engine speaks to http:// proxies only \
+                     (--fetch-engine sdk speaks TLS to the proxy too)"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "proxy '{shown}' for {endpoint}: only HTTP proxies are supported \
+                     (name an http:// proxy, or the endpoint's host in NO_PROXY)"
+                ));
+            }
         }
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         if host.is_empty() {
