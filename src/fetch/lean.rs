@@ -150,6 +150,9 @@ impl Lean {
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has an invalid host"))?;
         let tls = if https { Some((tls_config(s3.ca_bundle.as_ref())?, server_name(&host)?)) } else { None };
         let proxy = if s3.proxies { Proxy::for_endpoint(&uri)? } else { None };
+        if let Some(p) = &proxy {
+            tracing::info!("connecting to {} through proxy {}", authority.as_str(), p.shown);
+        }
         let via_proxy = match &proxy {
             Some(p) if !https => Some((format!("http://{}", authority.as_str()), p.auth.clone())),
             _ => None,
