@@ -816,7 +816,7 @@ fn percent_encode(s: &str, out: &mut String, keep: &[u8]) {
 }
 
 /// TLS with the system's trust store, or exactly the `--ca-bundle` certificates.
-fn tls_config(ca_bundle: Option<&crate::config::CaBundle>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(super) fn tls_config(ca_bundle: Option<&crate::config::CaBundle>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_bundle {
         Some(ca) => {

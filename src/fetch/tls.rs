@@ -353,28 +353,34 @@ mod tests {
     struct Pki {
         server: Arc<rustls::ServerConfig>,
         client: Arc<rustls::ClientConfig>,
+        cert: CertificateDer<'static>,
     }
 
     fn pki() -> Pki {
+        pki_serving(rustls::DEFAULT_VERSIONS)
+    }
+
+    /// A server that speaks only `versions` (some stores still offer TLS 1.2 alone).
+    fn pki_serving(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pki {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![der.clone()], key)
             .unwrap();
         server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
+        roots.add(der.clone()).unwrap();
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Pki { server: Arc::new(server), client: Arc::new(client) }
+        Pki { server: Arc::new(server), client: Arc::new(client), cert: der }
     }
 
     /// A server on 127.0.0.1 that runs `serve` on the first connection it accepts.
@@ -406,7 +412,34 @@ mod tests {
 
     #[tokio::test]
     async fn a_megabyte_each_way_through_small_reads_and_writes() {
-        let pki = pki();
+        echo_a_megabyte(pki()).await;
+    }
+
+    #[tokio::test]
+    async fn a_server_that_speaks_only_tls_1_2_works_and_resumes_sessions() {
+        let mut pki = pki_serving(&[&rustls::version::TLS12]);
+        // The lean engine's own client configuration (its session store holds TLS 1.2 sessions
+        // apart from TLS 1.3 tickets), trusting the test's certificate.
+        let ca = crate::config::CaBundle { path: "test".into(), certs: vec![pki.cert.clone()], pem: Vec::new() };
+        pki.client = super::super::lean::tls_config(Some(&ca)).unwrap();
+        for round in 0..2 {
+            let addr = server(pki.server.clone(), |mut tls| async move {
+                tls.write_all(b"x").await.unwrap();
+                tls.shutdown().await.unwrap();
+            })
+            .await;
+            let mut tls = client(&pki.client, addr).await.unwrap();
+            let mut all = Vec::new();
+            tls.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, b"x");
+            assert_eq!(tls.tls().protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+            let want = if round == 0 { rustls::HandshakeKind::Full } else { rustls::HandshakeKind::Resumed };
+            assert_eq!(tls.tls().handshake_kind(), Some(want), "connection {round}");
+        }
+        echo_a_megabyte(pki).await;
+    }
+
+    async fn echo_a_megabyte(pki: Pki) {
         let addr = server(pki.server.clone(), |mut tls| async move {
             let mut got = vec![0; 1 << 20];
             tls.read_exact(&mut got).await.unwrap();
