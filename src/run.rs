@@ -81,21 +81,22 @@ async fn copy(
         files_per_submit: usize::MAX,
         fsync: cfg.fsync,
     };
-    let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
-    let engine = writer.engine;
+    // Whatever can fail at setup comes before the writer starts: its threads hold the run's
+    // lock file in DEST until they end, which an early return would not wait for.
     let stores = fetch::stores(cfg, control, &report).await.map_err(Fatal::Setup)?;
-    let fetch = Arc::new(Engine::with_store(stores.objects, cfg));
-
-    let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
-    let room = Room::new(cfg.queue.max(1));
-    let fetchers = task::start(&fetch, cfg, keys_rx, &room, &writer.jobs, &report, &stop);
-
     // A DEST this run created holds nothing to compare against.
     let existing = match cfg.existing {
         ExistingMode::Overwrite => None,
         _ if created_dest => None,
         mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
     };
+    let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
+    let engine = writer.engine;
+    let fetch = Arc::new(Engine::with_store(stores.objects, cfg));
+
+    let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
+    let room = Room::new(cfg.queue.max(1));
+    let fetchers = task::start(&fetch, cfg, keys_rx, &room, &writer.jobs, &report, &stop);
     let listed =
         source::list(cfg, &control.client, &stores.lists, (&keys_tx, &room), &report, stop.clone(), existing).await;
     report.listing_done();
