@@ -95,7 +95,9 @@ pub struct S3Settings {
     pub region: Option<String>,
     pub profile: Option<String>,
     pub credentials: Credentials,
-    pub force_path_style: bool,
+    /// `--force-path-style`; `None`: on when an endpoint URL is configured (the flag,
+    /// `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3` or the profile's `endpoint_url`).
+    pub force_path_style: Option<bool>,
     /// `--request-payer`: accept the charges of a Requester Pays bucket.
     pub requester_pays: bool,
     /// `--ca-bundle` / `AWS_CA_BUNDLE`: trust exactly these certificates for HTTPS.

@@ -331,16 +331,20 @@ pub async fn client(settings: &S3Settings) -> Control {
                 .connect_timeout(Duration::from_secs(5))
                 .read_timeout(Duration::from_secs(30))
                 .build(),
-        )
-        .force_path_style(settings.force_path_style);
+        );
     // Like the AWS CLI: without a configured region, start at us-east-1; S3 names the
     // bucket's real region in its error if that is wrong.
     let region = sdk.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string());
     b = b.region(Region::new(region.clone()));
-    let endpoint_url = settings.endpoint_url.clone().or_else(|| sdk.endpoint_url().map(str::to_owned));
+    // The endpoint the S3 client would use, which the lean engine must use too: the flag, else
+    // S3's own setting (AWS_ENDPOINT_URL_S3, the profile's `services` section), else the one
+    // for every service (AWS_ENDPOINT_URL, the profile's `endpoint_url`).
+    let endpoint_url = settings.endpoint_url.clone().or_else(|| configured_endpoint(&sdk));
     if let Some(url) = &endpoint_url {
         b = b.endpoint_url(url.clone());
     }
+    let force_path_style = settings.force_path_style.unwrap_or(endpoint_url.is_some());
+    b = b.force_path_style(force_path_style);
     let conf = b.build();
     let no_retry = conf.to_builder().retry_config(RetryConfig::disabled()).build();
     Control {
@@ -350,11 +354,23 @@ pub async fn client(settings: &S3Settings) -> Control {
         endpoint: EndpointBase {
             region,
             endpoint_url,
-            force_path_style: settings.force_path_style,
+            force_path_style,
             use_fips: sdk.use_fips().unwrap_or(false),
             use_dual_stack: sdk.use_dual_stack().unwrap_or(false),
         },
     }
+}
+
+/// The S3 endpoint URL the environment or profile configures, read as the SDK's S3 client
+/// reads it.
+fn configured_endpoint(sdk: &aws_config::SdkConfig) -> Option<String> {
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("S3")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .ok()?;
+    sdk.service_config().and_then(|c| c.load_config(key)).or_else(|| sdk.endpoint_url().map(str::to_owned))
 }
 
 /// HeadObject: `Ok(Some((size, last_modified)))` when `key` (at `version`) exists and can be

@@ -605,3 +605,27 @@ fn keys_of_unknown_size_under_a_rate_limit_all_arrive() {
     }
     assert!(env.rate_limit_counts()[0].throttled > 0, "the limit was met: {:?}", env.rate_limit_counts());
 }
+
+#[test]
+fn an_endpoint_named_by_the_environment_is_where_both_engines_go() {
+    // AWS_ENDPOINT_URL (every service) and AWS_ENDPOINT_URL_S3 (S3 alone), as the AWS CLI and
+    // the SDKs read them; a host name, so addressing follows --endpoint-url's default (path
+    // style: `via.localhost` does not resolve).
+    let objs = objects(40);
+    let want = expected_tree(&objs, "");
+    let env = Env::new(vec![bucket("via", objs)]);
+    let url = env.url.replace("127.0.0.1", "localhost");
+    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] {
+        for fetch in FETCH_ENGINES {
+            let scratch = Scratch::new();
+            let out = run(bare_cmd()
+                .env("AWS_ACCESS_KEY_ID", AK)
+                .env("AWS_SECRET_ACCESS_KEY", SK)
+                .env(var, &url)
+                .args(["--fetch-engine", fetch, "--retries", "1", "s3://via"])
+                .arg(scratch.dest()));
+            assert_eq!(out.status.code(), Some(0), "{var} {fetch}: {}", stderr(&out));
+            assert_same_tree(&read_tree(&scratch.dest()), &want);
+        }
+    }
+}

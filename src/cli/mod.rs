@@ -122,8 +122,9 @@ struct S3Args {
     #[arg(long)]
     no_sign_request: bool,
 
-    /// Path-style addressing (http://host/bucket/key). On by default with --endpoint-url;
-    /// `--force-path-style=false` turns it off.
+    /// Path-style addressing (http://host/bucket/key). On by default with an endpoint URL
+    /// (--endpoint-url, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3); `--force-path-style=false`
+    /// turns it off.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     force_path_style: Option<bool>,
 }
@@ -601,7 +602,7 @@ fn base_config(source: &str, dest: PathBuf, s3: &S3Args) -> Result<Config, Strin
         region: s3.region.clone(),
         profile: s3.profile.clone(),
         credentials: if s3.no_sign_request { Credentials::Anonymous } else { Credentials::DefaultChain },
-        force_path_style: s3.force_path_style.unwrap_or(s3.endpoint_url.is_some()),
+        force_path_style: s3.force_path_style,
         requester_pays: s3.request_payer.is_some(),
         ca_bundle: match s3.ca_bundle.as_deref().filter(|p| !p.as_os_str().is_empty()) {
             Some(path) => Some(crate::config::CaBundle::load(path)?),
@@ -787,7 +788,7 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         region: Some("us-east-1".into()),
         profile: None,
         credentials: Credentials::Static { access_key: DEMO_ACCESS_KEY.into(), secret_key: DEMO_SECRET_KEY.into() },
-        force_path_style: true,
+        force_path_style: Some(true),
         requester_pays: false,
         ca_bundle: None,
         // The endpoint is in this process: a proxy the machine uses cannot reach it.

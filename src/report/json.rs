@@ -93,7 +93,7 @@ pub fn stats_json(summary: &Summary, cfg: &Config) -> serde_json::Value {
             manifest: cfg.manifest.as_ref().map(ToString::to_string),
             endpoint_url: &cfg.s3.endpoint_url,
             region: &cfg.s3.region,
-            force_path_style: cfg.s3.force_path_style,
+            force_path_style: cfg.s3.force_path_style.unwrap_or(cfg.s3.endpoint_url.is_some()),
         },
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
