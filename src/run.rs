@@ -119,6 +119,7 @@ async fn copy(
     summary.fetch.rate_limit = fetch.throttle_stats();
     summary.retries_allowed = cfg.retries;
     summary.hedge_after_ms = cfg.hedge_after_ms;
+    summary.endpoint = Some(control.endpoint_in_use());
     Ok(summary)
 }
 
@@ -227,6 +228,7 @@ async fn dry_run(
     listed?;
     let mut summary = report.summary(started.elapsed(), "none", "none");
     summary.dry_run = true;
+    summary.endpoint = Some(control.endpoint_in_use());
     Ok(summary)
 }
 

@@ -99,6 +99,12 @@ pub struct BucketEndpoint {
 }
 
 impl Control {
+    /// The endpoint URL in use (`None`: AWS's own, by region) and whether buckets are
+    /// addressed path style.
+    pub fn endpoint_in_use(&self) -> (Option<String>, bool) {
+        (self.endpoint.endpoint_url.clone(), self.endpoint.force_path_style)
+    }
+
     /// The client with the SDK's standard retry mode at `retries` + 1 attempts (`--retries`,
     /// for list requests under `--fetch-engine sdk`); the control client keeps the SDK's 3.
     pub fn client_with_retries(&self, retries: u32) -> Client {

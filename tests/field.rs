@@ -618,14 +618,21 @@ fn an_endpoint_named_by_the_environment_is_where_both_engines_go() {
     for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] {
         for fetch in FETCH_ENGINES {
             let scratch = Scratch::new();
+            let json = scratch.dir.path().join("stats.json");
             let out = run(bare_cmd()
                 .env("AWS_ACCESS_KEY_ID", AK)
                 .env("AWS_SECRET_ACCESS_KEY", SK)
                 .env(var, &url)
-                .args(["--fetch-engine", fetch, "--retries", "1", "s3://via"])
+                .args(["--fetch-engine", fetch, "--retries", "1", "--stats-json"])
+                .arg(&json)
+                .arg("s3://via")
                 .arg(scratch.dest()));
             assert_eq!(out.status.code(), Some(0), "{var} {fetch}: {}", stderr(&out));
             assert_same_tree(&read_tree(&scratch.dest()), &want);
+            // The stats say where the run went, not only what the flags said.
+            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+            assert_eq!(doc["config"]["endpoint_url"].as_str(), Some(url.as_str()), "{var} {fetch}");
+            assert_eq!(doc["config"]["force_path_style"].as_bool(), Some(true), "{var} {fetch}");
         }
     }
 }

@@ -91,9 +91,12 @@ pub fn stats_json(summary: &Summary, cfg: &Config) -> serde_json::Value {
             part_size: cfg.parts.part_size,
             part_concurrency: cfg.parts.concurrency,
             manifest: cfg.manifest.as_ref().map(ToString::to_string),
-            endpoint_url: &cfg.s3.endpoint_url,
+            endpoint_url: summary.endpoint.as_ref().map_or(&cfg.s3.endpoint_url, |(url, _)| url),
             region: &cfg.s3.region,
-            force_path_style: cfg.s3.force_path_style.unwrap_or(cfg.s3.endpoint_url.is_some()),
+            force_path_style: summary
+                .endpoint
+                .as_ref()
+                .map_or(cfg.s3.force_path_style.unwrap_or(cfg.s3.endpoint_url.is_some()), |(_, path)| *path),
         },
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -358,6 +358,7 @@ impl Report {
             dry_run: false,
             retries_allowed: 0,
             hedge_after_ms: 0,
+            endpoint: None,
         }
     }
 }

@@ -235,6 +235,10 @@ pub struct Summary {
     pub retries_allowed: u32,
     #[serde(skip)]
     pub hedge_after_ms: u64,
+    /// The endpoint URL the run used (the flag, or the environment's or profile's) and whether
+    /// it addressed buckets path style (in the JSON's `config`); `None`: not known.
+    #[serde(skip)]
+    pub endpoint: Option<(Option<String>, bool)>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
