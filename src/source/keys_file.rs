@@ -23,11 +23,11 @@ pub fn read_keys(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        // Large enough that a file's pages fill before its buffer runs dry.
+        // Large enough that a file gives mostly full pages (one short page per buffer at most).
         let mut reader = std::io::BufReader::with_capacity(256 * 1024, input);
         let mut page = Vec::with_capacity(KEYS_PER_PAGE);
         let mut line = String::new();
-        for n in 1.. {
+        for n in 1u64.. {
             line.clear();
             match reader.read_line(&mut line) {
                 Ok(0) => break,
