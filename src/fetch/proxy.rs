@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 /// Largest answer to CONNECT read before giving up on it.
 const MAX_CONNECT_ANSWER: usize = 16 * 1024;
+/// The end of an answer's headers.
+const END: &[u8] = b"\r\n\r\n";
 
 /// An HTTP proxy on the way to the endpoint.
 pub(super) struct Proxy {
@@ -32,8 +34,9 @@ impl Proxy {
         let Some(intercept) = hyper_util::client::proxy::matcher::Matcher::from_env().intercept(endpoint) else {
             return Ok(None);
         };
+        // The matcher keeps the URL's credentials apart (`basic_auth`): this one has none.
         let uri = intercept.uri();
-        let authority = uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default()).unwrap_or_default();
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         let shown = format!("{}://{authority}", uri.scheme_str().unwrap_or("http"));
         match uri.scheme_str() {
             Some("http") => {}
@@ -75,20 +78,14 @@ impl Proxy {
         // The server speaks only after our TLS hello, so whatever comes now is the answer; it
         // is read until its blank line and never past it.
         let mut answer = Vec::with_capacity(256);
-        let mut chunk = [0u8; 512];
-        while !answer.ends_with(b"\r\n\r\n") {
+        let mut chunk = [0u8; END.len()];
+        while !answer.ends_with(END) {
             if answer.len() > MAX_CONNECT_ANSWER {
                 return Err(format!("answer to CONNECT longer than {MAX_CONNECT_ANSWER} bytes"));
             }
-            let want = if answer.ends_with(b"\r\n\r") {
-                1
-            } else if answer.ends_with(b"\r\n") {
-                2
-            } else if answer.ends_with(b"\r") {
-                3
-            } else {
-                4
-            };
+            // No more than could complete the blank line: what of it the answer already ends with.
+            let begun = (1..=3).rev().find(|&k| answer.ends_with(&END[..k])).unwrap_or(0);
+            let want = END.len() - begun;
             let n = tcp.read(&mut chunk[..want]).await.map_err(|e| format!("reading the answer to CONNECT: {e}"))?;
             if n == 0 {
                 return Err("the proxy closed the connection instead of answering CONNECT".to_owned());

@@ -422,20 +422,8 @@ mod tests {
         // apart from TLS 1.3 tickets), trusting the test's certificate.
         let ca = crate::config::CaBundle { path: "test".into(), certs: vec![pki.cert.clone()], pem: Vec::new() };
         pki.client = super::super::lean::tls_config(Some(&ca)).unwrap();
-        for round in 0..2 {
-            let addr = server(pki.server.clone(), |mut tls| async move {
-                tls.write_all(b"x").await.unwrap();
-                tls.shutdown().await.unwrap();
-            })
-            .await;
-            let mut tls = client(&pki.client, addr).await.unwrap();
-            let mut all = Vec::new();
-            tls.read_to_end(&mut all).await.unwrap();
-            assert_eq!(all, b"x");
-            assert_eq!(tls.tls().protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
-            let want = if round == 0 { rustls::HandshakeKind::Full } else { rustls::HandshakeKind::Resumed };
-            assert_eq!(tls.tls().handshake_kind(), Some(want), "connection {round}");
-        }
+        let versions = two_connections(&pki).await;
+        assert_eq!(versions, [Some(rustls::ProtocolVersion::TLSv1_2); 2]);
         echo_a_megabyte(pki).await;
     }
 
@@ -527,7 +515,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_connection_resumes_the_session_of_the_first() {
-        let pki = pki();
+        two_connections(&pki()).await;
+    }
+
+    /// Two connections in turn, each reading one byte to the end: the first a full handshake,
+    /// the second resumed from the session the first kept. Their protocol versions.
+    async fn two_connections(pki: &Pki) -> Vec<Option<rustls::ProtocolVersion>> {
+        let mut versions = Vec::new();
         for round in 0..2 {
             let addr = server(pki.server.clone(), |mut tls| async move {
                 tls.write_all(b"x").await.unwrap();
@@ -538,9 +532,10 @@ mod tests {
             let mut all = Vec::new();
             tls.read_to_end(&mut all).await.unwrap(); // takes the ticket, too
             assert_eq!(all, b"x");
-            let kind = tls.tls().handshake_kind();
             let want = if round == 0 { rustls::HandshakeKind::Full } else { rustls::HandshakeKind::Resumed };
-            assert_eq!(kind, Some(want), "connection {round}");
+            assert_eq!(tls.tls().handshake_kind(), Some(want), "connection {round}");
+            versions.push(tls.tls().protocol_version());
         }
+        versions
     }
 }
