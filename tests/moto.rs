@@ -5,7 +5,7 @@
 //! the same over HTTPS, where OpenSSL (Python's `ssl`) rather than rustls is the server.
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 
 use bytes::Bytes;
 
@@ -13,7 +13,7 @@ use crate::util::*;
 
 /// A moto server on a free port, stopped on drop.
 struct Moto {
-    child: Child,
+    _server: Server,
     url: String,
     /// The CA's PEM text, when served over HTTPS.
     ca: Option<String>,
@@ -36,7 +36,7 @@ impl Moto {
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let child = start_server(Command::new("python3").args(&args), port, "moto[server]")?;
-        Some(Moto { child, url: format!("{scheme}://127.0.0.1:{port}"), ca: None })
+        Some(Moto { _server: child, url: format!("{scheme}://127.0.0.1:{port}"), ca: None })
     }
 
     fn cmd(&self) -> Command {
@@ -48,55 +48,8 @@ impl Moto {
 
     /// Creates `bucket` holding `objects`, through aws-sdk-s3.
     fn fill(&self, bucket: &str, objects: &[(String, Bytes)]) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
-            let mut conf = aws_sdk_s3::Config::builder();
-            if let Some(ca) = &self.ca {
-                use aws_smithy_http_client::tls;
-                let store = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(ca.as_bytes());
-                let ctx = tls::TlsContext::builder().with_trust_store(store).build().unwrap();
-                conf = conf.http_client(
-                    aws_smithy_http_client::Builder::new()
-                        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
-                        .tls_context(ctx)
-                        .build_https(),
-                );
-            }
-            let conf = conf
-                .behavior_version_latest()
-                .endpoint_url(&self.url)
-                .region(aws_sdk_s3::config::Region::new("us-east-1"))
-                .credentials_provider(creds)
-                .force_path_style(true)
-                .build();
-            let client = aws_sdk_s3::Client::from_conf(conf);
-            client.create_bucket().bucket(bucket).send().await.expect("create bucket");
-            for chunk in objects.chunks(64) {
-                let puts: Vec<_> = chunk
-                    .iter()
-                    .map(|(k, v)| {
-                        let req = client.put_object().bucket(bucket).key(k).body(v.clone().into());
-                        tokio::spawn(async move { req.send().await.map(|_| ()).map_err(|e| format!("{e:?}")) })
-                    })
-                    .collect();
-                for (p, (k, _)) in puts.into_iter().zip(chunk) {
-                    p.await.unwrap().unwrap_or_else(|e| panic!("put {k:?}: {e}"));
-                }
-            }
-        });
+        put_objects(&self.url, ("testing", "testing"), self.ca.as_deref(), bucket, objects);
     }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn summary_counts(out: &std::process::Output) -> String {
-    stderr(out).lines().find(|l| l.contains("keys listed:")).unwrap_or_default().to_owned()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! `GET host:port/path` per forwarded request (HTTP).
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use crate::util::*;
 
 /// A proxy.py on a free port, logging to a file, stopped on drop.
 struct ProxyPy {
-    child: Child,
+    _server: Server,
     url: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -39,7 +39,7 @@ impl ProxyPy {
             .arg("--log-file")
             .arg(&log);
         let child = start_server(&mut cmd, port, "proxy.py")?;
-        Some(ProxyPy { child, url: format!("http://127.0.0.1:{port}"), log, _dir: dir })
+        Some(ProxyPy { _server: child, url: format!("http://127.0.0.1:{port}"), log, _dir: dir })
     }
 
     /// The access log's lines so far that start with `what` (`CONNECT 127.0.0.1:PORT`, …).
@@ -62,13 +62,6 @@ impl ProxyPy {
             }
         }
         last
-    }
-}
-
-impl Drop for ProxyPy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -15,6 +15,7 @@ mod listing;
 mod manifest;
 mod moto;
 mod proxy;
+mod s3rver;
 mod select;
 mod tls;
 mod util;

@@ -360,9 +360,19 @@ pub fn copy_each_engine(
     }
 }
 
-/// Starts `cmd`, a server from PyPI (`package`, which `.ci/run` installs), and waits up to 30 s
+/// A server process the tests started ([`start_server`]), killed on drop.
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd`, a server from PyPI or npm (`package`, which `.ci/run` installs), and waits up to 30 s
 /// for it to listen on `port` of 127.0.0.1. `None`, having said why, where it cannot start.
-pub fn start_server(cmd: &mut Command, port: u16, package: &str) -> Option<std::process::Child> {
+pub fn start_server(cmd: &mut Command, port: u16, package: &str) -> Option<Server> {
     let what = format!("{cmd:?}");
     let mut child = match cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn() {
         Ok(c) => c,
@@ -378,10 +388,64 @@ pub fn start_server(cmd: &mut Command, port: u16, package: &str) -> Option<std::
             return None;
         }
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(child);
+            return Some(Server(child));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = child.kill();
     panic!("{what} did not listen on port {port} within 30 s");
+}
+
+/// The summary's counts line (`N keys listed: …`) of a run's stderr.
+pub fn summary_counts(out: &Output) -> String {
+    stderr(out).lines().find(|l| l.contains("keys listed:")).unwrap_or_default().to_owned()
+}
+
+/// Creates `bucket` holding `objects` at the S3 endpoint `url` (path style, us-east-1),
+/// through aws-sdk-s3 with these credentials, trusting `ca` (PEM) over HTTPS when given:
+/// how the tests fill stores this project did not write.
+pub fn put_objects(
+    url: &str,
+    (access, secret): (&str, &str),
+    ca: Option<&str>,
+    bucket: &str,
+    objects: &[(String, Bytes)],
+) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let creds = aws_sdk_s3::config::Credentials::new(access, secret, None, None, "tests");
+        let mut conf = aws_sdk_s3::Config::builder();
+        if let Some(ca) = ca {
+            use aws_smithy_http_client::tls;
+            let store = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(ca.as_bytes());
+            let ctx = tls::TlsContext::builder().with_trust_store(store).build().unwrap();
+            conf = conf.http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                    .tls_context(ctx)
+                    .build_https(),
+            );
+        }
+        let conf = conf
+            .behavior_version_latest()
+            .endpoint_url(url)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(conf);
+        client.create_bucket().bucket(bucket).send().await.expect("create bucket");
+        for chunk in objects.chunks(64) {
+            let puts: Vec<_> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    let req = client.put_object().bucket(bucket).key(k).body(v.clone().into());
+                    tokio::spawn(async move { req.send().await.map(|_| ()).map_err(|e| format!("{e:?}")) })
+                })
+                .collect();
+            for (p, (k, _)) in puts.into_iter().zip(chunk) {
+                p.await.unwrap().unwrap_or_else(|e| panic!("put {k:?}: {e}"));
+            }
+        }
+    });
 }
