@@ -1,9 +1,9 @@
 //! Against a second S3 implementation this project did not write: s3rver (npm: `s3rver`, a
 //! Node.js server keeping objects in files, which `.ci/run` installs), started by the tests on
-//! 127.0.0.1. It differs from S3 and from moto where a copier can trip: it checks SigV4
-//! signatures itself, ignores `encoding-type=url` and so sends every key raw in the listing
-//! XML — a control character included, which XML 1.0 cannot carry — lists with milliseconds,
-//! and has its own namespace, pagination tokens and range handling.
+//! 127.0.0.1. It differs from S3 and from moto where a copier can trip: it ignores
+//! `encoding-type=url` and so sends every key raw in the listing XML — a control character included, which XML 1.0 cannot carry — lists with milliseconds,
+//! and has its own namespace, pagination tokens and range handling. It knows access key ids
+//! but does not check V4 signatures.
 
 use std::process::Command;
 
