@@ -58,17 +58,41 @@ pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
             Err(format!("content does not match its {name} (got {got}, expected {want})"))
         };
     }
-    if let Some(md5) = integrity.etag.as_deref().and_then(plain_md5)
-        && !integrity.encrypted
-    {
-        let got = hex(&Md5::digest(body));
-        return if got == md5 {
-            Ok(Verified::EtagMd5)
+    match etag_md5(integrity) {
+        Some(md5) => {
+            let mut whole = WholeMd5::default();
+            whole.update(body);
+            whole.check(&md5).map(|()| Verified::EtagMd5)
+        }
+        None => Ok(Verified::Unverifiable),
+    }
+}
+
+/// The MD5 an object's content must have, when its ETag is one (a plain MD5 of an object
+/// not encrypted with SSE-KMS or SSE-C).
+pub fn etag_md5(integrity: &Integrity) -> Option<String> {
+    integrity.etag.as_deref().and_then(plain_md5).filter(|_| !integrity.encrypted)
+}
+
+/// The MD5 of content seen in pieces, in order: a large object's file read back once all its
+/// parts are written, since S3 keeps no checksum of a byte range.
+#[derive(Default)]
+pub struct WholeMd5(Md5);
+
+impl WholeMd5 {
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// `Err` names both digests when the content is not what the ETag says.
+    pub fn check(self, md5: &str) -> Result<(), String> {
+        let got = hex(&self.0.finalize());
+        if got == md5 {
+            Ok(())
         } else {
             Err(format!("content does not match its ETag MD5 (got {got}, expected {md5})"))
-        };
+        }
     }
-    Ok(Verified::Unverifiable)
 }
 
 /// Lower-case hex of `bytes` (a digest).
@@ -112,5 +136,17 @@ mod tests {
         let composite =
             Integrity { checksums: vec![("x-amz-checksum-crc32c", "AAAA-2".into())], ..Integrity::default() };
         assert_eq!(check(body, &composite), Ok(Verified::Unverifiable));
+    }
+
+    #[test]
+    fn a_whole_md5_in_pieces_is_the_md5_of_the_whole() {
+        let md5 = "5eb63bbbe01eeed093cb22bb8f5acdc3"; // "hello world"
+        let mut whole = WholeMd5::default();
+        whole.update(b"hello ");
+        whole.update(b"world");
+        assert_eq!(whole.check(md5), Ok(()));
+        let mut whole = WholeMd5::default();
+        whole.update(b"hello");
+        assert!(whole.check(md5).unwrap_err().contains(&format!("expected {md5}")));
     }
 }

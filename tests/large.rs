@@ -112,3 +112,56 @@ fn an_object_that_changes_between_parts_fails_cleanly() {
         assert_eq!(tree.keys().cloned().collect::<Vec<_>>(), ["big", "ok.txt"], "{engine}");
     }
 }
+
+#[test]
+fn verify_reads_a_large_file_back_against_its_etag_md5_and_never_names_a_corrupt_one() {
+    let objs: Vec<(String, Bytes)> =
+        [("big/a.bin", 3 * MIB + 777), ("big/b.bin", 2 * MIB)].map(|(k, n)| (k.to_owned(), content(k, n))).to_vec();
+    let want = expected_tree(&objs, "");
+    // Stored objects have an ETag that is the MD5 of their content, as single-part uploads do.
+    let clean = Env::new(vec![bucket("whole", objs.clone())]);
+    let config = EndpointConfig {
+        buckets: vec![bucket("whole", objs.clone())],
+        faults: s3uring::endpoint::Faults { corrupt: 1.0, ..Default::default() },
+        ..Default::default()
+    };
+    let rotten = Env::with_config(config, true);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(clean
+            .cmd()
+            .args(engine.args())
+            .args(PARTS)
+            .args(["--verify", "--stats-json"])
+            .arg(&json)
+            .arg("s3://whole")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &want);
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let v = &doc["verify"];
+        assert_eq!((v["by_etag_md5"].as_u64(), v["unverifiable"].as_u64()), (Some(2), Some(0)), "{engine}: {v}");
+        // Every part comes back with a flipped byte: without --verify that lands on disk ...
+        let scratch = Scratch::new();
+        let out = run(rotten.cmd().args(engine.args()).args(PARTS).arg("s3://whole").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
+        assert_ne!(read_tree(&scratch.dest()), want, "{engine}: the fault corrupts");
+        // ... with it, neither file gets its name, no temporary is left, and both keys fail
+        // naming the mismatch.
+        let scratch = Scratch::new();
+        let out =
+            run(rotten.cmd().args(engine.args()).args(PARTS).arg("--verify").arg("s3://whole").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{engine}: {}", stderr(&out));
+        let err = stderr(&out);
+        for (key, _) in &objs {
+            assert!(
+                err.lines().any(|l| l.contains(key.as_str()) && l.contains("does not match its ETag MD5")),
+                "{engine}: {err}"
+            );
+        }
+        assert!(err.contains("0 files written, 0 directories, 0 skipped, 2 failed"), "{engine}: {err}");
+        let tree = read_tree(&scratch.dest());
+        assert_eq!(tree.keys().cloned().collect::<Vec<_>>(), ["big"], "{engine}");
+    }
+}

@@ -98,7 +98,7 @@ fn s3rver_raw_keys_in_the_listing_pages_resume_and_verify() {
 }
 
 #[test]
-fn s3rver_large_objects_in_ranged_parts_empty_objects_and_directory_markers() {
+fn s3rver_large_objects_in_ranged_parts_verified_empty_objects_and_directory_markers() {
     let Some(store) = S3rver::start() else { return };
     let mut objs: Vec<(String, Bytes)> =
         (0..3).map(|i| format!("big/o{i}")).map(|k| (k.clone(), content(&k, (3 << 20) + 12_345))).collect();
@@ -111,9 +111,15 @@ fn s3rver_large_objects_in_ranged_parts_empty_objects_and_directory_markers() {
     for e in engines() {
         let scratch = Scratch::new();
         let parts = ["--multipart-threshold", "1MiB", "--part-size", "1MiB"];
-        let out = run(store.cmd().args(e.args()).args(parts).arg("s3://large").arg(scratch.dest()));
+        // --verify: its ETags are MD5s, so the large files are read back and checked too.
+        let out = run(store.cmd().args(e.args()).args(parts).arg("--verify").arg("s3://large").arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{e}: {}", stderr(&out));
         assert_same_tree(&read_tree(&scratch.dest()), &want);
+        assert!(
+            stderr(&out).contains("verified 5 bodies (0 by x-amz-checksum, 5 by ETag MD5); 0 had nothing"),
+            "{e}: {}",
+            stderr(&out)
+        );
         std::fs::remove_file(scratch.dest().join("big/o1")).unwrap();
         let out = run(store.cmd().args(e.args()).args(parts).arg("s3://large").arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{e}: {}", stderr(&out));

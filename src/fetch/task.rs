@@ -279,12 +279,14 @@ impl Fetcher {
             }
             return ControlFlow::Continue(());
         }
-        let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked);
-        if self.engine.verifies() {
-            // S3 keeps no checksum of a byte range, and a whole-object checksum cannot be
-            // checked before every part is in: the parts are tied together by If-Match.
+        // S3 keeps no checksum of a byte range: an ETag that is the content's MD5 is checked
+        // by the writer, which reads the file back once every part is in (the parts are tied
+        // to one version by If-Match). A multipart ETag or an encrypted object's is no MD5.
+        let md5 = self.engine.verifies().then(|| first.integrity.as_ref().and_then(crate::verify::etag_md5)).flatten();
+        if self.engine.verifies() && md5.is_none() {
             self.report.verified(crate::verify::Verified::Unverifiable);
         }
+        let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked, md5);
         let (stopped, failure) = (AtomicBool::new(false), std::sync::Mutex::new(None::<String>));
         let failed = || failure.lock().map_or(true, |f| f.is_some());
         let fail = |reason: String| {

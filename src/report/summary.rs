@@ -96,7 +96,8 @@ counters! {
         by_md5,
         /// Bodies with nothing to check against.
         unverifiable,
-        /// Bodies that did not match (fetched again).
+        /// Bodies that did not match: fetched again (a body in memory) or failed (a large
+        /// file read back), never kept.
         #[serde(rename = "mismatches")]
         corrupt,
     }
@@ -364,7 +365,7 @@ impl Summary {
             let _ = writeln!(
                 s,
                 "verified {} bodies ({by_checksum} by x-amz-checksum, {by_md5} by ETag MD5); {unverifiable} had nothing to \
-                 verify against; {corrupt} did not match and were fetched again",
+                 verify against; {corrupt} did not match and were not kept",
                 by_checksum + by_md5
             );
         }

@@ -192,6 +192,9 @@ pub struct LargeFile {
     pub meta: Meta,
     /// When a fetcher picked the key (start of the `total` stage).
     pub picked: Instant,
+    /// `--verify` with an ETag that is the content's MD5: the assembled file is read back and
+    /// must have it before it gets its name.
+    pub md5: Option<String>,
     state: Mutex<LargeState>,
 }
 
@@ -207,13 +210,24 @@ struct LargeState {
     first: Option<Instant>,
 }
 
+/// A large file read back for `--verify`, this much at a time.
+const READ_BACK: u64 = 1 << 20;
+
 /// Temporaries of large files are numbered from here, apart from the writers' own counters.
 static LARGE_SEQ: AtomicU64 = AtomicU64::new(1 << 48);
 
 impl LargeFile {
-    pub fn new(key: String, target: Target, size: u64, parts: u64, meta: Meta, picked: Instant) -> Arc<LargeFile> {
+    pub fn new(
+        key: String,
+        target: Target,
+        size: u64,
+        parts: u64,
+        meta: Meta,
+        picked: Instant,
+        md5: Option<String>,
+    ) -> Arc<LargeFile> {
         let state = LargeState { left: parts, open: None, err: None, silent: false, first: None };
-        Arc::new(LargeFile { key, target, size, meta, picked, state: Mutex::new(state) })
+        Arc::new(LargeFile { key, target, size, meta, picked, md5, state: Mutex::new(state) })
     }
 
     /// The descriptor to write a part into, creating the temporary on first use; `None`
@@ -229,7 +243,9 @@ impl LargeFile {
         }
         let opened = dirs.get(self.target.dir()).and_then(|dir| {
             let tmp = tmp_name(LARGE_SEQ.fetch_add(1, Ordering::Relaxed));
-            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+            // Readable too when it is to be read back.
+            let access = if self.md5.is_some() { OFlags::RDWR } else { OFlags::WRONLY };
+            let flags = access | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
             rustix::fs::openat(dir.as_fd(), tmp.as_c_str(), flags, Mode::from_raw_mode(0o666))
                 .map(|fd| (dir, tmp, Arc::new(fd)))
                 .map_err(|e| io_reason("cannot create a temporary file for", &self.target.rel_path(), e.raw_os_error()))
@@ -280,7 +296,7 @@ impl LargeFile {
         let path = || self.target.rel_path();
         if let Some((dir, tmp, fd)) = open {
             if err.is_none() && !silent {
-                err = self.complete(&dir, &tmp, fd, fsync).err();
+                err = self.complete(&dir, &tmp, fd, fsync, report).err();
                 if err.is_none() {
                     if fsync {
                         dirs.touched(self.target.dir());
@@ -299,9 +315,36 @@ impl LargeFile {
         }
     }
 
-    /// mtime, optional fsync, close, rename: the file is complete.
-    fn complete(&self, dir: &OwnedFd, tmp: &CString, fd: Arc<OwnedFd>, fsync: bool) -> Result<(), String> {
+    /// Optional read-back check, mtime, optional fsync, close, rename: the file is complete.
+    fn complete(
+        &self,
+        dir: &OwnedFd,
+        tmp: &CString,
+        fd: Arc<OwnedFd>,
+        fsync: bool,
+        report: &Report,
+    ) -> Result<(), String> {
         let reason = |what: &str, e: Errno| io_reason(what, &self.target.rel_path(), e.raw_os_error());
+        if let Some(md5) = &self.md5 {
+            let mut whole = crate::verify::WholeMd5::default();
+            let mut buf = vec![0; READ_BACK.min(self.size) as usize];
+            let mut at = 0;
+            while at < self.size {
+                let n = match rustix::io::pread(&fd, &mut buf, at) {
+                    Ok(0) => return Err(format!("'{}' is shorter than its object", self.target.rel_path())),
+                    Ok(n) => n,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => return Err(reason("cannot read back", e)),
+                };
+                whole.update(&buf[..n]);
+                at += n as u64;
+            }
+            if let Err(mismatch) = whole.check(md5) {
+                report.corrupt();
+                return Err(format!("{mismatch}; not kept (run again to fetch it anew)"));
+            }
+            report.verified(crate::verify::Verified::EtagMd5);
+        }
         set_meta(MetaAt::Fd(fd.as_fd()), &self.meta, &|| self.target.rel_path());
         if fsync {
             rustix::fs::fdatasync(&fd).map_err(|e| reason("cannot fsync", e))?;
