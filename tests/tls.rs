@@ -89,15 +89,17 @@ fn small_objects(n: usize) -> Vec<(String, Bytes)> {
         .collect()
 }
 
-/// A copy of bucket `tls` with `--workers W` and the run's stats.
-fn copy_with_stats(env: &Env, ca: &std::path::Path, workers: &str, want: &Tree) -> serde_json::Value {
+/// A copy of bucket `tls` with `--workers W` (and `extra` flags) and the run's stats.
+fn copy_with_stats(env: &Env, ca: &std::path::Path, workers: &str, extra: &[&str], want: &Tree) -> serde_json::Value {
     let scratch = Scratch::new();
     let json = scratch.dir.path().join("stats.json");
     let out = run(env
         .cmd()
         .arg("--ca-bundle")
         .arg(ca)
-        .args(["--workers", workers, "--stats-json"])
+        .args(["--workers", workers])
+        .args(extra)
+        .arg("--stats-json")
         .arg(&json)
         .arg("s3://tls")
         .arg(scratch.dest()));
@@ -110,8 +112,8 @@ fn copy_with_stats(env: &Env, ca: &std::path::Path, workers: &str, want: &Tree) 
 fn at_0_ms_connections_follow_the_gets_in_flight_not_the_workers() {
     let objs = small_objects(3000);
     let want = expected_tree(&objs, "");
-    let (env, _keep, ca) = https_env(objs);
-    let doc = copy_with_stats(&env, &ca, "1024", &want);
+    let (env, keep, ca) = https_env(objs.clone());
+    let doc = copy_with_stats(&env, &ca, "1024", &[], &want);
     let fetch = &doc["fetch"];
     let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
     let window = fetch["in_flight_window"].as_u64().expect("in_flight_window");
@@ -121,6 +123,15 @@ fn at_0_ms_connections_follow_the_gets_in_flight_not_the_workers() {
     // List requests share the pool: at most the window of GETs plus the list requests in
     // flight (`--list-workers`, 32 by default) want a connection at once.
     assert!((1..=window + 32).contains(&opened), "{opened} connections for a window of {window}: {fetch}");
+    // Keys of unknown size (a key list, an inventory without sizes) go by a first range,
+    // which is the whole of a small object: the same window bounds them, with no listing.
+    let keys = keep.keys_file(&objs);
+    let doc = copy_with_stats(&env, &ca, "1024", &["--keys-from", keys.to_str().unwrap()], &want);
+    let fetch = &doc["fetch"];
+    let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
+    let window = fetch["in_flight_window"].as_u64().expect("in_flight_window");
+    assert!(window < 1024, "window {window} with 1,024 workers at 0 ms: {fetch}");
+    assert!((1..=window).contains(&opened), "--keys-from: {opened} connections for a window of {window}: {fetch}");
 }
 
 #[test]
@@ -132,7 +143,7 @@ fn with_30_ms_to_the_first_byte_the_window_grows_to_what_the_round_trip_needs() 
         get_latency: std::time::Duration::from_millis(30),
         ..Default::default()
     });
-    let doc = copy_with_stats(&env, &ca, "128", &want);
+    let doc = copy_with_stats(&env, &ca, "128", &[], &want);
     let fetch = &doc["fetch"];
     let window = fetch["in_flight_window"].as_u64().expect("in_flight_window");
     let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
@@ -155,7 +166,7 @@ fn connections_reopened_after_resets_resume_their_tls_session() {
         faults: s3uring::endpoint::Faults { reset: 0.03, ..Default::default() },
         ..Default::default()
     });
-    let doc = copy_with_stats(&env, &ca, "8", &want);
+    let doc = copy_with_stats(&env, &ca, "8", &[], &want);
     let fetch = &doc["fetch"];
     let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
     let resumed = fetch["connections_resumed"].as_u64().expect("connections_resumed");

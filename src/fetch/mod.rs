@@ -166,17 +166,16 @@ impl Engine {
     }
 
     /// A place in the window of GETs in flight, then the rate limiter's send slot. A part
-    /// needs no place (see [`crate::fetch::window`]), nor does any GET once the service has
+    /// needs no place (see [`crate::fetch::window`]) unless it is the first range of an object
+    /// of unknown size ([`ByteRange::windowed`]), nor does any GET once the service has
     /// throttled the run (or `--max-rate` caps it): the limiters then pace GETs and bound
     /// them in flight, and a paced GET queued behind unlimited ones would miss its slot.
     /// The send slot comes last, right before sending: a GET that waited for its place
     /// while the service began to throttle is paced like the rest, not let go unpaced with
     /// a slot taken before.
     async fn go(&self, lane: &Arc<Limiter>, range: Option<&ByteRange>) -> (Ticket<'_>, Option<Slot<'_>>) {
-        let slot = match range {
-            None if !self.throttle.engaged() => Some(self.window.acquire().await),
-            _ => None,
-        };
+        let whole = range.is_none_or(|r| r.windowed);
+        let slot = if whole && !self.throttle.engaged() { Some(self.window.acquire().await) } else { None };
         let ticket = self.throttle.acquire(lane.clone()).await;
         (ticket, slot)
     }

@@ -67,6 +67,10 @@ pub struct ByteRange {
     pub first: u64,
     pub len: u64,
     pub if_match: Option<String>,
+    /// The first range of an object of unknown size: most such objects are small and this
+    /// GET is all of them, so it takes a place in the window of GETs in flight as a
+    /// whole-object GET does (other parts are bounded by the byte budget instead).
+    pub windowed: bool,
 }
 
 impl ByteRange {

@@ -193,7 +193,7 @@ impl Fetcher {
         // Of unknown size, most objects are small: a small first range holds a small share of
         // the budget (an 8 MiB one for each of 512 workers would let 32 run at once).
         let head_len = if unknown { UNKNOWN_FIRST_RANGE } else { part_size.min(item.size) };
-        let head = ByteRange { first: 0, len: head_len, if_match: None };
+        let head = ByteRange { first: 0, len: head_len, if_match: None, windowed: unknown };
         let (first, permit) = match self.part(key, &head).await {
             None => return ControlFlow::Break(()),
             // S3 cannot serve a range of an empty object: that is what it is.
@@ -308,7 +308,7 @@ impl Fetcher {
                 }
                 let first = head_len + (i - 1) * part_size;
                 let len = part_size.min(size - first);
-                let range = ByteRange { first, len, if_match: info.etag.clone() };
+                let range = ByteRange { first, len, if_match: info.etag.clone(), windowed: false };
                 let got = match self.part(key, &range).await {
                     None => {
                         stopped.store(true, Ordering::Relaxed);
