@@ -21,7 +21,8 @@
 //! It never shrinks: connections once opened stay in use (no churn), and a window larger
 //! than needed costs nothing while the rate limiter ([`crate::fetch::throttle`]) or an empty key
 //! queue holds GETs back. `--workers` is its ceiling. Parts of large objects are not in it:
-//! their count is bounded by the byte budget and `--part-concurrency`. Nor are any GETs
+//! their count is bounded by the byte budget and `--part-concurrency`. The first range of an
+//! object of unknown size is in it: for most such objects it is the whole object. Nor are any GETs
 //! once the service has throttled the run (or `--max-rate` caps it): the rate limiters then
 //! choose send times and bound GETs in flight, and a paced GET queued here behind unlimited
 //! ones would miss its slot.
