@@ -174,7 +174,7 @@ fn stats_json_and_progress_lines_describe_the_run() {
     // Not a terminal: plain progress lines, then the summary and the stage table.
     assert!(err.lines().any(|l| l.starts_with("progress: ") && l.contains("objects")), "{err}");
     assert!(err.contains("stage        count"), "{err}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let doc = stats(&json_path);
     assert_eq!(doc["schema"], 1);
     assert_eq!(doc["counters"]["written"], 300);
     assert_eq!(doc["counters"]["failed"], 0);
@@ -294,7 +294,7 @@ fn fsync_and_verify_give_the_same_tree_with_each_engine() {
             .arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{engine}");
         assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
-        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let doc = stats(&json);
         assert_eq!(doc["config"]["fsync"], true);
         assert_eq!(doc["verify"]["by_checksum"], 300, "{engine}");
     }

@@ -90,7 +90,7 @@ fn fractions_and_slow_first_bytes_are_honoured() {
     let out = run(env.cmd().arg("--stats-json").arg(&json).arg("s3://faulty").arg(scratch.dest()));
     assert_eq!(out.status.code(), Some(0));
     // The slow first bytes show in the ttfb histogram, the others stay fast.
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc = stats(&json);
     assert!(doc["stages"]["ttfb"]["max_us"].as_u64().unwrap() >= 300_000, "{}", doc["stages"]["ttfb"]);
     let c = env.fault_counts();
     assert_eq!(c.gets, 20);

@@ -12,10 +12,6 @@ fn objects(n: usize) -> Vec<(String, Bytes)> {
     (0..n).map(|i| format!("d{}/obj-{i:05}", i % 7)).map(|k| (k.clone(), content(&k, 700 + k.len()))).collect()
 }
 
-fn stats(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("stats written")).expect("stats are JSON")
-}
-
 /// The per-key failure lines a run printed, sorted.
 fn failure_lines(out: &std::process::Output) -> BTreeSet<String> {
     stderr(out).lines().filter(|l| l.starts_with("s3uring: failed")).map(str::to_owned).collect()

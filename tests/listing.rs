@@ -45,7 +45,7 @@ fn parallel_listing_lists_every_key_exactly_once() {
             assert_eq!(gets, want_files, "{source} --list-workers {workers}: one GET per file");
             let err = stderr(&out);
             assert!(err.contains(&format!("{} keys listed: {want_files} files written", want_objs.len())), "{err}");
-            let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            let doc = stats(&json);
             let requests = doc["stages"]["list"]["count"].as_u64().unwrap();
             eprintln!("{requests} list requests for 20,000 keys, one per directory");
             if prefix == "flat/" && workers != "1" {
@@ -140,7 +140,7 @@ fn one_object_per_directory_costs_a_list_request_per_page_not_per_key() {
         .arg(scratch.dest())
         .stdout(std::process::Stdio::null()));
     assert_eq!(out.status.code(), Some(0));
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc = stats(&json);
     assert_eq!(doc["counters"]["dry_run_planned"].as_u64(), Some(20_000), "{doc}");
     let requests = doc["stages"]["list"]["count"].as_u64().unwrap();
     eprintln!("{requests} list requests for 20,000 keys, one per directory");

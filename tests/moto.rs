@@ -153,7 +153,7 @@ fn moto_over_https_with_openssl_resumes_reopened_connections() {
         assert_eq!(out.status.code(), Some(0), "{e}: {}", stderr(&out));
         assert_same_tree(&read_tree(&scratch.dest()), &want);
         assert!(summary_counts(&out).starts_with(&format!("{n} keys listed: {n} files written")), "{}", stderr(&out));
-        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let doc = stats(&json);
         let fetch = &doc["fetch"];
         if e.fetch == "lean" {
             // moto's server closes the connection after every answer, so nearly every GET

@@ -75,10 +75,6 @@ fn objects() -> Vec<(String, Bytes)> {
         .collect()
 }
 
-fn stats(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 #[test]
 fn https_goes_through_a_connect_tunnel_of_the_proxy_in_https_proxy_with_each_engine() {
     let Some(proxy) = ProxyPy::start() else { return };

@@ -105,7 +105,7 @@ fn copy_with_stats(env: &Env, ca: &std::path::Path, workers: &str, extra: &[&str
         .arg(scratch.dest()));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_same_tree(&read_tree(&scratch.dest()), want);
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    stats(&json)
 }
 
 #[test]

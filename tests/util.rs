@@ -449,3 +449,8 @@ pub fn put_objects(
         }
     });
 }
+
+/// The `--stats-json` document a run wrote to `path`.
+pub fn stats(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("stats written")).expect("stats are JSON")
+}
