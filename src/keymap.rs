@@ -12,10 +12,15 @@
 //! - NUL anywhere, an empty key, empty components (`a//b`, a leading `/`);
 //! - `.` and `..` components;
 //! - a component longer than 255 bytes;
-//! - a component starting with [`TMP_PREFIX`], the prefix of our own temporary names, so a
+//! - a component starting with [`TMP_PREFIX`], the prefix of our own temporary names, in any
+//!   case (a DEST that does not tell case apart would see `.S3URING-TMP.` as ours), so a
 //!   temporary file can never collide with (or be mistaken for) a key's file.
 //!
 //! A key ending in `/` is a folder marker: it maps to a directory and writes no file.
+//!
+//! Accepted keys map to distinct paths, byte for byte. A DEST that does not tell upper from
+//! lower case (exFAT, vfat, SMB shares, casefold directories) joins some of them: there the
+//! copy keeps a [`CaseGuard`], which lets only the first key of each such group through.
 
 use std::fmt;
 
@@ -113,7 +118,9 @@ fn check_component(c: &str) -> Result<(), KeyRefused> {
         "." => Err(KeyRefused::DotComponent(".")),
         ".." => Err(KeyRefused::DotComponent("..")),
         _ if c.len() > NAME_MAX => Err(KeyRefused::ComponentTooLong(c.len())),
-        _ if c.starts_with(TMP_PREFIX) => Err(KeyRefused::Reserved),
+        _ if c.as_bytes().get(..TMP_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(TMP_PREFIX.as_bytes())) => {
+            Err(KeyRefused::Reserved)
+        }
         _ => Ok(()),
     }
 }
@@ -146,6 +153,41 @@ pub fn map_key(rel_key: &str) -> Result<Target, KeyRefused> {
         None => ("", path),
     };
     Ok(Target { dir: dir.to_owned(), name: name.to_owned() })
+}
+
+/// For a DEST whose file system does not tell upper from lower case: each file admitted so
+/// far, as a hash of its lower-cased path and a hash of its exact path: 17–36 bytes a file in
+/// the table, not the names, so a run of millions of keys stays small. A second key whose file would be the
+/// same file there is refused rather than renamed over the first. Lower-casing is the common
+/// part of what such file systems fold (exFAT and SMB up-case by a table, casefold
+/// directories also normalise Unicode); a pair it does not join still lands on two names
+/// wherever the file system keeps them apart. Two different paths with equal 64-bit hashes
+/// (about one chance in 10^7 at a million files) would fail the second one with this same
+/// explanation, never lose it.
+#[derive(Debug, Default)]
+pub struct CaseGuard {
+    seen: std::collections::HashMap<u64, u64>,
+}
+
+impl CaseGuard {
+    /// Admits `target`'s file, or says why not. Folder markers make directories, which two
+    /// keys may share; the same key twice (a key list naming it twice) is one file.
+    pub fn admit(&mut self, target: &Target) -> Result<(), String> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        if target.file_name().is_none() {
+            return Ok(());
+        }
+        let hash = |s: &str| BuildHasherDefault::<DefaultHasher>::default().hash_one(s);
+        let path = target.rel_path();
+        let exact = hash(&path);
+        match *self.seen.entry(hash(&path.to_lowercase())).or_insert(exact) {
+            first if first == exact => Ok(()),
+            _ => Err(format!(
+                "another key that differs from it only in case takes the same file, '{path}' (DEST does not tell \
+                 upper from lower case); copy to a case-sensitive file system, or --exclude one of them"
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +238,7 @@ mod tests {
             ("nul\0x", KeyRefused::Nul),
             (".s3uring-tmp.1.2", KeyRefused::Reserved),
             ("d/.s3uring-tmp.x/y", KeyRefused::Reserved),
+            (".S3URING-TMP.0123456789ABCDEF.1", KeyRefused::Reserved),
         ];
         for (k, want) in cases {
             assert_eq!(map_key(k).as_ref(), Err(want), "{k:?}");
@@ -232,5 +275,24 @@ mod tests {
                 assert_eq!(rel.split('/').count(), p.components().count(), "{k:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_case_guard_admits_one_key_per_case_folded_file() {
+        let mut guard = CaseGuard::default();
+        let mut admit = |k: &str| guard.admit(&map_key(k).unwrap());
+        assert_eq!(admit("Dir/A.txt"), Ok(()));
+        let err = admit("dir/a.TXT").unwrap_err();
+        assert!(
+            err.starts_with("another key that differs from it only in case takes the same file, 'dir/a.TXT'"),
+            "{err}"
+        );
+        // The same key twice (a key list naming it twice) is one file, not a clash.
+        assert_eq!(admit("Dir/A.txt"), Ok(()));
+        // Directories may be shared; other names in them are other files.
+        assert_eq!(admit("DIR/"), Ok(()));
+        assert_eq!(admit("dir/b.txt"), Ok(()));
+        assert_eq!(admit("ÜBER/x"), Ok(()));
+        assert!(admit("über/x").is_err());
     }
 }

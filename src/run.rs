@@ -24,6 +24,7 @@ use crate::console::sanitize;
 pub use crate::error::Fatal;
 use crate::existing::{Existing, ExistingMode};
 use crate::fetch::{self, Engine, task};
+use crate::keymap::CaseGuard;
 use crate::queue::{Listed, Room};
 use crate::report::{Report, Summary};
 use crate::s3;
@@ -92,13 +93,20 @@ async fn copy(
     };
     let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
+    let case = writer.folds_case.then(|| {
+        tracing::info!(
+            "DEST does not tell upper from lower case: of keys that differ only in case, the first is copied"
+        );
+        CaseGuard::default()
+    });
     let fetch = Arc::new(Engine::with_store(stores.objects, cfg));
 
     let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
     let room = Room::new(cfg.queue.max(1));
     let fetchers = task::start(&fetch, cfg, keys_rx, &room, &writer.jobs, &report, &stop);
     let listed =
-        source::list(cfg, &control.client, &stores.lists, (&keys_tx, &room), &report, stop.clone(), existing).await;
+        source::list(cfg, &control.client, &stores.lists, (&keys_tx, &room), &report, stop.clone(), (existing, case))
+            .await;
     report.listing_done();
     drop(keys_tx);
     for f in fetchers {
@@ -221,7 +229,7 @@ async fn dry_run(
     });
     // Listed as a copy lists: through the configured engine.
     let lists = fetch::stores(cfg, control, &report).await.map_err(Fatal::Setup)?.lists;
-    let listed = source::list(cfg, &control.client, &lists, (&tx, &room), &report, stop, existing).await;
+    let listed = source::list(cfg, &control.client, &lists, (&tx, &room), &report, stop, (existing, None)).await;
     report.listing_done();
     drop(tx);
     printer.await.map_err(|e| Fatal::Internal(format!("internal error: {e}")))?;

@@ -115,3 +115,46 @@ fn symlinks_already_in_dest_are_never_followed() {
         assert_eq!(std::fs::read(dest.join("plain")).unwrap(), content("plain", 21).to_vec());
     }
 }
+
+/// On a destination that does not tell upper from lower case (exFAT here; also vfat, SMB
+/// shares, casefold directories), `A.txt` and `a.txt` are one file: the second key's rename
+/// would replace the first key's file and both would count as copied. Each such pair must
+/// land once, with the other key failed and named, and a re-run must say so again rather than
+/// report a complete copy.
+#[test]
+fn keys_differing_only_in_case_never_land_on_one_file_of_a_case_insensitive_dest() {
+    let groups: [&[&str]; 4] = [&["A.txt", "a.txt"], &["Dir/x", "dir/x"], &["dir/y"], &["plain"]];
+    let objs: Vec<(String, Bytes)> =
+        groups.iter().flat_map(|g| g.iter()).map(|k| (k.to_string(), content(k, 40))).collect();
+    let env = Env::new(vec![bucket("case", objs)]);
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir(&dest).unwrap();
+        let _mount = match Mount::exfat(&dest) {
+            Ok(m) => m,
+            Err(why) => return skipped(&format!("cannot mount exFAT (exfatprogs, exfat-fuse, a loop device): {why}")),
+        };
+        for attempt in ["first run", "re-run"] {
+            let out = run(env.cmd().args(engine.args()).arg("s3://case").arg(&dest));
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{engine}, {attempt}: {err}");
+            assert!(err.contains("2 failed"), "{engine}, {attempt}: {err}");
+            let tree = read_tree(&dest);
+            for group in groups {
+                let folded = group[0].to_lowercase();
+                let files: Vec<_> = tree.iter().filter(|(p, c)| c.is_some() && p.to_lowercase() == folded).collect();
+                assert_eq!(files.len(), 1, "{engine}, {attempt}, {group:?}: {tree:?}");
+                let (_, Some(got)) = files[0] else { unreachable!() };
+                // The file holds one key's object; every other key of the group failed, named.
+                let landed: Vec<_> = group.iter().filter(|k| content(k, 40).as_ref() == got.as_slice()).collect();
+                assert_eq!(landed.len(), 1, "{engine}, {attempt}, {group:?}: no key's content");
+                for other in group.iter().filter(|k| k != &landed[0]) {
+                    let line = format!("failed '{other}': ");
+                    assert!(err.contains(&line), "{engine}, {attempt}: no failure for {other}: {err}");
+                    assert!(err.contains("upper from lower case"), "{engine}, {attempt}: {err}");
+                }
+            }
+        }
+    }
+}

@@ -284,6 +284,8 @@ impl Scratch {
 /// mounting is not permitted (not root, no CAP_SYS_ADMIN): the caller skips with a message.
 pub struct Mount {
     path: PathBuf,
+    /// The loop device behind a file system made in an image file, detached on drop.
+    device: Option<String>,
 }
 
 impl Mount {
@@ -299,12 +301,45 @@ impl Mount {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        ok.then(|| Mount { path: path.to_owned() })
+        ok.then(|| Mount { path: path.to_owned(), device: None })
+    }
+
+    /// exFAT (Debian's exfatprogs and exfat-fuse), made in a 64 MiB image file beside `path`
+    /// on a loop device: a file system this project did not write that does not tell upper
+    /// from lower case (it keeps the case a name was created with), and keeps no extended
+    /// attributes. `Err` says what is missing, for the caller's skip message.
+    pub fn exfat(path: &Path) -> Result<Mount, String> {
+        let sh = |cmd: &mut std::process::Command| -> Result<String, String> {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            match out.status.success() {
+                true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+                false => Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            }
+        };
+        let image = path.with_extension("exfat.img");
+        std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).map_err(|e| format!("image: {e}"))?;
+        sh(std::process::Command::new("mkfs.exfat").arg(&image))?;
+        let device = sh(std::process::Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
+        // A root mount of exfat-fuse is a fuseblk mount, which wants a block device.
+        if let Err(e) = sh(std::process::Command::new("mount.exfat-fuse").arg(&device).arg(path)) {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(&device).status();
+            return Err(e);
+        }
+        Ok(Mount { path: path.to_owned(), device: Some(device) })
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        self.unmount();
+        if let Some(device) = &self.device {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(device).status();
+        }
+    }
+}
+
+impl Mount {
+    fn unmount(&self) {
         // An exited process's io_uring is torn down asynchronously by the kernel, so the
         // mount can stay busy for a moment: retry, then detach lazily.
         for _ in 0..40 {

@@ -1,7 +1,8 @@
 //! Where keys come from — a ListObjectsV2 listing (sequential, or parallel over key ranges),
 //! a `--keys-from` file, an S3 Inventory (`--manifest`) — and which of them are admitted:
 //! under the prefix, selected (`--include`/`--exclude`, `--shard`), not archived, a safe
-//! path ([`crate::keymap`]), not already at DEST ([`crate::existing`]). Admitted keys go into
+//! path ([`crate::keymap`]), not the same file as a key before it on a DEST that does not tell
+//! case apart ([`crate::keymap::CaseGuard`]), not already at DEST ([`crate::existing`]). Admitted keys go into
 //! the key queue a page at a time ([`crate::queue`]).
 
 pub mod inventory;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::error::Fatal;
 use crate::existing::Existing;
-use crate::keymap::map_key;
+use crate::keymap::{CaseGuard, map_key};
 use crate::queue::{Listed, Room};
 use crate::report::Report;
 use crate::report::stats::Stage;
@@ -30,7 +31,7 @@ pub async fn list(
     (keys, room): (&async_channel::Sender<Listed>, &Room),
     report: &Arc<Report>,
     mut stop: Stop,
-    mut existing: Option<Existing>,
+    (mut existing, mut case): (Option<Existing>, Option<CaseGuard>),
 ) -> Result<(), Fatal> {
     let prefix = &cfg.source.prefix;
     if let Some(single) = &cfg.single {
@@ -131,6 +132,10 @@ pub async fn list(
             }
             match map_key(rel) {
                 Ok(target) => {
+                    if let Some(Err(reason)) = case.as_mut().map(|c| c.admit(&target)) {
+                        report.fail(&o.key, &reason);
+                        continue;
+                    }
                     let (key, size, last_modified, etag) = (o.key, o.size, o.last_modified, o.etag);
                     items.push(Listed { key, size, last_modified, etag, target, listed_at })
                 }

@@ -376,6 +376,8 @@ pub(crate) fn pwrite_all(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> Resul
 pub struct Writer {
     pub jobs: async_channel::Sender<Job>,
     pub engine: &'static str,
+    /// DEST does not tell upper from lower case ([`DirCache::folds_case`]).
+    pub folds_case: bool,
     threads: Vec<JoinHandle<()>>,
     dirs: Arc<DirCache>,
 }
@@ -420,6 +422,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     if opts.fsync {
         dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
     }
+    let folds_case = dirs.folds_case();
     let dirs = Arc::new(dirs);
     let (tx, rx) = async_channel::bounded(opts.hand_off.max(1));
     let new_ring = || {
@@ -454,7 +457,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
                 w.run(rx, &ring_dirs, &report)
             })
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
-        return Ok(Writer { jobs: tx, engine: "io_uring", threads: vec![t], dirs });
+        return Ok(Writer { jobs: tx, engine: "io_uring", folds_case, threads: vec![t], dirs });
     }
     let seq = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
@@ -473,7 +476,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
             .map_err(|e| format!("cannot start writer threads: {e}"))?;
         threads.push(t);
     }
-    Ok(Writer { jobs: tx, engine: "threads", threads, dirs })
+    Ok(Writer { jobs: tx, engine: "threads", folds_case, threads, dirs })
 }
 
 /// Puts the calling writer thread under `SCHED_BATCH`, keeping its nice value (so its share
@@ -568,6 +571,35 @@ impl DirCache {
         remove_stale_temps(&root, "", &runs);
         runs.remove_dead_locks();
         Ok(DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None })
+    }
+
+    /// Whether DEST's file system takes a name in other case for the same file (exFAT, vfat,
+    /// SMB, a casefold directory): a temporary is created under its lower-case name, then
+    /// under its upper-case one, which such a file system refuses as existing. (Comparing
+    /// inode numbers would not do: a path-based FUSE file system numbers each name it is
+    /// asked for.) `false` when the probe cannot be made; the files will then fail on their
+    /// own, naming the cause.
+    pub fn folds_case(&self) -> bool {
+        let lower = tmp_name(u64::MAX);
+        let Ok(upper) = CString::new(lower.to_bytes().to_ascii_uppercase()) else { return false };
+        let create = |name: &CString| {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+            rustix::fs::openat(self.root.as_fd(), name.as_c_str(), flags, Mode::from_raw_mode(0o600))
+        };
+        let remove =
+            |name: &CString| rustix::fs::unlinkat(self.root.as_fd(), name.as_c_str(), rustix::fs::AtFlags::empty());
+        if create(&lower).is_err() {
+            return false;
+        }
+        let folds = match create(&upper) {
+            Ok(_) => {
+                let _ = remove(&upper);
+                false
+            }
+            Err(e) => e == Errno::EXIST,
+        };
+        let _ = remove(&lower);
+        folds
     }
 
     /// `--fsync`: a file was renamed into directory `rel`. Its ancestors are synced too: each
