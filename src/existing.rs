@@ -128,7 +128,7 @@ fn same_time(file: (u64, u32), listed: SystemTime) -> bool {
 }
 
 /// The ETag a copy kept with the file (`user.s3uring.etag`), if the file system has it.
-fn kept_etag(dir: &OwnedFd, name: &str) -> Option<String> {
+pub(crate) fn kept_etag(dir: &OwnedFd, name: &str) -> Option<String> {
     // No *at form of getxattr before Linux 6.13: through the directory's /proc link, which
     // names exactly this directory; the final component is not followed.
     let path = format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(dir));

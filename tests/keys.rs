@@ -158,3 +158,56 @@ fn keys_differing_only_in_case_never_land_on_one_file_of_a_case_insensitive_dest
         }
     }
 }
+
+/// A file that something else writes at a key's path while the run fetches that key (another
+/// program, or another key that a directory ignoring case or Unicode normalisation takes for
+/// the same name) is not replaced: that key fails, naming the path, and the file keeps what
+/// it holds. A stale file that was there before the run is still replaced, as always.
+#[test]
+fn a_file_written_at_a_keys_path_during_the_run_is_not_replaced() {
+    let objs: Vec<(String, Bytes)> = [("x/taken", 300), ("x/stale", 300), ("x/ok", 300), ("big", 3 << 20)]
+        .iter()
+        .map(|(k, n)| (k.to_string(), content(k, *n)))
+        .collect();
+    let config = s3uring::endpoint::EndpointConfig {
+        buckets: vec![bucket("during", objs.clone())],
+        get_latency: std::time::Duration::from_millis(2000),
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    let parts = ["--multipart-threshold", "1MiB", "--part-size", "1MiB", "--hedge-after", "0"];
+    for engine in engines() {
+        let scratch = Scratch::new();
+        let dest = scratch.dest();
+        std::fs::create_dir_all(dest.join("x")).unwrap();
+        std::fs::write(dest.join("x/stale"), "from before the run").unwrap();
+        let mut cmd = env.cmd();
+        cmd.args(engine.args()).args(parts).arg("s3://during").arg(&dest);
+        let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // The writer has started (and read the file system's clock) once its lock file is
+        // there; every GET then takes 2 s, so these land well before any rename.
+        let started = std::time::Instant::now();
+        while !std::fs::read_dir(&dest).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".run")) {
+            assert!(started.elapsed().as_secs() < 20, "{engine}: the run never took its lock");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::fs::write(dest.join("x/taken"), "another program's").unwrap();
+        std::fs::write(dest.join("big"), "another program's big").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{engine}: {err}");
+        assert!(err.contains("2 failed"), "{engine}: {err}");
+        for path in ["x/taken", "big"] {
+            let line = format!("failed '{path}': a file appeared at '{path}' during this run");
+            assert!(err.contains(&line), "{engine}: {err}");
+        }
+        let tree = read_tree(&dest);
+        assert_eq!(tree.get("x/taken"), Some(&Some(b"another program's".to_vec())), "{engine}");
+        assert_eq!(tree.get("big"), Some(&Some(b"another program's big".to_vec())), "{engine}");
+        for key in ["x/stale", "x/ok"] {
+            assert_eq!(tree.get(key), Some(&Some(content(key, 300).to_vec())), "{engine}: {key}");
+        }
+        assert!(tree.keys().all(|p| !p.contains(".s3uring-tmp.")), "{engine}: {tree:?}");
+    }
+}

@@ -13,6 +13,11 @@
 //!   NAME_MAX beside a 255-byte final name; the prefix is refused for keys, so it never
 //!   collides) and is renamed to the final name only after every byte is written. A failed
 //!   file's temporary is unlinked.
+//! - **Never over another key's file.** The rename asks for `RENAME_NOREPLACE`; a file found
+//!   at the name is replaced only if it changed before this run started (by the file
+//!   system's clock) or holds the same object, and otherwise the key fails
+//!   ([`replace_existing`]): on a directory that ignores case or Unicode normalisation, or
+//!   beside another program, two keys never silently become one file.
 //! - **Another run's temporaries are its own.** The run id is random (not a pid, which
 //!   repeats across containers and hosts); while it runs, the run holds an `flock` on
 //!   `DEST/.s3uring-tmp.<run id>.run`, which the kernel (or the NFS server) releases when the
@@ -296,7 +301,7 @@ impl LargeFile {
         let path = || self.target.rel_path();
         if let Some((dir, tmp, fd)) = open {
             if err.is_none() && !silent {
-                err = self.complete(&dir, &tmp, fd, fsync, report).err();
+                err = self.complete((dirs, &dir), &tmp, fd, fsync, report).err();
                 if err.is_none() {
                     if fsync {
                         dirs.touched(self.target.dir());
@@ -318,7 +323,7 @@ impl LargeFile {
     /// Optional read-back check, mtime, optional fsync, close, rename: the file is complete.
     fn complete(
         &self,
-        dir: &OwnedFd,
+        (dirs, dir): (&DirCache, &OwnedFd),
         tmp: &CString,
         fd: Arc<OwnedFd>,
         fsync: bool,
@@ -351,9 +356,111 @@ impl LargeFile {
         }
         drop(fd);
         let name = self.target.file_name().ok_or("internal error: file job without a name")?;
-        rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), name)
-            .map_err(|e| reason("cannot rename into place", e))
+        let renamed = rename_new(dir, tmp, name);
+        settle_rename(renamed, dirs, (dir, tmp, name), self.size, &self.meta, &|| self.target.rel_path())
     }
+}
+
+/// Set once DEST's file system refused `RENAME_NOREPLACE` (some FUSE and network file
+/// systems): renames then replace, as plain `rename` does.
+static NOREPLACE_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What a rename into place found at the final name.
+pub(crate) enum Renamed {
+    Done,
+    /// `RENAME_NOREPLACE` found something there: see [`replace_existing`].
+    Exists,
+}
+
+/// Renames temporary `tmp` to `name` in `dir`, never over anything (`RENAME_NOREPLACE`): the
+/// common case, a new file, costs one `renameat2`, as a plain rename would.
+pub(crate) fn rename_new(dir: &OwnedFd, tmp: &std::ffi::CStr, name: &str) -> Result<Renamed, Errno> {
+    use rustix::fs::RenameFlags;
+    if NOREPLACE_REFUSED.load(Ordering::Relaxed) {
+        return rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name).map(|()| Renamed::Done);
+    }
+    match rustix::fs::renameat_with(dir.as_fd(), tmp, dir.as_fd(), name, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(Renamed::Done),
+        Err(Errno::EXIST) => Ok(Renamed::Exists),
+        Err(e) => noreplace_refused(e, || rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name)),
+    }
+}
+
+/// `RENAME_NOREPLACE` failed with `e`: if that may be the flag itself being refused, the plain
+/// rename decides, and its success means the file system does not take the flag (remembered
+/// for the run). A name the file system refuses (EINVAL on exFAT for `a:b`) fails both ways.
+pub(crate) fn noreplace_refused(e: Errno, plain: impl FnOnce() -> Result<(), Errno>) -> Result<Renamed, Errno> {
+    if !matches!(e, Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) {
+        return Err(e);
+    }
+    plain()?;
+    NOREPLACE_REFUSED.store(true, Ordering::Relaxed);
+    Ok(Renamed::Done)
+}
+
+/// Whether renames still ask for `RENAME_NOREPLACE` (the ring sets the flag on its SQEs).
+pub(crate) fn noreplace() -> bool {
+    !NOREPLACE_REFUSED.load(Ordering::Relaxed)
+}
+
+/// Where a rename into place ended: done, refused with the rename's error, or a file found at
+/// the name, which [`replace_existing`] settles.
+pub(crate) fn settle_rename(
+    renamed: Result<Renamed, Errno>,
+    dirs: &DirCache,
+    (dir, tmp, name): (&OwnedFd, &std::ffi::CStr, &str),
+    size: u64,
+    meta: &Meta,
+    rel: &dyn Fn() -> String,
+) -> Result<(), String> {
+    match renamed {
+        Ok(Renamed::Done) => Ok(()),
+        Ok(Renamed::Exists) => replace_existing(dirs, (dir, tmp, name), size, meta, rel),
+        Err(e) => Err(io_reason("cannot rename into place", &rel(), e.raw_os_error())),
+    }
+}
+
+/// A file is at `name` already: replace it with `tmp` if it was there before this run (a
+/// stale copy the existing-file check chose to fetch again, or `--overwrite`) or holds this
+/// same object (a key listed twice); refuse if it was written during this run by anything
+/// else. That is another key that the file system takes for the same name (a directory that
+/// ignores case or Unicode normalisation, which the [`crate::keymap::CaseGuard`] does not
+/// see), or another program: replacing it would silently lose that file. Not a regular
+/// file: the plain rename's own error (a directory in the way) says what is there.
+fn replace_existing(
+    dirs: &DirCache,
+    (dir, tmp, name): (&OwnedFd, &std::ffi::CStr, &str),
+    size: u64,
+    meta: &Meta,
+    rel: &dyn Fn() -> String,
+) -> Result<(), String> {
+    let replace = || {
+        rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name)
+            .map_err(|e| io_reason("cannot rename into place", &rel(), e.raw_os_error()))
+    };
+    let Ok(st) = rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return replace() };
+    let changed = (st.st_ctime, st.st_ctime_nsec);
+    let during_run = dirs.started.is_some_and(|started| changed >= started);
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile || !during_run {
+        return replace();
+    }
+    let same_object = st.st_size as u64 == size
+        && match (&meta.etag, crate::existing::kept_etag(dir, name)) {
+            (Some(ours), Some(theirs)) => *ours == theirs,
+            // No attributes here: the same size and the same time, as a re-run would compare.
+            _ => meta.mtime.and_then(timestamps).is_some_and(|ts| {
+                (st.st_mtime, Some(st.st_mtime_nsec))
+                    == (ts.last_modification.tv_sec, u64::try_from(ts.last_modification.tv_nsec).ok())
+            }),
+        };
+    if same_object {
+        return replace();
+    }
+    Err(format!(
+        "a file appeared at '{}' during this run: another key the file system takes for the same name (a \
+         directory that ignores case or Unicode normalisation), or another program; not replaced",
+        rel()
+    ))
 }
 
 /// Writes all of `buf` at `offset` with plain `pwrite` calls.
@@ -376,7 +483,7 @@ pub(crate) fn pwrite_all(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> Resul
 pub struct Writer {
     pub jobs: async_channel::Sender<Job>,
     pub engine: &'static str,
-    /// DEST does not tell upper from lower case ([`DirCache::folds_case`]).
+    /// DEST does not tell upper from lower case ([`DirCache::probe`]).
     pub folds_case: bool,
     threads: Vec<JoinHandle<()>>,
     dirs: Arc<DirCache>,
@@ -422,7 +529,7 @@ pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<W
     if opts.fsync {
         dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
     }
-    let folds_case = dirs.folds_case();
+    let folds_case = dirs.probe();
     let dirs = Arc::new(dirs);
     let (tx, rx) = async_channel::bounded(opts.hand_off.max(1));
     let new_ring = || {
@@ -560,6 +667,11 @@ pub struct DirCache {
     cap: usize,
     /// `--fsync`: directories that received files, synced at the end.
     touched: Option<Mutex<std::collections::HashSet<String>>>,
+    /// The change time of a file created in DEST as the writer started, by the file system's
+    /// own clock (which on a network mount is the server's): a file changed at or after it
+    /// was written during this run ([`rename_into_place`]). `None` until probed, or when the
+    /// probe could not be made.
+    started: Option<(i64, u64)>,
 }
 
 impl DirCache {
@@ -570,16 +682,16 @@ impl DirCache {
         let runs = RunLock::take(&root);
         remove_stale_temps(&root, "", &runs);
         runs.remove_dead_locks();
-        Ok(DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None })
+        Ok(DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None, started: None })
     }
 
-    /// Whether DEST's file system takes a name in other case for the same file (exFAT, vfat,
-    /// SMB, a casefold directory): a temporary is created under its lower-case name, then
-    /// under its upper-case one, which such a file system refuses as existing. (Comparing
-    /// inode numbers would not do: a path-based FUSE file system numbers each name it is
-    /// asked for.) `false` when the probe cannot be made; the files will then fail on their
-    /// own, naming the cause.
-    pub fn folds_case(&self) -> bool {
+    /// Probes DEST with a temporary: records the file system's time now ([`DirCache::started`])
+    /// and says whether it takes a name in other case for the same file (exFAT, vfat, SMB, a
+    /// casefold directory). The temporary is created under its lower-case name, then under its
+    /// upper-case one, which such a file system refuses as existing. (Comparing inode numbers
+    /// would not do: a path-based FUSE file system numbers each name it is asked for.) `false`
+    /// when the probe cannot be made; the files will then fail on their own, naming the cause.
+    pub fn probe(&mut self) -> bool {
         let lower = tmp_name(u64::MAX);
         let Ok(upper) = CString::new(lower.to_bytes().to_ascii_uppercase()) else { return false };
         let create = |name: &CString| {
@@ -588,9 +700,8 @@ impl DirCache {
         };
         let remove =
             |name: &CString| rustix::fs::unlinkat(self.root.as_fd(), name.as_c_str(), rustix::fs::AtFlags::empty());
-        if create(&lower).is_err() {
-            return false;
-        }
+        let Ok(fd) = create(&lower) else { return false };
+        let started = rustix::fs::fstat(&fd).ok().map(|st| (st.st_ctime, st.st_ctime_nsec));
         let folds = match create(&upper) {
             Ok(_) => {
                 let _ = remove(&upper);
@@ -598,7 +709,9 @@ impl DirCache {
             }
             Err(e) => e == Errno::EXIST,
         };
+        drop(fd);
         let _ = remove(&lower);
+        self.started = started;
         folds
     }
 
@@ -897,8 +1010,9 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64, fsync: bool)
             false => Ok(()),
         })
         .and_then(|()| {
-            rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), final_name)
-                .map_err(|e| reason("cannot rename into place", e.raw_os_error()))
+            let renamed = rename_new(&dir, &tmp, final_name);
+            let size = job.body.len() as u64;
+            settle_rename(renamed, dirs, (&dir, &tmp, final_name), size, &job.meta, &|| job.target.rel_path())
         });
     drop(file);
     if result.is_err() {

@@ -14,7 +14,8 @@
 //!    WRITE(slot, body[chunk], offset) …                            IO_LINK
 //!    CLOSE(slot)
 //!    — all completed and succeeded: utimensat(dirfd, tmp, LastModified) on this thread —
-//! 2. RENAMEAT(dirfd, tmp → dirfd, final)
+//! 2. RENAMEAT(dirfd, tmp → dirfd, final, RENAME_NOREPLACE); a file found there is settled
+//!    on this thread, as the thread writer does (`super::replace_existing`)
 //! ```
 //!
 //! - The rename is pushed only after the whole first chain succeeded and the temporary has
@@ -450,7 +451,10 @@ impl Loop<'_> {
         while let Some(slot) = self.to_rename.pop() {
             let Some(e) = self.slab.get(slot as usize).and_then(Option::as_ref) else { continue };
             let dirfd = types::Fd(e.dir.as_fd().as_raw_fd());
+            // Never over a file (see `super::rename_new`): `RENAME_NOREPLACE` unless refused.
+            let flags = if super::noreplace() { libc::RENAME_NOREPLACE } else { 0 };
             let sqe = opcode::RenameAt::new(dirfd, e.tmp.as_ptr(), dirfd, e.name.as_ptr())
+                .flags(flags)
                 .build()
                 .user_data((u64::from(slot) << 8) | OP_RENAME);
             self.push_chain(&[sqe]);
@@ -526,6 +530,25 @@ impl Loop<'_> {
                     });
                 }
                 OP_RENAME if res == 0 => e.renamed = true,
+                OP_RENAME if res == -libc::EEXIST || res == -libc::EINVAL => {
+                    // Rare: settled here, synchronously, as the thread writer does.
+                    let (dir, tmp) = (&e.dir, &e.tmp);
+                    let name = e.job.target.file_name().unwrap_or_default();
+                    let renamed = match res {
+                        r if r == -libc::EEXIST => Ok(super::Renamed::Exists),
+                        r => super::noreplace_refused(rustix::io::Errno::from_raw_os_error(-r), || {
+                            rustix::fs::renameat(dir.as_fd(), tmp.as_c_str(), dir.as_fd(), name)
+                        }),
+                    };
+                    let size = e.job.body.len() as u64;
+                    let rel = || target.rel_path();
+                    match super::settle_rename(renamed, self.dirs, (dir, tmp, name), size, &e.job.meta, &rel) {
+                        Ok(()) => e.renamed = true,
+                        Err(reason) => {
+                            e.err.get_or_insert(reason);
+                        }
+                    }
+                }
                 OP_CLOSE if res >= 0 => e.closed = true,
                 OP_CLOSE if res < 0 && e.open_ok => {
                     e.err.get_or_insert_with(|| io_reason("cannot close", &target.rel_path(), -res));
