@@ -416,6 +416,17 @@ pub(crate) fn settle_rename(
     match renamed {
         Ok(Renamed::Done) => Ok(()),
         Ok(Renamed::Exists) => replace_existing(dirs, (dir, tmp, name), size, meta, rel),
+        // The temporary is there, so the name is what the file system refused: exFAT through
+        // FUSE says ENOENT, vfat EINVAL, either of which alone reads as nonsense here.
+        Err(Errno::NOENT | Errno::INVAL)
+            if rustix::fs::statat(dir.as_fd(), tmp, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() =>
+        {
+            Err(format!(
+                "cannot rename into place '{}': the file system at DEST does not accept this name (exFAT, vfat \
+                 and SMB refuse \" * : < > ? \\ | and control characters)",
+                rel()
+            ))
+        }
         Err(e) => Err(io_reason("cannot rename into place", &rel(), e.raw_os_error())),
     }
 }

@@ -530,7 +530,7 @@ impl Loop<'_> {
                     });
                 }
                 OP_RENAME if res == 0 => e.renamed = true,
-                OP_RENAME if res == -libc::EEXIST || res == -libc::EINVAL => {
+                OP_RENAME if res < 0 && res != -libc::ECANCELED => {
                     // Rare: settled here, synchronously, as the thread writer does.
                     let (dir, tmp) = (&e.dir, &e.tmp);
                     let name = e.job.target.file_name().unwrap_or_default();
