@@ -698,13 +698,19 @@ impl DirCache {
 
     /// Probes DEST with a temporary: records the file system's time now ([`DirCache::started`])
     /// and says whether it takes a name in other case for the same file (exFAT, vfat, SMB, a
-    /// casefold directory). The temporary is created under its lower-case name, then under its
-    /// upper-case one, which such a file system refuses as existing. (Comparing inode numbers
-    /// would not do: a path-based FUSE file system numbers each name it is asked for.) `false`
-    /// when the probe cannot be made; the files will then fail on their own, naming the cause.
+    /// casefold directory). The temporary is created, then created again under the same name
+    /// with its sequence number's hex letters in upper case, which such a file system refuses
+    /// as existing. (Comparing inode numbers would not do: a path-based FUSE file system
+    /// numbers each name it is asked for.) `false` when the probe cannot be made; the files
+    /// will then fail on their own, naming the cause.
     pub fn probe(&mut self) -> bool {
+        // Only the sequence number changes case (`…ffff` → `…FFFF`): the name stays one of this
+        // run's temporaries, which a later run removes if this one is killed here.
         let lower = tmp_name(u64::MAX);
-        let Ok(upper) = CString::new(lower.to_bytes().to_ascii_uppercase()) else { return false };
+        let mut upper = lower.to_bytes().to_vec();
+        let seq_at = upper.len() - 16;
+        upper[seq_at..].make_ascii_uppercase();
+        let Ok(upper) = CString::new(upper) else { return false };
         let create = |name: &CString| {
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
             rustix::fs::openat(self.root.as_fd(), name.as_c_str(), flags, Mode::from_raw_mode(0o600))
