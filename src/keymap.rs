@@ -156,14 +156,14 @@ pub fn map_key(rel_key: &str) -> Result<Target, KeyRefused> {
 }
 
 /// For a DEST whose file system does not tell upper from lower case: each file admitted so
-/// far, as a hash of its lower-cased path and a hash of its exact path: 17–36 bytes a file in
-/// the table, not the names, so a run of millions of keys stays small. A second key whose file would be the
-/// same file there is refused rather than renamed over the first. Lower-casing is the common
-/// part of what such file systems fold (exFAT and SMB up-case by a table, casefold
-/// directories also normalise Unicode); a pair it does not join still lands on two names
-/// wherever the file system keeps them apart. Two different paths with equal 64-bit hashes
-/// (about one chance in 10^7 at a million files) would fail the second one with this same
-/// explanation, never lose it.
+/// far, as a hash of its lower-cased path and a hash of its exact path (17–36 bytes a file in
+/// the table, not the names, so a run of millions of keys stays small). A second key whose
+/// file would be the same file there is refused rather than renamed over the first.
+/// Lower-casing is the common part of what such file systems fold (exFAT and SMB up-case by a
+/// table, casefold directories also normalise Unicode); a pair it does not join is caught at
+/// the rename instead (`writer::replace_existing`). Two different paths with equal 64-bit
+/// hashes (about 3 chances in 10^8 at a million files) would fail the second one with this
+/// same explanation, never lose it.
 #[derive(Debug, Default)]
 pub struct CaseGuard {
     seen: std::collections::HashMap<u64, u64>,

@@ -327,18 +327,7 @@ impl Mount {
         }
         Ok(Mount { path: path.to_owned(), device: Some(device) })
     }
-}
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        self.unmount();
-        if let Some(device) = &self.device {
-            let _ = std::process::Command::new("losetup").arg("-d").arg(device).status();
-        }
-    }
-}
-
-impl Mount {
     fn unmount(&self) {
         // An exited process's io_uring is torn down asynchronously by the kernel, so the
         // mount can stay busy for a moment: retry, then detach lazily.
@@ -354,6 +343,15 @@ impl Mount {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+        if let Some(device) = &self.device {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(device).status();
+        }
     }
 }
 

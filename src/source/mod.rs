@@ -1,9 +1,9 @@
 //! Where keys come from — a ListObjectsV2 listing (sequential, or parallel over key ranges),
 //! a `--keys-from` file, an S3 Inventory (`--manifest`) — and which of them are admitted:
 //! under the prefix, selected (`--include`/`--exclude`, `--shard`), not archived, a safe
-//! path ([`crate::keymap`]), not the same file as a key before it on a DEST that does not tell
-//! case apart ([`crate::keymap::CaseGuard`]), not already at DEST ([`crate::existing`]). Admitted keys go into
-//! the key queue a page at a time ([`crate::queue`]).
+//! path ([`crate::keymap`]), not the same file as a key before it on a DEST that does not
+//! tell case apart ([`crate::keymap::CaseGuard`]), not already at DEST ([`crate::existing`]).
+//! Admitted keys go into the key queue a page at a time ([`crate::queue`]).
 
 pub mod inventory;
 mod keys_file;

@@ -388,7 +388,7 @@ pub(crate) fn rename_new(dir: &OwnedFd, tmp: &std::ffi::CStr, name: &str) -> Res
 
 /// `RENAME_NOREPLACE` failed with `e`: if that may be the flag itself being refused, the plain
 /// rename decides, and its success means the file system does not take the flag (remembered
-/// for the run). A name the file system refuses (EINVAL on exFAT for `a:b`) fails both ways.
+/// for the run). A name the file system refuses (EINVAL on vfat for `a:b`) fails both ways.
 pub(crate) fn noreplace_refused(e: Errno, plain: impl FnOnce() -> Result<(), Errno>) -> Result<Renamed, Errno> {
     if !matches!(e, Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) {
         return Err(e);
