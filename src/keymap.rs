@@ -161,7 +161,7 @@ pub fn map_key(rel_key: &str) -> Result<Target, KeyRefused> {
 /// file would be the same file there is refused rather than renamed over the first.
 /// Lower-casing is the common part of what such file systems fold (exFAT and SMB up-case by a
 /// table, casefold directories also normalise Unicode); a pair it does not join is caught at
-/// the rename instead (`writer::replace_existing`). Two different paths with equal 64-bit
+/// the rename instead (`writer::settle_rename`). Two different paths with equal 64-bit
 /// hashes (about 3 chances in 10^8 at a million files) would fail the second one with this
 /// same explanation, never lose it.
 #[derive(Debug, Default)]

@@ -16,7 +16,7 @@
 //! - **Never over another key's file.** The rename asks for `RENAME_NOREPLACE`; a file found
 //!   at the name is replaced only if it changed before this run started (by the file
 //!   system's clock) or holds the same object, and otherwise the key fails
-//!   ([`replace_existing`]): on a directory that ignores case or Unicode normalisation, or
+//!   ([`settle_rename`]): on a directory that ignores case or Unicode normalisation, or
 //!   beside another program, two keys never silently become one file.
 //! - **Another run's temporaries are its own.** The run id is random (not a pid, which
 //!   repeats across containers and hosts); while it runs, the run holds an `flock` on
@@ -368,7 +368,7 @@ static NOREPLACE_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::Ato
 /// What a rename into place found at the final name.
 pub(crate) enum Renamed {
     Done,
-    /// `RENAME_NOREPLACE` found something there: see [`replace_existing`].
+    /// `RENAME_NOREPLACE` found something there: see [`settle_rename`].
     Exists,
 }
 
@@ -404,7 +404,9 @@ pub(crate) fn noreplace() -> bool {
 }
 
 /// Where a rename into place ended: done, refused with the rename's error, or a file found at
-/// the name, which [`replace_existing`] settles.
+/// the name. That file is replaced if it was there before this run (a stale copy the
+/// existing-file check chose to fetch again, or `--overwrite`) or holds this same object (a
+/// key listed twice); otherwise the key fails ([`written_by_another`]).
 pub(crate) fn settle_rename(
     renamed: Result<Renamed, Errno>,
     dirs: &DirCache,
@@ -413,47 +415,45 @@ pub(crate) fn settle_rename(
     meta: &Meta,
     rel: &dyn Fn() -> String,
 ) -> Result<(), String> {
-    match renamed {
-        Ok(Renamed::Done) => Ok(()),
-        Ok(Renamed::Exists) => replace_existing(dirs, (dir, tmp, name), size, meta, rel),
-        // The temporary is there, so the name is what the file system refused: exFAT through
-        // FUSE says ENOENT, vfat EINVAL, either of which alone reads as nonsense here.
-        Err(Errno::NOENT | Errno::INVAL)
-            if rustix::fs::statat(dir.as_fd(), tmp, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() =>
-        {
-            Err(format!(
-                "cannot rename into place '{}': the file system at DEST does not accept this name (exFAT, vfat \
-                 and SMB refuse \" * : < > ? \\ | and control characters)",
+    let refused = match renamed {
+        Ok(Renamed::Done) => return Ok(()),
+        Ok(Renamed::Exists) if written_by_another(dirs, dir, name, size, meta) => {
+            return Err(format!(
+                "a file appeared at '{}' during this run: another key the file system takes for the same name (a \
+                 directory that ignores case or Unicode normalisation), or another program; not replaced",
                 rel()
-            ))
+            ));
         }
-        Err(e) => Err(io_reason("cannot rename into place", &rel(), e.raw_os_error())),
+        Ok(Renamed::Exists) => match rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    // The temporary is there, so the name is what the file system refused: exFAT through
+    // FUSE says ENOENT, vfat EINVAL, either of which alone reads as nonsense here.
+    let tmp_there = || rustix::fs::statat(dir.as_fd(), tmp, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    if matches!(refused, Errno::NOENT | Errno::INVAL) && tmp_there() {
+        return Err(format!(
+            "cannot rename into place '{}': the file system at DEST does not accept this name (exFAT, vfat and \
+             SMB refuse \" * : < > ? \\ | and control characters)",
+            rel()
+        ));
     }
+    Err(io_reason("cannot rename into place", &rel(), refused.raw_os_error()))
 }
 
-/// A file is at `name` already: replace it with `tmp` if it was there before this run (a
-/// stale copy the existing-file check chose to fetch again, or `--overwrite`) or holds this
-/// same object (a key listed twice); refuse if it was written during this run by anything
-/// else. That is another key that the file system takes for the same name (a directory that
+/// Whether the regular file at `name` was written during this run (changed at or after the
+/// start probe, by the file system's clock) and holds another object than the one of `size`
+/// and `meta`: another key that the file system takes for the same name (a directory that
 /// ignores case or Unicode normalisation, which the [`crate::keymap::CaseGuard`] does not
-/// see), or another program: replacing it would silently lose that file. Not a regular
-/// file: the plain rename's own error (a directory in the way) says what is there.
-fn replace_existing(
-    dirs: &DirCache,
-    (dir, tmp, name): (&OwnedFd, &std::ffi::CStr, &str),
-    size: u64,
-    meta: &Meta,
-    rel: &dyn Fn() -> String,
-) -> Result<(), String> {
-    let replace = || {
-        rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name)
-            .map_err(|e| io_reason("cannot rename into place", &rel(), e.raw_os_error()))
-    };
-    let Ok(st) = rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return replace() };
-    let changed = (st.st_ctime, st.st_ctime_nsec);
-    let during_run = dirs.started.is_some_and(|started| changed >= started);
+/// see), or another program. Replacing it would silently lose that file. Anything else at
+/// the name (a directory in the way) is left to the plain rename's own error.
+fn written_by_another(dirs: &DirCache, dir: &OwnedFd, name: &str, size: u64, meta: &Meta) -> bool {
+    let Ok(st) = rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return false };
+    let during_run = dirs.started.is_some_and(|started| (st.st_ctime, st.st_ctime_nsec) >= started);
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile || !during_run {
-        return replace();
+        return false;
     }
     let same_object = st.st_size as u64 == size
         && match (&meta.etag, crate::existing::kept_etag(dir, name)) {
@@ -464,14 +464,7 @@ fn replace_existing(
                     == (ts.last_modification.tv_sec, u64::try_from(ts.last_modification.tv_nsec).ok())
             }),
         };
-    if same_object {
-        return replace();
-    }
-    Err(format!(
-        "a file appeared at '{}' during this run: another key the file system takes for the same name (a \
-         directory that ignores case or Unicode normalisation), or another program; not replaced",
-        rel()
-    ))
+    !same_object
 }
 
 /// Writes all of `buf` at `offset` with plain `pwrite` calls.

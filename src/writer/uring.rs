@@ -15,7 +15,7 @@
 //!    CLOSE(slot)
 //!    — all completed and succeeded: utimensat(dirfd, tmp, LastModified) on this thread —
 //! 2. RENAMEAT(dirfd, tmp → dirfd, final, RENAME_NOREPLACE); a file found there is settled
-//!    on this thread, as the thread writer does (`super::replace_existing`)
+//!    on this thread, as the thread writer does (`super::settle_rename`)
 //! ```
 //!
 //! - The rename is pushed only after the whole first chain succeeded and the temporary has
