@@ -116,19 +116,22 @@ fn symlinks_already_in_dest_are_never_followed() {
     }
 }
 
+/// Keys for [`case_pairs_onto_exfat`]: groups that are one file where case is not told apart,
+/// and a name exFAT refuses, as vfat and SMB do.
+const CASE_GROUPS: [&[&str]; 4] = [&["A.txt", "a.txt"], &["Dir/x", "dir/x"], &["dir/y"], &["plain"]];
+const CASE_REFUSED: &str = "at 12:00.txt";
+
+pub fn case_objects() -> Vec<(String, Bytes)> {
+    CASE_GROUPS.iter().flat_map(|g| g.iter()).chain([&CASE_REFUSED]).map(|k| (k.to_string(), content(k, 40))).collect()
+}
+
 /// On a destination that does not tell upper from lower case (exFAT here; also vfat, SMB
 /// shares, casefold directories), `A.txt` and `a.txt` are one file: the second key's rename
-/// would replace the first key's file and both would count as copied. Each such pair must
-/// land once, with the other key failed and named, and a re-run must say so again rather than
-/// report a complete copy. A name the file system refuses fails with a reason that says so.
-#[test]
-fn keys_differing_only_in_case_never_land_on_one_file_of_a_case_insensitive_dest() {
-    let groups: [&[&str]; 4] = [&["A.txt", "a.txt"], &["Dir/x", "dir/x"], &["dir/y"], &["plain"]];
-    // exFAT also refuses some characters in names, as vfat and SMB do.
-    let refused = "at 12:00.txt";
-    let objs: Vec<(String, Bytes)> =
-        groups.iter().flat_map(|g| g.iter()).chain([&refused]).map(|k| (k.to_string(), content(k, 40))).collect();
-    let env = Env::new(vec![bucket("case", objs)]);
+/// would replace the first key's file and both would count as copied. With each engine pair,
+/// copying `source` (holding [`case_objects`]) with `cmd`: each such pair must land once, with
+/// the other key failed and named, and a re-run must say so again rather than report a
+/// complete copy. A name the file system refuses fails with a reason that says so.
+pub fn case_pairs_onto_exfat(cmd: &dyn Fn() -> std::process::Command, source: &str) {
     for engine in engines() {
         let scratch = Scratch::new();
         let dest = scratch.dest();
@@ -138,18 +141,18 @@ fn keys_differing_only_in_case_never_land_on_one_file_of_a_case_insensitive_dest
             Err(why) => return skipped(&format!("cannot mount exFAT (exfatprogs, exfat-fuse, a loop device): {why}")),
         };
         for attempt in ["first run", "re-run"] {
-            let out = run(env.cmd().args(engine.args()).arg("s3://case").arg(&dest));
+            let out = run(cmd().args(engine.args()).arg(source).arg(&dest));
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(1), "{engine}, {attempt}: {err}");
             assert!(err.contains("3 failed"), "{engine}, {attempt}: {err}");
             let line = format!(
-                "failed '{refused}': cannot rename into place '{refused}': the file system at DEST does not accept \
-                 this name"
+                "failed '{CASE_REFUSED}': cannot rename into place '{CASE_REFUSED}': the file system at DEST does \
+                 not accept this name"
             );
             assert!(err.contains(&line), "{engine}, {attempt}: {err}");
             let tree = read_tree(&dest);
             assert!(tree.keys().all(|p| !p.contains(".s3uring-tmp.")), "{engine}, {attempt}: {tree:?}");
-            for group in groups {
+            for group in CASE_GROUPS {
                 let folded = group[0].to_lowercase();
                 let files: Vec<_> = tree.iter().filter(|(p, c)| c.is_some() && p.to_lowercase() == folded).collect();
                 assert_eq!(files.len(), 1, "{engine}, {attempt}, {group:?}: {tree:?}");
@@ -165,6 +168,27 @@ fn keys_differing_only_in_case_never_land_on_one_file_of_a_case_insensitive_dest
             }
         }
     }
+}
+
+#[test]
+fn keys_differing_only_in_case_never_land_on_one_file_of_a_case_insensitive_dest() {
+    let env = Env::new(vec![bucket("case", case_objects())]);
+    case_pairs_onto_exfat(&|| env.cmd(), "s3://case");
+}
+
+/// The same under a request-rate limit that throttles list requests and GETs: a retried
+/// listing page brings its keys to the case guard again.
+#[test]
+fn keys_differing_only_in_case_are_told_apart_under_a_rate_limit() {
+    let config = s3uring::endpoint::EndpointConfig {
+        buckets: vec![bucket("case-limited", case_objects())],
+        rate_limits: vec![s3uring::endpoint::RateLimit::new("", 20.0)],
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    case_pairs_onto_exfat(&|| env.cmd(), "s3://case-limited");
+    let throttled: u64 = env.rate_limit_counts().iter().map(|c| c.throttled + c.others_throttled).sum();
+    assert!(throttled > 0, "the limit never throttled: {:?}", env.rate_limit_counts());
 }
 
 /// A file that something else writes at a key's path while the run fetches that key (another

@@ -136,3 +136,12 @@ fn s3rver_large_objects_in_ranged_parts_verified_empty_objects_and_directory_mar
         assert_same_tree(&read_tree(&scratch.dest()), &want);
     }
 }
+
+/// Keys that differ only in case, listed by s3rver (which keeps them apart in its own
+/// directory), copied onto exFAT, which does not: one of each pair lands, the other fails.
+#[test]
+fn s3rver_keys_differing_only_in_case_onto_a_case_insensitive_dest() {
+    let Some(store) = S3rver::start() else { return };
+    store.fill("case", &crate::keys::case_objects());
+    crate::keys::case_pairs_onto_exfat(&|| store.cmd(), "s3://case");
+}
