@@ -107,6 +107,38 @@ fn throttling_resets_and_short_bodies_are_retried_until_every_object_arrives() {
 }
 
 #[test]
+fn retries_under_max_rate_without_throttling_claim_no_lowered_window() {
+    // --max-rate paces the GETs, so at times none is in flight while one waits for its slot;
+    // that is not throttling, and the retry line must not say GETs in flight were lowered.
+    let objs = objects(600);
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("paced", objs.clone())],
+            faults: Faults { reset: 0.03, ..Faults::default() },
+            ..Default::default()
+        },
+        true,
+    );
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let resets = env.fault_counts().reset;
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--max-rate", "1200", "--retries", "10", "s3://paced"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let err = stderr(&out);
+        assert!(env.fault_counts().reset > resets, "{fetch}: no reset was injected");
+        assert!(
+            err.contains("GET attempts retried (0 throttled by the service, spending no retries; --retries 10"),
+            "{fetch}: {err}"
+        );
+        assert!(!err.contains("lowered"), "{fetch}: {err}");
+    }
+}
+
+#[test]
 fn a_rate_limited_endpoint_loses_no_key_in_either_engine() {
     // Far more GETs in flight than the limit allows (16 at 10 ms are already 1,600/s), and
     // fewer retries than throttling answers: throttling must spend none of them.

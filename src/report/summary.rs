@@ -335,11 +335,17 @@ impl Summary {
         }
         if self.fetch.counts.retries > 0 {
             let f = &self.fetch.counts;
+            // Only throttling lowers the window of GETs in flight. Without it, the fewest GETs
+            // in flight while one waited for its send slot is --max-rate's pacing, not a cut.
+            let lowered = match f.throttled {
+                0 => String::new(),
+                _ => format!("; GETs in flight lowered to {} at the least", f.min_in_flight),
+            };
             let _ = writeln!(
                 s,
-                "{} GET attempts retried ({} throttled by the service, spending no retries; GETs in flight lowered to {} \
-                 at the least; --retries {}, --hedge-after {} ms)",
-                f.retries, f.throttled, f.min_in_flight, self.retries_allowed, self.hedge_after_ms
+                "{} GET attempts retried ({} throttled by the service, spending no retries{lowered}; --retries {}, \
+                 --hedge-after {} ms)",
+                f.retries, f.throttled, self.retries_allowed, self.hedge_after_ms
             );
         }
         self.render_rate_limits(&mut s);
