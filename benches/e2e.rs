@@ -1,9 +1,10 @@
 //! End-to-end benchmark: the real `s3uring` binary restoring generated objects from the
 //! embedded endpoint (`s3uring serve`, a separate process, so client and server CPU are
 //! measured apart) into tmpfs and into a disk directory, with each io engine, repeated and
-//! interleaved so that drift on a shared machine hits every configuration alike. The
-//! `bare-loop` engine is the file system's floor, without S3: this process creating the
-//! same tree with plain syscalls on one thread (temporary name, write, rename).
+//! interleaved so that drift on a shared machine hits every configuration alike (the order
+//! of the runs rotates by one each rep). The `bare-loop` engine is the file system's floor,
+//! without S3: this process creating the same tree with plain syscalls on one thread
+//! (temporary name, write, rename).
 //!
 //! ```text
 //! cargo bench --bench e2e -- [--objects 20000] [--size 4096] [--repeat 5]
@@ -365,12 +366,19 @@ fn main() {
     let mut rows = Vec::new();
     for rep in 0..o.repeat {
         for dest_base in &o.dests {
-            for (engine, (scheme, server)) in
-                o.engines.iter().flat_map(|e| servers.iter().map(move |s| (e, s))).filter(|(e, (scheme, _))| {
-                    // A bare loop needs no endpoint: once per destination.
-                    *e != "bare-loop" || scheme == &o.schemes[0]
-                })
-            {
+            let mut order: Vec<_> = o
+                .engines
+                .iter()
+                .flat_map(|e| servers.iter().map(move |s| (e, s)))
+                // A bare loop needs no endpoint: once per destination.
+                .filter(|(e, (scheme, _))| *e != "bare-loop" || scheme == &o.schemes[0])
+                .collect();
+            // Each rep starts one run further on: no engine always runs first, or always
+            // right after the same one (whose leftovers, a deleted tree or a busy page cache,
+            // would then always fall on it).
+            let shift = rep % order.len().max(1);
+            order.rotate_left(shift);
+            for (engine, (scheme, server)) in order {
                 let engine = &if scheme == "http" { engine.clone() } else { format!("{engine}@{scheme}") };
                 // A fresh directory per run, all removed at the end: deleting a tree between
                 // runs makes ext4's inode allocator crawl over "recently deleted" inodes in
