@@ -405,6 +405,11 @@ struct RateLimitArgs {
     /// Each bucket holds MS milliseconds of its rate: bursts up to that many GETs pass.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     rate_limit_burst_ms: u64,
+    /// Serve at most N GETs at once: a GET arriving while N are being served is answered
+    /// 503 SlowDown at once (a store's concurrency cap; combines with the rate limits and
+    /// --fail-slowdown).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_inflight: Option<u64>,
 }
 
 impl RateLimitArgs {
@@ -877,6 +882,7 @@ async fn serve(args: ServeArgs) -> Exit {
             slow_body: args.faults.slow_body,
         },
         rate_limits: args.limits.rules(),
+        max_inflight: args.limits.max_inflight.map(|n| n as usize),
         sub_second_times: args.sub_second_times,
         ignore_encoding_type: args.ignore_encoding_type,
         clock_offset_s: args.clock_offset,
@@ -913,6 +919,12 @@ async fn serve(args: ServeArgs) -> Exit {
         "served {} GETs; injected: {} SlowDown, {} InternalError, {} resets, {} truncated, {} slow, {} corrupted",
         c.gets, c.slowdown, c.internal, c.reset, c.truncate, c.slow, c.corrupt
     );
+    if let Some(c) = endpoint.inflight_counts() {
+        println!(
+            "in-flight cap {}: {} GETs served, {} answered SlowDown; at most {} served at once",
+            c.cap, c.served, c.refused, c.peak
+        );
+    }
     for r in endpoint.rate_limit_counts() {
         println!(
             "rate limit '{}': {} GETs served, {} answered SlowDown; {} HEAD and list requests served, {} answered SlowDown; GETs served from {:.3} s to {:.3} s; per second: {}",

@@ -1,10 +1,12 @@
 //! What the embedded endpoint does to requests besides serving them: a request-rate limit as
 //! S3 enforces one (a token bucket per key prefix shared by GET, HEAD and LIST requests,
 //! `503 SlowDown` when it is empty, limits that change during a run) and injected faults
-//! (SlowDown, InternalError, resets, cut or corrupted bodies, slow answers), with the counts a
-//! test checks.
+//! (SlowDown, InternalError, resets, cut or corrupted bodies, slow answers), and a cap on GETs
+//! being served at once (as Ceph RGW's `rgw_max_concurrent_requests` or a gateway shedding
+//! load), with the counts a test checks. All three combine: a GET first meets the cap, then its
+//! drawn fault, then its rule's bucket.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -177,6 +179,70 @@ impl Limits {
             .collect();
         all.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         all
+    }
+}
+
+/// At most `cap` GETs served at once: a GET arriving while `cap` are being served is answered
+/// `503 SlowDown` at once (a store shedding load does not make it wait), and takes no token.
+#[derive(Debug)]
+pub(super) struct InflightCap {
+    cap: usize,
+    serving: AtomicUsize,
+    served: AtomicU64,
+    refused: AtomicU64,
+    peak: AtomicUsize,
+}
+
+/// What the in-flight cap let through and refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InflightCounts {
+    pub cap: usize,
+    pub served: u64,
+    pub refused: u64,
+    /// The most GETs served at once.
+    pub peak: usize,
+}
+
+/// A GET's place among those being served, given back when its answer is ready.
+pub(super) struct Serving<'a>(&'a InflightCap);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InflightCap {
+    pub(super) fn new(cap: usize) -> InflightCap {
+        InflightCap {
+            cap,
+            serving: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place for one more GET, or `None` when `cap` are being served.
+    pub(super) fn enter(&self) -> Option<Serving<'_>> {
+        let before = self.serving.fetch_add(1, Ordering::Relaxed);
+        if before >= self.cap {
+            self.serving.fetch_sub(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        Some(Serving(self))
+    }
+
+    pub(super) fn counts(&self) -> InflightCounts {
+        InflightCounts {
+            cap: self.cap,
+            served: self.served.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            peak: self.peak.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -28,8 +28,8 @@
 mod faults;
 mod store;
 
-use faults::{Drawn, Fault, FaultState, Io, Limits};
-pub use faults::{FaultCounts, Faults, RateLimit, RateLimitCounts};
+use faults::{Drawn, Fault, FaultState, InflightCap, Io, Limits};
+pub use faults::{FaultCounts, Faults, InflightCounts, RateLimit, RateLimitCounts};
 use store::build_store;
 
 use std::net::SocketAddr;
@@ -103,6 +103,10 @@ pub struct EndpointConfig {
     /// and list requests that start among them, above its rate are answered `503 SlowDown`.
     /// The longest matching prefix applies.
     pub rate_limits: Vec<RateLimit>,
+    /// At most this many GETs served at once: a GET arriving while that many are being served
+    /// is answered `503 SlowDown` at once (Ceph RGW's `rgw_max_concurrent_requests`, MinIO's
+    /// request cap, a gateway shedding load).
+    pub max_inflight: Option<usize>,
     /// List like a store that ignores `encoding-type=url` (keys always as they are).
     pub ignore_encoding_type: bool,
     /// List `LastModified` with milliseconds, as MinIO and Ceph RGW do (the GET's
@@ -285,6 +289,7 @@ pub struct Endpoint {
     faults: Arc<FaultState>,
     list_faults: Arc<FaultState>,
     limits: Option<Arc<Limits>>,
+    inflight: Option<Arc<InflightCap>>,
 }
 
 impl Endpoint {
@@ -294,6 +299,7 @@ impl Endpoint {
         let faults = store.faults.clone();
         let list_faults = store.list_faults.clone();
         let limits = store.limits.clone();
+        let inflight = store.inflight.clone();
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         if let Some((ak, sk)) = &config.credentials {
             builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
@@ -378,7 +384,7 @@ impl Endpoint {
                 });
             }
         });
-        Ok(Endpoint { addr, https, task, faults, list_faults, limits })
+        Ok(Endpoint { addr, https, task, faults, list_faults, limits, inflight })
     }
 
     /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
@@ -404,6 +410,11 @@ impl Endpoint {
     /// What each rate-limit rule let through and refused so far.
     pub fn rate_limit_counts(&self) -> Vec<RateLimitCounts> {
         self.limits.as_ref().map(|l| l.counts()).unwrap_or_default()
+    }
+
+    /// What the in-flight cap let through and refused so far (`None`: no cap).
+    pub fn inflight_counts(&self) -> Option<InflightCounts> {
+        self.inflight.as_ref().map(|c| c.counts())
     }
 
     /// Changes the rate of the rule for `prefix` now (0: unlimited); false if there is none.

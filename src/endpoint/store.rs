@@ -17,7 +17,7 @@ use s3s::dto::{
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
-use super::faults::{Drawn, Fault, FaultState, Limits};
+use super::faults::{Drawn, Fault, FaultState, InflightCap, Limits};
 use super::{Contents, EndpointConfig, MAX_KEYS, generated_range};
 
 /// Generated objects above this size get a multipart-style ETag (`"…-N"`, as S3 gives
@@ -88,6 +88,7 @@ pub(super) struct MemS3 {
     archived: HashMap<String, (String, bool)>,
     versions: HashMap<(String, String), Bytes>,
     pub(super) limits: Option<Arc<Limits>>,
+    pub(super) inflight: Option<Arc<InflightCap>>,
     ignore_encoding_type: bool,
     broken_delimiter_under: Option<String>,
 }
@@ -322,6 +323,14 @@ impl S3 for MemS3 {
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         // The connection layer drew this request's fate (and already handled resets).
         let fault = req.extensions.get::<Drawn>().and_then(|d| d.0);
+        // Over the in-flight cap: refused at once, before any other fate.
+        let _serving = match self.inflight.as_deref().map(InflightCap::enter) {
+            Some(None) => {
+                return Err(s3_error!(SlowDown, "Too many requests in flight; please reduce your request rate."));
+            }
+            Some(serving) => serving,
+            None => None,
+        };
         // A token is taken when the request arrives (a request with an injected fault has
         // that fate alone, and takes none); the answer comes after the latency either way.
         let admitted = fault.is_some() || self.limits.as_ref().is_none_or(|l| l.admit(&req.input.key));
@@ -562,6 +571,7 @@ pub(super) fn build_store(config: &EndpointConfig) -> MemS3 {
         faults: Arc::new(FaultState::new(config.faults.clone())),
         list_faults: Arc::new(FaultState::new(config.list_faults.clone())),
         limits: Limits::new(&config.rate_limits).map(Arc::new),
+        inflight: config.max_inflight.map(|n| Arc::new(InflightCap::new(n))),
         ignore_encoding_type: config.ignore_encoding_type,
         broken_delimiter_under: config.broken_delimiter_under.clone(),
     }
