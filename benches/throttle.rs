@@ -18,6 +18,11 @@
 //! mid-run (`change`): 1,500 GET/s that doubles to 3,000 (S3 splitting a partition), or is
 //! lifted, 5 s after the first GET, with 3 × `--objects` objects; the served GETs per second
 //! tell how soon the rate follows.
+//!
+//! Faults that are not limits (`faults`): each client, each rep, against no fault, 503s at
+//! random (1 %, 5 %), strict buckets of each `--depths` at each limit, a cap on GETs in flight
+//! (`--caps`), and combinations (random 503s or a cap on top of a limit); every row's
+//! objects/s is also given as a share of s3uring's fault-free objects/s of the same rep.
 
 #[path = "common.rs"]
 mod common;
@@ -47,8 +52,14 @@ struct Opts {
     /// Directory for summary.md and raw.csv.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, value_delimiter = ',', default_values = ["limits", "two", "change"])]
+    #[arg(long, value_delimiter = ',', default_values = ["limits", "two", "change", "faults"])]
     sections: Vec<String>,
+    /// Bucket depths (ms of the limit) for the `faults` section.
+    #[arg(long, value_delimiter = ',', default_values_t = [20, 100, 1000])]
+    depths: Vec<u64>,
+    /// Caps on GETs in flight for the `faults` section.
+    #[arg(long, value_delimiter = ',', default_values_t = [128])]
+    caps: Vec<u64>,
 }
 
 /// One rate-limit rule's line: (prefix, served, throttled, first_s, last_s, per second).
@@ -69,6 +80,16 @@ fn rules(lines: &[String]) -> Vec<(String, u64, u64, f64, f64, Vec<u64>)> {
             Some((prefix.to_owned(), served, throttled, first, last, per))
         })
         .collect()
+}
+
+/// `s3uring serve` flags for `--objects` objects of 4 KiB answered after `--latency-ms`, then
+/// `extra`.
+fn serve_args(o: &Opts, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["--objects", &o.objects.to_string(), "--size", "4096", "--latency-ms"].iter().map(|s| s.to_string()).collect();
+    args.push(o.latency_ms.to_string());
+    args.extend_from_slice(extra);
+    args
 }
 
 fn count_files(dir: &Path) -> u64 {
@@ -140,19 +161,7 @@ fn main() {
         let mut rows: Vec<(String, Vec<[f64; 7]>)> = engines.iter().map(|e| (e.clone(), Vec::new())).collect();
         for rep in 0..o.repeat {
             for (engine, runs) in rows.iter_mut() {
-                let server = Server::start(
-                    bin,
-                    &[
-                        "--objects".into(),
-                        o.objects.to_string(),
-                        "--size".into(),
-                        "4096".into(),
-                        "--latency-ms".into(),
-                        o.latency_ms.to_string(),
-                        "--rate-limit".into(),
-                        limit.to_string(),
-                    ],
-                );
+                let server = Server::start(bin, &serve_args(&o, &["--rate-limit".into(), limit.to_string()]));
                 let dest = scratch.join(format!("{limit}-{engine}-{rep}"));
                 let (secs, exit) = client(bin, engine, &server.url, "s3://bench/", &dest);
                 let lines = server.stop();
@@ -246,6 +255,11 @@ fn main() {
     if o.sections.iter().any(|s| s == "change") {
         change(&o, bin, &scratch, &mut report);
     }
+    let faults_csv = if o.sections.iter().any(|s| s == "faults") {
+        faults(&o, bin, &engines, &scratch, &mut report)
+    } else {
+        String::new()
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let versions: Vec<String> = engines
         .iter()
@@ -272,6 +286,9 @@ fn main() {
         std::fs::create_dir_all(out).expect("create --out");
         std::fs::write(out.join("summary.md"), &text).expect("write summary.md");
         std::fs::write(out.join("raw.csv"), raw).expect("write raw.csv");
+        if !faults_csv.is_empty() {
+            std::fs::write(out.join("faults.csv"), faults_csv).expect("write faults.csv");
+        }
     }
 }
 
@@ -331,4 +348,123 @@ fn change(o: &Opts, bin: &str, scratch: &Path, report: &mut String) {
         }
     }
     report.push_str(&table.to_string());
+}
+
+/// One store behaviour of the `faults` section: its name, the endpoint's flags, and the rate
+/// it allows (GET/s), if it limits one.
+struct Behaviour {
+    name: String,
+    args: Vec<String>,
+    allows: Option<f64>,
+}
+
+fn behaviours(o: &Opts) -> Vec<Behaviour> {
+    let b = |name: String, args: &[String], allows: Option<f64>| Behaviour { name, args: args.to_vec(), allows };
+    let mut all = vec![b("none".into(), &[], None)];
+    for p in [0.01, 0.05] {
+        all.push(b(format!("random {} %", p * 100.0), &["--fail-slowdown".into(), p.to_string()], None));
+    }
+    for &limit in &o.limits {
+        for &depth in &o.depths {
+            let args = ["--rate-limit".into(), limit.to_string(), "--rate-limit-burst-ms".into(), depth.to_string()];
+            all.push(b(format!("L {limit}, depth {depth} ms"), &args, Some(limit as f64)));
+        }
+    }
+    for &cap in &o.caps {
+        let allows = cap as f64 * 1000.0 / o.latency_ms.max(1) as f64;
+        all.push(b(format!("cap {cap} in flight"), &["--max-inflight".into(), cap.to_string()], Some(allows)));
+    }
+    if let Some(&limit) = o.limits.last() {
+        let rate = ["--rate-limit".to_owned(), limit.to_string()];
+        let noisy = [&rate[..], &["--fail-slowdown".into(), "0.01".into()]].concat();
+        all.push(b(format!("L {limit} + random 1 %"), &noisy, Some(limit as f64)));
+        if let Some(&cap) = o.caps.first() {
+            let capped = [&rate[..], &["--max-inflight".into(), cap.to_string()]].concat();
+            let allows = (limit as f64).min(cap as f64 * 1000.0 / o.latency_ms.max(1) as f64);
+            all.push(b(format!("L {limit} + cap {cap}"), &capped, Some(allows)));
+        }
+    }
+    all
+}
+
+/// The endpoint's count of GETs and of those answered 503 for any reason (injected, over a
+/// rate limit, over the in-flight cap), from what `s3uring serve` prints when stopped.
+fn answered_503(lines: &[String]) -> (u64, u64) {
+    let num = |s: &str| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let mut gets = 0;
+    let mut refused = 0;
+    for l in lines {
+        if let Some(rest) = l.strip_prefix("served ") {
+            gets = num(rest);
+            refused += rest.split_once("injected: ").map_or(0, |(_, r)| num(r));
+        } else if let Some((_, rest)) = l.split_once("GETs served, ") {
+            refused += num(rest);
+        }
+    }
+    (gets, refused)
+}
+
+/// Faults that are not limits: each client against each store behaviour; the raw rows as CSV.
+fn faults(o: &Opts, bin: &str, engines: &[String], scratch: &Path, report: &mut String) -> String {
+    let all = behaviours(o);
+    let mut raw = String::from("behaviour,engine,rep,secs,objects_per_s,of_fault_free,gets,answered_503,failed,exit\n");
+    // [behaviour][engine] → runs of [objects/s, share of fault-free, GETs, 503s, failed, exit].
+    let mut runs = vec![vec![Vec::<[f64; 6]>::new(); engines.len()]; all.len()];
+    for rep in 0..o.repeat {
+        let mut fault_free = 0.0;
+        for (bi, b) in all.iter().enumerate() {
+            for (ei, engine) in engines.iter().enumerate() {
+                let server = Server::start(bin, &serve_args(o, &b.args));
+                let dest = scratch.join(format!("faults-{bi}-{engine}-{rep}"));
+                let (secs, exit) = client(bin, engine, &server.url, "s3://bench/", &dest);
+                let (gets, refused) = answered_503(&server.stop());
+                let files = count_files(&dest);
+                let ops = files as f64 / secs;
+                if bi == 0 && engine == "s3uring" {
+                    fault_free = ops;
+                }
+                let failed = o.objects.saturating_sub(files);
+                let row = [ops, ops / fault_free.max(1.0), gets as f64, refused as f64, failed as f64, exit as f64];
+                eprintln!("faults: {} {engine} rep {rep}: {row:?}", b.name);
+                raw.push_str(&format!(
+                    "{},{engine},{rep},{secs:.3},{ops:.0},{:.3},{gets},{refused},{failed},{exit}\n",
+                    b.name, row[1]
+                ));
+                runs[bi][ei].push(row);
+            }
+        }
+    }
+    let mut table = Table::new(&[
+        "store behaviour",
+        "client",
+        "objects/s",
+        "÷ s3uring fault-free",
+        "% of what it allows",
+        "503s (% of GETs)",
+        "failed keys",
+        "exit",
+    ]);
+    for (b, per_engine) in all.iter().zip(&runs) {
+        for (engine, rows) in engines.iter().zip(per_engine) {
+            let m = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+            let allowed = b.allows.map_or("".to_owned(), |a| format!("{:.1} %", 100.0 * m(0) / a));
+            let exits: Vec<String> = rows.iter().map(|r| format!("{}", r[5])).collect();
+            table.row(&[
+                b.name.clone(),
+                engine.clone(),
+                format!("{:.0}", m(0)),
+                format!("{:.2}", m(1)),
+                allowed,
+                format!("{:.1} %", 100.0 * m(3) / m(2).max(1.0)),
+                format!("{:.0} (worst)", rows.iter().map(|r| r[4]).fold(0.0, f64::max)),
+                exits.join(","),
+            ]);
+        }
+    }
+    report.push_str(&format!(
+        "\nFaults that are not limits ({} objects, medians of {}; 503s counted by the endpoint):\n\n",
+        o.objects, o.repeat
+    ));
+    report.push_str(&table.to_string());
+    raw
 }

@@ -17,5 +17,6 @@ mod moto;
 mod proxy;
 mod s3rver;
 mod select;
+mod throttle;
 mod tls;
 mod util;

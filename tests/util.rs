@@ -103,6 +103,11 @@ impl Env {
         self.endpoint.as_ref().map(|e| e.rate_limit_counts()).unwrap_or_default()
     }
 
+    /// What the endpoint's in-flight cap let through and refused (`None`: no cap).
+    pub fn inflight_counts(&self) -> Option<s3uring::endpoint::InflightCounts> {
+        self.endpoint.as_ref().and_then(|e| e.inflight_counts())
+    }
+
     /// `s3uring --endpoint-url URL` with credentials in the environment and nothing else
     /// of the machine's AWS configuration.
     pub fn cmd(&self) -> Command {

@@ -46,6 +46,9 @@ use window::{Slot, Window};
 /// First backoff bound; doubles per attempt up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The bound of the jittered pause before a key throttled at random (its partition unlimited)
+/// is tried again.
+const NOISE_BACKOFF: Duration = Duration::from_millis(10);
 /// Objects above this size are not hedged (a second copy of a large body is not cheap).
 const HEDGE_MAX_SIZE: u64 = 8 << 20;
 
@@ -167,15 +170,16 @@ impl Engine {
 
     /// A place in the window of GETs in flight, then the rate limiter's send slot. A part
     /// needs no place (see [`crate::fetch::window`]) unless it is the first range of an object
-    /// of unknown size ([`ByteRange::windowed`]), nor does any GET once the service has
-    /// throttled the run (or `--max-rate` caps it): the limiters then pace GETs and bound
-    /// them in flight, and a paced GET queued behind unlimited ones would miss its slot.
-    /// The send slot comes last, right before sending: a GET that waited for its place
-    /// while the service began to throttle is paced like the rest, not let go unpaced with
-    /// a slot taken before.
+    /// of unknown size ([`ByteRange::windowed`]), nor does a GET of a partition whose limiter
+    /// paces it (or when `--max-rate` caps the run): the limiter then bounds GETs in flight,
+    /// and a paced GET queued behind unlimited ones would miss its slot. A partition that
+    /// is unlimited again (its throttling was found to be noise, or the limit was lifted)
+    /// uses the window again. The send slot comes last, right before sending: a GET that
+    /// waited for its place while the service began to throttle is paced like the rest, not
+    /// let go unpaced with a slot taken before.
     async fn go(&self, lane: &Arc<Limiter>, range: Option<&ByteRange>) -> (Ticket<'_>, Option<Slot<'_>>) {
         let whole = range.is_none_or(|r| r.windowed);
-        let slot = if whole && !self.throttle.engaged() { Some(self.window.acquire().await) } else { None };
+        let slot = if whole && !lane.is_limited() { Some(self.window.acquire().await) } else { None };
         let ticket = self.throttle.acquire(lane.clone()).await;
         (ticket, slot)
     }
@@ -325,7 +329,11 @@ impl Engine {
                     }
                     report.retried(true);
                     tracing::debug!(key, reason = %e.reason, "throttled: trying again");
-                    tokio::time::sleep(backoff(0)).await;
+                    // Under a limit the pause spreads the retries over the limiter's slots;
+                    // where the partition runs unlimited (throttling at random, taken for
+                    // noise) a shorter one keeps a key from waiting long for nothing.
+                    let pause = if lane.is_limited() { backoff(0) } else { NOISE_BACKOFF.mul_f64(fastrand::f64()) };
+                    tokio::time::sleep(pause).await;
                 }
                 Err(e) if e.retry == Retry::No || attempt >= retries => {
                     return Err(if attempt > 0 {

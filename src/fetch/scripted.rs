@@ -211,6 +211,12 @@ async fn throttling_answers_lower_the_rate_and_spend_no_retries() {
     cfg.retries = 0;
     let engine = Engine::with_store(store.clone(), &cfg);
     let report = Report::silent();
+    // A run cuts its rate once it has answers enough to know the throttled fraction before.
+    for i in 0..64 {
+        let key = format!("k{i}");
+        store.put(&key, body(10));
+        engine.fetch(&key, 10, None, cfg.retries, &report).await.expect("no fault");
+    }
     let got = engine.fetch("a", 10, None, cfg.retries, &report).await.expect("throttling is not a failure");
     assert_eq!(got.body, body(10));
     assert_eq!(store.attempts("a"), 4);

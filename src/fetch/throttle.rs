@@ -47,14 +47,29 @@
 //!   its rate (its answers measure the two together). Measured: two prefixes, one limited to
 //!   1,000 GET/s, the other at its speed alone (`benches/throttle.rs`).
 //!
+//! - **Noise is not a limit.** Stores also answer 503 for reasons other than a rate: a gateway
+//!   shedding load, a partition being split, other clients on a shared one. Such answers
+//!   come at the same fraction whatever the rate, and a limiter that cut for each would cut
+//!   to nothing. So every cut is an experiment, judged on the fresh answers after it
+//!   ([`Verdict`], a sequential likelihood-ratio test): were they throttled as often as
+//!   before the cut (noise), or as often as a limit would have them at the new rate (about
+//!   none, once below it)? A cut that changed nothing is undone — the rate goes back to
+//!   where it was, unlimited for a first cut — and the fraction is the noise from then on: a
+//!   measurement cuts only when throttling is well above it, and an unlimited partition
+//!   only when it is more than twice it. A cut after which the fraction dropped stands, and
+//!   bounds the noise from above. Before the first cut a run needs a few dozen answers
+//!   (fewer only when most are throttled), so that the fraction before it is known. Keys
+//!   throttled at random are tried again after a short jittered pause, spending no retries.
+//!
 //! The AWS SDKs' adaptive retry mode also pairs a token bucket with a CUBIC update, but cuts
-//! to 0.7 × a smoothed send rate on every throttling answer, with one bucket per client.
-//! Measuring the accepted fraction lands just under the limit in one step, counting only
-//! fresh answers keeps one overshoot from cutting many times, and partitions keep an
-//! unthrottled prefix at its own speed. What it cannot tell apart: throttling answers that
-//! come at random, whatever the rate, look like a limit below every rate tried.
+//! to 0.7 × a smoothed send rate on every throttling answer, with one bucket per client (so
+//! random 503s cut it to nothing too). Measuring the accepted fraction lands just under the
+//! limit in one step, counting only fresh answers keeps one overshoot from cutting many
+//! times, judging each cut keeps noise from cutting at all, and partitions keep an
+//! unthrottled prefix at its own speed. A cap on requests in flight (a store that refuses
+//! above N at once) is held as the rate it allows, N over the round trip.
 
-use crate::report::{PartitionStats, ThrottleStats};
+use crate::report::{InFlightWhenThrottled, PartitionStats, RandomThrottling, ThrottleStats};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -119,8 +134,47 @@ const TRIAL_TIME: Duration = Duration::from_millis(250);
 /// where all groups share one limit, each trial costs a round trip of throttling answers.
 const TRIAL_BACKOFF: Duration = Duration::from_secs(5);
 const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
+/// Throttling answers are counted by GETs in flight at their send in buckets this wide, up to
+/// this many buckets (the last holds all above).
+const IN_FLIGHT_BUCKET: usize = 4;
+const IN_FLIGHT_BUCKETS: usize = 1024;
 /// Sends are counted in 1 ms slots over this many slots (about a second).
 const RING: usize = 1024;
+/// A cut is judged on at least this many fresh answers after it, and at most this many
+/// (then it stands)…
+const VERDICT_MIN: u64 = 64;
+const VERDICT_MAX: u64 = 1024;
+/// …as soon as one explanation of them is this many times likelier than the other…
+const VERDICT_ODDS: f64 = 20.0;
+/// …or the fraction after it is this many standard errors above the one before (still above
+/// a limit, and further below it than the cut assumed).
+const VERDICT_Z: f64 = 3.0;
+/// A limit lowers the throttled fraction to at most this share of what it was, as a cut
+/// assumes: to the noise, when the cut took the rate below the limit, and less far when the
+/// accepted rate was measured high (a shallow bucket serves bursts).
+const LIMIT_SHARE: f64 = 0.1;
+/// A cut after a measurement with fewer throttling answers is not judged: their fraction is
+/// not known well enough to tell whether it changed.
+const VERDICT_THROTTLED: u64 = 4;
+/// Noise leaves the fraction where it was: not lower by this many standard errors (the
+/// fraction before the cut is known from a few dozen answers only).
+const SAME_Z: f64 = 2.0;
+/// Throttling this common is never taken for noise: a store that refuses this many GETs at any
+/// rate is slowed down all the same (and stops after `--stall-timeout` if it refuses all).
+const NOISE_MAX: f64 = 0.3;
+/// Once noise is known, a measurement expects this many noisy answers (more answers, up to
+/// the maximum, for rarer noise)…
+const PROBE_EXPECTED: f64 = 8.0;
+const PROBE_MAX: u64 = 1024;
+/// …and throttling is above the noise at this many standard deviations (plus one answer):
+/// in a limited partition's measurement, and over the last [`SHORT_WINDOW`] of an unlimited
+/// one (tested at every throttling answer, so with a wider margin).
+const PROBE_Z: f64 = 3.0;
+/// A limited partition's measurement takes at least this much of its throttling for noise
+/// (four throttling answers among 64 are a limit, two are not): a cut on less could not be
+/// judged ([`VERDICT_THROTTLED`]), and rare noise would cut again and again before it is known.
+const NOISE_FLOOR: f64 = 0.005;
+const UNLIMITED_Z: f64 = 3.5;
 
 /// The outcome of one GET attempt, as the limiter sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +204,9 @@ pub struct Throttle {
     /// its slot was sent.
     min_in_flight: AtomicUsize,
     waited_ns: AtomicU64,
+    /// Throttling answers by GETs in flight when they were sent ([`IN_FLIGHT_BUCKET`] per
+    /// bucket): where a cap on GETs in flight shows.
+    throttled_in_flight: Box<[AtomicU64]>,
     /// Milliseconds since `started` of the last successful answer.
     last_ok_ms: AtomicU64,
     throttled: AtomicU64,
@@ -192,6 +249,8 @@ pub struct Ticket<'a> {
     /// It passed a crowded gate: sent among GETs of every group the pipeline had parked,
     /// so its answer is evidence of where throttling comes from (module notes).
     crowded: bool,
+    /// GETs in flight when it was sent, itself included.
+    in_flight: usize,
 }
 
 impl Drop for Ticket<'_> {
@@ -216,6 +275,7 @@ impl Throttle {
             in_flight: AtomicUsize::new(0),
             min_in_flight: AtomicUsize::new(usize::MAX),
             waited_ns: AtomicU64::new(0),
+            throttled_in_flight: (0..IN_FLIGHT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             last_ok_ms: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             trials: Mutex::new(Trials { backoff: TRIAL_BACKOFF, ..Trials::default() }),
@@ -296,7 +356,7 @@ impl Throttle {
             return None;
         }
         let every = srtt.max(Duration::from_millis(5));
-        let limiter = Arc::new(Limiter::new(name.to_owned(), None, self.started));
+        let limiter = Arc::new(Limiter::new(name.to_owned(), None, self.started).with_noise(self.root.noise()));
         limiter.start_doubling(rate, every, now);
         tracing::debug!(partition = %name, rate, "trying a new group on a limiter of its own");
         t.known.insert(name.into());
@@ -368,10 +428,10 @@ impl Throttle {
     pub async fn acquire(&self, lane: Arc<Limiter>) -> Ticket<'_> {
         let asked = Instant::now();
         if !self.engaged.load(Ordering::Relaxed) || !lane.limited.load(Ordering::Acquire) {
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
             lane.sends.record(self.ms(asked));
             let sent = self.engaged.load(Ordering::Relaxed).then_some(asked);
-            return Ticket { throttle: self, limiter: lane, sent, crowded: false };
+            return Ticket { throttle: self, limiter: lane, sent, crowded: false, in_flight };
         }
         lane.waiting.fetch_add(1, Ordering::Relaxed);
         let sent = {
@@ -396,7 +456,13 @@ impl Throttle {
             self.min_in_flight.fetch_min(in_flight, Ordering::Relaxed);
         }
         self.waited_ns.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
-        Ticket { throttle: self, limiter: lane, sent: Some(sent), crowded: waiting >= CROWDED / 2 }
+        Ticket {
+            throttle: self,
+            limiter: lane,
+            sent: Some(sent),
+            crowded: waiting >= CROWDED / 2,
+            in_flight: in_flight + 1,
+        }
     }
 
     /// The answer to the GET that `ticket` let go; `key` names its partition.
@@ -412,6 +478,8 @@ impl Throttle {
         if throttled {
             self.throttled.fetch_add(1, Ordering::Relaxed);
             self.engaged.store(true, Ordering::Relaxed);
+            let bucket = (ticket.in_flight / IN_FLIGHT_BUCKET).min(IN_FLIGHT_BUCKETS - 1);
+            self.throttled_in_flight[bucket].fetch_add(1, Ordering::Relaxed);
         } else {
             self.last_ok_ms.store(ms, Ordering::Relaxed);
         }
@@ -458,8 +526,9 @@ impl Throttle {
         // Each starts at the rate the whole root had (an upper bound of its own limit, which
         // its first measurement finds within a round trip).
         let rate = self.root.state.lock().map_or(MIN_RATE, |s| s.rate(now));
+        let noise = self.root.noise();
         self.add_partitions(hot.into_iter().map(|name| {
-            let limiter = Limiter::new(name.to_string(), self.max_rate, self.started);
+            let limiter = Limiter::new(name.to_string(), self.max_rate, self.started).with_noise(noise);
             limiter.start_at(rate, now);
             tracing::debug!(partition = %name, rate, "throttled partition split off");
             (name, Arc::new(limiter))
@@ -507,18 +576,51 @@ impl Throttle {
                 partitions.push(p);
             }
         };
+        let mut random: Option<RandomThrottling> = None;
+        let mut noise = |l: &Limiter| {
+            if let Some((fraction, undone)) = l.noise_stats() {
+                let r = random.get_or_insert_with(RandomThrottling::default);
+                r.fraction = r.fraction.max(fraction);
+                r.cuts_undone += undone;
+            }
+        };
+        noise(&self.root);
         add(&self.root);
         if let Ok(parts) = self.parts.read() {
             let mut named: Vec<_> = parts.values().collect();
             named.sort_by(|a, b| a.name.cmp(&b.name));
-            named.into_iter().for_each(|l| add(l));
+            for l in named {
+                noise(l);
+                add(l);
+            }
         }
         ThrottleStats {
             throttled: self.throttled.load(Ordering::Relaxed),
             max_rate: self.max_rate,
             limiter_wait_s: self.waited_ns.load(Ordering::Relaxed) as f64 / 1e9,
             partitions,
+            random_503: random,
+            in_flight_when_throttled: self.in_flight_when_throttled(),
         }
+    }
+
+    /// GETs in flight when throttled GETs were sent: the 10th percentile and the median (at
+    /// a bucket's lower bound), once there were a few dozen.
+    fn in_flight_when_throttled(&self) -> Option<InFlightWhenThrottled> {
+        let counts: Vec<u64> = self.throttled_in_flight.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total < 32 {
+            return None;
+        }
+        let at = |q: f64| {
+            let mut seen = 0;
+            let bucket = counts.iter().position(|c| {
+                seen += c;
+                seen as f64 >= q * total as f64
+            });
+            (bucket.unwrap_or(0) * IN_FLIGHT_BUCKET).max(1)
+        };
+        Some(InFlightWhenThrottled { p10: at(0.1), p50: at(0.5) })
     }
 }
 
@@ -531,13 +633,20 @@ pub struct Limiter {
     gate: tokio::sync::Mutex<()>,
     /// GETs sent while unlimited, for the first cut.
     sends: Ring,
+    /// Answers, and throttling answers, while unlimited: the throttled fraction before the
+    /// first cut, and whether a throttling answer is above the noise.
+    answers: Ring,
+    throttles: Ring,
     state: Mutex<State>,
 }
 
 struct State {
     cap: f64,
-    /// CUBIC's `W` (the rate at the last cut / β) and the time of that cut.
+    /// CUBIC's `W` (the rate at the last cut / β, or what was sent before a first cut) and
+    /// the time of that cut.
     w: f64,
+    /// The time from the cut to the plateau at `W`, seconds.
+    k: f64,
     epoch: Option<Instant>,
     /// The last cut or release: answers to GETs sent before it are stale.
     changed: Option<Instant>,
@@ -564,6 +673,116 @@ struct State {
     cuts: u64,
     throttled: u64,
     lowest: f64,
+    /// The throttled fraction that does not depend on the rate (503s at random): learned from
+    /// cuts that did not lower it.
+    noise: f64,
+    /// Fresh answers since the last change, [succeeded, throttled]: what a cut is judged against.
+    stretch: [u64; 2],
+    /// The last cut, until its answers say whether it lowered the throttled fraction.
+    verdict: Option<Verdict>,
+    /// Cuts undone because they did not lower the throttled fraction.
+    undone: u64,
+}
+
+/// A cut being judged: were the answers after it throttled as often as before it (noise), or
+/// as often as a limit would have them at the new rate?
+struct Verdict {
+    /// Fresh answers before the cut, [succeeded, throttled].
+    before: [u64; 2],
+    /// Fresh answers after it.
+    after: [u64; 2],
+    /// The throttled fraction after it if a limit refused what the service did not accept
+    /// before it: the noise, and the share of the new rate above the accepted one (at least
+    /// [`LIMIT_SHARE`] of the fraction before).
+    limit: f64,
+    /// What the cut replaced: `None` when it was the first (the partition was unlimited).
+    curve: Option<Curve>,
+    /// The lowest rate before the cut.
+    lowest: f64,
+}
+
+/// The CUBIC curve's parameters, kept to undo a cut.
+#[derive(Clone, Copy)]
+struct Curve {
+    w: f64,
+    k: f64,
+    epoch: Option<Instant>,
+    doubling: Option<Duration>,
+    trial: bool,
+}
+
+/// What the answers after a cut say about it.
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    Pending,
+    /// The fraction went where a limit would have it: the cut stands.
+    Limit,
+    /// The fraction is the same: throttling at random, whatever the rate. The cut is undone.
+    Noise,
+}
+
+impl Verdict {
+    /// A cut from `from` to `to` GET/s after `before` answers; `noise` is the fraction known to
+    /// be noise.
+    fn new(before: [u64; 2], from: f64, to: f64, noise: f64, curve: Option<Curve>, lowest: f64) -> Verdict {
+        let fraction = before[1] as f64 / (before[0] + before[1]).max(1) as f64;
+        let accepted = from * (1.0 - fraction) / (1.0 - noise);
+        let over = if to > 0.0 { (1.0 - accepted / to).max(0.0) } else { 1.0 };
+        let limit = (noise + (1.0 - noise) * over).max(LIMIT_SHARE * fraction);
+        Verdict { before, after: [0, 0], limit, curve, lowest }
+    }
+
+    /// Judges the cut as its answers come, by the odds of the two explanations (a sequential
+    /// likelihood-ratio test): the fraction before the cut unchanged (noise), or the one a limit
+    /// predicts at the new rate. A fraction clearly higher than before, or too high to be
+    /// noise, is a limit; so is a question still open after [`VERDICT_MAX`] answers.
+    fn judge(&self) -> Judged {
+        let [nb, na] = [self.before[0] + self.before[1], self.after[0] + self.after[1]];
+        let [kb, ka] = [self.before[1], self.after[1]];
+        let (fb, fa) = (kb as f64 / nb.max(1) as f64, ka as f64 / na.max(1) as f64);
+        if na >= PROBE_ANSWERS && fa > NOISE_MAX {
+            // Too often to be noise: still above a limit, measured again at once.
+            return Judged::Limit;
+        }
+        if na < VERDICT_MIN {
+            return Judged::Pending;
+        }
+        let pooled = (kb + ka) as f64 / (nb + na).max(1) as f64;
+        let se = (pooled * (1.0 - pooled) * (1.0 / nb.max(1) as f64 + 1.0 / na as f64)).sqrt();
+        let z = if se > 0.0 { (fa - fb) / se } else { 0.0 };
+        if pooled > NOISE_MAX || z >= VERDICT_Z {
+            return Judged::Limit;
+        }
+        let clamp = |p: f64| p.clamp(1e-3, 1.0 - 1e-3);
+        let (noise, limit) = (clamp(fb), clamp(self.limit));
+        let odds = ka as f64 * (noise / limit).ln() + (na - ka) as f64 * ((1.0 - noise) / (1.0 - limit)).ln();
+        if odds >= VERDICT_ODDS.ln() && z > -SAME_Z {
+            Judged::Noise
+        } else if odds <= -VERDICT_ODDS.ln() || na >= VERDICT_MAX {
+            Judged::Limit
+        } else {
+            Judged::Pending
+        }
+    }
+
+    /// The throttled fraction before and after a cut that changed nothing: the noise.
+    fn pooled(&self) -> f64 {
+        let n = self.before[0] + self.before[1] + self.after[0] + self.after[1];
+        (self.before[1] + self.after[1]) as f64 / n.max(1) as f64
+    }
+
+    /// At most this much of the throttling is noise: the fraction after a cut that was needed,
+    /// with a margin for a small sample (one answer more).
+    fn noise_bound(&self) -> f64 {
+        (self.after[1] + 1) as f64 / (self.after[0] + self.after[1]).max(1) as f64
+    }
+}
+
+/// `k` throttling answers among `n` are more than a throttled fraction of `noise` explains, at
+/// `z` standard deviations (and one answer more: with no noise known, two are a limit).
+fn above_noise(k: u64, n: u64, noise: f64, z: f64) -> bool {
+    let mean = n as f64 * noise;
+    k as f64 > mean + z * (mean * (1.0 - noise)).sqrt() + 1.0
 }
 
 impl Limiter {
@@ -575,9 +794,12 @@ impl Limiter {
             waiting: AtomicUsize::new(0),
             gate: tokio::sync::Mutex::new(()),
             sends: Ring::new(),
+            answers: Ring::new(),
+            throttles: Ring::new(),
             state: Mutex::new(State {
                 cap,
                 w: cap,
+                k: ((1.0 - BETA) / CUBIC_C).cbrt(),
                 epoch: None,
                 changed: None,
                 srtt: Duration::ZERO,
@@ -592,8 +814,31 @@ impl Limiter {
                 cuts: 0,
                 throttled: 0,
                 lowest: f64::INFINITY,
+                noise: 0.0,
+                stretch: [0, 0],
+                verdict: None,
+                undone: 0,
             }),
         }
+    }
+
+    /// The throttled fraction taken for noise (0 until a cut was undone).
+    fn noise(&self) -> f64 {
+        self.state.lock().map_or(0.0, |s| s.noise)
+    }
+
+    /// A limiter split off another starts with what that one learned about the noise: it is
+    /// the store's, not a partition's.
+    fn with_noise(self, noise: f64) -> Limiter {
+        if let Ok(mut s) = self.state.lock() {
+            s.noise = noise;
+        }
+        self
+    }
+
+    /// Paced: its GETs wait for send slots.
+    pub fn is_limited(&self) -> bool {
+        self.limited.load(Ordering::Relaxed)
     }
 
     /// Its gate is crowded: keys of this partition are better parked than waited for.
@@ -641,8 +886,12 @@ impl Limiter {
         crowded: bool,
     ) -> bool {
         let limited = self.limited.load(Ordering::Acquire);
-        if !throttled && !limited {
-            return false;
+        if !limited {
+            self.answers.record(now_ms);
+            if !throttled {
+                return false;
+            }
+            self.throttles.record(now_ms);
         }
         let Ok(mut s) = self.state.lock() else { return false };
         // Only GETs that passed a busy gate: the pipeline then hands it parked keys of every
@@ -674,44 +923,159 @@ impl Limiter {
             return evaluate && child.is_some();
         }
         if !limited {
-            // The first cut: no pacing rate to go by, only what was sent lately.
-            let from = now_ms.saturating_sub(SHORT_WINDOW.as_millis() as u64);
-            let span = (now_ms - from).max(1) as f64 / 1000.0;
-            let recent = self.sends.count(from, now_ms) as f64 / span;
-            s.cut(FIRST_CUT * recent, now);
-            self.limited.store(true, Ordering::Release);
-            tracing::debug!(partition = %self.name, rate = s.w * BETA, "throttled: first rate cut");
+            self.first_cut(&mut s, now, now_ms);
             return child.is_some();
         }
-        match &mut s.probe {
-            None if throttled => s.probe = Some([0, 1]),
-            None => {}
-            Some(p) => {
-                p[usize::from(throttled)] += 1;
-                let [ok, thr] = *p;
-                if ok + thr > PROBE_ANSWERS {
-                    s.probe = None;
-                    if thr > 1 {
-                        // Far above the limit the fraction says little (a bucket that a burst
-                        // left in debt answers nothing for a while): halve, and measure again
-                        // — climbing back by doubling every few round trips, since the limit
-                        // may be anywhere below where the burst went.
-                        let fraction = ok as f64 / (ok + thr) as f64;
-                        let target = BETA * s.rate(now) * fraction.max(0.5);
-                        s.cut(target, now);
-                        if fraction <= 0.5 {
-                            s.doubling = Some((s.srtt * REMEASURE_RTTS).max(MIN_DOUBLING));
-                        }
-                        tracing::debug!(partition = %self.name, rate = target, ok, thr, "throttled: rate cut");
-                    } else if s.doubling.is_some() {
-                        // Near the limit again: on the curve from here.
-                        let rate = s.rate(now);
-                        s.restart(rate, now);
-                    }
-                }
-            }
+        s.stretch[usize::from(throttled)] += 1;
+        // While a cut is judged its answers are not measured again: under throttling at
+        // random, a second cut would come before the first was found useless.
+        if !self.judge_cut(&mut s, throttled, now) {
+            self.measure(&mut s, throttled, now);
         }
         evaluate && child.is_some()
+    }
+
+    /// Counts an answer towards the verdict on the last cut, if one is pending (false if none
+    /// is), and acts on the verdict.
+    fn judge_cut(&self, s: &mut State, throttled: bool, now: Instant) -> bool {
+        let Some(v) = &mut s.verdict else { return false };
+        v.after[usize::from(throttled)] += 1;
+        match v.judge() {
+            Judged::Pending => {}
+            Judged::Limit => {
+                // Below the limit now, the fraction left is the noise at most.
+                let bound = v.noise_bound();
+                let first_and_below = v.curve.is_none() && v.after[1] as f64 <= s.noise * v.after[0] as f64 + 1.0;
+                s.noise = s.noise.min(bound);
+                s.verdict = None;
+                if first_and_below {
+                    // The first cut, a guess, took the rate below the limit, which may be
+                    // anywhere above (a cap on GETs in flight met while their window grew
+                    // looks like a limit at the rate of that moment): climb by doubling
+                    // every few round trips until the next measurement finds it.
+                    let rate = s.rate(now);
+                    s.restart(rate, now);
+                    s.doubling = Some((s.srtt * REMEASURE_RTTS).max(MIN_DOUBLING));
+                }
+            }
+            Judged::Noise => self.undo(s, now),
+        }
+        true
+    }
+
+    /// A throttling answer while unlimited: the first cut, unless it is no more than the noise
+    /// already known, or among the first few dozen answers and not many of them. There is no pacing rate to go by, only what was sent lately: half of it
+    /// (an upper bound), and the measurement that follows sets the rate.
+    fn first_cut(&self, s: &mut State, now: Instant, now_ms: u64) {
+        let from = now_ms.saturating_sub(SHORT_WINDOW.as_millis() as u64);
+        if s.noise > 0.0 {
+            // Tested at every throttling answer over overlapping stretches, and against noise
+            // that was measured once: twice the noise at least. A limit crossed unlimited
+            // throttles far more within milliseconds.
+            let (n, k) = (self.answers.count(from, now_ms), self.throttles.count(from, now_ms));
+            if !above_noise(k, n, 2.0 * s.noise, UNLIMITED_Z) {
+                return;
+            }
+        }
+        // The throttled fraction before the cut: over the last second, or since the last
+        // change if that is more recent. Too few answers to know it (a run that just began)
+        // cut only when throttled too often to be noise.
+        let since = s.changed.map_or(0, |c| self.ms_of(c, now, now_ms));
+        let long = now_ms.saturating_sub(RING as u64 - 1).max(since);
+        let (n, k) = (self.answers.count(long, now_ms), self.throttles.count(long, now_ms));
+        if n < VERDICT_MIN && (n < PROBE_ANSWERS || k as f64 <= NOISE_MAX * n as f64) {
+            return;
+        }
+        let span = (now_ms - from).max(1) as f64 / 1000.0;
+        let recent = self.sends.count(from, now_ms) as f64 / span;
+        let lowest = s.lowest;
+        s.cut(FIRST_CUT * recent, now);
+        // Half of what was sent is a guess: the limit may be anywhere below, or well above (a
+        // shallow bucket refuses a burst long before the rate reaches the limit). The curve
+        // climbs back towards what was sent, not towards the guess, so the next measurement
+        // comes within a second either way.
+        s.plateau(recent);
+        s.verdict = Some(Verdict::new([n.saturating_sub(k), k], recent, FIRST_CUT * recent, s.noise, None, lowest));
+        self.limited.store(true, Ordering::Release);
+        tracing::debug!(partition = %self.name, rate = s.w * BETA, "throttled: first rate cut");
+    }
+
+    /// The millisecond (as counted by the rings) of `t`, given that `now` is `now_ms`.
+    fn ms_of(&self, t: Instant, now: Instant, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(now.saturating_duration_since(t).as_millis() as u64)
+    }
+
+    /// Measures the accepted rate after a fresh throttling answer (module notes) and cuts to
+    /// it when the answers are throttled more than the noise explains. The answers after the
+    /// one that began the measurement are counted: [`PROBE_ANSWERS`] of them, or, when fewer
+    /// than [`NOISE_MAX`] of those were throttled (a limit just crossed, or noise), as many as
+    /// it takes to know the fraction: enough to expect [`PROBE_EXPECTED`] noisy answers, and at
+    /// least [`VERDICT_MIN`], which are also what the cut is judged against.
+    fn measure(&self, s: &mut State, throttled: bool, now: Instant) {
+        let Some(p) = &mut s.probe else {
+            if throttled {
+                s.probe = Some([0, 0]);
+            }
+            return;
+        };
+        p[usize::from(throttled)] += 1;
+        let [ok, thr] = *p;
+        let n = ok + thr;
+        let heavy = thr as f64 > NOISE_MAX * n as f64;
+        let length = if s.noise > 0.0 { (PROBE_EXPECTED / s.noise).ceil() as u64 } else { 0 };
+        if n < PROBE_ANSWERS || (!heavy && n < length.clamp(VERDICT_MIN, PROBE_MAX)) {
+            return;
+        }
+        s.probe = None;
+        if !above_noise(thr, n, s.noise.max(NOISE_FLOOR), PROBE_Z) {
+            if s.doubling.is_some() {
+                // Near the limit again: on the curve from here.
+                let rate = s.rate(now);
+                s.restart(rate, now);
+            }
+            return;
+        }
+        // Far above the limit the fraction says little (a bucket that a burst left in debt
+        // answers nothing for a while): halve, and measure again — climbing back by doubling
+        // every few round trips, since the limit may be anywhere below where the burst went.
+        // The noise is no part of what the limit refused.
+        let fraction = (ok as f64 / n as f64 / (1.0 - s.noise)).min(1.0);
+        let rate = s.rate(now);
+        let target = BETA * rate * fraction.max(0.5);
+        let (curve, lowest, noise) = (s.curve(), s.lowest, s.noise);
+        s.cut(target, now);
+        if fraction <= 0.5 {
+            s.doubling = Some((s.srtt * REMEASURE_RTTS).max(MIN_DOUBLING));
+        } else if !heavy && curve.doubling.is_none() && thr >= VERDICT_THROTTLED {
+            // Few enough to be noise, measured at a steady rate (not while it doubled), and
+            // enough to know their fraction: judged by the answers after the cut.
+            s.verdict = Some(Verdict::new([ok, thr], rate, target, noise, Some(curve), lowest));
+        }
+        tracing::debug!(partition = %self.name, rate = target, ok, thr, "throttled: rate cut");
+    }
+
+    /// The last cut did not lower the throttled fraction: throttling at random, not a limit.
+    /// The curve goes back to where it was (unlimited, for a first cut), and the fraction is
+    /// the noise from now on.
+    fn undo(&self, s: &mut State, now: Instant) {
+        let Some(v) = s.verdict.take() else { return };
+        // A cut that stayed above a limit can pass for noise, with the limit's share in its
+        // fraction: the noise follows a higher fraction only a quarter of the way each time,
+        // and a lower one at once.
+        let pooled = v.pooled();
+        s.noise = if s.noise > 0.0 && pooled > s.noise { s.noise + (pooled - s.noise) / 4.0 } else { pooled };
+        s.cuts = s.cuts.saturating_sub(1);
+        s.undone += 1;
+        s.lowest = v.lowest;
+        tracing::debug!(partition = %self.name, noise = s.noise, "a cut that did not lower the throttled fraction: undone");
+        match v.curve {
+            None => s.release(now, &self.limited),
+            Some(c) => {
+                (s.w, s.k, s.epoch, s.doubling, s.trial) = (c.w, c.k, c.epoch, c.doubling, c.trial);
+                s.changed = Some(now);
+                s.probe = None;
+            }
+        }
     }
 
     /// Starts limited at `rate`.
@@ -737,6 +1101,7 @@ impl Limiter {
     fn settled(&self, now: Instant) -> bool {
         let Ok(s) = self.state.lock() else { return false };
         s.probe.is_none()
+            && s.verdict.is_none()
             && s.changed.is_some_and(|c| now.saturating_duration_since(c) >= (s.srtt * 4).max(SHORT_WINDOW))
     }
 
@@ -745,6 +1110,8 @@ impl Limiter {
         if let Ok(mut s) = self.state.lock() {
             s.changed = Some(now);
             s.probe = None;
+            s.stretch = [0, 0];
+            s.verdict = None;
         }
     }
 
@@ -765,14 +1132,7 @@ impl Limiter {
     /// Unlimited again (up to the cap).
     fn release(&self, now: Instant) {
         if let Ok(mut s) = self.state.lock() {
-            s.epoch = None;
-            s.changed = Some(now);
-            s.probe = None;
-            s.doubling = None;
-            s.trial = false;
-            s.w = s.cap;
-            s.clear_evidence();
-            self.limited.store(s.cap.is_finite(), Ordering::Release);
+            s.release(now, &self.limited);
         }
     }
 
@@ -815,6 +1175,12 @@ impl Limiter {
         Some(hot)
     }
 
+    /// The fraction taken for noise and the cuts undone for it, if any was.
+    fn noise_stats(&self) -> Option<(f64, u64)> {
+        let s = self.state.lock().ok()?;
+        (s.undone > 0).then_some((s.noise, s.undone))
+    }
+
     fn stats(&self) -> Option<PartitionStats> {
         let s = self.state.lock().ok()?;
         if s.cuts == 0 && s.cap.is_infinite() {
@@ -834,6 +1200,24 @@ impl Limiter {
 }
 
 impl State {
+    /// Unlimited again (up to the cap); `limited` is the limiter's flag.
+    fn release(&mut self, now: Instant, limited: &AtomicBool) {
+        self.epoch = None;
+        self.changed = Some(now);
+        self.probe = None;
+        self.doubling = None;
+        self.trial = false;
+        self.w = self.cap;
+        self.verdict = None;
+        self.stretch = [0, 0];
+        self.clear_evidence();
+        limited.store(self.cap.is_finite(), Ordering::Release);
+    }
+
+    fn curve(&self) -> Curve {
+        Curve { w: self.w, k: self.k, epoch: self.epoch, doubling: self.doubling, trial: self.trial }
+    }
+
     fn clear_evidence(&mut self) {
         self.children.clear();
         self.window = None;
@@ -846,7 +1230,7 @@ impl State {
         let t = now.saturating_duration_since(epoch).as_secs_f64();
         let r = match self.doubling {
             Some(every) => self.w * BETA * (t / every.as_secs_f64()).exp2(),
-            None => self.w * (1.0 + CUBIC_C * (t - ((1.0 - BETA) / CUBIC_C).cbrt()).powi(3)),
+            None => self.w * (1.0 + CUBIC_C * (t - self.k).powi(3)),
         };
         if r > RELEASE_ABOVE * self.w {
             return self.cap;
@@ -865,12 +1249,25 @@ impl State {
     fn restart(&mut self, target: f64, now: Instant) -> f64 {
         let target = target.clamp(MIN_RATE.min(self.cap), self.cap);
         self.w = target / BETA;
+        self.k = ((1.0 - BETA) / CUBIC_C).cbrt();
         self.epoch = Some(now);
         self.changed = Some(now);
         self.probe = None;
         self.doubling = None;
         self.trial = false;
+        self.stretch = [0, 0];
+        self.verdict = None;
         target
+    }
+
+    /// The curve, just restarted, climbs to `w` instead of `rate / β`: CUBIC's time to the
+    /// plateau grows with the distance, `K = ∛((1 − rate/w) / C)`.
+    fn plateau(&mut self, w: f64) {
+        let rate = self.w * BETA;
+        if w > rate / BETA && w.is_finite() {
+            self.w = w;
+            self.k = ((1.0 - rate / w) / CUBIC_C).cbrt();
+        }
     }
 
     /// Counts one answer, to a GET sent at `sent`, of a first path component; true when it
@@ -943,24 +1340,36 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     //! The limiter against a simulated service: a token bucket of `limit` GET/s holding
-    //! 0.1 s of it, 10 ms from send to answer, 512 workers that send again as soon as they
-    //! have an answer (a throttled key is sent again, as the fetch loop does). Time is
-    //! virtual: every decision the limiter makes takes the simulated `now`, so these runs are
-    //! exact and take milliseconds.
+    //! 0.1 s of it (or another depth), 503s at random on top of it or a cap on GETs in flight,
+    //! 10 ms from send to answer, 512 workers (or fewer) that send again as soon as they have
+    //! an answer (a throttled key is sent again, as the fetch loop does). Time is virtual:
+    //! every decision the limiter makes takes the simulated `now`, so these runs are exact and
+    //! take milliseconds.
     use super::*;
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
     const LATENCY: f64 = 0.010;
     const WORKERS: usize = 512;
+    /// A store over its in-flight cap answers at once: in this long.
+    const REFUSED_US: u64 = 200;
 
     struct Sim {
         base: Instant,
         limiter: Limiter,
-        /// The service: rate (changeable), tokens, last refill.
+        /// The service: rate (changeable; infinite: no limit), tokens, last refill, and the
+        /// seconds of the rate its bucket holds.
         limit: f64,
         tokens: f64,
         refilled: f64,
+        burst: f64,
+        /// A fraction of GETs answered 503 at random.
+        noise: f64,
+        rng: u64,
+        /// At most this many GETs served at once; how many are.
+        cap: Option<usize>,
+        serving: usize,
+        workers: usize,
         /// [`Throttle`]'s flag: a throttling answer was seen.
         engaged: bool,
         /// Events by time (µs), then order of scheduling.
@@ -975,8 +1384,9 @@ mod tests {
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     enum Event {
-        /// The answer to worker `w`'s GET: sent at, sent while engaged, admitted.
-        Answer { w: usize, sent: u64, engaged: bool, admitted: bool },
+        /// The answer to worker `w`'s GET: sent at, sent while engaged, admitted, and whether
+        /// it took a place among the GETs being served.
+        Answer { w: usize, sent: u64, engaged: bool, admitted: bool, held: bool },
         /// Worker `w` is next at the gate.
         Gate { w: usize },
         /// Worker `w`'s slot has come: it sends and lets the next one at the gate.
@@ -992,8 +1402,14 @@ mod tests {
                 base,
                 limiter: Limiter::new(String::new(), None, base),
                 limit,
-                tokens: limit * 0.1,
+                tokens: if limit.is_finite() { limit * 0.1 } else { 0.0 },
                 refilled: 0.0,
+                burst: 0.1,
+                noise: 0.0,
+                rng: 0x2545_f491_4f6c_dd1d,
+                cap: None,
+                serving: 0,
+                workers: WORKERS,
                 engaged: false,
                 events: BinaryHeap::new(),
                 seq: 0,
@@ -1003,6 +1419,28 @@ mod tests {
             }
         }
 
+        /// The bucket holds `secs` of the rate (full at the start).
+        fn burst(mut self, secs: f64) -> Sim {
+            self.burst = secs;
+            self.tokens = if self.limit.is_finite() { self.limit * secs } else { 0.0 };
+            self
+        }
+
+        fn noise(mut self, p: f64) -> Sim {
+            self.noise = p;
+            self
+        }
+
+        fn cap(mut self, n: usize) -> Sim {
+            self.cap = Some(n);
+            self
+        }
+
+        fn workers(mut self, n: usize) -> Sim {
+            self.workers = n;
+            self
+        }
+
         fn at(&self, us: u64) -> Instant {
             self.base + Duration::from_micros(us)
         }
@@ -1010,6 +1448,14 @@ mod tests {
         fn schedule(&mut self, us: u64, e: Event) {
             self.seq = self.seq.wrapping_add(1);
             self.events.push(Reverse((us, self.seq, e)));
+        }
+
+        /// A uniform number in [0, 1) from the simulation's own sequence.
+        fn uniform(&mut self) -> f64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            (self.rng >> 11) as f64 / (1u64 << 53) as f64
         }
 
         /// Worker `w` wants to send at `us`: at once, or through the gate when limited.
@@ -1032,29 +1478,51 @@ mod tests {
             }
         }
 
-        /// The service decides when the request arrives; the answer comes after the latency.
+        /// The service decides when the request arrives: over the cap it refuses at once;
+        /// else a random 503 (which takes no token) or the bucket decides, and the answer
+        /// comes after the latency.
         fn send(&mut self, w: usize, us: u64) {
+            let engaged = self.engaged;
+            if self.cap.is_some_and(|cap| self.serving >= cap) {
+                self.count(us, false);
+                let answer = Event::Answer { w, sent: us, engaged, admitted: false, held: false };
+                self.schedule(us + REFUSED_US, answer);
+                return;
+            }
+            self.serving += 1;
+            let admitted = if self.uniform() < self.noise { false } else { self.take_token(us) };
+            self.count(us, admitted);
+            let answer = Event::Answer { w, sent: us, engaged, admitted, held: true };
+            self.schedule(us + (LATENCY * 1e6) as u64, answer);
+        }
+
+        fn take_token(&mut self, us: u64) -> bool {
+            if !self.limit.is_finite() {
+                return true;
+            }
             let t = us as f64 / 1e6;
-            let cap = (self.limit * 0.1).max(1.0);
+            let cap = (self.limit * self.burst).max(1.0);
             self.tokens = (self.tokens + self.limit * (t - self.refilled)).min(cap);
             self.refilled = t;
             let admitted = self.tokens >= 1.0;
             if admitted {
                 self.tokens -= 1.0;
             }
+            admitted
+        }
+
+        fn count(&mut self, us: u64, admitted: bool) {
             let second = us as usize / 1_000_000;
             if self.seconds.len() <= second {
                 self.seconds.resize(second + 1, [0, 0]);
             }
             self.seconds[second][usize::from(!admitted)] += 1;
-            let answer = Event::Answer { w, sent: us, engaged: self.engaged, admitted };
-            self.schedule(us + (LATENCY * 1e6) as u64, answer);
         }
 
         /// Runs until `until_us`.
         fn run(&mut self, until_us: u64) {
             if self.events.is_empty() {
-                for w in 0..WORKERS {
+                for w in 0..self.workers {
                     self.want(w, 0);
                 }
             }
@@ -1064,7 +1532,8 @@ mod tests {
                     break;
                 }
                 match event {
-                    Event::Answer { w, sent, engaged, admitted } => {
+                    Event::Answer { w, sent, engaged, admitted, held } => {
+                        self.serving -= usize::from(held);
                         let sent_at = engaged.then(|| self.at(sent));
                         self.engaged |= !admitted;
                         self.limiter.feedback(sent_at, !admitted, self.at(us), us / 1000, None, false);
@@ -1072,9 +1541,11 @@ mod tests {
                             self.want(w, us);
                         } else {
                             // The fetch loop's jittered pause before trying a throttled key
-                            // again: up to 50 ms (a fixed pseudo-random sequence).
+                            // again: up to 50 ms, or 10 ms while unlimited (a fixed
+                            // pseudo-random sequence).
+                            let bound = if self.limiter.limited.load(Ordering::Relaxed) { 50_000 } else { 10_000 };
                             self.seq = self.seq.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                            self.schedule(us + (self.seq >> 33) % 50_000, Event::Retry { w });
+                            self.schedule(us + (self.seq >> 33) % bound, Event::Retry { w });
                         }
                     }
                     Event::Gate { w } => {
@@ -1110,9 +1581,10 @@ mod tests {
             assert!(rate >= 0.95 * limit, "{limit}: {rate:.0} GET/s served from 2 s on: {:?}", sim.seconds);
             assert!(throttled <= 0.03, "{limit}: {:.1} % throttled from 2 s on", throttled * 100.0);
             // The simulation sends all 512 first GETs in the same microsecond, a harsher start
-            // than a real run's (the endpoint bench measures 2-3 % over a whole run).
+            // than a real run's (the endpoint bench measures 2-3 % over a whole run); the
+            // first cut is judged on a few dozen answers before the rate is measured.
             let (_, all) = sim.goodput(0, 12);
-            assert!(all <= 0.08, "{limit}: {:.1} % throttled over the run: {:?}", all * 100.0, sim.seconds);
+            assert!(all <= 0.09, "{limit}: {:.1} % throttled over the run: {:?}", all * 100.0, sim.seconds);
         }
     }
 
@@ -1156,6 +1628,7 @@ mod tests {
         let at = |ms: u64| base + Duration::from_millis(ms);
         for ms in 0..100 {
             l.sends.record(ms);
+            l.feedback(None, false, at(ms), ms, None, false);
         }
         // The first throttling answer cuts; a burst of answers to GETs sent before it does not.
         l.feedback(None, true, at(100), 100, None, false);
@@ -1165,21 +1638,42 @@ mod tests {
         let s = l.state.lock().unwrap();
         assert_eq!(s.cuts, 1);
         assert_eq!(s.throttled, 51);
-        // Half of the recent send rate (1 GET/ms over the last 100 ms).
-        assert!((s.w * BETA - 500.0).abs() < 10.0, "{}", s.w * BETA);
+        // Half of the recent send rate (1 GET/ms over the last 100 ms), climbing back towards
+        // all of it.
+        let rate = s.rate(at(100));
+        assert!((rate - 500.0).abs() < 10.0, "{rate}");
+        assert!((s.w - 1000.0).abs() < 20.0, "{}", s.w);
     }
 
     /// A ticket for a GET of `lane` sent now (as [`Throttle::acquire`] gives one).
     fn ticket(t: &Throttle, lane: Arc<Limiter>) -> Ticket<'_> {
-        t.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ticket { throttle: t, limiter: lane, sent: Some(Instant::now()), crowded: true }
+        let in_flight = t.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        Ticket { throttle: t, limiter: lane, sent: Some(Instant::now()), crowded: true, in_flight }
     }
 
-    /// The root limited by throttling of `a/` keys, long enough ago to count as settled.
+    /// The root limited by throttling of `a/` keys, long enough ago to count as settled: the
+    /// first throttling answer cuts, the answers after the cut, throttled as well, say it
+    /// was a limit, and a measurement after them finds the rate no longer above it.
     fn throttled_by_a() -> Throttle {
         let t = Throttle::new("", None);
+        for i in 0..VERDICT_MIN {
+            let key = format!("a/{i}");
+            t.answered(ticket(&t, t.lane(&key)), &key, Answer::Ok);
+        }
         t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
         assert!(t.root.limited.load(Ordering::Relaxed), "the first throttling answer limits the root");
+        for i in 1..=PROBE_ANSWERS {
+            let key = format!("a/{i}");
+            t.answered(ticket(&t, t.lane(&key)), &key, Answer::Throttled);
+        }
+        assert!(t.root.state.lock().unwrap().verdict.is_none(), "judged a limit");
+        // The next measurement finds the rate near the limit: on the curve from there.
+        t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
+        for i in 0..PROBE_ANSWERS.max(VERDICT_MIN) {
+            let key = format!("a/{i}");
+            t.answered(ticket(&t, t.lane(&key)), &key, Answer::Ok);
+        }
+        assert!(t.root.state.lock().unwrap().doubling.is_none(), "on the curve");
         std::thread::sleep(SHORT_WINDOW + Duration::from_millis(20));
         t
     }
@@ -1229,15 +1723,16 @@ mod tests {
         }
         let s = t.root.state.lock().unwrap();
         assert_eq!(s.cuts, before, "answers during a trial measure the two lanes together: no cut");
-        assert_eq!(s.throttled, 41, "but they are counted");
+        assert_eq!(s.throttled, 2 + PROBE_ANSWERS + 40, "but they are counted");
     }
 
     /// Answers through the root, from GETs sent just before, that passed a crowded gate or
     /// not.
     fn answers(t: &Throttle, crowded: bool, answers: impl Iterator<Item = (String, Answer)>) {
         for (key, answer) in answers {
-            t.in_flight.fetch_add(1, Ordering::Relaxed);
-            let ticket = Ticket { throttle: t, limiter: t.root.clone(), sent: Some(Instant::now()), crowded };
+            let in_flight = t.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            let ticket =
+                Ticket { throttle: t, limiter: t.root.clone(), sent: Some(Instant::now()), crowded, in_flight };
             t.answered(ticket, &key, answer);
         }
     }
@@ -1280,5 +1775,62 @@ mod tests {
         t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
         std::thread::sleep(SHORT_WINDOW + Duration::from_millis(20));
         assert!(Arc::ptr_eq(&t.lane("b/0"), &t.root), "--max-rate caps the whole run with one limiter");
+    }
+
+    /// Runs `sim` for 12 s: GETs served per second from 2 s on, the throttled fraction then,
+    /// and the limiter's state.
+    fn settled(mut sim: Sim) -> (f64, f64, Sim) {
+        sim.run(12_000_000);
+        let (rate, throttled) = sim.goodput(2, 12);
+        (rate, throttled, sim)
+    }
+
+    #[test]
+    fn throttling_at_random_is_not_taken_for_a_limit() {
+        // 200 workers at 10 ms: 20,000 GET/s when nothing holds them back.
+        for p in [0.01, 0.05] {
+            let (rate, throttled, sim) = settled(Sim::new(f64::INFINITY).workers(200).noise(p));
+            let s = sim.limiter.state.lock().unwrap();
+            assert!(rate >= 0.95 * (1.0 - p) * 20_000.0, "{p}: {rate:.0} GET/s served: {:?}", sim.seconds);
+            assert!((throttled - p).abs() < 0.005, "{p}: {:.2} % throttled", throttled * 100.0);
+            assert!(s.undone >= 1 && s.cuts == 0, "{p}: cuts undone {}, standing {}", s.undone, s.cuts);
+            assert!(s.noise > p / 2.0 && s.noise < 2.0 * p, "{p}: noise taken as {}", s.noise);
+            assert!(!sim.limiter.limited.load(Ordering::Relaxed), "{p}: unlimited at the end");
+        }
+    }
+
+    #[test]
+    fn holds_a_limit_whatever_the_depth_of_its_bucket() {
+        for limit in [1500.0, 5500.0] {
+            for depth in [0.02, 0.1, 1.0] {
+                let (rate, throttled, sim) = settled(Sim::new(limit).burst(depth));
+                let s = sim.limiter.state.lock().unwrap();
+                assert!(rate >= 0.95 * limit, "{limit} depth {depth}: {rate:.0} GET/s: {:?}", sim.seconds);
+                assert!(throttled <= 0.03, "{limit} depth {depth}: {:.1} % throttled", throttled * 100.0);
+                assert_eq!(s.undone, 0, "{limit} depth {depth}: a limit is never taken for noise");
+            }
+        }
+    }
+
+    #[test]
+    fn holds_a_cap_on_gets_in_flight_as_the_rate_it_allows() {
+        // 128 in flight at 10 ms: 12,800 GET/s, refused at once above it.
+        let (rate, throttled, sim) = settled(Sim::new(f64::INFINITY).cap(128));
+        assert!(rate >= 0.85 * 12_800.0, "{rate:.0} GET/s: {:?}", sim.seconds);
+        assert!(throttled <= 0.03, "{:.1} % throttled", throttled * 100.0);
+    }
+
+    #[test]
+    fn random_throttling_on_top_of_a_limit_is_held_at_the_limit() {
+        for (p, cap) in [(0.01, None), (0.05, None), (0.0, Some(128))] {
+            let mut sim = Sim::new(5500.0).noise(p);
+            if let Some(cap) = cap {
+                sim = sim.cap(cap);
+            }
+            let (rate, throttled, sim) = settled(sim);
+            assert!(rate >= 0.9 * 5500.0, "{p} {cap:?}: {rate:.0} GET/s: {:?}", sim.seconds);
+            // The noise, and what a measurement takes for it on top.
+            assert!(throttled <= p + 0.06, "{p} {cap:?}: {:.1} % throttled", throttled * 100.0);
+        }
     }
 }

@@ -22,10 +22,11 @@
 //! than needed costs nothing while the rate limiter ([`crate::fetch::throttle`]) or an empty key
 //! queue holds GETs back. `--workers` is its ceiling. Parts of large objects are not in it:
 //! their count is bounded by the byte budget and `--part-concurrency`. The first range of an
-//! object of unknown size is in it: for most such objects it is the whole object. Nor are any GETs
-//! once the service has throttled the run (or `--max-rate` caps it): the rate limiters then
-//! choose send times and bound GETs in flight, and a paced GET queued here behind unlimited
-//! ones would miss its slot.
+//! object of unknown size is in it: for most such objects it is the whole object. Nor are the
+//! GETs of a partition whose rate limiter paces them (or when `--max-rate` caps the run): the
+//! limiter then chooses send times and bounds GETs in flight, and a paced GET queued here
+//! behind unlimited ones would miss its slot. A partition unlimited again (its throttling
+//! was noise, or its limit was lifted) is in the window again.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -12,8 +12,8 @@ mod summary;
 pub use json::stats_json;
 use summary::{CountAtomics, FetchAtomics, VerifyAtomics, WriterAtomics};
 pub use summary::{
-    Counters, Counts, Cpu, Failure, Fetch, FetchCounts, PartitionStats, Summary, ThrottleStats, Throughput,
-    VerifyCounts, Writer, WriterCounts,
+    Counters, Counts, Cpu, Failure, Fetch, FetchCounts, InFlightWhenThrottled, PartitionStats, RandomThrottling,
+    Summary, ThrottleStats, Throughput, VerifyCounts, Writer, WriterCounts,
 };
 
 use std::sync::Mutex;

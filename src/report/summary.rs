@@ -123,6 +123,29 @@ pub struct ThrottleStats {
     pub limiter_wait_s: f64,
     /// The limited partitions at the end of the run (empty when nothing was ever limited).
     pub partitions: Vec<PartitionStats>,
+    /// Throttling answers that came at random, whatever the rate (`null` when none did).
+    pub random_503: Option<RandomThrottling>,
+    /// GETs in flight when the GETs answered with throttling were sent (`null` under 32 such
+    /// answers): a cap on GETs in flight shows as throttling that begins at about N.
+    pub in_flight_when_throttled: Option<InFlightWhenThrottled>,
+}
+
+/// Percentiles of the GETs in flight (this one included) when a throttled GET was sent.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct InFlightWhenThrottled {
+    pub p10: usize,
+    pub p50: usize,
+}
+
+/// Throttling that did not depend on the rate: cuts that did not lower the throttled fraction
+/// were undone, and that fraction is taken for noise.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RandomThrottling {
+    /// The fraction of GETs answered SlowDown/503/429 at any rate (the highest any partition
+    /// measured).
+    pub fraction: f64,
+    /// Rate cuts undone because the fraction stayed the same at the lower rate.
+    pub cuts_undone: u64,
 }
 
 /// One partition's limiter.
@@ -426,6 +449,21 @@ impl Summary {
         }
         if t.partitions.len() > SHOWN {
             let _ = writeln!(s, "({} more rate-limited partitions in --stats-json)", t.partitions.len() - SHOWN);
+        }
+        if let Some(r) = &t.random_503 {
+            let _ = writeln!(
+                s,
+                "random 503s: {:.1} % of GETs answered SlowDown whatever the rate (not a limit: {} rate cuts undone)",
+                100.0 * r.fraction,
+                r.cuts_undone
+            );
+        }
+        if let Some(f) = &t.in_flight_when_throttled {
+            let _ = writeln!(
+                s,
+                "throttled GETs were sent with {} GETs in flight or more (10th percentile; median {}): a cap on GETs in flight shows here",
+                f.p10, f.p50
+            );
         }
         if let Some(max) = t.max_rate {
             let _ = writeln!(s, "--max-rate {max:.0} GET/s");
