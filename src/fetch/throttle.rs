@@ -419,11 +419,6 @@ impl Throttle {
         rest.find('/').map(|i| &key[..self.prefix_len + i + 1])
     }
 
-    /// The service throttled this run (or `--max-rate` caps it): the limiters pace GETs.
-    pub fn engaged(&self) -> bool {
-        self.engaged.load(Ordering::Relaxed)
-    }
-
     /// Waits for a send slot for a GET of `key` in `lane` (from [`Throttle::lane`]).
     pub async fn acquire(&self, lane: Arc<Limiter>) -> Ticket<'_> {
         let asked = Instant::now();

@@ -461,7 +461,7 @@ impl Summary {
         if let Some(f) = &t.in_flight_when_throttled {
             let _ = writeln!(
                 s,
-                "throttled GETs were sent with {} GETs in flight or more (10th percentile; median {}): a cap on GETs in flight shows here",
+                "GETs in flight when a throttled GET was sent: {} or more (10th percentile; median {})",
                 f.p10, f.p50
             );
         }
