@@ -12,6 +12,7 @@ mod killed;
 mod large;
 mod layout;
 mod listing;
+mod lying;
 mod manifest;
 mod moto;
 mod proxy;

@@ -70,6 +70,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 const SMALL_BODY_COPY: usize = 32 * 1024;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// At most this much of a body is allocated ahead of its bytes (by Content-Length); a larger
+/// body grows its buffer as it arrives.
+const PREALLOCATE_MAX: usize = 64 << 20;
 const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
 const USER_AGENT: &str = concat!("s3uring/", env!("CARGO_PKG_VERSION"));
 
@@ -751,7 +754,13 @@ async fn read_body(
             (_, Some(buf)) => buf.extend_from_slice(&data),
             (None, None) => first = Some(data),
             (Some(one), None) => {
-                let cap = content_length.map_or(0, |n| n as usize).min(limit).max(one.len() + data.len());
+                // Content-Length is the server's word, not a size to allocate at once: a
+                // header of 100 TB must fail the key, not abort the process.
+                let cap = content_length
+                    .map_or(0, |n| n as usize)
+                    .min(limit)
+                    .min(PREALLOCATE_MAX)
+                    .max(one.len() + data.len());
                 let mut buf = BytesMut::with_capacity(cap);
                 buf.extend_from_slice(one);
                 buf.extend_from_slice(&data);

@@ -1,0 +1,105 @@
+//! A server that lies: answers no S3 sends must fail the key (or the listing) with a reason and
+//! end the run with its summary and a non-zero exit, never abort the process. The server is a
+//! few lines of HTTP/1.1 on 127.0.0.1 here, since no S3 implementation answers like this.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use crate::util::*;
+
+/// One key, `k`, of 10 bytes (its MD5 as ETag).
+const LISTING: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+    "<Name>lying</Name><Prefix></Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>",
+    r#"<Contents><Key>k</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"781e5e245d69b566979b86e28d23f2c7"</ETag>"#,
+    "<Size>10</Size><StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
+);
+
+/// Starts the server; `get` answers the GET of `k` on the connection (and may close it).
+fn lying_server(get: fn(&mut TcpStream)) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let addr = listener.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(stream, get));
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Answers requests on one connection: list requests with [`LISTING`], the GET of `k` with
+/// `get`, anything else (HeadBucket) with an empty 200.
+fn serve(mut stream: TcpStream, get: fn(&mut TcpStream)) {
+    let Ok(read) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let _ = reader.read_exact(&mut vec![0; length]);
+        let mut words = request.split_whitespace();
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let answer = if method == "GET" && target.contains("list-type=2") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{LISTING}",
+                LISTING.len()
+            )
+        } else if method == "GET" && target.starts_with("/lying/k") {
+            return get(&mut stream);
+        } else {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+        };
+        if stream.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Copies from the server with each fetch engine; the key must fail, named, with the summary
+/// printed, exit 1 and no file at its name.
+fn fails_the_key(url: &str) {
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let mut cmd = bare_cmd();
+        cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+        let out = run(cmd
+            .args(["--endpoint-url", url, "--fetch-engine", fetch, "--list-workers", "1", "--retries", "1"])
+            .args(["--hedge-after", "0", "s3://lying/"])
+            .arg(scratch.dest()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{fetch}: {err}");
+        assert!(err.contains("s3uring: failed 'k': "), "{fetch}: {err}");
+        assert!(err.contains("1 keys listed: 0 files written, 0 directories, 0 skipped, 1 failed"), "{fetch}: {err}");
+        assert!(!scratch.dest().join("k").exists(), "{fetch}");
+    }
+}
+
+#[test]
+fn a_body_promised_at_100_tb_fails_the_key_and_the_run_ends_with_its_summary() {
+    // Headers promise 100 TB; 10 bytes come in two writes (two frames at the client), then
+    // the connection closes. Allocating what the header promised aborted the process.
+    let url = lying_server(|stream| {
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000000000000\r\nETag: \"781e5e245d69b566979b86e28d23f2c7\"\r\n\
+                    Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n01234";
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.flush();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let _ = stream.write_all(b"56789");
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    });
+    fails_the_key(&url);
+}
