@@ -211,7 +211,11 @@ async fn throttling_answers_lower_the_rate_and_spend_no_retries() {
     cfg.retries = 0;
     let engine = Engine::with_store(store.clone(), &cfg);
     let report = Report::silent();
-    // A run cuts its rate once it has answers enough to know the throttled fraction before.
+    // A run counts answers from its first throttling answer on, and cuts its rate once it
+    // has enough to know the throttled fraction before the cut.
+    store.put("first", body(10));
+    store.then("first", Script::Fail(error(Retry::Throttled, "SlowDown")));
+    engine.fetch("first", 10, None, cfg.retries, &report).await.expect("throttling is not a failure");
     for i in 0..64 {
         let key = format!("k{i}");
         store.put(&key, body(10));
@@ -221,9 +225,9 @@ async fn throttling_answers_lower_the_rate_and_spend_no_retries() {
     assert_eq!(got.body, body(10));
     assert_eq!(store.attempts("a"), 4);
     let fetch = report.summary(Duration::from_secs(1), "threads", "memory").fetch.counts;
-    assert_eq!((fetch.retries, fetch.throttled), (3, 3));
+    assert_eq!((fetch.retries, fetch.throttled), (4, 4));
     let limits = engine.throttle_stats();
-    assert_eq!(limits.throttled, 3);
+    assert_eq!(limits.throttled, 4);
     let root = limits.partitions.first().expect("the root partition is limited now");
     assert!(root.cuts >= 1 && root.rate.is_some(), "{root:?}");
 }

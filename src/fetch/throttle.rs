@@ -628,8 +628,10 @@ pub struct Limiter {
     gate: tokio::sync::Mutex<()>,
     /// GETs sent while unlimited, for the first cut.
     sends: Ring,
-    /// Answers, and throttling answers, while unlimited: the throttled fraction before the
-    /// first cut, and whether a throttling answer is above the noise.
+    /// Answers, and throttling answers, while unlimited (from the first throttling answer on,
+    /// `counting`): the throttled fraction before the first cut, and whether a throttling
+    /// answer is above the noise.
+    counting: AtomicBool,
     answers: Ring,
     throttles: Ring,
     state: Mutex<State>,
@@ -789,6 +791,7 @@ impl Limiter {
             waiting: AtomicUsize::new(0),
             gate: tokio::sync::Mutex::new(()),
             sends: Ring::new(),
+            counting: AtomicBool::new(false),
             answers: Ring::new(),
             throttles: Ring::new(),
             state: Mutex::new(State {
@@ -882,6 +885,13 @@ impl Limiter {
     ) -> bool {
         let limited = self.limited.load(Ordering::Acquire);
         if !limited {
+            // Answers are counted from the first throttling answer on: before it, an answer
+            // touches nothing but this flag.
+            if throttled {
+                self.counting.store(true, Ordering::Relaxed);
+            } else if !self.counting.load(Ordering::Relaxed) {
+                return false;
+            }
             self.answers.record(now_ms);
             if !throttled {
                 return false;
@@ -1621,6 +1631,9 @@ mod tests {
         let base = Instant::now();
         let l = Limiter::new(String::new(), None, base);
         let at = |ms: u64| base + Duration::from_millis(ms);
+        // A throttling answer among the first: too few answers yet to know the fraction.
+        l.feedback(None, true, at(0), 0, None, false);
+        assert!(!l.limited.load(Ordering::Relaxed), "no cut on the first answers");
         for ms in 0..100 {
             l.sends.record(ms);
             l.feedback(None, false, at(ms), ms, None, false);
@@ -1632,7 +1645,7 @@ mod tests {
         }
         let s = l.state.lock().unwrap();
         assert_eq!(s.cuts, 1);
-        assert_eq!(s.throttled, 51);
+        assert_eq!(s.throttled, 52);
         // Half of the recent send rate (1 GET/ms over the last 100 ms), climbing back towards
         // all of it.
         let rate = s.rate(at(100));
@@ -1651,10 +1664,13 @@ mod tests {
     /// was a limit, and a measurement after them finds the rate no longer above it.
     fn throttled_by_a() -> Throttle {
         let t = Throttle::new("", None);
+        // The first throttling answer starts the count; the first cut needs a few dozen more.
+        t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
         for i in 0..VERDICT_MIN {
             let key = format!("a/{i}");
             t.answered(ticket(&t, t.lane(&key)), &key, Answer::Ok);
         }
+        assert!(!t.root.limited.load(Ordering::Relaxed), "one throttling answer among the first is not enough");
         t.answered(ticket(&t, t.lane("a/0")), "a/0", Answer::Throttled);
         assert!(t.root.limited.load(Ordering::Relaxed), "the first throttling answer limits the root");
         for i in 1..=PROBE_ANSWERS {
@@ -1718,7 +1734,7 @@ mod tests {
         }
         let s = t.root.state.lock().unwrap();
         assert_eq!(s.cuts, before, "answers during a trial measure the two lanes together: no cut");
-        assert_eq!(s.throttled, 2 + PROBE_ANSWERS + 40, "but they are counted");
+        assert_eq!(s.throttled, 3 + PROBE_ANSWERS + 40, "but they are counted");
     }
 
     /// Answers through the root, from GETs sent just before, that passed a crowded gate or
