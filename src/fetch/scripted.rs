@@ -211,8 +211,8 @@ async fn throttling_answers_lower_the_rate_and_spend_no_retries() {
     cfg.retries = 0;
     let engine = Engine::with_store(store.clone(), &cfg);
     let report = Report::silent();
-    // A run counts answers from its first throttling answer on, and cuts its rate once it
-    // has enough to know the throttled fraction before the cut.
+    // A run cuts its rate once it has sent enough GETs to know the throttled fraction before
+    // the cut.
     store.put("first", body(10));
     store.then("first", Script::Fail(error(Retry::Throttled, "SlowDown")));
     engine.fetch("first", 10, None, cfg.retries, &report).await.expect("throttling is not a failure");
