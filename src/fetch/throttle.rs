@@ -57,8 +57,9 @@
 //!   where it was, unlimited for a first cut — and the fraction is the noise from then on: a
 //!   measurement cuts only when throttling is well above it, and an unlimited partition
 //!   only when it is more than twice it. A cut after which the fraction dropped stands, and
-//!   bounds the noise from above. Before the first cut a run needs a few dozen answers
-//!   (fewer only when most are throttled), so that the fraction before it is known. Keys
+//!   bounds the noise from above. Before the first cut a run needs a few dozen GETs sent
+//!   (fewer only when most are throttled), so that the fraction before it is known; a first
+//!   cut climbs back towards what was sent, and doubles once found below the limit. Keys
 //!   throttled at random are tried again after a short jittered pause, spending no retries.
 //!
 //! The AWS SDKs' adaptive retry mode also pairs a token bucket with a CUBIC update, but cuts
@@ -670,8 +671,6 @@ struct State {
     /// The throttled fraction that does not depend on the rate (503s at random): learned from
     /// cuts that did not lower it.
     noise: f64,
-    /// Fresh answers since the last change, [succeeded, throttled]: what a cut is judged against.
-    stretch: [u64; 2],
     /// The last cut, until its answers say whether it lowered the throttled fraction.
     verdict: Option<Verdict>,
     /// Cuts undone because they did not lower the throttled fraction.
@@ -808,7 +807,6 @@ impl Limiter {
                 throttled: 0,
                 lowest: f64::INFINITY,
                 noise: 0.0,
-                stretch: [0, 0],
                 verdict: None,
                 undone: 0,
             }),
@@ -920,7 +918,6 @@ impl Limiter {
             self.first_cut(&mut s, now, now_ms);
             return child.is_some();
         }
-        s.stretch[usize::from(throttled)] += 1;
         // While a cut is judged its answers are not measured again: under throttling at
         // random, a second cut would come before the first was found useless.
         if !self.judge_cut(&mut s, throttled, now) {
@@ -958,8 +955,9 @@ impl Limiter {
     }
 
     /// A throttling answer while unlimited: the first cut, unless it is no more than the noise
-    /// already known, or among the first few dozen answers and not many of them. There is no pacing rate to go by, only what was sent lately: half of it
-    /// (an upper bound), and the measurement that follows sets the rate.
+    /// already known, or among the first few dozen GETs and not many of them. There is no
+    /// pacing rate to go by, only what was sent lately: half of it (an upper bound), and the
+    /// measurement that follows sets the rate.
     fn first_cut(&self, s: &mut State, now: Instant, now_ms: u64) {
         let from = now_ms.saturating_sub(SHORT_WINDOW.as_millis() as u64);
         if s.noise > 0.0 {
@@ -972,7 +970,7 @@ impl Limiter {
             }
         }
         // The throttled fraction before the cut: over the last second, or since the last
-        // change if that is more recent. Too few answers to know it (a run that just began)
+        // change if that is more recent. Too few GETs to know it (a run that just began)
         // cut only when throttled too often to be noise.
         let since = s.changed.map_or(0, |c| self.ms_of(c, now, now_ms));
         let long = now_ms.saturating_sub(RING as u64 - 1).max(since);
@@ -1104,7 +1102,6 @@ impl Limiter {
         if let Ok(mut s) = self.state.lock() {
             s.changed = Some(now);
             s.probe = None;
-            s.stretch = [0, 0];
             s.verdict = None;
         }
     }
@@ -1203,7 +1200,6 @@ impl State {
         self.trial = false;
         self.w = self.cap;
         self.verdict = None;
-        self.stretch = [0, 0];
         self.clear_evidence();
         limited.store(self.cap.is_finite(), Ordering::Release);
     }
@@ -1249,7 +1245,6 @@ impl State {
         self.probe = None;
         self.doubling = None;
         self.trial = false;
-        self.stretch = [0, 0];
         self.verdict = None;
         target
     }
