@@ -15,21 +15,39 @@ const LISTING: &str = concat!(
     "<Size>10</Size><StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
 );
 
+/// The same page, truncated, naming as the next page's the token it was asked with (or, for
+/// the first request, the one every later request then sends).
+const STUCK_LISTING: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+    "<Name>lying</Name><Prefix></Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>",
+    "<NextContinuationToken>again</NextContinuationToken>",
+    r#"<Contents><Key>k</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"781e5e245d69b566979b86e28d23f2c7"</ETag>"#,
+    "<Size>10</Size><StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
+);
+
 /// Starts the server; `get` answers the GET of `k` on the connection (and may close it).
 fn lying_server(get: fn(&mut TcpStream)) -> String {
+    lying_lister(get, LISTING)
+}
+
+/// Starts the server with `listing` as every list page (after 50 list requests, the plain
+/// [`LISTING`], so that a client that keeps asking still ends).
+fn lying_lister(get: fn(&mut TcpStream), listing: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     let addr = listener.local_addr().expect("its address");
     std::thread::spawn(move || {
+        let lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(stream, get));
+            let lists = lists.clone();
+            std::thread::spawn(move || serve(stream, get, listing, &lists));
         }
     });
     format!("http://{addr}")
 }
 
-/// Answers requests on one connection: list requests with [`LISTING`], the GET of `k` with
+/// Answers requests on one connection: list requests with `listing`, the GET of `k` with
 /// `get`, anything else (HeadBucket) with an empty 200.
-fn serve(mut stream: TcpStream, get: fn(&mut TcpStream)) {
+fn serve(mut stream: TcpStream, get: fn(&mut TcpStream), listing: &str, lists: &std::sync::atomic::AtomicUsize) {
     let Ok(read) = stream.try_clone() else { return };
     let mut reader = BufReader::new(read);
     loop {
@@ -54,10 +72,9 @@ fn serve(mut stream: TcpStream, get: fn(&mut TcpStream)) {
         let mut words = request.split_whitespace();
         let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         let answer = if method == "GET" && target.contains("list-type=2") {
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{LISTING}",
-                LISTING.len()
-            )
+            let n = lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let page = if n < 50 { listing } else { LISTING };
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{page}", page.len())
         } else if method == "GET" && target.starts_with("/lying/k") {
             return get(&mut stream);
         } else {
@@ -102,4 +119,32 @@ fn a_body_promised_at_100_tb_fails_the_key_and_the_run_ends_with_its_summary() {
         let _ = stream.shutdown(std::net::Shutdown::Both);
     });
     fails_the_key(&url);
+}
+
+#[test]
+fn a_continuation_token_that_does_not_move_fails_the_listing_instead_of_listing_forever() {
+    let url = lying_lister(
+        |stream| {
+            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"781e5e245d69b566979b86e28d23f2c7\"\r\n\
+                          Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n0123456789";
+            let _ = stream.write_all(answer.as_bytes());
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        },
+        STUCK_LISTING,
+    );
+    for fetch in FETCH_ENGINES {
+        for workers in ["1", "32"] {
+            let scratch = Scratch::new();
+            let mut cmd = bare_cmd();
+            cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+            let out = run(cmd
+                .args(["--endpoint-url", &url, "--fetch-engine", fetch, "--list-workers", workers, "--retries", "0"])
+                .args(["--hedge-after", "0", "s3://lying/"])
+                .arg(scratch.dest()));
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{fetch}, {workers}: {err}");
+            assert!(err.contains("s3uring: listing stopped after 1 keys: "), "{fetch}, {workers}: {err}");
+            assert!(err.contains("with the same token as the next page's"), "{fetch}, {workers}: {err}");
+        }
+    }
 }

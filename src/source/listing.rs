@@ -37,7 +37,7 @@ use std::time::Instant;
 use crate::config::S3Url;
 use crate::report::Report;
 use crate::report::stats::Stage;
-use crate::s3::{ListObjects, ListQuery, ListedObject};
+use crate::s3::{ListObjects, ListQuery, ListedObject, Page};
 
 /// A range of keys to list under the prefix: strictly after `after`, up to `until` inclusive.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ impl Shared {
             let next = if (self.hungry)() { (allowed * 2).min(self.max_requests) } else { (allowed / 2).max(1) };
             self.allowed.store(next, Ordering::Relaxed);
             rec.record(Stage::List, asked.elapsed());
-            let page = match page {
+            let page = match page.and_then(|p| moved_on(token.as_deref(), p)) {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = self.pages.send(Err(e)).await;
@@ -415,6 +415,18 @@ fn boundaries(
     if ascending { out } else { Vec::new() }
 }
 
+/// `page`, unless it was asked for with continuation token `sent` and names the same one as
+/// the next: a store that does that would be listed forever, the same page again and again.
+fn moved_on(sent: Option<&str>, page: Page) -> Result<Page, String> {
+    match (sent, page.next.as_deref()) {
+        (Some(a), Some(b)) if a == b => Err(format!(
+            "the store answered continuation token '{}' with the same token as the next page's: the listing cannot go on",
+            crate::console::sanitize(a)
+        )),
+        _ => Ok(page),
+    }
+}
+
 /// Streams the keys under a prefix, one ListObjectsV2 page at a time.
 pub struct Lister {
     client: Arc<dyn ListObjects>,
@@ -442,7 +454,7 @@ impl Lister {
             token: self.token.as_deref(),
             requester_pays: self.requester_pays,
         };
-        match self.client.list_page(query).await {
+        match self.client.list_page(query).await.and_then(|p| moved_on(self.token.as_deref(), p)) {
             Ok(page) => {
                 self.token = page.next;
                 self.done = self.token.is_none();
