@@ -91,18 +91,31 @@ fn serve(mut stream: TcpStream, get: fn(&mut TcpStream), listing: &str, lists: &
 fn fails_the_key(url: &str) {
     for fetch in FETCH_ENGINES {
         let scratch = Scratch::new();
-        let mut cmd = bare_cmd();
-        cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
-        let out = run(cmd
-            .args(["--endpoint-url", url, "--fetch-engine", fetch, "--list-workers", "1", "--retries", "1"])
-            .args(["--hedge-after", "0", "s3://lying/"])
-            .arg(scratch.dest()));
-        let err = stderr(&out);
+        let (out, err) = copy(url, fetch, "1", "1", &scratch);
         assert_eq!(out.status.code(), Some(1), "{fetch}: {err}");
         assert!(err.contains("s3uring: failed 'k': "), "{fetch}: {err}");
         assert!(err.contains("1 keys listed: 0 files written, 0 directories, 0 skipped, 1 failed"), "{fetch}: {err}");
         assert!(!scratch.dest().join("k").exists(), "{fetch}");
     }
+}
+
+/// `s3uring` copying `s3://lying/` from the server at `url` into `scratch`, with `fetch`,
+/// `--list-workers` and `--retries` as given: its output and stderr.
+fn copy(
+    url: &str,
+    fetch: &str,
+    list_workers: &str,
+    retries: &str,
+    scratch: &Scratch,
+) -> (std::process::Output, String) {
+    let mut cmd = bare_cmd();
+    cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+    let out = run(cmd
+        .args(["--endpoint-url", url, "--fetch-engine", fetch, "--list-workers", list_workers, "--retries", retries])
+        .args(["--hedge-after", "0", "s3://lying/"])
+        .arg(scratch.dest()));
+    let err = stderr(&out);
+    (out, err)
 }
 
 #[test]
@@ -135,13 +148,7 @@ fn a_continuation_token_that_does_not_move_fails_the_listing_instead_of_listing_
     for fetch in FETCH_ENGINES {
         for workers in ["1", "32"] {
             let scratch = Scratch::new();
-            let mut cmd = bare_cmd();
-            cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
-            let out = run(cmd
-                .args(["--endpoint-url", &url, "--fetch-engine", fetch, "--list-workers", workers, "--retries", "0"])
-                .args(["--hedge-after", "0", "s3://lying/"])
-                .arg(scratch.dest()));
-            let err = stderr(&out);
+            let (out, err) = copy(&url, fetch, workers, "0", &scratch);
             assert_eq!(out.status.code(), Some(1), "{fetch}, {workers}: {err}");
             assert!(err.contains("s3uring: listing stopped after 1 keys: "), "{fetch}, {workers}: {err}");
             assert!(err.contains("with the same token as the next page's"), "{fetch}, {workers}: {err}");
