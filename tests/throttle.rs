@@ -1,8 +1,9 @@
 //! Stores that answer 503 SlowDown for other reasons than a request-rate limit, with each
 //! engine pair: at random (a gateway shedding load, a shared partition), above a number of
-//! GETs in flight (Ceph RGW's `rgw_max_concurrent_requests`, MinIO's request cap), and both on
-//! top of a rate limit. Every key arrives, no retry is spent on throttling, and the summary
-//! and stats JSON name what was seen. How fast is for `benches/throttle.rs`.
+//! GETs in flight (Ceph RGW's `rgw_max_concurrent_requests`, MinIO's request cap), both on
+//! top of a rate limit, and rate limits whose buckets are 20 ms and 1 s deep. Every key
+//! arrives, no retry is spent on throttling, and the summary and stats JSON name what was
+//! seen. How fast is for `benches/throttle.rs`.
 
 use bytes::Bytes;
 use s3uring::endpoint::{EndpointConfig, Faults, RateLimit};
@@ -111,4 +112,34 @@ fn throttling_at_random_on_top_of_a_rate_limit_loses_no_key() {
         assert!(root["cuts"].as_u64().is_some_and(|n| n > 0), "{engines}: {doc}");
         assert!(err.contains("rate limit of ''"), "{engines}: {err}");
     });
+}
+
+#[test]
+fn a_rate_limit_of_any_bucket_depth_loses_no_key() {
+    // S3 does not say how deep its buckets are: a shallow one refuses bursts well below the
+    // rate, a deep one serves a second of it at once and then refuses.
+    let objs = objects(1_200);
+    for depth_ms in [20, 1_000] {
+        let limit = RateLimit { burst: std::time::Duration::from_millis(depth_ms), ..RateLimit::new("", 400.0) };
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("deep", objs.clone())],
+                rate_limits: vec![limit],
+                ..Default::default()
+            },
+            true,
+        );
+        let mut refused = 0;
+        copy_all(&env, &objs, "deep", |engines, _, doc| {
+            let counts = &env.rate_limit_counts()[0];
+            let now = counts.throttled - refused;
+            refused = counts.throttled;
+            assert!(now > 0, "{engines}, {depth_ms} ms: the limit was met: {counts:?}");
+            assert_eq!(
+                doc["fetch"]["throttled"].as_u64(),
+                Some(now),
+                "{engines}, {depth_ms} ms: each 503 retried once"
+            );
+        });
+    }
 }
