@@ -47,7 +47,17 @@ fn stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
             format!("{TMP}{unlocked}.5"),
             format!("sub/{TMP}{unlocked}.6"),
         ];
-        for p in dead_temps.iter().chain(&live_temps).chain([&unlocked_lock, &live_lock]) {
+        // Files of the user's that only look like temporaries: not of the form this tool
+        // writes (16 lowercase hex digits, a dot, a hex number without leading zeros).
+        let users = [
+            format!("{TMP}deadbeef.1"),
+            format!("sub/{TMP}{gone}.01"),
+            format!("{TMP}{}.1", gone.to_uppercase().replace('0', "A")),
+            format!("{TMP}{gone}0.1"),
+            format!("{TMP}{gone}.12345678901234567"),
+            format!("{TMP}deadbeef.run"),
+        ];
+        for p in dead_temps.iter().chain(&live_temps).chain(&users).chain([&unlocked_lock, &live_lock]) {
             std::fs::write(dest.join(p), b"partial").unwrap();
         }
         // The live run: this test holds its lock for the copy's whole run.
@@ -56,9 +66,13 @@ fn stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
         let out = run(env.cmd().args(engine.args()).args(["s3://stale"]).arg(&dest));
         assert_eq!(out.status.code(), Some(0));
         let tree = read_tree(&dest);
-        let mut want: Vec<String> = live_temps.iter().cloned().chain([live_lock.clone()]).collect();
+        let mut want: Vec<String> = live_temps.iter().chain(&users).cloned().chain([live_lock.clone()]).collect();
         want.sort();
-        assert_eq!(temporaries(&tree), want, "{engine}: only the live run's temporaries and lock stay");
+        assert_eq!(
+            temporaries(&tree),
+            want,
+            "{engine}: only the live run's temporaries and lock, and the user's files, stay"
+        );
         assert_eq!(tree.get("sub/a"), Some(&Some(content("sub/a", 64).to_vec())));
         drop(held);
     }

@@ -910,9 +910,9 @@ impl RunLock {
         let Ok(entries) = rustix::fs::Dir::read_from(&*self.root) else { return };
         for entry in entries.flatten() {
             let Some(rest) = entry.file_name().to_str().ok().and_then(|n| n.strip_prefix(TMP_PREFIX)) else { continue };
-            let stale = if let Some(id) = rest.strip_suffix(LOCK_SUFFIX) {
+            let stale = if let Some(id) = rest.strip_suffix(LOCK_SUFFIX).filter(|id| is_run_id(id)) {
                 self.dead(id)
-            } else if let Some(id) = rest.strip_suffix(NEW_LOCK_SUFFIX) {
+            } else if let Some(id) = rest.strip_suffix(NEW_LOCK_SUFFIX).filter(|id| is_run_id(id)) {
                 id != run_id()
                     && rustix::fs::statat(&*self.root, entry.file_name(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
                         .is_ok_and(|st| {
@@ -939,6 +939,22 @@ impl Drop for RunLock {
     }
 }
 
+/// The run id of `name` if it is exactly a temporary's name as [`tmp_name`] writes it:
+/// `.s3uring-tmp.`, a run id, `.`, a lowercase hex number without leading zeros. Anything
+/// else in DEST is someone's file, whatever it looks like.
+fn temporary_of(name: &str) -> Option<&str> {
+    let (id, seq) = name.strip_prefix(TMP_PREFIX)?.split_once('.')?;
+    let number = (1..=16).contains(&seq.len())
+        && (seq == "0" || !seq.starts_with('0'))
+        && seq.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (is_run_id(id) && number).then_some(id)
+}
+
+/// A run id as [`run_id`] makes them: 16 lowercase hex digits.
+fn is_run_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Removes the temporary files a killed run left in a directory this run is about to use
 /// (invariant 2: a killed run leaves at most temporaries, which the next run cleans up).
 /// Names are `.s3uring-tmp.<run id>.<seq hex>`; a temporary of this run, or of a run that is
@@ -949,10 +965,9 @@ fn remove_stale_temps(dir: &OwnedFd, rel: &str, runs: &RunLock) {
     let Ok(entries) = rustix::fs::Dir::read_from(dir) else { return };
     let mut removed = 0u64;
     for entry in entries.flatten() {
-        let Some(rest) = entry.file_name().to_str().ok().and_then(|n| n.strip_prefix(TMP_PREFIX)) else { continue };
-        let Some((id, seq)) = rest.split_once('.') else { continue };
+        let Some(id) = entry.file_name().to_str().ok().and_then(temporary_of) else { continue };
         // Lock files are the runs themselves: see RunLock::remove_dead_locks.
-        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_hexdigit()) || !runs.dead(id) {
+        if !runs.dead(id) {
             continue;
         }
         if rustix::fs::unlinkat(dir.as_fd(), entry.file_name(), rustix::fs::AtFlags::empty()).is_ok() {
@@ -1034,6 +1049,27 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64, fsync: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_this_tool_writes_are_temporaries() {
+        for seq in [0, 1, 0xabc, u64::MAX] {
+            let name = tmp_name(seq).into_string().unwrap();
+            assert_eq!(temporary_of(&name), Some(run_id()), "{name}");
+        }
+        for name in [
+            ".s3uring-tmp.deadbeef.1",
+            ".s3uring-tmp.00000000DEADBEEF.1",
+            ".s3uring-tmp.00000000deadbeef.01",
+            ".s3uring-tmp.00000000deadbeef.",
+            ".s3uring-tmp.00000000deadbeef.1.run",
+            ".s3uring-tmp.00000000deadbeef.run",
+            ".s3uring-tmp.00000000deadbeef.12345678901234567",
+            ".s3uring-tmp.00000000deadbeef0.1",
+            "s3uring-tmp.00000000deadbeef.1",
+        ] {
+            assert_eq!(temporary_of(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn fsync_covers_every_directory_on_the_way_to_a_file() {
