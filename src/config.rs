@@ -126,7 +126,8 @@ impl std::fmt::Debug for CaBundle {
 }
 
 impl CaBundle {
-    /// Reads and checks the file: it must hold at least one PEM certificate.
+    /// Reads and checks the file: it must hold at least one PEM certificate, and every one
+    /// must parse as a trust anchor.
     pub fn load(path: &std::path::Path) -> Result<CaBundle, String> {
         use rustls::pki_types::pem::PemObject as _;
         let shown = path.display();
@@ -136,6 +137,13 @@ impl CaBundle {
             .map_err(|e| format!("--ca-bundle '{shown}' is not a PEM certificate file: {e}"))?;
         if certs.is_empty() {
             return Err(format!("--ca-bundle '{shown}' holds no PEM certificate"));
+        }
+        // Every certificate must be usable as a trust anchor: one quietly dropped is a CA
+        // the user meant to trust (and the SDK's TLS setup aborts the process on it).
+        for (i, cert) in certs.iter().enumerate() {
+            rustls::RootCertStore::empty().add(cert.clone()).map_err(|e| {
+                format!("--ca-bundle '{shown}': certificate {} of {} cannot be used: {e}", i + 1, certs.len())
+            })?;
         }
         Ok(CaBundle { path: path.to_owned(), certs, pem })
     }

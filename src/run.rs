@@ -45,7 +45,7 @@ pub async fn run_until(cfg: &Config, report: Arc<Report>, mut stop: Stop) -> Res
     report.on_abort(abort_tx);
     stop.abort_with(abort_rx);
     // One SDK client (credentials, region, endpoint rules) serves the whole run.
-    let control = s3::client(&cfg.s3).await;
+    let control = s3::client(&cfg.s3).await.map_err(Fatal::Setup)?;
     let resolved = single_object(cfg, &control).await?;
     let cfg = resolved.as_ref().unwrap_or(cfg);
     if cfg.dry_run {

@@ -276,17 +276,19 @@ const NO_CREDENTIALS: &str = "no usable AWS credentials (set AWS_ACCESS_KEY_ID a
      AWS_PROFILE or --profile, or use --no-sign-request for a public bucket)";
 
 /// Builds the S3 client from the settings: aws-config's provider chain for credentials and
-/// region (like the AWS CLI), our HTTP client settings on top.
-pub async fn client(settings: &S3Settings) -> Control {
+/// region (like the AWS CLI), our HTTP client settings on top. Fails only for a
+/// `--ca-bundle` the SDK refuses.
+pub async fn client(settings: &S3Settings) -> Result<Control, String> {
     let proxies = settings.proxies;
     let mut tls_context = None;
     if let Some(ca) = &settings.ca_bundle {
         // The Rust SDK ignores AWS_CA_BUNDLE; the AWS CLI trusts the bundle alone.
         let store = tls::TrustStore::empty().with_native_roots(false).with_pem_certificate(ca.pem.clone());
-        match tls::TlsContext::builder().with_trust_store(store).build() {
-            Ok(ctx) => tls_context = Some(ctx),
-            Err(e) => tracing::warn!("--ca-bundle '{}': {e}", ca.path.display()),
-        }
+        // The bundle was checked when loaded (a certificate that does not parse makes the
+        // connector panic); a bundle the SDK still refuses stops the run rather than letting
+        // it trust the system's roots instead.
+        let ctx = tls::TlsContext::builder().with_trust_store(store).build();
+        tls_context = Some(ctx.map_err(|e| format!("--ca-bundle '{}': {e}", ca.path.display()))?);
     }
     // The SDK's client builder leaves proxies off; its connector builder takes them. Built per
     // client the way the builder would, plus HTTP(S)_PROXY / NO_PROXY as the AWS CLI reads them.
@@ -353,7 +355,7 @@ pub async fn client(settings: &S3Settings) -> Control {
     b = b.force_path_style(force_path_style);
     let conf = b.build();
     let no_retry = conf.to_builder().retry_config(RetryConfig::disabled()).build();
-    Control {
+    Ok(Control {
         client: Client::from_conf(conf),
         client_no_retry: Client::from_conf(no_retry),
         credentials: sdk.credentials_provider(),
@@ -364,7 +366,7 @@ pub async fn client(settings: &S3Settings) -> Control {
             use_fips: sdk.use_fips().unwrap_or(false),
             use_dual_stack: sdk.use_dual_stack().unwrap_or(false),
         },
-    }
+    })
 }
 
 /// The S3 endpoint URL the environment or profile configures, read as the SDK's S3 client

@@ -78,6 +78,30 @@ fn https_without_the_ca_fails_at_once_with_the_reason() {
     assert!(stderr(&out).contains("missing.pem"), "{}", stderr(&out));
 }
 
+#[test]
+fn a_bundle_with_a_certificate_that_does_not_parse_is_refused_by_each_engine() {
+    let (env, keep, ca) = https_env(objects());
+    // The right CA, then a PEM block whose bytes are no certificate: neither engine may drop
+    // it quietly (and the SDK engine may not fall back to the system's roots).
+    let mixed = keep.dir.path().join("mixed.pem");
+    let mut pem = std::fs::read(&ca).unwrap();
+    pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
+    std::fs::write(&mixed, pem).unwrap();
+    for engine in ["lean", "sdk"] {
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", engine, "--ca-bundle"])
+            .arg(&mixed)
+            .arg("s3://tls")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(2), "{engine}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("mixed.pem") && err.contains("certificate 2"), "{engine}: {err}");
+        assert!(!scratch.dest().exists(), "{engine}");
+    }
+}
+
 /// `n` small objects under ten prefixes.
 fn small_objects(n: usize) -> Vec<(String, Bytes)> {
     (0..n)

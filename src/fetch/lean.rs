@@ -829,9 +829,11 @@ pub(super) fn tls_config(ca_bundle: Option<&crate::config::CaBundle>) -> Result<
     let mut roots = rustls::RootCertStore::empty();
     match ca_bundle {
         Some(ca) => {
-            let (added, _ignored) = roots.add_parsable_certificates(ca.certs.iter().cloned());
-            if added == 0 {
-                return Err(format!("--ca-bundle '{}': no usable CA certificate in it", ca.path.display()));
+            // Each parsed when the bundle was loaded: all of them, or none is trusted.
+            for (i, cert) in ca.certs.iter().enumerate() {
+                roots.add(cert.clone()).map_err(|e| {
+                    format!("--ca-bundle '{}': certificate {} cannot be used: {e}", ca.path.display(), i + 1)
+                })?;
             }
         }
         None => {
