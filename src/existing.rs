@@ -142,8 +142,14 @@ fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
     use md5::{Digest, Md5};
     use std::io::Read;
     let Some(want) = crate::verify::plain_md5(etag) else { return false };
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Checked as a regular file before, but it may have been replaced since: a FIFO (or a
+    // device) opened without O_NONBLOCK would block here for good. Hashed only if what was
+    // opened is a regular file.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let Ok(fd) = rustix::fs::openat(dir.as_fd(), name, flags, Mode::empty()) else { return false };
+    if !rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
+        return false;
+    }
     let mut file = std::fs::File::from(fd);
     let mut md5 = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -166,6 +172,26 @@ mod tests {
     use super::*;
     use crate::keymap::map_key;
     use std::time::Duration;
+
+    #[test]
+    fn a_fifo_swapped_in_for_the_file_is_not_read() {
+        // The file is checked as a regular file, then opened to hash it: someone who can
+        // write into DEST may put a FIFO there in between. Opening it must not block.
+        let dir = tempfile::tempdir().unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("f").as_path(),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let root = rustix::fs::open(dir.path(), dir_flags(), Mode::empty()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(same_md5(&root, "f", "5d41402abc4b2a76b9719d911017c592")));
+        let got = rx.recv_timeout(Duration::from_secs(30));
+        assert_eq!(got.ok(), Some(false), "hashing a FIFO blocked (or matched)");
+    }
 
     #[test]
     fn size_and_mtime_decide_and_symlinks_are_never_followed() {
