@@ -102,7 +102,11 @@ pub(crate) fn set_meta(at: MetaAt<'_>, meta: &Meta, rel: &dyn Fn() -> String) {
     if let Some(ts) = meta.mtime.and_then(timestamps) {
         let set = match at {
             MetaAt::Fd(fd) => rustix::fs::futimens(fd, &ts),
-            MetaAt::Name(dir, name) => rustix::fs::utimensat(dir.as_fd(), name, &ts, rustix::fs::AtFlags::empty()),
+            // Not followed: someone who can write into DEST could have swapped the temporary
+            // for a link, and the time would land on whatever it points to.
+            MetaAt::Name(dir, name) => {
+                rustix::fs::utimensat(dir.as_fd(), name, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            }
         };
         if let Err(e) = set
             && !TIMES_REFUSED.swap(true, Ordering::Relaxed)
@@ -1049,6 +1053,23 @@ fn write_file_sync(job: &FileJob, dirs: &DirCache, seq: &AtomicU64, fsync: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_set_by_name_never_follow_a_link() {
+        let dest = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"mine").unwrap();
+        let before = std::fs::metadata(&victim).unwrap().modified().unwrap();
+        std::os::unix::fs::symlink(&victim, dest.path().join("tmp")).unwrap();
+        let dir = rustix::fs::open(dest.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let then = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let meta = Meta { mtime: Some(then), etag: None };
+        set_meta(MetaAt::Name(&dir, c"tmp"), &meta, &|| "tmp".to_owned());
+        assert_eq!(std::fs::metadata(&victim).unwrap().modified().unwrap(), before, "the link's target got the time");
+        let link = std::fs::symlink_metadata(dest.path().join("tmp")).unwrap();
+        assert_eq!(link.modified().unwrap(), then, "the link itself takes it");
+    }
 
     #[test]
     fn only_names_this_tool_writes_are_temporaries() {
