@@ -162,3 +162,31 @@ fn listing_pages_prefixes_and_delimiters_like_s3() {
         assert_eq!(v1, sorted);
     });
 }
+
+#[test]
+fn serve_refuses_an_address_other_hosts_reach_unless_allowed() {
+    let bin = env!("CARGO_BIN_EXE_s3uring");
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--objects", "1", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run serve");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.0.0.0:0") && err.contains("--allow-remote"), "{err}");
+    // Allowed: it serves, and says the credentials are public. Read until it names its
+    // endpoint (the event itself), then stop it.
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--objects", "1", "--listen", "0.0.0.0:0", "--allow-remote"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).expect("read");
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    assert!(first.starts_with("endpoint: http://0.0.0.0:"), "{first}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("public demo credentials"), "{err}");
+}

@@ -357,6 +357,10 @@ struct ServeArgs {
     /// Serve anonymous requests instead of requiring the printed credentials.
     #[arg(long)]
     anonymous: bool,
+    /// Allow --listen on an address other than loopback: the demo credentials are public
+    /// (printed here and in the README), so anyone who can reach the port can read the bucket.
+    #[arg(long)]
+    allow_remote: bool,
     /// Delay before each GET answers, in milliseconds (S3: ~10–30 ms for small objects).
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -850,6 +854,21 @@ pub fn verify_generated(
 
 async fn serve(args: ServeArgs) -> Exit {
     let g = &args.generated;
+    if !args.listen.ip().is_loopback() {
+        if !args.allow_remote {
+            crate::say!(
+                "s3uring: error: --listen {} is reachable from other hosts and the endpoint's credentials are public; \
+                 add --allow-remote to serve there anyway",
+                args.listen
+            );
+            return Exit::Usage;
+        }
+        crate::say!(
+            "s3uring: warning: serving on {} with public demo credentials{}: anyone who can reach it can read the bucket",
+            args.listen,
+            if args.anonymous { " (none: --anonymous)" } else { "" }
+        );
+    }
     let credentials = (!args.anonymous).then(|| (DEMO_ACCESS_KEY.to_owned(), DEMO_SECRET_KEY.to_owned()));
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => match (std::fs::read(cert), std::fs::read(key)) {

@@ -325,7 +325,15 @@ impl Endpoint {
         let fault_state = (faults.clone(), list_faults.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        // Out of descriptors, say: the error would come back at once, so
+                        // the loop would spin; connections being served end meanwhile.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let (faults, list_faults) = fault_state.clone();
