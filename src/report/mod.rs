@@ -194,7 +194,7 @@ impl Report {
         let written = f.keys.len();
         let mut kept = 0usize;
         if !complete && f.error.is_none() {
-            match std::fs::read_to_string(&f.path) {
+            match read_old_list(&f.path) {
                 Ok(old) => {
                     for line in old.lines() {
                         let key = line.split('\t').next().unwrap_or(line);
@@ -507,5 +507,73 @@ mod cpu_tests {
     fn process_cpu_reads_proc() {
         let cpu = super::ProcessCpu::now().expect("/proc/self readable");
         assert!(cpu.peak_rss > 0);
+    }
+}
+
+/// The old `--failed-keys` file, read as the file at that name: not through a link put
+/// there (its target's lines would be copied into the new list), and only if it is a regular
+/// file (a FIFO would block the run's end for good).
+fn read_old_list(path: &std::path::Path) -> std::io::Result<String> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read as _;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => std::io::Error::other("it is a symbolic link"),
+        e => e.into(),
+    })?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut old = String::new();
+    std::fs::File::from(fd).read_to_string(&mut old)?;
+    Ok(old)
+}
+
+#[cfg(test)]
+mod failed_keys_tests {
+    use super::Report;
+
+    /// An interrupted run keeps the old list's keys: read from the file itself, never from
+    /// what a link put at its name points to (which would be copied into the new list).
+    #[test]
+    fn the_old_list_is_not_read_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "password=hunter2\n").unwrap();
+        let list = dir.path().join("failed.txt");
+        std::os::unix::fs::symlink(&secret, &list).unwrap();
+        let report = Report::new();
+        report.write_failed_keys(&list).unwrap();
+        report.fail("k", "AccessDenied");
+        report.interrupted();
+        let line = report.finish_failed_keys().unwrap_or_default();
+        // Not read, and nothing replaced: the summary says why.
+        assert!(line.contains("symbolic link") && line.contains("left as it was"), "{line}");
+        assert!(std::fs::symlink_metadata(&list).unwrap().file_type().is_symlink(), "{line}");
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "password=hunter2\n");
+    }
+
+    #[test]
+    fn an_old_list_that_is_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("failed.txt");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            list.as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let report = Report::new();
+            report.write_failed_keys(&list).unwrap();
+            report.fail("k", "AccessDenied");
+            report.interrupted();
+            tx.send(report.finish_failed_keys())
+        });
+        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("reading the old list blocked");
+        assert!(line.is_some_and(|l| l.contains("not a regular file")));
     }
 }
