@@ -82,6 +82,14 @@ fn moto_lists_pages_and_odd_keys_resumes_and_verifies() {
             assert_eq!(out.status.code(), Some(0), "{e} {list_workers}: {}", stderr(&out));
             assert_same_tree(&read_tree(&scratch.dest()), &want);
             let n = objs.len();
+            // Every body checked (moto returns each object's checksum), none unverifiable.
+            let err = stderr(&out);
+            let verified = err.lines().find(|l| l.starts_with("verified ")).unwrap_or_default();
+            assert!(
+                verified.starts_with(&format!("verified {n} bodies"))
+                    && verified.contains("; 0 had nothing to verify against"),
+                "{e} {list_workers}: {err}"
+            );
             assert!(
                 summary_counts(&out).starts_with(&format!("{n} keys listed: {n} files written")),
                 "{}",
