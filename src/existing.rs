@@ -12,7 +12,7 @@
 //! run on a blocking thread one listing page at a time: ~1–2 µs per key, far below a GET.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -142,14 +142,8 @@ fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
     use md5::{Digest, Md5};
     use std::io::Read;
     let Some(want) = crate::verify::plain_md5(etag) else { return false };
-    // Checked as a regular file before, but it may have been replaced since: a FIFO (or a
-    // device) opened without O_NONBLOCK would block here for good. Hashed only if what was
-    // opened is a regular file.
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let Ok(fd) = rustix::fs::openat(dir.as_fd(), name, flags, Mode::empty()) else { return false };
-    if !rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
-        return false;
-    }
+    // Checked as a regular file before, but it may have been replaced since.
+    let Ok(fd) = open_regular(dir.as_fd(), Path::new(name)) else { return false };
     let mut file = std::fs::File::from(fd);
     let mut md5 = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -161,6 +155,21 @@ fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
         }
     }
     crate::verify::hex(&md5.finalize()) == want
+}
+
+/// Opens `path` (relative to `dir`, or absolute) for reading only if it is a regular file at
+/// that name: not through a symbolic link, and never blocking on a FIFO or a device put in
+/// its place by someone who can write there (`O_NOFOLLOW | O_NONBLOCK`, then `fstat`).
+pub(crate) fn open_regular(dir: BorrowedFd<'_>, path: &Path) -> std::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, path, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => std::io::Error::other("it is a symbolic link"),
+        e => e.into(),
+    })?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(fd)
 }
 
 fn dir_flags() -> OFlags {

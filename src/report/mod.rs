@@ -514,16 +514,8 @@ mod cpu_tests {
 /// there (its target's lines would be copied into the new list), and only if it is a regular
 /// file (a FIFO would block the run's end for good).
 fn read_old_list(path: &std::path::Path) -> std::io::Result<String> {
-    use rustix::fs::{FileType, Mode, OFlags};
     use std::io::Read as _;
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
-        rustix::io::Errno::LOOP => std::io::Error::other("it is a symbolic link"),
-        e => e.into(),
-    })?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-        return Err(std::io::Error::other("not a regular file"));
-    }
+    let fd = crate::existing::open_regular(rustix::fs::CWD, path)?;
     let mut old = String::new();
     std::fs::File::from(fd).read_to_string(&mut old)?;
     Ok(old)

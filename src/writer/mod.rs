@@ -948,15 +948,17 @@ impl Drop for RunLock {
 /// else in DEST is someone's file, whatever it looks like.
 fn temporary_of(name: &str) -> Option<&str> {
     let (id, seq) = name.strip_prefix(TMP_PREFIX)?.split_once('.')?;
-    let number = (1..=16).contains(&seq.len())
-        && (seq == "0" || !seq.starts_with('0'))
-        && seq.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let number = (1..=16).contains(&seq.len()) && (seq == "0" || !seq.starts_with('0')) && lower_hex(seq);
     (is_run_id(id) && number).then_some(id)
 }
 
 /// A run id as [`run_id`] makes them: 16 lowercase hex digits.
 fn is_run_id(id: &str) -> bool {
-    id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    id.len() == 16 && lower_hex(id)
+}
+
+fn lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Removes the temporary files a killed run left in a directory this run is about to use
