@@ -1,6 +1,8 @@
 //! Whole-tree copies: the destination equals the source byte for byte.
 
 use bytes::Bytes;
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 
 use crate::util::*;
 
@@ -91,6 +93,11 @@ fn a_rerun_skips_complete_files_and_rewrites_stale_ones() {
         let dest = scratch.dest();
         std::fs::create_dir_all(dest.join("d")).unwrap();
         std::fs::write(dest.join("d/k1"), b"stale").unwrap();
+        // A file fetched again keeps the permissions its owner gave it, as `cp` onto an
+        // existing file does (the new copy is created under another name, then renamed).
+        let mode = |rel: &str| std::fs::metadata(dest.join(rel)).unwrap().permissions().mode() & 0o7777;
+        let set_mode = |rel: &str, m: u32| std::fs::set_permissions(dest.join(rel), Permissions::from_mode(m)).unwrap();
+        set_mode("d/k1", 0o600);
         let gets = || env.fault_counts().gets;
         let copy = |extra: &[&str]| {
             let before = gets();
@@ -109,18 +116,25 @@ fn a_rerun_skips_complete_files_and_rewrites_stale_ones() {
         let (err, n) = copy(&[]);
         assert!(err.contains("50 files written, 0 directories, 0 skipped"), "{engine}: {err}");
         assert_eq!(n, 50);
+        assert_eq!(mode("d/k1"), 0o600, "{engine}: the stale file's mode");
+        assert_ne!(mode("d/k2"), 0o600, "{engine}: a new file's mode is the umask's");
         // Re-run: size and mtime match for every file, nothing is fetched.
         let (err, n) = copy(&[]);
         assert!(err.contains("0 files written, 0 directories, 50 skipped"), "{engine}: {err}");
         assert_eq!(n, 0, "{engine}");
         // Same size, other content and mtime: the mtime tells, only that one is fetched.
         std::fs::write(dest.join("d/k7"), vec![b'x'; 64]).unwrap();
+        set_mode("d/k7", 0o640);
         let (err, n) = copy(&[]);
         assert!(err.contains("1 files written, 0 directories, 49 skipped"), "{engine}: {err}");
         assert_eq!(n, 1, "{engine}");
-        // --overwrite rewrites everything; --skip-existing trusts names alone.
+        assert_eq!(mode("d/k7"), 0o640, "{engine}");
+        // --overwrite rewrites everything, the modes kept; --skip-existing trusts names alone.
+        set_mode("d/k9", 0o4755);
         let (_, n) = copy(&["--overwrite"]);
         assert_eq!(n, 50, "{engine}");
+        assert_eq!((mode("d/k1"), mode("d/k7")), (0o600, 0o640), "{engine}");
+        assert_eq!(mode("d/k9"), 0o755, "{engine}: permissions kept, set-user-ID not");
         std::fs::remove_file(dest.join("d/k3")).unwrap();
         let (err, n) = copy(&["--skip-existing"]);
         assert!(err.contains("1 files written, 0 directories, 49 skipped"), "{engine}: {err}");

@@ -428,10 +428,13 @@ pub(crate) fn settle_rename(
                 rel()
             ));
         }
-        Ok(Renamed::Exists) => match rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        },
+        Ok(Renamed::Exists) => {
+            keep_mode(dir, tmp, name);
+            match rustix::fs::renameat(dir.as_fd(), tmp, dir.as_fd(), name) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        }
         Err(e) => e,
     };
     // The temporary is there, so the name is what the file system refused: exFAT through
@@ -445,6 +448,27 @@ pub(crate) fn settle_rename(
         ));
     }
     Err(io_reason("cannot rename into place", &rel(), refused.raw_os_error()))
+}
+
+/// A regular file about to be replaced by a newer copy passes its permissions on to the
+/// temporary (created 0666 less the umask), as `cp` onto an existing file keeps them: a
+/// user's 0600 stays 0600. Only the permission bits: set-user-ID and the like are not given
+/// to bytes they were not set for. The temporary is opened without following links (the
+/// directory may be writable by others) and changed through its descriptor; a file system
+/// that refuses leaves the temporary's mode, the copy itself being what matters.
+fn keep_mode(dir: &OwnedFd, tmp: &std::ffi::CStr, name: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(old) = rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return };
+    if rustix::fs::FileType::from_raw_mode(old.st_mode) != rustix::fs::FileType::RegularFile {
+        return;
+    }
+    let tmp = Path::new(std::ffi::OsStr::from_bytes(tmp.to_bytes()));
+    let Ok(fd) = crate::existing::open_regular(dir.as_fd(), tmp) else { return };
+    let want = old.st_mode & 0o777;
+    if rustix::fs::fstat(&fd).is_ok_and(|st| st.st_mode & 0o7777 == want) {
+        return;
+    }
+    let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(want));
 }
 
 /// Whether the regular file at `name` was written during this run (changed at or after the
