@@ -338,6 +338,10 @@ pub async fn client(settings: &S3Settings) -> Result<Control, String> {
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .read_timeout(Duration::from_secs(30))
+                // A whole attempt of a request whose answer the SDK reads itself (a list page,
+                // HEAD): a body dribbling a byte at a time passes every read timeout. For a
+                // GET it ends with the headers, the body being read by us.
+                .operation_attempt_timeout(Duration::from_secs(60))
                 .build(),
         );
     // Like the AWS CLI: without a configured region, start at us-east-1; S3 names the

@@ -25,14 +25,15 @@ const STUCK_LISTING: &str = concat!(
     "<Size>10</Size><StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
 );
 
-/// Starts the server; `get` answers the GET of `k` on the connection (and may close it).
-fn lying_server(get: fn(&mut TcpStream)) -> String {
+/// Starts the server; `get` answers the GET of `k` on the connection (and may close it),
+/// given the request's `Range` (first and last byte) if it had one.
+fn lying_server(get: fn(&mut TcpStream, Option<(u64, u64)>)) -> String {
     lying_lister(get, LISTING)
 }
 
 /// Starts the server with `listing` as every list page (after 50 list requests, the plain
 /// [`LISTING`], so that a client that keeps asking still ends).
-fn lying_lister(get: fn(&mut TcpStream), listing: &'static str) -> String {
+fn lying_lister(get: fn(&mut TcpStream, Option<(u64, u64)>), listing: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     let addr = listener.local_addr().expect("its address");
     std::thread::spawn(move || {
@@ -47,7 +48,12 @@ fn lying_lister(get: fn(&mut TcpStream), listing: &'static str) -> String {
 
 /// Answers requests on one connection: list requests with `listing`, the GET of `k` with
 /// `get`, anything else (HeadBucket) with an empty 200.
-fn serve(mut stream: TcpStream, get: fn(&mut TcpStream), listing: &str, lists: &std::sync::atomic::AtomicUsize) {
+fn serve(
+    mut stream: TcpStream,
+    get: fn(&mut TcpStream, Option<(u64, u64)>),
+    listing: &str,
+    lists: &std::sync::atomic::AtomicUsize,
+) {
     let Ok(read) = stream.try_clone() else { return };
     let mut reader = BufReader::new(read);
     loop {
@@ -55,7 +61,7 @@ fn serve(mut stream: TcpStream, get: fn(&mut TcpStream), listing: &str, lists: &
         if reader.read_line(&mut request).unwrap_or(0) == 0 {
             return;
         }
-        let mut length = 0;
+        let (mut length, mut range) = (0, None);
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -64,8 +70,12 @@ fn serve(mut stream: TcpStream, get: fn(&mut TcpStream), listing: &str, lists: &
             if line == "\r\n" {
                 break;
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
+            }
+            if let Some((first, last)) = lower.strip_prefix("range: bytes=").and_then(|r| r.trim().split_once('-')) {
+                range = first.parse().ok().zip(last.parse().ok());
             }
         }
         let _ = reader.read_exact(&mut vec![0; length]);
@@ -76,7 +86,7 @@ fn serve(mut stream: TcpStream, get: fn(&mut TcpStream), listing: &str, lists: &
             let page = if n < 50 { listing } else { LISTING };
             format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{page}", page.len())
         } else if method == "GET" && target.starts_with("/lying/k") {
-            return get(&mut stream);
+            return get(&mut stream, range);
         } else {
             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
         };
@@ -122,7 +132,7 @@ fn copy(
 fn a_body_promised_at_100_tb_fails_the_key_and_the_run_ends_with_its_summary() {
     // Headers promise 100 TB; 10 bytes come in two writes (two frames at the client), then
     // the connection closes. Allocating what the header promised aborted the process.
-    let url = lying_server(|stream| {
+    let url = lying_server(|stream, _| {
         let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000000000000\r\nETag: \"781e5e245d69b566979b86e28d23f2c7\"\r\n\
                     Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n01234";
         let _ = stream.write_all(head.as_bytes());
@@ -137,7 +147,7 @@ fn a_body_promised_at_100_tb_fails_the_key_and_the_run_ends_with_its_summary() {
 #[test]
 fn a_continuation_token_that_does_not_move_fails_the_listing_instead_of_listing_forever() {
     let url = lying_lister(
-        |stream| {
+        |stream, _| {
             let answer = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"781e5e245d69b566979b86e28d23f2c7\"\r\n\
                           Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n0123456789";
             let _ = stream.write_all(answer.as_bytes());
@@ -154,4 +164,57 @@ fn a_continuation_token_that_does_not_move_fails_the_listing_instead_of_listing_
             assert!(err.contains("with the same token as the next page's"), "{fetch}, {workers}: {err}");
         }
     }
+}
+
+/// The object `k` as it is now, 3 MiB, where the listing says 10 bytes: whole, or the range
+/// asked for (206, with its Content-Range), `total` being the size the server claims.
+fn grown(stream: &mut TcpStream, range: Option<(u64, u64)>, total: u64) {
+    const SIZE: u64 = 3 << 20;
+    let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let (status, first, last) = match range {
+        Some((first, last)) => ("206 Partial Content", first, last.min(SIZE - 1)),
+        None => ("200 OK", 0, SIZE - 1),
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"0123456789abcdef0123456789abcdef\"\r\n\
+         Last-Modified: Fri, 02 Jan 2026 00:00:00 GMT\r\n",
+        last + 1 - first
+    );
+    if range.is_some() {
+        head.push_str(&format!("Content-Range: bytes {first}-{last}/{total}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body[first as usize..=last as usize]);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_body_larger_than_listed_is_fetched_in_parts_at_its_real_size() {
+    // The budget was charged 10 bytes: 512 such answers held whole would be gigabytes. The
+    // object changed since the listing (or the server lies): fetched again as an object of
+    // unknown size, in parts, and written as it is now, with its own time.
+    let url = lying_server(|stream, range| grown(stream, range, 3 << 20));
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let (out, err) = copy(&url, fetch, "1", "1", &scratch);
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {err}");
+        assert!(err.contains("1 keys listed: 1 files written"), "{fetch}: {err}");
+        let file = scratch.dest().join("k");
+        let got = std::fs::read(&file).expect("k written");
+        assert_eq!(got.len(), 3 << 20, "{fetch}");
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "{fetch}: the bytes as served");
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let want = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_312_000);
+        assert_eq!(mtime, want, "{fetch}: the answer's Last-Modified, not the listing's");
+    }
+}
+
+#[test]
+fn a_size_above_s3s_maximum_fails_the_key_by_name() {
+    let url = lying_server(|stream, range| grown(stream, range, 6 << 40));
+    fails_the_key(&url);
+    let scratch = Scratch::new();
+    let (_, err) = copy(&url, "lean", "1", "1", &scratch);
+    assert!(err.contains("more than S3's maximum of 5 TiB"), "{err}");
 }

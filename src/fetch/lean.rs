@@ -70,6 +70,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 const SMALL_BODY_COPY: usize = 32 * 1024;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// A list page is at most this large: 1,000 keys of 1,024 bytes with their XML come to
+/// ~1.5 MiB; a server that sends more is not believed, and the page is asked again.
+const LIST_PAGE_MAX: u64 = 16 << 20;
 /// At most this much of a body is allocated ahead of its bytes (by Content-Length); a larger
 /// body grows its buffer as it arrives.
 const PREALLOCATE_MAX: usize = 64 << 20;
@@ -118,9 +121,10 @@ impl ObjectStore for Lean {
         key: &'a str,
         version: Option<&'a str>,
         range: Option<&'a ByteRange>,
+        most: u64,
         first_byte: &'a std::sync::atomic::AtomicBool,
     ) -> GetFuture<'a> {
-        Box::pin(self.attempt(key, version, range, first_byte))
+        Box::pin(self.attempt(key, version, range, most, first_byte))
     }
 }
 
@@ -201,6 +205,7 @@ impl Lean {
         key: &str,
         version: Option<&str>,
         range: Option<&ByteRange>,
+        most: u64,
         first_byte: &std::sync::atomic::AtomicBool,
     ) -> Result<Fetched, GetError> {
         let req = self.request(key, version, range).await?;
@@ -217,7 +222,11 @@ impl Lean {
             total: header_str(&resp, header::CONTENT_RANGE).and_then(content_range_total),
         });
         let ok = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-        let body = self.body_or_error(resp, conn, sent, ok, content_length).await?;
+        if let Some(n) = content_length.filter(|&n| n > most && resp.status() == ok) {
+            // Not read: the connection goes with the answer.
+            return Err(super::store::larger(n, most));
+        }
+        let body = self.body_or_error(resp, conn, sent, (ok, most), content_length).await?;
         Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
     }
 
@@ -266,7 +275,7 @@ impl Lean {
                     throttled += 1;
                     throttled >= super::LIST_ATTEMPTS_THROTTLED
                 }
-                Retry::Transient | Retry::Corrupt => {
+                Retry::Transient | Retry::Corrupt | Retry::Larger => {
                     transient += 1;
                     transient > self.list_retries
                 }
@@ -305,7 +314,7 @@ impl Lean {
         let req = self.signed(req, &path, q.requester_pays).await?;
         let (resp, conn, sent) = self.send(req).await?;
         let content_length = header_str(&resp, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-        let body = self.body_or_error(resp, conn, sent, StatusCode::OK, content_length).await?;
+        let body = self.body_or_error(resp, conn, sent, (StatusCode::OK, LIST_PAGE_MAX), content_length).await?;
         // An unreadable page may be one cut short on the way: tried again like a transport error.
         crate::s3::parse_list_page(&body).map_err(GetError::transient)
     }
@@ -372,15 +381,16 @@ impl Lean {
         Ok(req)
     }
 
-    /// The rest of a response whose headers came: its body when the status is `ok`, checked
-    /// against `content_length`; else the service's error, and its clock learned when it said
-    /// ours is off. Either way the body is read whole, so the connection is kept.
+    /// The rest of a response whose headers came: its body when the status is `ok` (of at
+    /// most `most` bytes: [`Retry::Larger`] beyond), checked against `content_length`; else
+    /// the service's error, and its clock learned when it said ours is off. A body read whole
+    /// keeps the connection.
     async fn body_or_error(
         &self,
         resp: http::Response<hyper::body::Incoming>,
         mut conn: Checkout,
         sent: Instant,
-        ok: StatusCode,
+        (ok, most): (StatusCode, u64),
         content_length: Option<u64>,
     ) -> Result<Bytes, GetError> {
         let status = resp.status();
@@ -388,12 +398,15 @@ impl Lean {
         let date = (status == StatusCode::FORBIDDEN)
             .then(|| header_str(&resp, header::DATE).and_then(parse_http_date))
             .flatten();
-        let limit = if status == ok { usize::MAX } else { MAX_ERROR_BODY };
+        let limit = if status == ok { usize::try_from(most).unwrap_or(usize::MAX) } else { MAX_ERROR_BODY };
         let body = read_body(resp.into_body(), content_length, limit).await?;
         // The whole response was read: the connection can carry the next request.
-        conn.reusable = true;
+        conn.reusable = body.len() <= limit;
         drop(conn);
         if status == ok {
+            if body.len() > limit {
+                return Err(super::store::larger(body.len() as u64, most));
+            }
             check_length(body.len(), content_length)?;
             return Ok(body);
         }

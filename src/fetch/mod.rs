@@ -195,8 +195,9 @@ impl Engine {
         first_byte: &AtomicBool,
     ) -> Result<Fetched, GetError> {
         let limit = attempt_timeout(size);
+        let most = range.map_or(size, |r| r.len);
         let got = tokio::time::timeout(limit, async {
-            self.store.get(key, self.version_id.as_deref(), range, first_byte).await
+            self.store.get(key, self.version_id.as_deref(), range, most, first_byte).await
         })
         .await;
         // Only objects answered measure the round trip: a 503 SlowDown or an error comes back
@@ -335,6 +336,8 @@ impl Engine {
                     let pause = if lane.is_limited() { backoff(0) } else { NOISE_BACKOFF.mul_f64(fastrand::f64()) };
                     tokio::time::sleep(pause).await;
                 }
+                // Not the key's fault, nor one a retry mends: the caller fetches it otherwise.
+                Err(e) if e.retry == Retry::Larger => return Err(e.reason),
                 Err(e) if e.retry == Retry::No || attempt >= retries => {
                     return Err(if attempt > 0 {
                         format!("{} (after {} attempts)", e.reason, attempt + 1)

@@ -127,6 +127,7 @@ impl ObjectStore for Memory {
         key: &'a str,
         _version: Option<&'a str>,
         range: Option<&'a ByteRange>,
+        _most: u64,
         first_byte: &'a AtomicBool,
     ) -> GetFuture<'a> {
         Box::pin(self.serve(key, range, first_byte))

@@ -32,9 +32,10 @@ impl ObjectStore for Sdk {
         key: &'a str,
         version: Option<&'a str>,
         range: Option<&'a ByteRange>,
+        most: u64,
         first_byte: &'a AtomicBool,
     ) -> GetFuture<'a> {
-        Box::pin(get(self, key, version, range, first_byte))
+        Box::pin(get(self, key, version, range, most, first_byte))
     }
 }
 
@@ -79,6 +80,7 @@ async fn get(
     key: &str,
     version: Option<&str>,
     range: Option<&ByteRange>,
+    most: u64,
     first_byte: &AtomicBool,
 ) -> Result<Fetched, GetError> {
     let Sdk { client, bucket, verify, requester_pays } = sdk;
@@ -133,11 +135,40 @@ async fn get(
         etag: out.e_tag.clone(),
         total: out.content_range.as_deref().and_then(content_range_total),
     });
-    let body = out.body.collect().await.map_err(body_error)?.into_bytes();
+    if let Some(n) = expected.filter(|&n| n > most) {
+        return Err(super::store::larger(n, most));
+    }
+    let body = collect_at_most(out.body, most).await?;
     check_length(body.len(), expected)?;
     // The SDK does not say how the body was framed: without a Content-Length, assume nothing.
     let framed = expected.is_some();
     Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
+}
+
+/// Reads a body of at most `most` bytes: a chunked one that goes on is [`Retry::Larger`],
+/// not held whole.
+async fn collect_at_most(mut body: aws_sdk_s3::primitives::ByteStream, most: u64) -> Result<bytes::Bytes, GetError> {
+    let mut first: Option<bytes::Bytes> = None;
+    let mut rest: Option<bytes::BytesMut> = None;
+    let mut got = 0u64;
+    while let Some(chunk) = body.try_next().await.map_err(body_error)? {
+        got += chunk.len() as u64;
+        if got > most {
+            return Err(super::store::larger(got, most));
+        }
+        match (&mut first, &mut rest) {
+            (_, Some(buf)) => buf.extend_from_slice(&chunk),
+            (None, None) => first = Some(chunk),
+            (Some(one), None) => {
+                let mut buf = bytes::BytesMut::with_capacity(got as usize);
+                buf.extend_from_slice(one);
+                buf.extend_from_slice(&chunk);
+                first = None;
+                rest = Some(buf);
+            }
+        }
+    }
+    Ok(rest.map(bytes::BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 /// A failed body read. With checksum mode on, the SDK validates the checksum while reading:

@@ -21,14 +21,16 @@ pub trait ObjectStore: Send + Sync {
     /// The engine's name for the summary (`lean`, `sdk`).
     fn name(&self) -> &'static str;
 
-    /// GETs `key` (of `version`, when given) or the `range` of it and collects the body.
-    /// `first_byte` is set once the response's headers are in (hedging tells an attempt
-    /// that has not answered from one whose body is slow).
+    /// GETs `key` (of `version`, when given) or the `range` of it and collects the body, of
+    /// at most `most` bytes (the listed size, or the range's length): a larger answer is
+    /// [`Retry::Larger`], not read further. `first_byte` is set once the response's headers
+    /// are in (hedging tells an attempt that has not answered from one whose body is slow).
     fn get<'a>(
         &'a self,
         key: &'a str,
         version: Option<&'a str>,
         range: Option<&'a ByteRange>,
+        most: u64,
         first_byte: &'a AtomicBool,
     ) -> GetFuture<'a>;
 }
@@ -96,6 +98,25 @@ pub enum Retry {
     Throttled,
     /// The body does not match its checksum (`--verify`): fetch it again.
     Corrupt,
+    /// The answer is larger than the object was listed (or than the range asked for): not
+    /// read past that, since the byte budget was charged by the listing. The object changed
+    /// since it was listed, or the server lies; a whole object is fetched again as one of
+    /// unknown size, in parts that the budget bounds ([`crate::fetch::task`]).
+    Larger,
+}
+
+/// The start of a [`Retry::Larger`] attempt's reason, by which the fetcher tells it.
+pub const LARGER_THAN_LISTED: &str = "the answer is larger than";
+
+/// S3's largest object: a size (or Content-Range total) above it is no object of S3's.
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+
+/// An answer of `got` bytes (or more), where at most `most` were expected.
+pub fn larger(got: u64, most: u64) -> GetError {
+    GetError {
+        reason: format!("{LARGER_THAN_LISTED} the {most} bytes listed or asked for ({got} bytes)"),
+        retry: Retry::Larger,
+    }
 }
 
 /// A failed GET attempt: the one-line reason and whether to retry.

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::Engine;
 use super::parked::{PARKED_LOOK, Parked};
-use super::store::{ByteRange, Fetched, PartInfo};
+use super::store::{ByteRange, Fetched, LARGER_THAN_LISTED, MAX_OBJECT_SIZE, PartInfo};
 use crate::config::Config;
 use crate::queue::{Listed, Room};
 use crate::report::Report;
@@ -164,6 +164,18 @@ impl Fetcher {
                             meta: Meta { mtime: item.last_modified.or(fetched.last_modified), etag: item.etag },
                         })
                     }
+                    Err(reason) if reason.starts_with(LARGER_THAN_LISTED) => {
+                        // Changed since it was listed (or a server that lies): fetched as an
+                        // object of unknown size, in parts the budget bounds, with the time
+                        // and ETag its answers give, not the listing's.
+                        drop(permit);
+                        tracing::debug!(key = item.key, reason, "larger than listed: fetched in parts");
+                        let item = Listed { size: s3::UNKNOWN_SIZE, last_modified: None, etag: None, ..item };
+                        if self.fetch_large(item, picked).await.is_break() {
+                            break;
+                        }
+                        continue;
+                    }
                     Err(reason) => {
                         self.report.fail(&item.key, &reason);
                         continue;
@@ -221,6 +233,11 @@ impl Fetcher {
         };
         let info = first.part.clone().unwrap_or_default();
         let size = match (info.total, unknown) {
+            (Some(total), _) if total > MAX_OBJECT_SIZE => {
+                let why = format!("the server says the object has {total} bytes, more than S3's maximum of 5 TiB");
+                self.report.fail(key, &why);
+                return ControlFlow::Continue(());
+            }
             (Some(total), _) => total,
             (None, false) => item.size,
             (None, true) => {

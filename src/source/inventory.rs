@@ -239,9 +239,16 @@ impl Manifest {
     }
 }
 
-/// The whole object (a manifest.json is a few KiB).
+/// The whole object (a manifest.json is a few KiB), within a minute.
 async fn get_all(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
     let what = format!("cannot read --manifest s3://{bucket}/{key}");
+    tokio::time::timeout(WITHIN, read_all(client, bucket, key, &what))
+        .await
+        .unwrap_or_else(|_| Err(format!("{what}: no whole answer within {} s", WITHIN.as_secs())))
+}
+
+async fn read_all(client: &aws_sdk_s3::Client, bucket: &str, key: &str, what: &str) -> Result<Vec<u8>, String> {
     let out = client
         .get_object()
         .bucket(bucket)
