@@ -267,9 +267,12 @@ fn max_rate_paces_gets_below_a_limit_it_never_meets() {
     assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     let limit = &env.rate_limit_counts()[0];
     assert!(limit.throttled * 100 <= limit.served, "paced at half the limit: {limit:?}");
-    // No second of the run saw more GETs than the cap allows (plus the one partial second).
-    let busiest = limit.per_second.iter().max().copied().unwrap_or(0);
-    assert!(busiest <= 600, "{limit:?}");
+    // Paced at the cap over the run, by the endpoint's clock: slots follow a schedule, so a
+    // stalled client (a loaded machine) can only send less on average, never more. (No
+    // single second is asserted: a timer that fires late crowds one second and empties the
+    // next without changing the rate.)
+    let span = limit.last_s - limit.first_s;
+    assert!(limit.served as f64 <= 500.0 * span + 50.0, "{} GETs in {span:.2} s: {limit:?}", limit.served);
     let doc = stats(&json);
     assert_eq!(doc["config"]["max_rate"], 500.0);
     assert_eq!(doc["fetch"]["rate_limit"]["max_rate"], 500.0);
@@ -499,7 +502,10 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
 }
 
 #[test]
-fn hedged_gets_cut_the_tail_of_slow_first_bytes() {
+fn gets_not_answered_in_time_are_hedged_and_the_spare_wins() {
+    // ~2 % of first bytes take 3 s, far past --hedge-after 200 ms: each such GET is sent
+    // again, one GET more each, and spares answered at once win. How much of the tail that
+    // cuts is a matter of time, measured by benches, not here.
     let objs = objects(500);
     let env = Env::with_config(
         EndpointConfig {
@@ -509,50 +515,45 @@ fn hedged_gets_cut_the_tail_of_slow_first_bytes() {
         },
         true,
     );
-    let p99 = |doc: &serde_json::Value| doc["stages"]["total"]["p99_us"].as_u64().unwrap();
     for e in engines() {
         let mut runs = Vec::new();
         for hedge in ["0", "200"] {
             let scratch = Scratch::new();
             let json = scratch.dir.path().join("stats.json");
+            let before = env.fault_counts();
             let out = run(env
                 .cmd()
-                .args([
-                    "--workers",
-                    "64",
-                    "--fetch-engine",
-                    e.fetch,
-                    "--io-engine",
-                    e.io,
-                    "--hedge-after",
-                    hedge,
-                    "--stats-json",
-                ])
+                .args(["--workers", "64", "--fetch-engine", e.fetch, "--io-engine", e.io, "--hedge-after", hedge])
+                .arg("--stats-json")
                 .arg(&json)
                 .arg("s3://tail")
                 .arg(scratch.dest()));
             assert_eq!(out.status.code(), Some(0), "{e}");
             assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
-            runs.push(stats(&json));
+            let after = env.fault_counts();
+            runs.push((stats(&json), after.gets - before.gets, after.slow - before.slow));
         }
-        let (plain, hedged) = (&runs[0], &runs[1]);
-        // ~2 % of first bytes take 3 s: without hedging they are the p99.
-        assert!(p99(plain) >= 2_900_000, "{e}: p99 {} µs without hedging", p99(plain));
-        assert!(p99(hedged) < 1_500_000, "{e}: p99 {} µs with hedging", p99(hedged));
-        assert_eq!(plain["fetch"]["hedged"], 0);
-        assert!(hedged["fetch"]["hedge_won"].as_u64().unwrap() > 0, "{e}: {}", hedged["fetch"]);
+        let ((plain, plain_gets, _), (hedged, hedged_gets, slow)) = (&runs[0], &runs[1]);
+        let count = |doc: &serde_json::Value, field: &str| doc["fetch"][field].as_u64().unwrap_or(u64::MAX);
+        assert_eq!((count(plain, "hedged"), *plain_gets), (0, 500), "{e}: no hedging, one GET a key");
+        let h = count(hedged, "hedged");
+        assert_eq!(*hedged_gets, 500 + h, "{e}: each hedge is one more GET");
+        // Every slow first attempt was hedged; of the slow answers, at most `h` were spares.
+        assert!(*slow > 0 && 2 * h >= *slow, "{e}: {h} hedged, {slow} answers slow");
+        assert!(count(hedged, "hedge_won") >= 1, "{e}: {}", hedged["fetch"]);
     }
 }
 
 #[test]
 fn a_slow_body_after_a_prompt_answer_is_not_hedged() {
-    // Every answer's headers come at once and its body 400 ms later: a slow link, which a
-    // second copy of the GET would only compete with.
+    // Every answer's headers come at once and its body 3 s later: a slow link, which a
+    // second copy of the GET would only compete with. Hedging after 1 s leaves a loaded
+    // machine a second to read headers that come at once, and the body two more.
     let objs = objects(40);
     let env = Env::with_config(
         EndpointConfig {
             buckets: vec![bucket("slow-body", objs.clone())],
-            faults: Faults { slow_body: 1.0, slow_delay: std::time::Duration::from_millis(400), ..Faults::default() },
+            faults: Faults { slow_body: 1.0, slow_delay: std::time::Duration::from_secs(3), ..Faults::default() },
             ..Default::default()
         },
         true,
@@ -562,7 +563,7 @@ fn a_slow_body_after_a_prompt_answer_is_not_hedged() {
         let json = scratch.dir.path().join("stats.json");
         let out = run(env
             .cmd()
-            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--hedge-after", "100", "--stats-json"])
+            .args(["--fetch-engine", e.fetch, "--io-engine", e.io, "--hedge-after", "1000", "--stats-json"])
             .arg(&json)
             .arg("s3://slow-body")
             .arg(scratch.dest()));

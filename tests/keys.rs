@@ -224,14 +224,15 @@ fn a_file_written_at_a_keys_path_during_the_run_is_not_replaced() {
         let mut cmd = env.cmd();
         cmd.args(engine.args()).args(parts).arg("s3://during").arg(&dest);
         let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        // The writer has started (and read the file system's clock) once its lock file is
-        // there; every GET then takes 2 s, so these land well before any rename.
+        // The writer starts (and reads the file system's clock) before any GET is sent; the
+        // endpoint counts a GET as it arrives, and answers it 2 s later, so these land after
+        // the clock was read and well before any rename.
+        let gets = env.fault_counts().gets;
         let started = std::time::Instant::now();
-        while !std::fs::read_dir(&dest).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".run")) {
-            assert!(started.elapsed().as_secs() < 20, "{engine}: the run never took its lock");
+        while env.fault_counts().gets == gets {
+            assert!(started.elapsed().as_secs() < 60, "{engine}: no GET arrived");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        std::thread::sleep(std::time::Duration::from_millis(300));
         std::fs::write(dest.join("x/taken"), "another program's").unwrap();
         std::fs::write(dest.join("big"), "another program's big").unwrap();
         let out = child.wait_with_output().unwrap();

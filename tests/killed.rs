@@ -92,6 +92,17 @@ fn large_slow_env(name: &str) -> (Env, Vec<(String, Bytes)>) {
 
 const PARTS: [&str; 6] = ["--multipart-threshold", "256KiB", "--part-size", "256KiB", "--part-concurrency", "1"];
 
+/// Waits until the endpoint has seen `n` more GETs than `before` (at most a minute: a liveness
+/// bound, not a timing): the run is that far along, whatever the machine's speed, and has
+/// long installed its signal handlers.
+fn wait_for_gets(env: &Env, before: u64, n: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while env.fault_counts().gets < before + n {
+        assert!(std::time::Instant::now() < until, "fewer than {n} GETs arrived within a minute");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits until DEST holds a temporary file (at most ~10 s), looking while the run changes it.
 fn wait_for_temporaries(dest: &std::path::Path) -> bool {
     fn any_temp(dir: &std::path::Path) -> bool {
@@ -174,9 +185,11 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
     let env = Env::with_config(config, true);
     let want = expected_tree(&objs, "");
     for engine in engines() {
-        for kill_after_ms in [150, 500] {
+        // Killed as the first GET arrives, and a fifth of the way through.
+        for kill_after_gets in [1, 300] {
             let scratch = Scratch::new();
             let dest = scratch.dest();
+            let gets_at_start = env.fault_counts().gets;
             let mut child = env
                 .cmd()
                 .args(engine.args())
@@ -184,7 +197,7 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
                 .arg(&dest)
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(kill_after_ms));
+            wait_for_gets(&env, gets_at_start, kill_after_gets);
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             // An exited process's io_uring is torn down by the kernel asynchronously (io-wq
@@ -199,7 +212,7 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
             }
             let complete = after_kill.values().filter(|v| v.is_some()).count();
             eprintln!(
-                "{engine}, killed after {kill_after_ms} ms: {complete} files, {} temporaries",
+                "{engine}, killed after {kill_after_gets} GETs: {complete} files, {} temporaries",
                 temporaries(&after_kill).len()
             );
             assert!(complete < objs.len(), "{engine}: the kill came too late to test anything");
@@ -250,6 +263,7 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
         for sig in ["INT", "TERM"] {
             let scratch = Scratch::new();
             let dest = scratch.dest();
+            let gets_at_start = env.fault_counts().gets;
             let child = env
                 .cmd()
                 .args(engine.args())
@@ -258,7 +272,7 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(400));
+            wait_for_gets(&env, gets_at_start, 64);
             signal(&child, sig);
             let out = child.wait_with_output().unwrap();
             let err = stderr(&out);
@@ -314,6 +328,7 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
         let dest = scratch.dest();
         // The graceful stop cannot finish (its stats JSON goes to a FIFO nobody reads): only
         // the second interrupt ends the run.
+        let gets_at_start = env.fault_counts().gets;
         let mut child = env
             .cmd()
             .args(engine.args())
@@ -324,16 +339,16 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(400));
+        wait_for_gets(&env, gets_at_start, 64);
         signal(&child, "INT");
+        // Only a window to see it go on: an exit within it would be the fault under test.
         std::thread::sleep(Duration::from_millis(300));
         assert!(child.try_wait().unwrap().is_none(), "{engine}: the first interrupt cannot end this run");
         signal(&child, "INT");
         let (code, err) = exited_within_a_minute(&mut child);
         assert_eq!(code, Some(130), "{engine}: {err}");
         assert!(err.contains("interrupted again: quitting now"), "{engine}: {err}");
-        std::thread::sleep(Duration::from_millis(100));
-        let tree = read_tree(&dest);
+        let tree = settled_tree(&dest);
         for (path, data) in tree.iter().filter(|(p, d)| d.is_some() && !temporaries(&tree).contains(p)) {
             assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
         }

@@ -141,18 +141,20 @@ fn http_requests_are_forwarded_by_the_proxy_in_http_proxy_and_no_proxy_bypasses_
         let lean = stats(&json)["fetch"]["connections_opened"].as_u64().expect("connections_opened") as usize;
         let through = proxy.settled(&gets, before + lean.max(1)) - before;
         assert!(through >= 1, "{fetch}: {through} proxy connections for {lean} lean connections");
-        // NO_PROXY names the endpoint's host: nothing goes through the proxy.
-        let before = proxy.settled("GET ", usize::MAX);
+        // NO_PROXY names the endpoint's host: nothing goes through the proxy. A proxy of its
+        // own, whose log starts empty: no baseline to wait for while the first one's late
+        // lines come in.
+        let Some(bypassed) = ProxyPy::start() else { return };
         let scratch = Scratch::new();
         let out = run(env
             .cmd()
-            .env("HTTP_PROXY", &proxy.url)
+            .env("HTTP_PROXY", &bypassed.url)
             .env("NO_PROXY", "localhost,127.0.0.1")
             .args(["--fetch-engine", fetch, "s3://via"])
             .arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
         assert_same_tree(&read_tree(&scratch.dest()), &want);
-        assert_eq!(proxy.settled("GET ", usize::MAX) - before, 0, "{fetch}: NO_PROXY bypasses the proxy");
+        assert_eq!(bypassed.settled("GET ", usize::MAX), 0, "{fetch}: NO_PROXY bypasses the proxy");
     }
 }
 

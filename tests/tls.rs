@@ -171,10 +171,11 @@ fn with_30_ms_to_the_first_byte_the_window_grows_to_what_the_round_trip_needs() 
     let fetch = &doc["fetch"];
     let window = fetch["in_flight_window"].as_u64().expect("in_flight_window");
     let opened = fetch["connections_opened"].as_u64().expect("connections_opened");
-    // 16 GETs at 30 ms carry ~500 objects/s; nothing queues, so the window doubles to the
-    // 128 workers, and connections follow it.
-    assert_eq!(window, 128, "{fetch}");
-    assert!(opened > 16 && opened <= 128, "{opened} connections: {fetch}");
+    // 16 GETs at 30 ms carry ~500 objects/s; nothing queues, so the window doubles (to the
+    // 128 workers on an idle machine: where a loaded one lengthens the first byte, growth may
+    // stop sooner, which is the window's rule too), and connections follow it.
+    assert!((32..=128).contains(&window), "{fetch}");
+    assert!(opened > 16 && opened <= window, "{opened} connections: {fetch}");
     // Connections opened after the first ones resume a session from their tickets.
     let resumed = fetch["connections_resumed"].as_u64().expect("connections_resumed");
     assert!(resumed > 0 && resumed < opened, "{resumed} of {opened} resumed: {fetch}");
