@@ -190,3 +190,42 @@ fn serve_refuses_an_address_other_hosts_reach_unless_allowed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("public demo credentials"), "{err}");
 }
+
+/// A connection that sends no request head is closed, and connections beyond the cap wait
+/// for a place: clients that open connections and send nothing cannot exhaust the endpoint.
+#[test]
+fn connections_that_send_nothing_are_closed_and_more_than_the_cap_wait_for_a_place() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("idle", objects(1))],
+            header_read_timeout: Some(Duration::from_millis(300)),
+            max_connections: Some(2),
+            ..Default::default()
+        },
+        false,
+    );
+    let addr = env.url.trim_start_matches("http://").to_owned();
+    // Two connections that send nothing take both places.
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    // A third is accepted by the kernel, but served only once a place is free.
+    let mut third = TcpStream::connect(&addr).expect("connect");
+    third.write_all(b"GET /idle?list-type=2 HTTP/1.1\r\nHost: idle\r\n\r\n").expect("send");
+    third.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut answer = [0u8; 12];
+    third.read_exact(&mut answer).expect("an answer once a place is free");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    // It was answered because an idle one was closed (end of stream, at once), not before:
+    // without the cap it would have been answered while both were still open.
+    let closed = idle
+        .into_iter()
+        .filter(|c| {
+            c.set_nonblocking(true).expect("nonblocking");
+            let mut byte = [0u8; 1];
+            matches!((&*c).read(&mut byte), Ok(0))
+        })
+        .count();
+    assert!(closed >= 1, "the third was served while both idle connections were open");
+}

@@ -122,6 +122,12 @@ pub struct EndpointConfig {
     /// than 15 minutes away from its own time with `403 RequestTimeTooSkewed`, and every
     /// answer's `Date` header tells its time).
     pub clock_offset_s: i64,
+    /// A connection that sends no whole request head within this long is closed (`None`:
+    /// [`HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: Option<Duration>,
+    /// Connections served at once (`None`: [`MAX_CONNECTIONS`]); more wait in the accept
+    /// queue until one ends.
+    pub max_connections: Option<usize>,
 }
 
 /// A server certificate chain and its private key, PEM-encoded.
@@ -222,6 +228,15 @@ pub fn generated_range(key: &str, first: u64, len: u64) -> Vec<u8> {
 
 /// How far from the service's clock a signed request may be.
 const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+/// A connection that sends no whole request head within this long (idle between requests
+/// included, as S3 closes idle connections after about 20 s) is closed: a client that opens
+/// connections and sends nothing cannot hold them for ever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A TLS handshake not done within this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the accept queue until one ends (each holds a
+/// descriptor and a task: this bounds what a flood of connections costs).
+const MAX_CONNECTIONS: usize = 16_384;
 
 /// This machine's time moved by `offset_s` seconds.
 fn offset_now(offset_s: i64) -> SystemTime {
@@ -323,8 +338,12 @@ impl Endpoint {
         let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
         let https = tls.is_some();
         let fault_state = (faults.clone(), list_faults.clone());
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.unwrap_or(MAX_CONNECTIONS)));
+        let header_read_timeout = config.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT);
         let task = tokio::spawn(async move {
             loop {
+                // At the cap, new connections wait in the accept queue until one ends.
+                let Ok(place) = connections.clone().acquire_owned().await else { return };
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
                     Err(_) => {
@@ -339,12 +358,16 @@ impl Endpoint {
                 let (faults, list_faults) = fault_state.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _place = place;
                     let io: Box<dyn Io> = match tls {
                         None => Box::new(stream),
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(s) => Box::new(s),
-                            Err(_) => return, // a failed handshake: the client sees why
-                        },
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => Box::new(s),
+                                // A failed handshake (the client sees why), or none within the time.
+                                _ => return,
+                            }
+                        }
                     };
                     let io = hyper_util::rt::TokioIo::new(io);
                     // Draw each GET's fate here: a reset must drop the connection before
@@ -385,6 +408,8 @@ impl Endpoint {
                     // each buffer of a vectored write into a record of its own, which the
                     // client then decrypts (and copies out) twice.
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_read_timeout)
                         .keep_alive(true)
                         .writev(!https)
                         .serve_connection(io, svc)
