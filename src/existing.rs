@@ -47,7 +47,9 @@ pub struct Existing {
 
 impl Existing {
     pub fn open(dest: &Path, mode: ExistingMode) -> Result<Existing, String> {
-        let root = rustix::fs::open(dest, dir_flags(), Mode::empty())
+        // DEST itself, given on the command line, is followed if it is a symlink (as `cp` and
+        // the writer do); only what is below it never is.
+        let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), std::io::Error::from(e)))?;
         Ok(Existing { root: Arc::new(root), mode, dirs: HashMap::new() })
     }

@@ -143,6 +143,26 @@ fn a_rerun_skips_complete_files_and_rewrites_stale_ones() {
 }
 
 #[test]
+fn a_dest_that_is_a_symlink_to_a_directory_is_followed_in_every_mode() {
+    // As `cp -r src link/` writes into the link's directory; below DEST no link is followed.
+    let objs: Vec<(String, Bytes)> = (0..20).map(|i| format!("d/k{i}")).map(|k| (k.clone(), content(&k, 64))).collect();
+    let env = Env::new(vec![bucket("linked", objs.clone())]);
+    let want = expected_tree(&objs, "");
+    let scratch = Scratch::new();
+    let real = scratch.dest();
+    std::fs::create_dir_all(&real).unwrap();
+    let link = scratch.dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for (extra, written) in [(&[][..], 20), (&[][..], 0), (&["--overwrite"][..], 20), (&["--skip-existing"][..], 0)] {
+        let out = run(env.cmd().args(extra).arg("s3://linked").arg(&link));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {err}");
+        assert!(err.contains(&format!("{written} files written")), "{extra:?}: {err}");
+        assert_same_tree(&read_tree(&real), &want);
+    }
+}
+
+#[test]
 fn quiet_prints_nothing_on_success() {
     let objs = vec![("a".to_owned(), content("a", 10))];
     let env = Env::new(vec![bucket("quiet", objs)]);
