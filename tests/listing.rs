@@ -23,7 +23,6 @@ fn layout() -> Vec<(String, Bytes)> {
 #[test]
 fn parallel_listing_lists_every_key_exactly_once() {
     let objs = layout();
-    let files = objs.iter().filter(|(k, _)| !k.ends_with('/')).count() as u64;
     let env = Env::new(vec![bucket("layout", objs.clone())]);
     for (source, prefix) in [("s3://layout", ""), ("s3://layout/flat", "flat/"), ("s3://layout/a/", "a/")] {
         let want_objs: Vec<_> = objs.iter().filter(|(k, _)| k.starts_with(prefix)).cloned().collect();
@@ -54,7 +53,6 @@ fn parallel_listing_lists_every_key_exactly_once() {
             }
         }
     }
-    assert!(files > 8000);
 }
 
 #[test]

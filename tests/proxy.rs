@@ -170,7 +170,7 @@ fn a_proxy_that_is_not_listening_fails_the_run_naming_the_proxy() {
             .env("HTTP_PROXY", format!("http://127.0.0.1:{closed}"))
             .args(["--fetch-engine", fetch, "--retries", "0", "--stall-timeout", "2", "s3://via"])
             .arg(scratch.dest()));
-        assert_ne!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "{fetch}: a setup error: {}", stderr(&out));
         assert!(scratch.outside_dest().is_empty());
         let err = stderr(&out);
         assert!(err.contains(&format!("127.0.0.1:{closed}")), "{fetch}: the proxy is named: {err}");
@@ -214,7 +214,7 @@ fn credentials_in_the_proxy_url_are_sent_and_a_refusal_names_the_proxys_answer()
             .arg(&ca)
             .arg("s3://via")
             .arg(&dest));
-        assert_ne!(out.status.code(), Some(0), "{fetch}");
+        assert_eq!(out.status.code(), Some(2), "{fetch}: a setup error: {}", stderr(&out));
         let err = stderr(&out);
         // Lean: `CONNECT … refused: HTTP/1.1 407 …`; the SDK: `proxy authorization required`.
         assert!(
