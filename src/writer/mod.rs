@@ -767,14 +767,20 @@ impl DirCache {
         }
     }
 
-    /// `--fsync`: makes the renames durable, one fsync per directory that received files
-    /// (and DEST, which may have gained directories).
-    fn sync_touched(&self) -> Result<(), String> {
-        let Some(t) = &self.touched else { return Ok(()) };
+    /// `--fsync`: the directories [`DirCache::sync_touched`] syncs, in order (`""` is DEST);
+    /// none without `--fsync`.
+    fn to_sync(&self) -> Vec<String> {
+        let Some(t) = &self.touched else { return Vec::new() };
         let mut dirs: Vec<String> = t.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
         dirs.push(String::new());
         dirs.sort();
-        for rel in dirs {
+        dirs
+    }
+
+    /// `--fsync`: makes the renames durable, one fsync per directory that received files
+    /// (and DEST, which may have gained directories).
+    fn sync_touched(&self) -> Result<(), String> {
+        for rel in self.to_sync() {
             let fd = self.get(&rel)?;
             rustix::fs::fsync(fd.as_fd()).map_err(|e| {
                 io_reason("cannot fsync directory", if rel.is_empty() { "DEST" } else { &rel }, e.raw_os_error())
@@ -1123,12 +1129,12 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let mut dirs = DirCache::open(dest.path()).unwrap();
         dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
-        dirs.touched("a/b/c");
-        dirs.touched("a/b/d");
-        dirs.touched("e");
-        let mut got: Vec<String> = dirs.touched.as_ref().unwrap().lock().unwrap().iter().cloned().collect();
-        got.sort();
-        assert_eq!(got, ["a", "a/b", "a/b/c", "a/b/d", "e"]);
+        for rel in ["a/b/c", "a/b/d", "e"] {
+            dirs.get(rel).unwrap();
+            dirs.touched(rel);
+        }
+        assert_eq!(dirs.to_sync(), ["", "a", "a/b", "a/b/c", "a/b/d", "e"], "DEST and every ancestor");
+        dirs.sync_touched().expect("each directory opened and synced");
     }
 
     /// (policy, nice) of every live thread of this process whose name starts with `prefix`,
