@@ -650,3 +650,26 @@ fn has_final_file(dir: &std::path::Path) -> bool {
         Err(_) => false,
     })
 }
+
+#[test]
+fn keys_a_line_cannot_hold_are_left_out_of_the_failed_keys_file_and_counted() {
+    // `KEY<TAB>REASON` per line: a key with a tab or a line break would come back as another
+    // key. Such keys fail on stderr (escaped) and the summary counts them.
+    let keys = ["c/tab\there", "c/line\nbreak", "c/plain"];
+    let objs: Vec<(String, Bytes)> = keys.iter().map(|k| (k.to_string(), content(k, 50))).collect();
+    let config = EndpointConfig {
+        buckets: vec![bucket("odd", objs)],
+        denied: keys.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    let scratch = Scratch::new();
+    let list = scratch.dir.path().join("failed.txt");
+    let out = run(env.cmd().arg("--failed-keys").arg(&list).arg("s3://odd/c/").arg(scratch.dest()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(keys_in(&list), vec!["c/plain".to_owned()], "only the key a line can hold");
+    assert!(err.contains("failed 'c/tab\\u{9}here': AccessDenied"), "{err}");
+    assert!(err.contains("failed 'c/line\\u{a}break': AccessDenied"), "{err}");
+    assert!(err.contains("(2 keys containing a tab or a line break are only in the log)"), "{err}");
+}
