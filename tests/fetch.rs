@@ -622,3 +622,38 @@ fn archived_objects_are_skipped_with_a_reason_unless_restored() {
         });
     }
 }
+
+#[test]
+fn gets_of_more_than_8_mib_are_never_hedged() {
+    // Every first byte takes 3 s, far past --hedge-after 200 ms. A 4 KiB object and the 9 MiB
+    // parts of a large one wait alike; only the small GET is sent twice (a second copy of a
+    // large body would double its bytes on the same link).
+    let objs = vec![("small".to_owned(), content("small", 4096)), ("large".to_owned(), content("large", 18 << 20))];
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("sizes", objs.clone())],
+            faults: Faults { slow: 1.0, slow_delay: std::time::Duration::from_secs(3), ..Faults::default() },
+            ..Default::default()
+        },
+        true,
+    );
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let before = env.fault_counts().gets;
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--hedge-after", "200", "--multipart-threshold", "9MiB"])
+            .args(["--part-size", "9MiB", "--stats-json"])
+            .arg(&json)
+            .arg("s3://sizes")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let hedged = stats(&json)["fetch"]["hedged"].as_u64().unwrap_or(u64::MAX);
+        // The small object's GET, and its spare (slow too) once more: 1 or 2, never a part's.
+        assert!((1..=2).contains(&hedged), "{fetch}: {hedged} hedged");
+        let gets = env.fault_counts().gets - before;
+        assert_eq!(gets, 1 + 2 + hedged, "{fetch}: one GET for the small object, one per 9 MiB part, and the hedges");
+    }
+}
