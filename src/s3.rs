@@ -247,7 +247,8 @@ impl Identities {
                 Ok(identity)
             }
             Err(e) => {
-                let why = chain(&e).lines().next().unwrap_or_default().to_owned();
+                // One line: the provider chain's per-provider report is multi-line.
+                let why = chain(&e).lines().next().unwrap_or_default().trim_end_matches(" Attempted:").to_owned();
                 let now = SystemTime::now();
                 let mut cur =
                     self.current.write().map_err(|_| CredentialsError::passing("credentials cache poisoned".into()))?;

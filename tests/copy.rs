@@ -333,3 +333,35 @@ fn fsync_and_verify_give_the_same_tree_with_each_engine() {
         assert_eq!(doc["verify"]["by_checksum"], 300, "{engine}");
     }
 }
+
+#[test]
+fn a_named_profile_supplies_the_region_the_endpoint_and_the_credentials() {
+    // As `aws --profile restore s3 cp` would: nothing on the command line but the profile.
+    let objs: Vec<(String, Bytes)> =
+        (0..10).map(|i| format!("p/k{i}")).map(|k| (k.clone(), content(&k, 100))).collect();
+    let env = Env::new(vec![bucket("profiled", objs.clone())]);
+    let scratch = Scratch::new();
+    let config = scratch.dir.path().join("config");
+    let profile = format!(
+        "[default]\nregion = eu-west-3\n\n[profile restore]\nregion = us-east-1\nendpoint_url = {}\n\
+         aws_access_key_id = {AK}\naws_secret_access_key = {SK}\n",
+        env.url
+    );
+    std::fs::write(&config, profile).unwrap();
+    for fetch in FETCH_ENGINES {
+        let dest = scratch.dir.path().join(fetch);
+        let mut cmd = bare_cmd();
+        cmd.env("AWS_CONFIG_FILE", &config).env_remove("AWS_REGION");
+        let out = run(cmd.args(["--profile", "restore", "--fetch-engine", fetch, "s3://profiled"]).arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&dest), &expected_tree(&objs, ""));
+        // Without the profile: no credentials (the default profile has none), said so.
+        let mut cmd = bare_cmd();
+        cmd.env("AWS_CONFIG_FILE", &config).env_remove("AWS_REGION");
+        let out = run(cmd.args(["--fetch-engine", fetch, "s3://profiled"]).arg(scratch.dir.path().join("none")));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{fetch}: {err}");
+        assert!(err.contains("no usable AWS credentials"), "{fetch}: {err}");
+        assert!(!err.trim_end().ends_with("Attempted:"), "{fetch}: a sentence that ends: {err}");
+    }
+}
