@@ -158,3 +158,50 @@ fn a_full_disk_stops_the_run_quickly_and_leaves_no_partial_file() {
         }
     }
 }
+
+#[test]
+fn the_secret_key_appears_in_no_output_even_at_debug_level() {
+    // Debug logs, the stats JSON and the failed-keys list of a run with failures, retries and
+    // a rejected secret: none holds the secret (signatures are derived from it, and are in
+    // no output either).
+    let objs = vec![("ok".to_owned(), content("ok", 10)), ("no".to_owned(), content("no", 10))];
+    let config = s3uring::endpoint::EndpointConfig {
+        buckets: vec![bucket("secret", objs)],
+        denied: vec!["no".to_owned()],
+        faults: s3uring::endpoint::Faults { internal: 0.3, ..Default::default() },
+        ..Default::default()
+    };
+    let env = Env::with_config(config, true);
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let (json, list) = (scratch.dir.path().join("stats.json"), scratch.dir.path().join("failed.txt"));
+        let out = run(env
+            .cmd()
+            .env("RUST_LOG", "debug")
+            .args(["-vv", "--fetch-engine", fetch, "--stats-json"])
+            .arg(&json)
+            .arg("--failed-keys")
+            .arg(&list)
+            .arg("s3://secret")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(1), "{fetch}");
+        let rejected = run(env
+            .cmd()
+            .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+            .arg("-vv")
+            .arg("s3://secret")
+            .arg(scratch.dest()));
+        let texts = [
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            std::fs::read_to_string(&json).unwrap_or_default(),
+            std::fs::read_to_string(&list).unwrap_or_default(),
+            stderr(&rejected),
+        ];
+        assert!(texts[0].len() > 1000, "{fetch}: debug logging was on: {}", texts[0]);
+        for text in texts {
+            assert!(!text.contains(SK) && !text.contains("wrong-secret-value"), "{fetch}: the secret in {text}");
+            assert!(!text.contains("Signature="), "{fetch}: a signature in {text}");
+        }
+    }
+}
