@@ -28,12 +28,15 @@ const STUCK_LISTING: &str = concat!(
 /// Starts the server; `get` answers the GET of `k` on the connection (and may close it),
 /// given the request's `Range` (first and last byte) if it had one.
 fn lying_server(get: fn(&mut TcpStream, Option<(u64, u64)>)) -> String {
-    lying_lister(get, LISTING)
+    lying_lister(get, |_, _| Some(LISTING))
 }
 
-/// Starts the server with `listing` as every list page (after 50 list requests, the plain
-/// [`LISTING`], so that a client that keeps asking still ends).
-fn lying_lister(get: fn(&mut TcpStream, Option<(u64, u64)>), listing: &'static str) -> String {
+/// Starts the server with `listing(n, target)` as the answer to the `n`th list request (from
+/// 0), of that request target: a page, or `None` for a `500 InternalError`.
+fn lying_lister(
+    get: fn(&mut TcpStream, Option<(u64, u64)>),
+    listing: fn(usize, &str) -> Option<&'static str>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     let addr = listener.local_addr().expect("its address");
     std::thread::spawn(move || {
@@ -51,7 +54,7 @@ fn lying_lister(get: fn(&mut TcpStream, Option<(u64, u64)>), listing: &'static s
 fn serve(
     mut stream: TcpStream,
     get: fn(&mut TcpStream, Option<(u64, u64)>),
-    listing: &str,
+    listing: fn(usize, &str) -> Option<&'static str>,
     lists: &std::sync::atomic::AtomicUsize,
 ) {
     let Ok(read) = stream.try_clone() else { return };
@@ -83,8 +86,20 @@ fn serve(
         let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         let answer = if method == "GET" && target.contains("list-type=2") {
             let n = lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let page = if n < 50 { listing } else { LISTING };
-            format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{page}", page.len())
+            match listing(n, target) {
+                Some(page) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                ),
+                None => {
+                    let error =
+                        "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
+                    format!(
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{error}",
+                        error.len()
+                    )
+                }
+            }
         } else if method == "GET" && target.starts_with("/lying/k") {
             return get(&mut stream, range);
         } else {
@@ -147,13 +162,9 @@ fn a_body_promised_at_100_tb_fails_the_key_and_the_run_ends_with_its_summary() {
 #[test]
 fn a_continuation_token_that_does_not_move_fails_the_listing_instead_of_listing_forever() {
     let url = lying_lister(
-        |stream, _| {
-            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"781e5e245d69b566979b86e28d23f2c7\"\r\n\
-                          Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n0123456789";
-            let _ = stream.write_all(answer.as_bytes());
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        },
-        STUCK_LISTING,
+        ten_bytes,
+        // After 50 requests, the plain page, so that a client that keeps asking still ends.
+        |n, _| Some(if n < 50 { STUCK_LISTING } else { LISTING }),
     );
     for fetch in FETCH_ENGINES {
         for workers in ["1", "32"] {
@@ -217,4 +228,40 @@ fn a_size_above_s3s_maximum_fails_the_key_by_name() {
     let scratch = Scratch::new();
     let (_, err) = copy(&url, "lean", "1", "1", &scratch);
     assert!(err.contains("more than S3's maximum of 5 TiB"), "{err}");
+}
+
+/// The GET of `k`: its 10 bytes.
+fn ten_bytes(stream: &mut TcpStream, _: Option<(u64, u64)>) {
+    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"781e5e245d69b566979b86e28d23f2c7\"\r\n\
+                  Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n0123456789";
+    let _ = stream.write_all(answer.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_listing_that_fails_part_way_stops_with_exit_1_and_keeps_the_untried_failed_keys() {
+    // The first page (with `k`) and then 500s for the next: the listing cannot go on. What was listed
+    // is copied; the run says where the listing stopped and why, exits 1, and an old
+    // failed-keys list keeps what this run never got to.
+    let url = lying_lister(ten_bytes, |_, target| (!target.contains("continuation-token")).then_some(STUCK_LISTING));
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        let list = scratch.dir.path().join("failed.txt");
+        std::fs::write(&list, "untried\tan earlier failure\n").unwrap();
+        let mut cmd = bare_cmd();
+        cmd.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);
+        let out = run(cmd
+            .args(["--endpoint-url", &url, "--fetch-engine", fetch, "--retries", "1", "--hedge-after", "0"])
+            .arg("--failed-keys")
+            .arg(&list)
+            .args(["s3://lying/"])
+            .arg(scratch.dest()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{fetch}: {err}");
+        assert!(err.contains("listing stopped after 1 keys: "), "{fetch}: {err}");
+        assert!(err.contains("InternalError"), "{fetch}: the store's answer named: {err}");
+        assert_eq!(std::fs::read(scratch.dest().join("k")).ok().as_deref(), Some(&b"0123456789"[..]), "{fetch}");
+        let kept = std::fs::read_to_string(&list).unwrap();
+        assert!(kept.starts_with("untried\t"), "{fetch}: the old list's untried key kept: {kept:?}");
+    }
 }
