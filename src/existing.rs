@@ -49,7 +49,7 @@ impl Existing {
     pub fn open(dest: &Path, mode: ExistingMode) -> Result<Existing, String> {
         // DEST itself, given on the command line, is followed if it is a symlink (as `cp` and
         // the writer do); only what is below it never is.
-        let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        let root = rustix::fs::open(dest, dir_flags().difference(OFlags::NOFOLLOW), Mode::empty())
             .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), std::io::Error::from(e)))?;
         Ok(Existing { root: Arc::new(root), mode, dirs: HashMap::new() })
     }

@@ -138,7 +138,7 @@ fn an_interrupted_loop_keeps_every_key_it_did_not_copy() {
     // Interrupted once the first file is in place: 400 GETs at 40 ms by 8 workers take 2 s
     // more, so most keys are still to come whatever the machine's speed.
     let started = std::time::Instant::now();
-    while !has_final_file(&scratch.dest()) {
+    while !any_file_named(&scratch.dest(), &|name| !name.starts_with(".s3uring-tmp.")) {
         assert!(started.elapsed() < Duration::from_secs(60), "no file was written");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -638,17 +638,6 @@ fn an_endpoint_named_by_the_environment_is_where_both_engines_go() {
             assert_eq!(doc["config"]["force_path_style"].as_bool(), Some(true), "{var} {fetch}");
         }
     }
-}
-
-/// Whether a file other than a temporary is anywhere under `dir` (which may not exist yet, and
-/// changes while it is read).
-fn has_final_file(dir: &std::path::Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|e| match e.file_type() {
-        Ok(t) if t.is_dir() => has_final_file(&e.path()),
-        Ok(t) => t.is_file() && !e.file_name().to_string_lossy().starts_with(".s3uring-tmp."),
-        Err(_) => false,
-    })
 }
 
 #[test]

@@ -223,16 +223,12 @@ fn a_file_written_at_a_keys_path_during_the_run_is_not_replaced() {
         std::fs::write(dest.join("x/stale"), "from before the run").unwrap();
         let mut cmd = env.cmd();
         cmd.args(engine.args()).args(parts).arg("s3://during").arg(&dest);
+        let gets_at_start = env.fault_counts().gets;
         let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         // The writer starts (and reads the file system's clock) before any GET is sent; the
         // endpoint counts a GET as it arrives, and answers it 2 s later, so these land after
         // the clock was read and well before any rename.
-        let gets = env.fault_counts().gets;
-        let started = std::time::Instant::now();
-        while env.fault_counts().gets == gets {
-            assert!(started.elapsed().as_secs() < 60, "{engine}: no GET arrived");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        env.wait_for_gets(gets_at_start, 1);
         std::fs::write(dest.join("x/taken"), "another program's").unwrap();
         std::fs::write(dest.join("big"), "another program's big").unwrap();
         let out = child.wait_with_output().unwrap();

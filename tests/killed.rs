@@ -92,29 +92,11 @@ fn large_slow_env(name: &str) -> (Env, Vec<(String, Bytes)>) {
 
 const PARTS: [&str; 6] = ["--multipart-threshold", "256KiB", "--part-size", "256KiB", "--part-concurrency", "1"];
 
-/// Waits until the endpoint has seen `n` more GETs than `before` (at most a minute: a liveness
-/// bound, not a timing): the run is that far along, whatever the machine's speed, and has
-/// long installed its signal handlers.
-fn wait_for_gets(env: &Env, before: u64, n: u64) {
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while env.fault_counts().gets < before + n {
-        assert!(std::time::Instant::now() < until, "fewer than {n} GETs arrived within a minute");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Waits until DEST holds a temporary file (at most ~10 s), looking while the run changes it.
 fn wait_for_temporaries(dest: &std::path::Path) -> bool {
-    fn any_temp(dir: &std::path::Path) -> bool {
-        let Ok(entries) = std::fs::read_dir(dir) else { return false };
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name.starts_with(TMP) && !name.ends_with(".run") && !name.ends_with(".new"))
-                || (e.file_type().is_ok_and(|t| t.is_dir()) && any_temp(&e.path()))
-        })
-    }
+    let temporary = |name: &str| name.starts_with(TMP) && !name.ends_with(".run") && !name.ends_with(".new");
     for _ in 0..200 {
-        if any_temp(dest) {
+        if any_file_named(dest, &temporary) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -197,7 +179,7 @@ fn kill_9_mid_run_leaves_only_complete_files_and_a_rerun_finishes_the_job() {
                 .arg(&dest)
                 .spawn()
                 .unwrap();
-            wait_for_gets(&env, gets_at_start, kill_after_gets);
+            env.wait_for_gets(gets_at_start, kill_after_gets);
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             // An exited process's io_uring is torn down by the kernel asynchronously (io-wq
@@ -272,7 +254,7 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            wait_for_gets(&env, gets_at_start, 64);
+            env.wait_for_gets(gets_at_start, 64);
             signal(&child, sig);
             let out = child.wait_with_output().unwrap();
             let err = stderr(&out);
@@ -339,7 +321,7 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for_gets(&env, gets_at_start, 64);
+        env.wait_for_gets(gets_at_start, 64);
         signal(&child, "INT");
         // Only a window to see it go on: an exit within it would be the fault under test.
         std::thread::sleep(Duration::from_millis(300));

@@ -93,6 +93,17 @@ impl Env {
         self.endpoint.as_ref().map(|e| e.fault_counts()).unwrap_or_default()
     }
 
+    /// Waits until the endpoint has seen `n` more GETs than `before` (at most a minute: a
+    /// liveness bound, not a timing): a run is that far along, whatever the machine's speed,
+    /// and has long installed its signal handlers and read the file system's clock.
+    pub fn wait_for_gets(&self, before: u64, n: u64) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.fault_counts().gets < before + n {
+            assert!(std::time::Instant::now() < until, "fewer than {n} GETs arrived within a minute");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// List requests served (`gets`) and faults injected into them.
     pub fn list_fault_counts(&self) -> s3uring::endpoint::FaultCounts {
         self.endpoint.as_ref().map(|e| e.list_fault_counts()).unwrap_or_default()
@@ -191,6 +202,17 @@ pub fn content(key: &str, size: usize) -> Bytes {
 pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
 
 /// Reads a whole tree (without following symlinks; a symlink is an error).
+/// Whether a file (anything but a directory) whose name `wanted` accepts is anywhere under
+/// `dir`, which may not exist yet and may change while it is read.
+pub fn any_file_named(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| match e.file_type() {
+        Ok(t) if t.is_dir() => any_file_named(&e.path(), wanted),
+        Ok(_) => wanted(&e.file_name().to_string_lossy()),
+        Err(_) => false,
+    })
+}
+
 pub fn read_tree(root: &Path) -> Tree {
     let mut tree = Tree::new();
     walk(root, root, &mut tree);

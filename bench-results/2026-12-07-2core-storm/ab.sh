@@ -20,7 +20,7 @@ for rep in $(seq 1 $REPS); do
     if [ $((rep % 2)) = 1 ]; then order="old new"; else order="new old"; fi
     for b in $order; do
       if [ $b = old ]; then BIN=$OLD; else BIN=$NEW; fi
-      out=$(./run1.sh $BIN "$args" 2>&1)
+      out=$(../2026-12-07-2core-faults/run1.sh $BIN "$args" 2>&1)
       secs=$(echo "$out" | grep -oP 'in \K[0-9.]+(?= s:)' | head -1)
       ops=$(echo "$out" | grep -oP '[0-9]+(?= objects/s)' | head -1)
       cpu=$(echo "$out" | grep -oP '= \K[0-9]+(?= µs/object)' | head -1)
