@@ -47,7 +47,8 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
     let report = Arc::new(Report::silent());
     let opts =
         WriterOptions { engine, io_threads: threads, hand_off: 1024, files_per_submit: per_submit, fsync: false };
-    let w = writer::start(&opts, dest, report.clone()).expect("start writer");
+    let w = writer::start(&opts, s3uring::existing::open_dest(dest).expect("open DEST"), report.clone())
+        .expect("start writer");
     let body = Bytes::from(vec![7u8; size as usize]);
     let mut keys: Vec<String> = (0..files).map(|i| format!("p{:04}/obj{i:08}", i % 100)).collect();
     keys.sort();

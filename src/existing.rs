@@ -33,6 +33,16 @@ pub enum ExistingMode {
     SkipExisting,
 }
 
+/// Opens DEST once for the whole run: the existing-file check and the writer share this
+/// descriptor, so both see the same directory even if the path is changed during the run.
+/// DEST itself, given on the command line, is followed if it is a symlink (as `cp` does);
+/// nothing below it ever is.
+pub fn open_dest(dest: &Path) -> Result<Arc<OwnedFd>, String> {
+    rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map(Arc::new)
+        .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), std::io::Error::from(e)))
+}
+
 /// Directories cached at most (then the cache starts over).
 const MAX_DIRS: usize = 1024;
 
@@ -46,12 +56,9 @@ pub struct Existing {
 }
 
 impl Existing {
-    pub fn open(dest: &Path, mode: ExistingMode) -> Result<Existing, String> {
-        // DEST itself, given on the command line, is followed if it is a symlink (as `cp` and
-        // the writer do); only what is below it never is.
-        let root = rustix::fs::open(dest, dir_flags().difference(OFlags::NOFOLLOW), Mode::empty())
-            .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), std::io::Error::from(e)))?;
-        Ok(Existing { root: Arc::new(root), mode, dirs: HashMap::new() })
+    /// Looks below `root`, DEST as the writer opened it ([`open_dest`]).
+    pub fn new(root: Arc<OwnedFd>, mode: ExistingMode) -> Existing {
+        Existing { root, mode, dirs: HashMap::new() }
     }
 
     /// True when the object (`size` bytes, `last_modified`, `etag`) is already at `target`:
@@ -217,7 +224,8 @@ mod tests {
         f.set_modified(lm).unwrap();
 
         let t = |k: &str| map_key(k).unwrap();
-        let mut ex = Existing::open(dir.path(), ExistingMode::Compare).unwrap();
+        let open = |mode| Existing::new(open_dest(dir.path()).unwrap(), mode);
+        let mut ex = open(ExistingMode::Compare);
         assert!(ex.is_done(&t("a/f"), 5, Some(lm), None));
         assert!(!ex.is_done(&t("a/f"), 6, Some(lm), None), "size differs");
         assert!(!ex.is_done(&t("a/f"), 5, Some(lm + Duration::from_secs(1)), None), "mtime differs");
@@ -233,10 +241,10 @@ mod tests {
         assert!(!ex.is_done(&t("a"), 0, Some(lm), None), "a directory is not a file");
         assert!(!ex.is_done(&t("link/g"), 5, None, None), "never through a symlink");
 
-        let mut skip = Existing::open(dir.path(), ExistingMode::SkipExisting).unwrap();
+        let mut skip = open(ExistingMode::SkipExisting);
         assert!(skip.is_done(&t("a/f"), 999, None, None));
         assert!(!skip.is_done(&t("link/g"), 5, None, None));
-        let mut over = Existing::open(dir.path(), ExistingMode::Overwrite).unwrap();
+        let mut over = open(ExistingMode::Overwrite);
         assert!(!over.is_done(&t("a/f"), 5, Some(lm), None));
     }
 }

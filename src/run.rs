@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::console::sanitize;
 pub use crate::error::Fatal;
-use crate::existing::{Existing, ExistingMode};
+use crate::existing::{self, Existing, ExistingMode};
 use crate::fetch::{self, Engine, task};
 use crate::keymap::CaseGuard;
 use crate::queue::{Listed, Room};
@@ -85,13 +85,14 @@ async fn copy(
     // Whatever can fail at setup comes before the writer starts: its threads hold the run's
     // lock file in DEST until they end, which an early return would not wait for.
     let stores = fetch::stores(cfg, control, &report).await.map_err(Fatal::Setup)?;
+    let dest = existing::open_dest(&cfg.dest).map_err(Fatal::Setup)?;
     // A DEST this run created holds nothing to compare against.
     let existing = match cfg.existing {
         ExistingMode::Overwrite => None,
         _ if created_dest => None,
-        mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
+        mode => Some(Existing::new(dest.clone(), mode)),
     };
-    let writer = writer::start(&writer_options, &cfg.dest, report.clone()).map_err(Fatal::Setup)?;
+    let writer = writer::start(&writer_options, dest, report.clone()).map_err(Fatal::Setup)?;
     let engine = writer.engine;
     let case = writer.folds_case.then(|| {
         tracing::info!(
@@ -208,7 +209,7 @@ async fn dry_run(
     let existing = match cfg.existing {
         ExistingMode::Overwrite => None,
         _ if !cfg.dest.is_dir() => None,
-        mode => Some(Existing::open(&cfg.dest, mode).map_err(Fatal::Setup)?),
+        mode => Some(Existing::new(existing::open_dest(&cfg.dest).map_err(Fatal::Setup)?, mode)),
     };
     let (tx, rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
     let room = Room::new(cfg.queue.max(1));

@@ -458,12 +458,14 @@ mod tests {
     #[tokio::test]
     async fn a_record_decrypted_while_a_request_is_written_is_kept_for_the_next_read() {
         let pki = pki();
+        let (both_sent, sent) = tokio::sync::oneshot::channel();
         let addr = server(pki.server.clone(), |mut tls| async move {
             // Two records in one go: the client's first read takes the first only.
             tls.write_all(b"first").await.unwrap();
             tls.flush().await.unwrap();
             tls.write_all(b" second").await.unwrap();
             tls.flush().await.unwrap();
+            let _ = both_sent.send(());
             let mut got = [0u8; 5];
             tls.read_exact(&mut got).await.unwrap();
             tls.write_all(b" answered").await.unwrap();
@@ -471,7 +473,9 @@ mod tests {
         })
         .await;
         let mut tls = client(&pki.client, addr).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Over loopback, bytes a send returned from are in the receiving socket: the first
+        // read below takes both records.
+        sent.await.unwrap();
         let mut first = [0u8; 5];
         tls.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"first");

@@ -554,10 +554,10 @@ pub struct WriterOptions {
     pub files_per_submit: usize,
 }
 
-/// Opens DEST and starts the chosen engine.
-pub fn start(opts: &WriterOptions, dest: &Path, report: Arc<Report>) -> Result<Writer, String> {
+/// Starts the chosen engine in DEST (opened by [`crate::existing::open_dest`]).
+pub fn start(opts: &WriterOptions, dest: Arc<OwnedFd>, report: Arc<Report>) -> Result<Writer, String> {
     raise_nofile_limit();
-    let mut dirs = DirCache::open(dest)?;
+    let mut dirs = DirCache::open(dest);
     if opts.fsync {
         dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
     }
@@ -707,14 +707,11 @@ pub struct DirCache {
 }
 
 impl DirCache {
-    pub fn open(dest: &Path) -> Result<DirCache, String> {
-        let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| format!("cannot open DEST '{}': {}", dest.display(), io::Error::from(e)))?;
-        let root = Arc::new(root);
+    pub fn open(root: Arc<OwnedFd>) -> DirCache {
         let runs = RunLock::take(&root);
         remove_stale_temps(&root, "", &runs);
         runs.remove_dead_locks();
-        Ok(DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None, started: None })
+        DirCache { root, runs, map: Mutex::new(HashMap::new()), cap: dir_cache_cap(), touched: None, started: None }
     }
 
     /// Probes DEST with a temporary: records the file system's time now ([`DirCache::started`])
@@ -1127,7 +1124,7 @@ mod tests {
     #[test]
     fn fsync_covers_every_directory_on_the_way_to_a_file() {
         let dest = tempfile::tempdir().unwrap();
-        let mut dirs = DirCache::open(dest.path()).unwrap();
+        let mut dirs = DirCache::open(crate::existing::open_dest(dest.path()).unwrap());
         dirs.touched = Some(Mutex::new(std::collections::HashSet::new()));
         for rel in ["a/b/c", "a/b/d", "e"] {
             dirs.get(rel).unwrap();
@@ -1165,7 +1162,7 @@ mod tests {
             fsync: false,
             files_per_submit: usize::MAX,
         };
-        let writer = start(&opts, dest.path(), Arc::new(Report::new())).unwrap();
+        let writer = start(&opts, crate::existing::open_dest(dest.path()).unwrap(), Arc::new(Report::new())).unwrap();
         // The threads set their policy as they start: wait until both have.
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
         let mut got = sched_of_threads("s3uring-io-");
