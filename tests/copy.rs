@@ -212,10 +212,16 @@ fn stats_json_and_progress_lines_describe_the_run() {
     assert_eq!(doc["schema"], 1);
     assert_eq!(doc["counters"]["written"], 300);
     assert_eq!(doc["counters"]["failed"], 0);
-    assert_eq!(doc["config"]["workers"], s3uring::config::DEFAULT_WORKERS);
+    // The defaults a run reports are the ones the README's flag table documents.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented_default = |flag: &str| -> u64 {
+        let row = readme.lines().find(|l| l.starts_with(&format!("| `{flag} N` |"))).expect(flag);
+        row.split('|').nth(2).and_then(|d| d.trim().parse().ok()).unwrap_or_else(|| panic!("{row}"))
+    };
+    assert_eq!(doc["config"]["workers"], documented_default("--workers"));
     assert!(doc["io_engine"].is_string());
     assert_eq!(doc["fetch_engine"], "lean");
-    assert_eq!(doc["config"]["retries"], s3uring::config::DEFAULT_RETRIES);
+    assert_eq!(doc["config"]["retries"], documented_default("--retries"));
     assert!(doc["fetch"]["connections_opened"].as_u64().unwrap() >= 1);
     assert!(doc["throughput"]["objects_per_s"].as_f64().unwrap() > 0.0);
     for stage in ["queue", "ttfb", "body", "handoff", "write", "total"] {
@@ -226,7 +232,6 @@ fn stats_json_and_progress_lines_describe_the_run() {
     }
     // Every field is documented, and every documented field is there: the README's example
     // is the list scripts rely on.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let example = readme
         .split("### Stats JSON")
         .nth(1)
@@ -242,7 +247,7 @@ fn stats_json_and_progress_lines_describe_the_run() {
     assert!(missing.is_empty() && undocumented.is_empty(), "missing: {missing:?}; undocumented: {undocumented:?}");
     // One request per "directory" scope of the parallel listing (at least the root).
     assert!(doc["stages"]["list"]["count"].as_u64().unwrap() >= 1);
-    assert_eq!(doc["config"]["list_workers"], s3uring::config::DEFAULT_LIST_WORKERS);
+    assert_eq!(doc["config"]["list_workers"], documented_default("--list-workers"));
     // The quiet run prints no progress.
     let out =
         run(env.cmd().args(["-q", "--progress-interval", "0.001", "s3://stats"]).arg(scratch.dir.path().join("q")));
