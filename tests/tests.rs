@@ -3,6 +3,7 @@
 //! the real aws-sdk-s3 client, and checks real files.
 
 mod copy;
+mod durable;
 mod endpoint;
 mod errors;
 mod fetch;
