@@ -271,6 +271,9 @@ pub struct Faults {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultCounts {
     pub gets: u64,
+    /// Of `gets`, those that came through a proxy: on a connection whose first request had
+    /// a `Via` header, which forwarding proxies add (RFC 9110, section 7.6.3).
+    pub proxied: u64,
     pub slowdown: u64,
     pub internal: u64,
     pub reset: u64,
@@ -297,6 +300,7 @@ pub(super) struct FaultState {
     pub(super) faults: Faults,
     rng: AtomicU64,
     gets: AtomicU64,
+    proxied: AtomicU64,
     counts: [AtomicU64; 7],
 }
 
@@ -319,9 +323,10 @@ impl FaultState {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Draws the fate of one GET.
-    pub(super) fn draw(&self) -> Option<Fault> {
+    /// Draws the fate of one GET (`via`: it came through a proxy).
+    pub(super) fn draw(&self, via: bool) -> Option<Fault> {
         self.gets.fetch_add(1, Ordering::Relaxed);
+        self.proxied.fetch_add(via as u64, Ordering::Relaxed);
         if !self.any() {
             return None;
         }
@@ -349,6 +354,7 @@ impl FaultState {
         let c = |f: Fault| self.counts[f as usize].load(Ordering::Relaxed);
         FaultCounts {
             gets: self.gets.load(Ordering::Relaxed),
+            proxied: self.proxied.load(Ordering::Relaxed),
             slowdown: c(Fault::SlowDown),
             internal: c(Fault::Internal),
             reset: c(Fault::Reset),

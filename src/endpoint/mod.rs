@@ -372,12 +372,16 @@ impl Endpoint {
                     let io = hyper_util::rt::TokioIo::new(io);
                     // Draw each GET's fate here: a reset must drop the connection before
                     // any answer, which only this layer can do.
+                    let proxied = Arc::new(std::sync::OnceLock::new());
                     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                         let service = service.clone();
+                        // A forwarding proxy marks the first request of a connection it
+                        // opened (`Via`); proxy.py passes later ones on as they are.
+                        let via = *proxied.get_or_init(|| req.headers().contains_key(http::header::VIA));
                         let drawn = if is_get_object(&req) {
-                            faults.draw()
+                            faults.draw(via)
                         } else if is_list(&req) {
-                            list_faults.draw()
+                            list_faults.draw(via)
                         } else {
                             None
                         };
