@@ -232,6 +232,16 @@ fn slow_env(bucket_name: &str, n: usize) -> (Env, Vec<(String, Bytes)>) {
     (Env::with_config(config, true), objs)
 }
 
+/// Waits (at most a minute: a liveness bound) until a file is at its final name in `dest`
+/// (the objects of [`slow_env`] are named `o…`; temporaries start with a dot).
+fn wait_for_a_final_file(dest: &std::path::Path) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !any_file_named(dest, &|name| name.starts_with('o')) {
+        assert!(std::time::Instant::now() < until, "no file reached its final name within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn signal(child: &std::process::Child, sig: &str) {
     let ok = std::process::Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
@@ -255,6 +265,7 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
                 .spawn()
                 .unwrap();
             env.wait_for_gets(gets_at_start, 64);
+            wait_for_a_final_file(&dest);
             signal(&child, sig);
             let out = child.wait_with_output().unwrap();
             let err = stderr(&out);
@@ -263,10 +274,12 @@ fn sigint_stops_cleanly_with_exit_130_and_a_rerun_finishes() {
             let tree = read_tree(&dest);
             // A graceful stop finishes or abandons cleanly: no temporaries, no partial files.
             assert!(temporaries(&tree).is_empty(), "{engine} {sig}: {:?}", temporaries(&tree));
-            for (path, data) in tree.iter().filter(|(_, d)| d.is_some()) {
-                assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
+            let files: Vec<_> = tree.iter().filter(|(_, d)| d.is_some()).collect();
+            for (path, data) in &files {
+                assert_eq!(data.as_ref(), want.get(*path).and_then(|d| d.as_ref()), "{path}");
             }
-            assert!(tree.values().filter(|d| d.is_some()).count() < objs.len(), "stopped too late to test");
+            assert!(!files.is_empty(), "{engine} {sig}: the file seen before the signal is gone");
+            assert!(files.len() < objs.len(), "stopped too late to test");
             let out = run(env.cmd().args(engine.args()).args(["s3://sigint"]).arg(&dest));
             assert_eq!(out.status.code(), Some(0));
             assert_same_tree(&read_tree(&dest), &want);
@@ -340,6 +353,7 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
             .spawn()
             .unwrap();
         env.wait_for_gets(gets_at_start, 64);
+        wait_for_a_final_file(&dest);
         signal(&child, "INT");
         // The graceful stop gets as far as its results, and no further.
         assert!(blocked_on_the_fifo(&mut child), "{engine}: the first interrupt cannot end this run");
@@ -348,9 +362,11 @@ fn a_second_sigint_quits_at_once_leaving_no_partial_final_file() {
         assert_eq!(code, Some(130), "{engine}: {err}");
         assert!(err.contains("interrupted again: quitting now"), "{engine}: {err}");
         let tree = settled_tree(&dest);
-        for (path, data) in tree.iter().filter(|(p, d)| d.is_some() && !temporaries(&tree).contains(p)) {
-            assert_eq!(data.as_ref(), want.get(path).and_then(|d| d.as_ref()), "{path}");
+        let files: Vec<_> = tree.iter().filter(|(p, d)| d.is_some() && !temporaries(&tree).contains(p)).collect();
+        for (path, data) in &files {
+            assert_eq!(data.as_ref(), want.get(*path).and_then(|d| d.as_ref()), "{path}");
         }
+        assert!(!files.is_empty(), "{engine}: the file seen before the signal is gone");
     }
 }
 

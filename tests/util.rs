@@ -201,7 +201,6 @@ pub fn content(key: &str, size: usize) -> Bytes {
 /// A directory tree: relative path → `Some(bytes)` for a file, `None` for a directory.
 pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
 
-/// Reads a whole tree (without following symlinks; a symlink is an error).
 /// Whether a file (anything but a directory) whose name `wanted` accepts is anywhere under
 /// `dir`, which may not exist yet and may change while it is read.
 pub fn any_file_named(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> bool {
@@ -213,6 +212,7 @@ pub fn any_file_named(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> bool {
     })
 }
 
+/// Reads a whole tree (without following symlinks; a symlink is an error).
 pub fn read_tree(root: &Path) -> Tree {
     let mut tree = Tree::new();
     walk(root, root, &mut tree);
