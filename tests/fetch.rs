@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use s3uring::endpoint::{EndpointConfig, Faults, RateLimit};
+use s3uring::endpoint::{Checksums, EndpointConfig, Faults, RateLimit};
 
 use crate::util::*;
 
@@ -450,12 +450,16 @@ fn keys_from_a_slow_pipe_are_copied_as_they_arrive() {
 fn verify_refetches_corrupted_bodies_and_never_writes_them() {
     let objs = objects(400);
     let want = expected_tree(&objs, "");
-    for no_checksums in [false, true] {
+    // CRC32C for every object; each of S3's five algorithms for some; none (the ETag's MD5).
+    let mixed: std::collections::BTreeSet<_> =
+        objs.iter().filter_map(|(k, _)| Checksums::Mixed.of(k)).map(|c| c.0).collect();
+    assert_eq!(mixed.len(), 5, "{mixed:?}");
+    for checksums in [Checksums::Crc32c, Checksums::Mixed, Checksums::None] {
         let env = Env::with_config(
             EndpointConfig {
                 buckets: vec![bucket("bitrot", objs.clone())],
                 faults: Faults { corrupt: 0.05, ..Faults::default() },
-                no_checksums,
+                checksums,
                 ..Default::default()
             },
             true,
@@ -493,7 +497,7 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
             let doc = stats(&json);
             let v = &doc["verify"];
             assert_eq!(v["mismatches"].as_u64(), Some(corrupted), "{e}: {v}");
-            let (by_checksum, by_md5) = if no_checksums { (0, 400) } else { (400, 0) };
+            let (by_checksum, by_md5) = if checksums == Checksums::None { (0, 400) } else { (400, 0) };
             assert_eq!(v["by_checksum"].as_u64(), Some(by_checksum), "{e}: {v}");
             assert_eq!(v["by_etag_md5"].as_u64(), Some(by_md5), "{e}: {v}");
             assert!(stderr(&out).contains("did not match and were not kept"), "{e}");

@@ -59,6 +59,36 @@ pub struct BucketSpec {
     pub contents: Contents,
 }
 
+/// The checksums objects were uploaded with, as a GET returns them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Checksums {
+    /// CRC32C for every object.
+    #[default]
+    Crc32c,
+    /// Objects uploaded by several clients: each key's one of CRC64NVME, CRC32C, CRC32,
+    /// SHA-256 and SHA-1, by a hash of the key.
+    Mixed,
+    /// None (uploaded without a checksum: only the ETag's MD5 is there to verify against).
+    None,
+}
+
+impl Checksums {
+    /// The checksum header the object at `key` carries, and its algorithm.
+    pub fn of(self, key: &str) -> Option<(&'static str, aws_smithy_checksums::ChecksumAlgorithm)> {
+        let all = crate::verify::CHECKSUM_HEADERS;
+        match self {
+            Checksums::Crc32c => all.into_iter().find(|(name, _)| *name == "x-amz-checksum-crc32c"),
+            // FNV-1a: the same key gets the same algorithm in every run.
+            Checksums::Mixed => {
+                let hash =
+                    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+                Some(all[(hash % all.len() as u64) as usize])
+            }
+            Checksums::None => None,
+        }
+    }
+}
+
 /// How to start an [`Endpoint`].
 #[derive(Debug, Clone, Default)]
 pub struct EndpointConfig {
@@ -94,9 +124,9 @@ pub struct EndpointConfig {
     /// Buckets that answer `403 AccessDenied` to requests without `x-amz-request-payer:
     /// requester` (Requester Pays buckets).
     pub requester_pays: Vec<String>,
-    /// Never send `x-amz-checksum-crc32c`, even when asked (objects uploaded without a
-    /// checksum: only the ETag's MD5 is there to verify against).
-    pub no_checksums: bool,
+    /// Which `x-amz-checksum-*` a GET that asks for one gets (`x-amz-checksum-mode:
+    /// ENABLED`, whole objects only): the algorithm the object was uploaded with.
+    pub checksums: Checksums,
     /// Serve HTTPS with this certificate chain and private key (both PEM) instead of HTTP.
     pub tls: Option<TlsIdentity>,
     /// Request-rate limits, as S3 has per prefix partition: GETs and HEADs of a rule's keys,

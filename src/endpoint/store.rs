@@ -18,7 +18,7 @@ use s3s::dto::{
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use super::faults::{Drawn, Fault, FaultState, InflightCap, Limits};
-use super::{Contents, EndpointConfig, MAX_KEYS, generated_range};
+use super::{Checksums, Contents, EndpointConfig, MAX_KEYS, generated_range};
 
 /// Generated objects above this size get a multipart-style ETag (`"…-N"`, as S3 gives
 /// objects uploaded in parts) instead of the MD5 of their content, which would cost a pass
@@ -83,7 +83,7 @@ pub(super) struct MemS3 {
     /// `changing` keys, and how often each was overwritten (`None`: no such keys, no lock
     /// per GET).
     changing: Option<std::sync::Mutex<HashMap<String, u64>>>,
-    no_checksums: bool,
+    checksums: Checksums,
     requester_pays: std::collections::HashSet<String>,
     archived: HashMap<String, (String, bool)>,
     versions: HashMap<(String, String), Bytes>,
@@ -393,14 +393,15 @@ impl S3 for MemS3 {
             (Some(v), _) => v.slice(first as usize..=last as usize),
             (None, _) => obj.range(&input.key, first, last),
         };
-        // Like S3 for an object uploaded with a CRC32C checksum: sent when asked for.
+        // Like S3 for an object uploaded with a checksum: sent when asked for.
         let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let checksum_crc32c = (asked && !self.no_checksums && input.range.is_none()).then(|| {
-            use aws_smithy_checksums::ChecksumAlgorithm;
-            let mut c = ChecksumAlgorithm::Crc32c.into_impl();
-            c.update(&data);
-            c.header_value().to_str().unwrap_or_default().to_owned()
-        });
+        let checksum =
+            self.checksums.of(&input.key).filter(|_| asked && input.range.is_none()).map(|(name, algorithm)| {
+                let mut c = algorithm.into_impl();
+                c.update(&data);
+                (name, c.header_value().to_str().unwrap_or_default().to_owned())
+            });
+        let checksum_as = |header: &str| checksum.as_ref().filter(|(name, _)| *name == header).map(|(_, v)| v.clone());
         if fault == Some(Fault::Corrupt) && !data.is_empty() {
             let mut bad = data.to_vec();
             let mid = bad.len() / 2;
@@ -410,7 +411,11 @@ impl S3 for MemS3 {
         let out = GetObjectOutput {
             content_length: Some(data.len() as i64),
             content_range: content_range.clone(),
-            checksum_crc32c,
+            checksum_crc64nvme: checksum_as("x-amz-checksum-crc64nvme"),
+            checksum_crc32c: checksum_as("x-amz-checksum-crc32c"),
+            checksum_crc32: checksum_as("x-amz-checksum-crc32"),
+            checksum_sha256: checksum_as("x-amz-checksum-sha256"),
+            checksum_sha1: checksum_as("x-amz-checksum-sha1"),
             e_tag: Some(etag),
             last_modified: Some(Timestamp::from(obj.last_modified)),
             body: Some(if fault == Some(Fault::Truncate) {
@@ -563,7 +568,7 @@ pub(super) fn build_store(config: &EndpointConfig) -> MemS3 {
         vanished: config.vanished.iter().cloned().collect(),
         changing: (!config.changing.is_empty())
             .then(|| std::sync::Mutex::new(config.changing.iter().map(|k| (k.clone(), 0)).collect())),
-        no_checksums: config.no_checksums,
+        checksums: config.checksums,
         requester_pays: config.requester_pays.iter().cloned().collect(),
         versions: config.versions.iter().map(|(k, v, b)| ((k.clone(), v.clone()), b.clone())).collect(),
         archived: config.archived.iter().map(|(k, c, r)| (k.clone(), (c.clone(), *r))).collect(),
