@@ -808,14 +808,17 @@ where
             }
         }
         SdkError::DispatchFailure(df) => {
-            let what = if df.is_timeout() {
+            let cause = df.as_connector_error().map(|ce| chain(ce)).unwrap_or_default();
+            let what = if df.is_timeout() && cause.contains("read timeout") {
+                // Connected and sent: the answer did not come in time.
+                "no response in time"
+            } else if df.is_timeout() {
                 "timed out connecting"
             } else if df.is_io() {
                 "cannot connect"
             } else {
                 "request failed"
             };
-            let cause = df.as_connector_error().map(|ce| chain(ce)).unwrap_or_default();
             if cause.contains("loading credentials") || cause.contains("credential provider") {
                 // One line: the provider chain's per-provider report is multi-line.
                 let cause = cause.lines().next().unwrap_or_default().trim_end_matches(" Attempted:");

@@ -27,6 +27,8 @@ mod sigv4;
 pub mod store;
 pub mod task;
 pub mod throttle;
+#[cfg(test)]
+mod timeouts;
 mod tls;
 pub mod window;
 
