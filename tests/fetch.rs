@@ -280,6 +280,52 @@ fn max_rate_paces_gets_below_a_limit_it_never_meets() {
 }
 
 #[test]
+fn max_rate_counts_hedges_and_the_parts_of_large_objects() {
+    // Small objects, 5 % of them answered late (hedged after 100 ms), and 1 MiB objects
+    // fetched in 128 KiB parts: every one of those GETs takes a send slot.
+    let mut objs = objects(200);
+    objs.extend((0..8).map(|i| format!("big/{i}")).map(|k| (k.clone(), content(&k, 1 << 20))));
+    let env = || {
+        Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("mixed", objs.clone())],
+                faults: Faults { slow: 0.05, slow_delay: std::time::Duration::from_secs(2), ..Faults::default() },
+                // Far above --max-rate: here only to count what arrived when, by the endpoint's clock.
+                rate_limits: vec![RateLimit::new("", 100_000.0)],
+                ..Default::default()
+            },
+            true,
+        )
+    };
+    for fetch in FETCH_ENGINES {
+        // An endpoint per run: its clock and counts are this run's alone.
+        let env = env();
+        let scratch = Scratch::new();
+        let json = scratch.dir.path().join("stats.json");
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--max-rate", "150", "--hedge-after", "100"])
+            .args(["--multipart-threshold", "256KiB", "--part-size", "128KiB", "--stats-json"])
+            .arg(&json)
+            .arg("s3://mixed")
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let hedged = stats(&json)["fetch"]["hedged"].as_u64().unwrap();
+        // The endpoint counts every GET; the rule, those not answered late (a GET given a
+        // fault has that fate alone), and when the first and last of them came.
+        let gets = env.fault_counts().gets;
+        assert!(hedged > 0, "{fetch}: nothing was hedged");
+        assert_eq!(gets, 200 + 8 * 8 + hedged, "{fetch}: one GET per small object and part, plus the hedges");
+        let limit = &env.rate_limit_counts()[0];
+        // Slots follow a schedule with no burst: one at the start, then one each 1/150 s (a
+        // few more for the GETs answered late, which may lie outside the rule's span).
+        let span = limit.last_s - limit.first_s;
+        assert!(gets as f64 <= 150.0 * span + 10.0, "{fetch}: {gets} GETs in {span:.2} s");
+    }
+}
+
+#[test]
 fn a_service_that_only_throttles_stops_the_run_after_the_stall_timeout() {
     let objs = objects(200);
     let env = Env::with_config(

@@ -260,9 +260,11 @@ impl Engine {
                         // race it over the same link (the attempt's timeout still bounds it).
                         (first.await, false)
                     } else {
-                    report.hedged();
                     let second = async {
                         let go = self.go(lane, range).await;
+                        // Counted once sent: under a rate limit the first may answer while
+                        // the spare still waits for its slot, and then it never goes.
+                        report.hedged();
                         self.sent(go, key, size, range, &AtomicBool::new(false)).await
                     };
                     tokio::pin!(second);
