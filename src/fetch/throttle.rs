@@ -92,9 +92,14 @@ const FIRST_CUT: f64 = 0.5;
 /// Fresh answers that measure the accepted fraction after a throttling answer.
 pub const PROBE_ANSWERS: u64 = 16;
 /// After a cut that halved (the fraction said little), the rate doubles every this many
-/// round trips, and at least this long, until the next measurement.
+/// round trips, and at least this long, until the next measurement…
 const REMEASURE_RTTS: u32 = 4;
 const MIN_DOUBLING: Duration = Duration::from_millis(20);
+/// …and no sooner than this many measurements' worth of answers at the rate it starts
+/// from: at a low rate a measurement takes longer than a few round trips, and a rate that
+/// doubled more often than it was measured would climb away from the limit, each halving
+/// undone twice over before the next.
+const DOUBLING_PROBES: f64 = 2.0;
 /// Never paced slower than this (GET/s).
 const MIN_RATE: f64 = 2.0;
 /// Far enough above `W`, with no throttling, the limiter lets go.
@@ -996,8 +1001,8 @@ impl Limiter {
                     // looks like a limit at the rate of that moment): climb by doubling
                     // every few round trips until the next measurement finds it.
                     let rate = s.rate(now);
-                    s.restart(rate, now);
-                    s.doubling = Some((s.srtt * REMEASURE_RTTS).max(MIN_DOUBLING));
+                    let rate = s.restart(rate, now);
+                    s.doubling = Some(s.doubling_every(rate));
                 }
             }
             Judged::Noise => self.undo(s, now),
@@ -1147,7 +1152,7 @@ impl Limiter {
         let (curve, lowest, noise) = (s.curve(), s.lowest, s.noise);
         s.cut(target, now);
         if fraction <= 0.5 {
-            s.doubling = Some((s.srtt * REMEASURE_RTTS).max(MIN_DOUBLING));
+            s.doubling = Some(s.doubling_every(s.rate(now)));
         } else if !heavy && curve.doubling.is_none() && thr >= VERDICT_THROTTLED {
             // Few enough to be noise, measured at a steady rate (not while it doubled), and
             // enough to know their fraction: judged by the answers after the cut.
@@ -1322,6 +1327,12 @@ impl State {
         self.children.clear();
         self.window = None;
         self.throttled_sent = None;
+    }
+
+    /// How often a rate that climbs back from `rate` by doubling doubles.
+    fn doubling_every(&self, rate: f64) -> Duration {
+        let measured = Duration::from_secs_f64(DOUBLING_PROBES * PROBE_ANSWERS as f64 / rate.max(MIN_RATE));
+        (self.srtt * REMEASURE_RTTS).max(MIN_DOUBLING).max(measured)
     }
 
     /// The CUBIC rate at `now`, within `[MIN_RATE, cap]`.
@@ -1962,6 +1973,18 @@ mod tests {
             assert!(rate >= 0.9 * 5500.0, "{p} {cap:?}: {rate:.0} GET/s: {:?}", sim.seconds);
             // The noise, and what a measurement takes for it on top.
             assert!(throttled <= p + 0.06, "{p} {cap:?}: {:.1} % throttled", throttled * 100.0);
+        }
+    }
+
+    #[test]
+    fn holds_a_low_limit_without_climbing_away_from_it() {
+        // At a few hundred GET/s a measurement's answers take longer than a few round trips:
+        // a rate that doubled faster than it was measured climbed away from the limit after
+        // each halving (85 % throttled at 100 GET/s, 57 % at 300, 32 workers at 10 ms).
+        for (limit, most) in [(300.0, 0.05), (100.0, 0.3)] {
+            let (rate, throttled, sim) = settled(Sim::new(limit).workers(32));
+            assert!(rate >= 0.95 * limit, "{limit}: {rate:.0} GET/s: {:?}", sim.seconds);
+            assert!(throttled <= most, "{limit}: {:.1} % throttled: {:?}", throttled * 100.0, sim.seconds);
         }
     }
 }
