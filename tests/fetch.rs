@@ -216,6 +216,41 @@ fn throttled_list_requests_are_asked_again_without_spending_retries_in_either_en
 }
 
 #[test]
+fn keys_of_a_crowded_partition_are_parked_while_the_others_are_served() {
+    // Listed first, the limited partition's keys would hold every fetcher at its gate: the
+    // other partition's keys, listed after them, would wait for all of them.
+    let objs: Vec<(String, Bytes)> = (0..1_200)
+        .map(|i| format!("{}/obj-{i:05}", if i < 600 { "a-hot" } else { "b-cold" }))
+        .map(|k| (k.clone(), content(&k, 300)))
+        .collect();
+    for fetch in FETCH_ENGINES {
+        let env = Env::with_config(
+            EndpointConfig {
+                buckets: vec![bucket("parked", objs.clone())],
+                get_latency: std::time::Duration::from_millis(5),
+                rate_limits: vec![RateLimit::new("a-hot/", 100.0), RateLimit::new("b-cold/", 0.0)],
+                ..Default::default()
+            },
+            true,
+        );
+        let scratch = Scratch::new();
+        let out = run(env
+            .cmd()
+            .args(["--fetch-engine", fetch, "--workers", "32", "--hedge-after", "0", "s3://parked"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
+        let counts = env.rate_limit_counts();
+        let (hot, cold) = (&counts[0], &counts[1]);
+        assert_eq!((hot.served, cold.served), (600, 600), "{fetch}: {counts:?}");
+        // By the endpoint's clock: when the last cold key was served, the hot partition had
+        // served at most the seconds up to then (its GETs of that second included).
+        let hot_by_then: u64 = hot.per_second.iter().take(cold.last_s as usize + 1).sum();
+        assert!(hot_by_then < 400, "{fetch}: cold finished after {hot_by_then} of 600 hot keys: {counts:?}");
+    }
+}
+
+#[test]
 fn a_partition_throttled_alone_leaves_the_others_unthrottled_and_every_key_arrives() {
     let objs: Vec<(String, Bytes)> = (0..4_000)
         .map(|i| format!("{}/obj-{i:05}", if i % 2 == 0 { "hot" } else { "cold" }))
