@@ -193,6 +193,8 @@ struct Cached {
     refresh_at: Option<SystemTime>,
     /// The credentials' own expiry.
     expires: Option<SystemTime>,
+    /// Why the last refresh failed, while it is backing off.
+    failed: Option<String>,
 }
 
 impl Identities {
@@ -200,12 +202,21 @@ impl Identities {
         Identities { provider, current: std::sync::RwLock::new(None), refresh: tokio::sync::Mutex::new(Duration::ZERO) }
     }
 
-    fn cached(&self) -> Option<Identity> {
+    /// The cached identity, unless it is time to refresh it: `Err` when it has expired and
+    /// the last refresh failed moments ago (the provider is not asked again before its
+    /// backoff ends, and nothing is signed with expired credentials).
+    fn cached(&self) -> Option<Result<Identity, CredentialsError>> {
         let guard = self.current.read().ok()?;
         let c = guard.as_ref()?;
-        match c.refresh_at {
-            Some(at) if SystemTime::now() >= at => None,
-            _ => Some(c.identity.clone()),
+        let now = SystemTime::now();
+        if c.refresh_at.is_some_and(|at| now >= at) {
+            return None;
+        }
+        match (&c.failed, c.expires) {
+            (Some(why), Some(t)) if t <= now => Some(Err(CredentialsError::passing(format!(
+                "the credentials expired and refreshing them failed: {why}"
+            )))),
+            _ => Some(Ok(c.identity.clone())),
         }
     }
 }
@@ -227,12 +238,12 @@ impl CredentialsError {
 impl Identities {
     /// Current credentials as a signing identity.
     pub async fn get(&self) -> Result<Identity, CredentialsError> {
-        if let Some(id) = self.cached() {
-            return Ok(id);
+        if let Some(cached) = self.cached() {
+            return cached;
         }
         let mut backoff = self.refresh.lock().await;
-        if let Some(id) = self.cached() {
-            return Ok(id);
+        if let Some(cached) = self.cached() {
+            return cached;
         }
         use aws_sdk_s3::config::ProvideCredentials as _;
         match self.provider.provide_credentials().await {
@@ -242,7 +253,7 @@ impl Identities {
                 let refresh_at = expires.map(|t| t.checked_sub(REFRESH_BEFORE_EXPIRY).unwrap_or(t));
                 let identity = Identity::from(creds);
                 if let Ok(mut cur) = self.current.write() {
-                    *cur = Some(Cached { identity: identity.clone(), refresh_at, expires });
+                    *cur = Some(Cached { identity: identity.clone(), refresh_at, expires, failed: None });
                 }
                 Ok(identity)
             }
@@ -257,6 +268,7 @@ impl Identities {
                     return Err(CredentialsError { reason: format!("{NO_CREDENTIALS}: {why}"), permanent: true });
                 };
                 *backoff = (*backoff * 2).clamp(REFRESH_RETRY_FIRST, REFRESH_RETRY_MAX);
+                c.failed = Some(why.clone());
                 if c.expires.is_none_or(|t| t > now) {
                     if *backoff == REFRESH_RETRY_FIRST {
                         tracing::warn!(
@@ -895,19 +907,31 @@ pub fn service_error(code: &str, msg: &str, bucket: Option<&str>) -> String {
 mod tests {
     use super::*;
 
-    /// Credentials valid for two more minutes (inside the refresh window), then a provider
-    /// that fails, as STS does when throttled.
+    /// Credentials that expire `expires_in` seconds from now (negative: already expired),
+    /// then a provider that fails, as STS does when throttled. Counts its calls.
     #[derive(Debug, Default)]
-    struct Flaky(std::sync::atomic::AtomicUsize);
+    struct Flaky {
+        calls: std::sync::atomic::AtomicUsize,
+        expires_in: i64,
+    }
+
+    impl Flaky {
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
 
     impl aws_sdk_s3::config::ProvideCredentials for Flaky {
         fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
         where
             Self: 'a,
         {
-            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             aws_credential_types::provider::future::ProvideCredentials::ready(if n == 0 {
-                let expiry = SystemTime::now() + Duration::from_secs(120);
+                let expiry = match self.expires_in {
+                    s @ 0.. => SystemTime::now() + Duration::from_secs(s as u64),
+                    s => SystemTime::now() - Duration::from_secs(s.unsigned_abs()),
+                };
                 Ok(aws_sdk_s3::config::Credentials::new("AKID", "secret", None, Some(expiry), "test"))
             } else {
                 Err(aws_credential_types::provider::error::CredentialsError::provider_error("throttled"))
@@ -915,10 +939,24 @@ mod tests {
         }
     }
 
+    /// A provider shared with the test, which counts its calls.
+    #[derive(Debug)]
+    struct Shared<P>(std::sync::Arc<P>);
+
+    impl<P: aws_sdk_s3::config::ProvideCredentials> aws_sdk_s3::config::ProvideCredentials for Shared<P> {
+        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0.provide_credentials()
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_refresh_keeps_valid_credentials_and_backs_off() {
-        let flaky = std::sync::Arc::new(Flaky::default());
-        let ids = Identities::new(aws_sdk_s3::config::SharedCredentialsProvider::new(FlakyRef(flaky.clone())));
+        // Valid for two more minutes: inside the refresh window.
+        let flaky = std::sync::Arc::new(Flaky { expires_in: 120, ..Flaky::default() });
+        let ids = Identities::new(aws_sdk_s3::config::SharedCredentialsProvider::new(Shared(flaky.clone())));
         let first = ids.get().await.expect("first credentials");
         // Inside the refresh window: the provider is asked, fails, the cached ones serve.
         let second = ids.get().await.expect("still valid");
@@ -926,24 +964,28 @@ mod tests {
             format!("{:?}", first.data::<aws_sdk_s3::config::Credentials>().map(|c| c.access_key_id().to_owned())),
             format!("{:?}", second.data::<aws_sdk_s3::config::Credentials>().map(|c| c.access_key_id().to_owned()))
         );
-        assert_eq!(flaky.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(flaky.calls(), 2);
         // Backing off: not asked again at once, by any of many tasks.
         for _ in 0..100 {
             ids.get().await.expect("still valid");
         }
-        assert_eq!(flaky.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(flaky.calls(), 2);
     }
 
-    #[derive(Debug)]
-    struct FlakyRef(std::sync::Arc<Flaky>);
-
-    impl aws_sdk_s3::config::ProvideCredentials for FlakyRef {
-        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
-        where
-            Self: 'a,
-        {
-            self.0.provide_credentials()
+    #[tokio::test]
+    async fn expired_credentials_that_fail_to_refresh_fail_each_get_as_passing_and_are_never_used() {
+        let expired = std::sync::Arc::new(Flaky { expires_in: -1, ..Flaky::default() });
+        let ids = Identities::new(aws_sdk_s3::config::SharedCredentialsProvider::new(Shared(expired.clone())));
+        ids.get().await.expect("the credentials as issued");
+        // Expired: refreshed at once, which fails; then, while the refresh backs off, every
+        // GET fails the same way (a transient failure, retried), and none is signed with them.
+        for _ in 0..100 {
+            let Err(e) = ids.get().await else { panic!("signed with expired credentials") };
+            assert!(!e.permanent, "{}", e.reason);
+            assert!(e.reason.starts_with("the credentials expired and refreshing them failed: "), "{}", e.reason);
+            assert!(e.reason.ends_with("throttled"), "{}", e.reason);
         }
+        assert_eq!(expired.calls(), 2, "the provider asked once per backoff");
     }
 
     #[test]
