@@ -1,6 +1,7 @@
 //! Whole-tree copies: the destination equals the source byte for byte.
 
 use bytes::Bytes;
+use s3uring::endpoint::EndpointConfig;
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt;
 
@@ -343,7 +344,15 @@ fn a_named_profile_supplies_the_region_the_endpoint_and_the_credentials() {
     // As `aws --profile restore s3 cp` would: nothing on the command line but the profile.
     let objs: Vec<(String, Bytes)> =
         (0..10).map(|i| format!("p/k{i}")).map(|k| (k.clone(), content(&k, 100))).collect();
-    let env = Env::new(vec![bucket("profiled", objs.clone())]);
+    // Signed for any region but the profile's, the endpoint refuses, as S3 does.
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("profiled", objs.clone())],
+            region: Some("us-east-1".into()),
+            ..Default::default()
+        },
+        true,
+    );
     let scratch = Scratch::new();
     let config = scratch.dir.path().join("config");
     let profile = format!(
@@ -367,5 +376,35 @@ fn a_named_profile_supplies_the_region_the_endpoint_and_the_credentials() {
         assert_eq!(out.status.code(), Some(2), "{fetch}: {err}");
         assert!(err.contains("no usable AWS credentials"), "{fetch}: {err}");
         assert!(!err.trim_end().ends_with("Attempted:"), "{fetch}: a sentence that ends: {err}");
+    }
+}
+
+#[test]
+fn the_region_signed_for_is_the_given_one_and_a_wrong_one_is_named() {
+    let objs: Vec<(String, Bytes)> =
+        (0..10).map(|i| format!("r/k{i}")).map(|k| (k.clone(), content(&k, 100))).collect();
+    let env = Env::with_config(
+        EndpointConfig {
+            buckets: vec![bucket("regional", objs.clone())],
+            region: Some("eu-west-1".into()),
+            ..Default::default()
+        },
+        true,
+    );
+    for fetch in FETCH_ENGINES {
+        let scratch = Scratch::new();
+        // The environment's AWS_REGION (us-east-1): refused, and the run says what to do.
+        let out = run(env.cmd().args(["--fetch-engine", fetch, "s3://regional"]).arg(scratch.dest()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{fetch}: {err}");
+        assert!(err.contains("the bucket is in another region (set --region)"), "{fetch}: {err}");
+        assert!(err.contains("expecting 'eu-west-1'"), "{fetch}: the right region named: {err}");
+        // --region wins over the environment.
+        let out = run(env
+            .cmd()
+            .args(["--region", "eu-west-1", "--fetch-engine", fetch, "s3://regional"])
+            .arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{fetch}: {}", stderr(&out));
+        assert_same_tree(&read_tree(&scratch.dest()), &expected_tree(&objs, ""));
     }
 }

@@ -152,6 +152,9 @@ pub struct EndpointConfig {
     /// than 15 minutes away from its own time with `403 RequestTimeTooSkewed`, and every
     /// answer's `Date` header tells its time).
     pub clock_offset_s: i64,
+    /// The region the buckets are in: a request signed for another is refused with `400
+    /// AuthorizationHeaderMalformed` naming this one, as S3 does (`None`: any region).
+    pub region: Option<String>,
     /// A connection that sends no whole request head within this long is closed (`None`:
     /// [`HEADER_READ_TIMEOUT`]).
     pub header_read_timeout: Option<Duration>,
@@ -303,6 +306,32 @@ fn http_date(t: SystemTime) -> Option<http::HeaderValue> {
 }
 
 /// S3's answer to a request signed too far from its clock.
+/// S3's answer to a request signed for a region other than `expected`: `None` when it was
+/// signed for that one, or not signed.
+fn wrong_region(req: &http::Request<hyper::body::Incoming>, expected: &str) -> Option<http::Response<s3s::Body>> {
+    // `Credential=AKID/20261207/us-east-1/s3/aws4_request` in the Authorization header, or
+    // URL-encoded in a presigned URL's `X-Amz-Credential`.
+    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let credential = header.and_then(|h| h.split("Credential=").nth(1)).map(str::to_owned).or_else(|| {
+        let query = req.uri().query()?;
+        let value = query.split('&').find_map(|kv| kv.strip_prefix("X-Amz-Credential="))?;
+        Some(value.replace("%2F", "/").replace("%2f", "/"))
+    })?;
+    let region = credential.split('/').nth(2)?;
+    if region == expected {
+        return None;
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AuthorizationHeaderMalformed</Code>\
+         <Message>The authorization header is malformed; the region '{region}' is wrong; expecting \
+         '{expected}'</Message><Region>{expected}</Region></Error>"
+    );
+    let mut resp = http::Response::new(s3s::Body::from(body));
+    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    Some(resp)
+}
+
 fn too_skewed() -> http::Response<s3s::Body> {
     let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeTooSkewed</Code>\
                 <Message>The difference between the request time and the current time is too large.</Message></Error>";
@@ -350,6 +379,7 @@ impl Endpoint {
             builder.set_auth(s3s::auth::SimpleAuth::from_single(ak.clone(), sk.clone()));
         }
         let clock = config.clock_offset_s;
+        let region: Option<Arc<str>> = config.region.as_deref().map(Arc::from);
         if clock != 0 {
             // The skew is checked against this endpoint's clock below, not s3s's.
             let mut s3s_config = s3s::config::S3Config::default();
@@ -386,7 +416,7 @@ impl Endpoint {
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let (faults, list_faults) = fault_state.clone();
-                let tls = tls.clone();
+                let (tls, region) = (tls.clone(), region.clone());
                 tokio::spawn(async move {
                     let _place = place;
                     let io: Box<dyn Io> = match tls {
@@ -405,6 +435,7 @@ impl Endpoint {
                     let proxied = Arc::new(std::sync::OnceLock::new());
                     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                         let service = service.clone();
+                        let wrong_region = region.as_deref().and_then(|r| wrong_region(&req, r));
                         // A forwarding proxy marks the first request of a connection it
                         // opened (`Via`); proxy.py passes later ones on as they are.
                         let via = *proxied.get_or_init(|| req.headers().contains_key(http::header::VIA));
@@ -419,6 +450,9 @@ impl Endpoint {
                         async move {
                             if drawn == Some(Fault::Reset) {
                                 return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected reset"))));
+                            }
+                            if let Some(refused) = wrong_region {
+                                return Ok(refused);
                             }
                             if clock == 0 {
                                 return service.call(req.map(s3s::Body::from)).await;
