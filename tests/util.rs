@@ -109,6 +109,11 @@ impl Env {
         self.endpoint.as_ref().map(|e| e.list_fault_counts()).unwrap_or_default()
     }
 
+    /// Connections the endpoint accepted and serves now.
+    pub fn connections_served(&self) -> usize {
+        self.endpoint.as_ref().map_or(0, |e| e.connections_served())
+    }
+
     /// What each of the endpoint's rate limits let through and refused, by prefix.
     pub fn rate_limit_counts(&self) -> Vec<s3uring::endpoint::RateLimitCounts> {
         self.endpoint.as_ref().map(|e| e.rate_limit_counts()).unwrap_or_default()

@@ -364,6 +364,8 @@ pub struct Endpoint {
     list_faults: Arc<FaultState>,
     limits: Option<Arc<Limits>>,
     inflight: Option<Arc<InflightCap>>,
+    /// Places for connections being served, and how many there are.
+    connections: (Arc<tokio::sync::Semaphore>, usize),
 }
 
 impl Endpoint {
@@ -398,7 +400,9 @@ impl Endpoint {
         let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
         let https = tls.is_some();
         let fault_state = (faults.clone(), list_faults.clone());
-        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.unwrap_or(MAX_CONNECTIONS)));
+        let places = config.max_connections.unwrap_or(MAX_CONNECTIONS);
+        let connections = Arc::new(tokio::sync::Semaphore::new(places));
+        let served = (connections.clone(), places);
         let header_read_timeout = config.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT);
         let task = tokio::spawn(async move {
             loop {
@@ -485,7 +489,13 @@ impl Endpoint {
                 });
             }
         });
-        Ok(Endpoint { addr, https, task, faults, list_faults, limits, inflight })
+        Ok(Endpoint { addr, https, task, faults, list_faults, limits, inflight, connections: served })
+    }
+
+    /// Connections accepted and being served now.
+    pub fn connections_served(&self) -> usize {
+        let (places, all) = &self.connections;
+        all - places.available_permits()
     }
 
     /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
