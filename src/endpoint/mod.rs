@@ -305,7 +305,6 @@ fn http_date(t: SystemTime) -> Option<http::HeaderValue> {
     http::HeaderValue::from_bytes(&buf).ok()
 }
 
-/// S3's answer to a request signed too far from its clock.
 /// S3's answer to a request signed for a region other than `expected`: `None` when it was
 /// signed for that one, or not signed.
 fn wrong_region(req: &http::Request<hyper::body::Incoming>, expected: &str) -> Option<http::Response<s3s::Body>> {
@@ -332,6 +331,7 @@ fn wrong_region(req: &http::Request<hyper::body::Incoming>, expected: &str) -> O
     Some(resp)
 }
 
+/// S3's answer to a request signed too far from its clock.
 fn too_skewed() -> http::Response<s3s::Body> {
     let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeTooSkewed</Code>\
                 <Message>The difference between the request time and the current time is too large.</Message></Error>";
