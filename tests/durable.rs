@@ -80,6 +80,7 @@ fn check_trace(calls: &[String], dest: &Path) -> usize {
             renames += 1;
         }
     }
+    assert!(renames == 0 || last_rename.contains_key(dest), "no rename into {}: {last_rename:?}", dest.display());
     for (dir, renamed) in &last_rename {
         for d in dir.ancestors().take_while(|d| d.starts_with(dest)) {
             let at = last_sync.get(d).copied();
