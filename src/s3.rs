@@ -208,12 +208,11 @@ impl Identities {
     fn cached(&self) -> Option<Result<Identity, CredentialsError>> {
         let guard = self.current.read().ok()?;
         let c = guard.as_ref()?;
-        let now = SystemTime::now();
-        if c.refresh_at.is_some_and(|at| now >= at) {
+        if c.refresh_at.is_some_and(|at| SystemTime::now() >= at) {
             return None;
         }
         match (&c.failed, c.expires) {
-            (Some(why), Some(t)) if t <= now => Some(Err(CredentialsError::passing(format!(
+            (Some(why), Some(t)) if t <= SystemTime::now() => Some(Err(CredentialsError::passing(format!(
                 "the credentials expired and refreshing them failed: {why}"
             )))),
             _ => Some(Ok(c.identity.clone())),

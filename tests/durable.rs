@@ -18,19 +18,6 @@ fn installed(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// `cmd` (program, arguments and environment) run under `wrapper`.
-fn wrapped(wrapper: &[&str], cmd: &Command) -> Command {
-    let mut c = Command::new(wrapper[0]);
-    c.args(&wrapper[1..]).arg(cmd.get_program()).args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
-}
-
 /// strace's lines with a call another thread interrupted (`<unfinished ...>`, then
 /// `<... name resumed>`) joined into one, at the place it completed.
 fn whole_calls(trace: &str) -> Vec<String> {

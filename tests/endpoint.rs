@@ -210,11 +210,7 @@ fn connections_that_send_nothing_are_closed_and_more_than_the_cap_wait_for_a_pla
     let addr = env.url.trim_start_matches("http://").to_owned();
     // Two connections that send nothing take both places.
     let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).expect("connect")).collect();
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while env.connections_served() < 2 {
-        assert!(std::time::Instant::now() < until, "the endpoint never took the two connections");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(within_a_minute(|| env.connections_served() >= 2), "the endpoint never took the two connections");
     // A third is accepted by the kernel, but served only once a place is free.
     let mut third = TcpStream::connect(&addr).expect("connect");
     third.write_all(b"GET /idle?list-type=2 HTTP/1.1\r\nHost: idle\r\n\r\n").expect("send");

@@ -235,11 +235,8 @@ fn slow_env(bucket_name: &str, n: usize) -> (Env, Vec<(String, Bytes)>) {
 /// Waits (at most a minute: a liveness bound) until a file is at its final name in `dest`
 /// (the objects of [`slow_env`] are named `o…`; temporaries start with a dot).
 fn wait_for_a_final_file(dest: &std::path::Path) {
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while !any_file_named(dest, &|name| name.starts_with('o')) {
-        assert!(std::time::Instant::now() < until, "no file reached its final name within a minute");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let arrived = within_a_minute(|| any_file_named(dest, &|name| name.starts_with('o')));
+    assert!(arrived, "no file reached its final name within a minute");
 }
 
 fn signal(child: &std::process::Child, sig: &str) {
@@ -301,17 +298,12 @@ fn fifo(scratch: &Scratch) -> std::path::PathBuf {
 /// there; `false` once the child has exited.
 fn blocked_on_the_fifo(child: &mut std::process::Child) -> bool {
     let tasks = format!("/proc/{}/task", child.id());
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < until && child.try_wait().unwrap().is_none() {
-        let blocked = std::fs::read_dir(&tasks).into_iter().flatten().flatten().any(|task| {
+    let blocked = || {
+        std::fs::read_dir(&tasks).into_iter().flatten().flatten().any(|task| {
             std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w.trim() == "wait_for_partner")
-        });
-        if blocked {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+        })
+    };
+    within_a_minute(|| blocked() || child.try_wait().unwrap().is_some()) && blocked()
 }
 
 /// Waits (at most a minute: a liveness bound, not a timing) for the child to exit: its exit

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use s3uring::endpoint::EndpointConfig;
@@ -53,13 +52,8 @@ impl ProxyPy {
     /// noticed the close), or after a minute: a liveness bound, the caller's assertion says
     /// what was missing.
     fn reached(&self, what: &str, at_least: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut now = self.logged(what);
-        while now < at_least && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            now = self.logged(what);
-        }
-        now
+        within_a_minute(|| self.logged(what) >= at_least);
+        self.logged(what)
     }
 }
 

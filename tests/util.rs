@@ -97,11 +97,8 @@ impl Env {
     /// liveness bound, not a timing): a run is that far along, whatever the machine's speed,
     /// and has long installed its signal handlers and read the file system's clock.
     pub fn wait_for_gets(&self, before: u64, n: u64) {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.fault_counts().gets < before + n {
-            assert!(std::time::Instant::now() < until, "fewer than {n} GETs arrived within a minute");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let arrived = within_a_minute(|| self.fault_counts().gets >= before + n);
+        assert!(arrived, "fewer than {n} GETs arrived within a minute");
     }
 
     /// List requests served (`gets`) and faults injected into them.
@@ -172,15 +169,34 @@ pub fn in_pid_namespace(cmd: &Command) -> Option<Command> {
         skipped("cannot run in a fresh pid namespace here (unshare --pid needs root or user namespaces)");
         return None;
     }
-    let mut c = Command::new("unshare");
-    c.args(UNSHARE).arg(cmd.get_program()).args(cmd.get_args());
+    Some(wrapped(&[&["unshare"][..], &UNSHARE[..]].concat(), cmd))
+}
+
+/// Looks every 5 ms until `done` says so, for at most a minute (a liveness bound, not a
+/// timing): whether it did.
+pub fn within_a_minute(mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
+/// `cmd` (program, arguments and environment) run under `wrapper` (a program and its
+/// arguments: `strace -f …`, `unshare …`).
+pub fn wrapped(wrapper: &[&str], cmd: &Command) -> Command {
+    let mut c = Command::new(wrapper[0]);
+    c.args(&wrapper[1..]).arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => c.env(k, v),
             None => c.env_remove(k),
         };
     }
-    Some(c)
+    c
 }
 
 /// Runs and captures; prints stderr so a failing test shows what the tool said.
