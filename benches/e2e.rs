@@ -13,6 +13,9 @@
 //!     [--schemes http,https] [--pin] [--clean-each] [--out bench-results/DATE-MACHINE]
 //! ```
 //!
+//! An s3uring engine may carry one more flag: `threads+no-verify` runs `threads` with
+//! `--no-verify`.
+//!
 //! `--schemes http,https` (the default) starts one endpoint per scheme (the HTTPS one with a certificate
 //! from a private CA made for the run) and interleaves them; HTTPS rows are labelled
 //! `ENGINE@https`. Every client is given the CA the way it takes one: s3uring `--ca-bundle`,
@@ -271,6 +274,11 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
                 Some(engine) => (o.baseline.as_deref().expect("base:ENGINE needs --baseline BIN").as_os_str(), engine),
                 None => (std::ffi::OsStr::new(bin), engine),
             };
+            // `ENGINE+FLAG`: the same engine with `--FLAG` (e.g. `threads+no-verify`).
+            let (engine, flag) = match engine.split_once('+') {
+                Some((engine, flag)) => (engine, Some(format!("--{flag}"))),
+                None => (engine, None),
+            };
             let (io, fetch) = match engine.strip_suffix("-sdk") {
                 Some(io) => (io, "sdk"),
                 None => (engine, "lean"),
@@ -282,6 +290,7 @@ fn client_command(bin: &str, engine: &str, server: &Server, o: &Opts, dest: &Pat
             c.args(["-q", "--endpoint-url", url, "--io-engine", io, "--fetch-engine", fetch])
                 .args(o.anonymous.then_some("--no-sign-request"))
                 .args(o.extra.split_whitespace())
+                .args(flag)
                 .arg("--stats-json")
                 .arg(stats_path(dest))
                 .args(["--workers", &o.workers, "--queue", &o.queue, "s3://bench"])

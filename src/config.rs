@@ -167,8 +167,9 @@ pub struct Config {
     pub hedge_after_ms: u64,
     /// `--fsync`: every file durable before it counts as written.
     pub fsync: bool,
-    /// `--verify`: check each body against its checksum or MD5 ETag.
-    pub verify: bool,
+    /// Whether bodies are checked against their checksum or MD5 ETag: by default where the
+    /// object has one, `--verify` insists, `--no-verify` does not check.
+    pub verify: Verify,
     /// Retries of a GET that failed transiently before the key fails (throttling answers
     /// spend none: see [`crate::fetch::throttle`]).
     pub retries: u32,
@@ -252,7 +253,7 @@ impl Config {
             retries: DEFAULT_RETRIES,
             max_rate: None,
             stall_timeout: std::time::Duration::from_secs(DEFAULT_STALL_TIMEOUT_S),
-            verify: false,
+            verify: Verify::On,
             fsync: false,
             hedge_after_ms: DEFAULT_HEDGE_AFTER_MS,
             io_threads: None,
@@ -384,6 +385,36 @@ mod tests {
         for bad in ["bucket/x", "http://x", "s3://", "s3:///x", "s3://bad bucket/x", "/tmp/x"] {
             let err = bad.parse::<S3Url>().unwrap_err();
             assert!(err.contains(bad), "{err}");
+        }
+    }
+}
+
+/// How bodies are checked against the checksums their objects carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// `--no-verify`: no checksum asked for, nothing checked (for a store that sends wrong
+    /// checksums).
+    Off,
+    /// The default: every body with a checksum or a plain-MD5 ETag is checked; one with
+    /// neither is written unchecked and counted.
+    #[default]
+    On,
+    /// `--verify`: a key whose body could not be checked fails, naming why.
+    Strict,
+}
+
+impl Verify {
+    /// Checksums are asked for and bodies checked.
+    pub fn checks(self) -> bool {
+        self != Verify::Off
+    }
+
+    /// The stats JSON's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verify::Off => "off",
+            Verify::On => "on",
+            Verify::Strict => "strict",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `--verify`: check each body against the checksum its object carries.
+//! Check each body against the checksum its object carries (by default; `--verify` fails a
+//! key that could not be checked, `--no-verify` checks nothing).
 //!
 //! In order of preference: the `x-amz-checksum-*` value S3 returns when the GET asks for it
 //! (`x-amz-checksum-mode: ENABLED`; CRC64NVME, CRC32C, CRC32, SHA-256 or SHA-1, computed by
@@ -37,24 +38,25 @@ pub enum Verified {
     Checksum(&'static str),
     /// Against the ETag's MD5.
     EtagMd5,
-    /// Nothing to verify against (multipart or encrypted object without a checksum).
-    Unverifiable,
+    /// Nothing to verify against (multipart or encrypted object without a checksum), and why.
+    Unverifiable(&'static str),
 }
 
 /// Checks `body`; `Err` names what did not match.
 pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
     for (name, algo) in CHECKSUM_HEADERS {
         let Some((_, want)) = integrity.checksums.iter().find(|(n, _)| *n == name) else { continue };
-        if want.contains('-') {
-            continue; // composite: a checksum of part checksums
+        if composite(want) {
+            continue;
         }
         let mut c = algo.into_impl();
         c.update(body);
-        let got = c.header_value();
-        let got = got.to_str().unwrap_or_default();
-        return if got == want {
+        // Compared as bytes: the expected value decoded once, not the computed one encoded.
+        let got = c.finalize();
+        return if aws_smithy_types::base64::decode(want).is_ok_and(|w| w == got) {
             Ok(Verified::Checksum(name))
         } else {
+            let got = aws_smithy_types::base64::encode(&got);
             Err(format!("content does not match its {name} (got {got}, expected {want})"))
         };
     }
@@ -64,7 +66,29 @@ pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
             whole.update(body);
             whole.check(&md5).map(|()| Verified::EtagMd5)
         }
-        None => Ok(Verified::Unverifiable),
+        None => Ok(Verified::Unverifiable(unverifiable(integrity))),
+    }
+}
+
+/// A composite checksum (`base64-N`): a checksum of a multipart upload's part checksums.
+fn composite(value: &str) -> bool {
+    value.contains('-')
+}
+
+/// Why a body with this integrity cannot be checked (it has no whole-object checksum, and
+/// no ETag that is an MD5).
+pub fn unverifiable(integrity: &Integrity) -> &'static str {
+    let etag = integrity.etag.as_deref().unwrap_or_default();
+    if integrity.checksums.iter().any(|(_, v)| composite(v)) {
+        "its only checksum is a multipart upload's composite (base64-N), which no whole body matches"
+    } else if etag.is_empty() {
+        "it has no checksum and no ETag"
+    } else if integrity.encrypted {
+        "it has no checksum, and an encrypted object's ETag (SSE-KMS or SSE-C) is no MD5"
+    } else if etag.contains('-') {
+        "it has no checksum, and a multipart upload's ETag (-N) is no MD5"
+    } else {
+        "it has no checksum, and its ETag is no MD5"
     }
 }
 
@@ -130,12 +154,12 @@ mod tests {
         assert!(check(b"hello worle", &i).unwrap_err().contains("ETag MD5"));
         // Multipart ETag, encrypted object, composite checksum: nothing to check.
         let multipart = Integrity { etag: Some("\"abc-3\"".into()), ..Integrity::default() };
-        assert_eq!(check(body, &multipart), Ok(Verified::Unverifiable));
+        assert!(matches!(check(body, &multipart), Ok(Verified::Unverifiable(why)) if why.contains("multipart")));
         let kms = Integrity { etag: md5, encrypted: true, checksums: vec![] };
-        assert_eq!(check(b"anything", &kms), Ok(Verified::Unverifiable));
+        assert!(matches!(check(b"anything", &kms), Ok(Verified::Unverifiable(why)) if why.contains("encrypted")));
         let composite =
             Integrity { checksums: vec![("x-amz-checksum-crc32c", "AAAA-2".into())], ..Integrity::default() };
-        assert_eq!(check(body, &composite), Ok(Verified::Unverifiable));
+        assert!(matches!(check(body, &composite), Ok(Verified::Unverifiable(why)) if why.contains("composite")));
     }
 
     #[test]

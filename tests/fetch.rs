@@ -443,6 +443,8 @@ fn failed_keys_written_then_fed_back_retry_exactly_those() {
         let mut lines: Vec<&str> = text.lines().collect();
         lines.sort();
         assert_eq!(lines.len(), 2, "{text}");
+        // Every line ends with a newline, the last too: `wc -l` counts them all.
+        assert_eq!(text.matches('\n').count(), 2, "{text:?}");
         assert!(lines.iter().any(|l| l.starts_with(&format!("{denied}\tAccessDenied"))), "{text}");
         assert!(lines.iter().any(|l| l.starts_with(&format!("{vanished}\tNoSuchKey"))), "{text}");
 
@@ -528,7 +530,7 @@ fn keys_from_a_slow_pipe_are_copied_as_they_arrive() {
 }
 
 #[test]
-fn verify_refetches_corrupted_bodies_and_never_writes_them() {
+fn corrupted_bodies_are_fetched_again_and_never_written_by_default() {
     let objs = objects(400);
     let want = expected_tree(&objs, "");
     // CRC32C for every object; each of S3's five algorithms for some; none (the ETag's MD5).
@@ -545,19 +547,20 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
             },
             true,
         );
-        // Without --verify the corruption is real and lands on disk: the fault is not a no-op.
+        // With --no-verify the corruption is real and lands on disk: the fault is not a no-op.
         let scratch = Scratch::new();
-        let out = run(env.cmd().arg("s3://bitrot").arg(scratch.dest()));
+        let out = run(env.cmd().arg("--no-verify").arg("s3://bitrot").arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(0));
-        assert_ne!(read_tree(&scratch.dest()), want, "corrupted bodies were written without --verify");
-        for e in engines() {
+        assert_ne!(read_tree(&scratch.dest()), want, "corrupted bodies were written with --no-verify");
+        // Default flags and strict mode (every object here can be checked) alike.
+        for (e, mode) in engines().into_iter().zip([None, Some("--verify")].into_iter().cycle()) {
             let scratch = Scratch::new();
             let json = scratch.dir.path().join("stats.json");
             let before = env.fault_counts().corrupt;
             let out = run(env
                 .cmd()
+                .args(mode)
                 .args([
-                    "--verify",
                     "--retries",
                     "10",
                     "--hedge-after",
@@ -571,7 +574,7 @@ fn verify_refetches_corrupted_bodies_and_never_writes_them() {
                 .arg(&json)
                 .arg("s3://bitrot")
                 .arg(scratch.dest()));
-            assert_eq!(out.status.code(), Some(0), "{e}");
+            assert_eq!(out.status.code(), Some(0), "{e} {mode:?}");
             assert_same_tree(&read_tree(&scratch.dest()), &want);
             let corrupted = env.fault_counts().corrupt - before;
             assert!(corrupted > 5, "{corrupted}");

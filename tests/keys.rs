@@ -248,3 +248,20 @@ fn a_file_written_at_a_keys_path_during_the_run_is_not_replaced() {
         assert!(tree.keys().all(|p| !p.contains(".s3uring-tmp.")), "{engine}: {tree:?}");
     }
 }
+
+#[test]
+fn a_key_ending_in_a_slash_that_holds_bytes_fails_naming_them() {
+    // `dir/` uploaded with content: its name is a directory here, so its bytes have no file.
+    // Empty markers are directories, as always.
+    let objs: Vec<(String, Bytes)> = vec![
+        ("dir/".to_owned(), content("dir/", 42)),
+        ("dir/inside.txt".to_owned(), content("dir/inside.txt", 10)),
+        ("empty-marker/".to_owned(), Bytes::new()),
+    ];
+    let env = Env::new(vec![bucket("markers", objs.clone())]);
+    let want = expected_tree(&objs[1..], "");
+    copy_each_engine(&env, &[], "s3://markers", 1, &want, |e, err, scratch| {
+        assert!(err.lines().any(|l| l.contains("failed 'dir/'") && l.contains("holds 42 bytes")), "{e}: {err}");
+        assert!(scratch.dest().join("empty-marker").is_dir(), "{e}");
+    });
+}

@@ -142,16 +142,16 @@ fn verify_reads_a_large_file_back_against_its_etag_md5_and_never_names_a_corrupt
         let doc = stats(&json);
         let v = &doc["verify"];
         assert_eq!((v["by_etag_md5"].as_u64(), v["unverifiable"].as_u64()), (Some(2), Some(0)), "{engine}: {v}");
-        // Every part comes back with a flipped byte: without --verify that lands on disk ...
-        let scratch = Scratch::new();
-        let out = run(rotten.cmd().args(engine.args()).args(PARTS).arg("s3://whole").arg(scratch.dest()));
-        assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
-        assert_ne!(read_tree(&scratch.dest()), want, "{engine}: the fault corrupts");
-        // ... with it, neither file gets its name, no temporary is left, and both keys fail
-        // naming the mismatch.
+        // Every part comes back with a flipped byte: with --no-verify that lands on disk ...
         let scratch = Scratch::new();
         let out =
-            run(rotten.cmd().args(engine.args()).args(PARTS).arg("--verify").arg("s3://whole").arg(scratch.dest()));
+            run(rotten.cmd().args(engine.args()).args(PARTS).arg("--no-verify").arg("s3://whole").arg(scratch.dest()));
+        assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
+        assert_ne!(read_tree(&scratch.dest()), want, "{engine}: the fault corrupts");
+        // ... by default, neither file gets its name, no temporary is left, and both keys fail
+        // naming the mismatch.
+        let scratch = Scratch::new();
+        let out = run(rotten.cmd().args(engine.args()).args(PARTS).arg("s3://whole").arg(scratch.dest()));
         assert_eq!(out.status.code(), Some(1), "{engine}: {}", stderr(&out));
         let err = stderr(&out);
         for (key, _) in &objs {

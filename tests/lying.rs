@@ -186,8 +186,11 @@ fn grown(stream: &mut TcpStream, range: Option<(u64, u64)>, total: u64) {
         Some((first, last)) => ("206 Partial Content", first, last.min(SIZE - 1)),
         None => ("200 OK", 0, SIZE - 1),
     };
+    // The ETag is the MD5 of what is served, as S3's is of a single-part upload's content.
+    use md5::Digest as _;
+    let md5: String = md5::Md5::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
     let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"0123456789abcdef0123456789abcdef\"\r\n\
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"{md5}\"\r\n\
          Last-Modified: Fri, 02 Jan 2026 00:00:00 GMT\r\n",
         last + 1 - first
     );

@@ -171,10 +171,17 @@ struct Tuning {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     stall_timeout: u64,
 
-    /// Check every body against the checksum its object carries (x-amz-checksum-* when
-    /// present, else an ETag that is a plain MD5); a mismatch is retried, never written.
+    /// Strict checking: every body is checked against the checksum its object carries
+    /// (x-amz-checksum-* when present, else an ETag that is a plain MD5), as by default, and
+    /// a key whose body could not be checked fails, naming why.
     #[arg(long)]
     verify: bool,
+
+    /// Check nothing: no checksum is asked for (for a store that sends wrong checksums). By
+    /// default every body with a checksum or a plain-MD5 ETag is checked, and a mismatch is
+    /// fetched again, never written.
+    #[arg(long, conflicts_with = "verify")]
+    no_verify: bool,
 
     /// Make every file durable before the run reports it: each file's data is fsynced
     /// (batched through the writer) before it is renamed into place, and every directory
@@ -647,7 +654,11 @@ fn apply_tuning(cfg: &mut Config, t: &Tuning) {
     cfg.manifest = t.manifest.clone();
     cfg.list_workers = t.list_workers as usize;
     cfg.version_id = t.version_id.clone();
-    cfg.verify = t.verify;
+    cfg.verify = match (t.verify, t.no_verify) {
+        (true, _) => crate::config::Verify::Strict,
+        (_, true) => crate::config::Verify::Off,
+        _ => crate::config::Verify::On,
+    };
     cfg.fsync = t.fsync;
     cfg.hedge_after_ms = t.hedge_after;
     cfg.existing = if t.overwrite {

@@ -116,6 +116,10 @@ pub struct EndpointConfig {
     /// Keys overwritten before every GET: each GET sees a new ETag, so a copy in parts tied
     /// by `If-Match` gets `412 PreconditionFailed` for its other parts.
     pub changing: Vec<String>,
+    /// Keys whose stored bytes changed after upload while their ETag and checksums stayed
+    /// (rot on the store's disks, a broken copy): every GET, whole or ranged, gets the same
+    /// wrong byte in the middle of the object, so no retry mends it.
+    pub rotten: Vec<String>,
     /// Older versions: (key, version id, content), readable with `versionId`.
     pub versions: Vec<(String, String, Bytes)>,
     /// Archived objects: key → (storage class, restored). Listed with their class and restore

@@ -727,18 +727,25 @@ fn header_str<B>(resp: &http::Response<B>, name: impl header::AsHeaderName) -> O
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The ETag, encryption and checksum headers of a response, for `--verify`.
+/// The ETag, encryption and checksum headers of a response, for checking its body: one pass
+/// over the headers (a lookup by name parses the name each time, and most are absent).
 fn integrity<B>(resp: &http::Response<B>) -> crate::verify::Integrity {
-    let sse = header_str(resp, "x-amz-server-side-encryption").unwrap_or_default();
-    crate::verify::Integrity {
-        etag: header_str(resp, header::ETAG).map(str::to_owned),
-        encrypted: sse.starts_with("aws:kms")
-            || resp.headers().contains_key("x-amz-server-side-encryption-customer-algorithm"),
-        checksums: crate::verify::CHECKSUM_HEADERS
-            .iter()
-            .filter_map(|(name, _)| Some((*name, header_str(resp, *name)?.to_owned())))
-            .collect(),
+    let mut integrity = crate::verify::Integrity::default();
+    for (name, value) in resp.headers() {
+        let (name, Ok(value)) = (name.as_str(), value.to_str()) else { continue };
+        if name == header::ETAG {
+            integrity.etag = Some(value.to_owned());
+        } else if name.starts_with("x-amz-checksum-") {
+            if let Some((known, _)) = crate::verify::CHECKSUM_HEADERS.iter().find(|(h, _)| *h == name) {
+                integrity.checksums.push((known, value.to_owned()));
+            }
+        } else if name == "x-amz-server-side-encryption" {
+            integrity.encrypted |= value.starts_with("aws:kms");
+        } else if name == "x-amz-server-side-encryption-customer-algorithm" {
+            integrity.encrypted = true;
+        }
     }
+    integrity
 }
 
 fn parse_http_date(s: &str) -> Option<SystemTime> {

@@ -36,10 +36,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::config::{Config, FetchEngine};
+use crate::config::{Config, FetchEngine, Verify};
 use crate::report::Report;
 use crate::report::ThrottleStats;
 use crate::s3::{self, Control};
+use crate::verify::Verified;
 use lean::Lean;
 use store::{ByteRange, Fetched, GetError, ObjectStore, Retry};
 use throttle::{Answer, Limiter, Throttle, Ticket};
@@ -54,10 +55,10 @@ const NOISE_BACKOFF: Duration = Duration::from_millis(10);
 /// Objects above this size are not hedged (a second copy of a large body is not cheap).
 const HEDGE_MAX_SIZE: u64 = 8 << 20;
 
-/// The engine all fetch tasks share, and whether bodies are verified (`--verify`).
+/// The engine all fetch tasks share, and how bodies are verified.
 pub struct Engine {
     store: Arc<dyn ObjectStore>,
-    verify: bool,
+    verify: Verify,
     throttle: Throttle,
     /// Whole-object GETs in flight at once: as many as the round trip needs.
     window: Window,
@@ -83,7 +84,7 @@ pub struct Stores {
 /// through the SDK.
 pub async fn stores(cfg: &Config, control: &Control, report: &Arc<Report>) -> Result<Stores, String> {
     let bucket = &cfg.source.bucket;
-    let verify = cfg.verify;
+    let verify = cfg.verify.checks();
     let requester_pays = cfg.s3.requester_pays;
     let sdk = || Stores {
         objects: Arc::new(sdk::Sdk {
@@ -133,9 +134,34 @@ impl Engine {
         self.store.name()
     }
 
-    /// `--verify`: bodies are checked against their checksums.
+    /// Bodies are checked against their checksums (unless `--no-verify`).
     pub fn verifies(&self) -> bool {
-        self.verify
+        self.verify.checks()
+    }
+
+    /// `--verify`: a key whose body could not be checked fails. `Err` names why, for a body
+    /// found unverifiable.
+    pub fn unchecked(&self, how: Verified) -> Result<(), String> {
+        match how {
+            Verified::Unverifiable(why) if self.verify == Verify::Strict => {
+                Err(format!("could not be checked (--verify): {why}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A body that does not match its checksum is [`Retry::Corrupt`] (retried, counted, never
+    /// written); under `--verify` one that could not be checked fails the key.
+    fn verify(&self, f: Fetched, report: &Report) -> Result<Fetched, GetError> {
+        let none = crate::verify::Integrity::default();
+        match crate::verify::check(&f.body, f.integrity.as_ref().unwrap_or(&none)) {
+            Ok(how) => {
+                report.verified(how);
+                self.unchecked(how).map_err(|reason| GetError { reason, retry: Retry::No })?;
+                Ok(f)
+            }
+            Err(reason) => Err(GetError { reason, retry: Retry::Corrupt }),
+        }
     }
 
     /// The fewest GETs in flight while GETs waited for the rate limiter (`--workers` when
@@ -310,7 +336,7 @@ impl Engine {
                 other => other,
             };
             let got = match got {
-                Ok(f) if self.verify && range.is_none() => verify(f, report),
+                Ok(f) if self.verify.checks() && range.is_none() => self.verify(f, report),
                 other => other,
             };
             if let Err(e) = &got
@@ -357,19 +383,6 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-/// `--verify`: a body that does not match its checksum is [`Retry::Corrupt`] (retried, counted,
-/// never written).
-fn verify(f: Fetched, report: &Report) -> Result<Fetched, GetError> {
-    let integrity = f.integrity.clone().unwrap_or_default();
-    match crate::verify::check(&f.body, &integrity) {
-        Ok(how) => {
-            report.verified(how);
-            Ok(f)
-        }
-        Err(reason) => Err(GetError { reason, retry: Retry::Corrupt }),
     }
 }
 

@@ -130,6 +130,16 @@ impl Fetcher {
             let picked = Instant::now();
             rec.record(Stage::Queue, picked - item.listed_at);
             let job = if item.target.file_name().is_none() {
+                if item.size > 0 && item.size != s3::UNKNOWN_SIZE {
+                    // A directory marker with bytes: the directory takes its name, and its
+                    // bytes would vanish without a word.
+                    let why = format!(
+                        "a key ending in '/' is a directory here, and this one holds {} bytes that no file can take",
+                        item.size
+                    );
+                    self.report.fail(&item.key, &why);
+                    continue;
+                }
                 Job::Dir { key: item.key, target: item.target }
             } else if item.size > self.parts.threshold {
                 if self.fetch_large(item, picked).await.is_break() {
@@ -261,6 +271,10 @@ impl Fetcher {
                 match crate::verify::check(&first.body, &first.integrity.clone().unwrap_or_default()) {
                     Ok(how) => {
                         self.report.verified(how);
+                        if let Err(reason) = self.engine.unchecked(how) {
+                            self.report.fail(key, &reason);
+                            return ControlFlow::Continue(());
+                        }
                         break;
                     }
                     Err(reason) => {
@@ -301,7 +315,13 @@ impl Fetcher {
         // to one version by If-Match). A multipart ETag or an encrypted object's is no MD5.
         let md5 = self.engine.verifies().then(|| first.integrity.as_ref().and_then(crate::verify::etag_md5)).flatten();
         if self.engine.verifies() && md5.is_none() {
-            self.report.verified(crate::verify::Verified::Unverifiable);
+            let why = crate::verify::unverifiable(&first.integrity.clone().unwrap_or_default());
+            let how = crate::verify::Verified::Unverifiable(why);
+            self.report.verified(how);
+            if let Err(reason) = self.engine.unchecked(how) {
+                self.report.fail(key, &format!("{reason} (fetched in ranges, which carry no checksum)"));
+                return ControlFlow::Continue(());
+            }
         }
         let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked, md5);
         let (stopped, failure) = (AtomicBool::new(false), std::sync::Mutex::new(None::<String>));

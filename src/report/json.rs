@@ -39,6 +39,7 @@ struct Settings<'a> {
     stall_timeout_s: u64,
     list_workers: usize,
     verify: bool,
+    verify_mode: &'static str,
     fsync: bool,
     existing: String,
     io_threads: usize,
@@ -79,7 +80,8 @@ pub fn stats_json(summary: &Summary, cfg: &Config) -> serde_json::Value {
             max_rate: cfg.max_rate,
             stall_timeout_s: cfg.stall_timeout.as_secs(),
             list_workers: cfg.list_workers,
-            verify: cfg.verify,
+            verify: cfg.verify.checks(),
+            verify_mode: cfg.verify.name(),
             fsync: cfg.fsync,
             existing: lower(&cfg.existing),
             io_threads: cfg.io_threads.unwrap_or(match summary.engine.as_str() {

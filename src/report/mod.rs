@@ -288,7 +288,7 @@ impl Report {
         let c = match how {
             Verified::Checksum(_) => &self.verify.by_checksum,
             Verified::EtagMd5 => &self.verify.by_md5,
-            Verified::Unverifiable => &self.verify.unverifiable,
+            Verified::Unverifiable(_) => &self.verify.unverifiable,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
