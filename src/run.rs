@@ -100,7 +100,12 @@ async fn copy(
         );
         CaseGuard::default()
     });
-    let fetch = Arc::new(Engine::with_store(stores.objects, cfg));
+    let heads = fetch::Heads {
+        client: control.client_with_retries(cfg.retries),
+        bucket: cfg.source.bucket.clone(),
+        requester_pays: cfg.s3.requester_pays,
+    };
+    let fetch = Arc::new(Engine::with_store(stores.objects, cfg).with_heads(heads));
 
     let (keys_tx, keys_rx) = async_channel::bounded::<Listed>(cfg.queue.max(1));
     let room = Room::new(cfg.queue.max(1));

@@ -92,6 +92,71 @@ pub fn unverifiable(integrity: &Integrity) -> &'static str {
     }
 }
 
+/// A CRC S3 keeps of a whole object (a full-object checksum: of a single-part upload, or of
+/// a multipart upload made with `FULL_OBJECT`), which the CRCs of its byte ranges combine
+/// into: a large object fetched in ranges is checked without reading it back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WholeCrc {
+    /// The header it came in (`x-amz-checksum-crc64nvme`, `-crc32c` or `-crc32`).
+    pub header: &'static str,
+    algorithm: crc_fast::CrcAlgorithm,
+    want: u64,
+}
+
+/// The CRCs S3 keeps, strongest first, and their width in bytes.
+const CRCS: [(&str, crc_fast::CrcAlgorithm, usize); 3] = [
+    ("x-amz-checksum-crc64nvme", crc_fast::CrcAlgorithm::Crc64Nvme, 8),
+    ("x-amz-checksum-crc32c", crc_fast::CrcAlgorithm::Crc32Iscsi, 4),
+    ("x-amz-checksum-crc32", crc_fast::CrcAlgorithm::Crc32IsoHdlc, 4),
+];
+
+impl WholeCrc {
+    /// The full-object CRC among `integrity`'s checksums, if there is one (a composite
+    /// `base64-N` value is a CRC of part CRCs, which ranges do not combine into).
+    pub fn of(integrity: &Integrity) -> Option<WholeCrc> {
+        CRCS.into_iter().find_map(|(header, algorithm, width)| {
+            let (_, value) = integrity.checksums.iter().find(|(n, _)| *n == header)?;
+            let bytes = aws_smithy_types::base64::decode(value).ok().filter(|b| b.len() == width)?;
+            let want = bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            Some(WholeCrc { header, algorithm, want })
+        })
+    }
+
+    /// The CRC of one range.
+    pub fn of_range(&self, bytes: &[u8]) -> u64 {
+        crc_fast::checksum(self.algorithm, bytes)
+    }
+
+    /// Combines the CRCs of ranges `(offset, length, crc)`, in any order, that must cover
+    /// `size` bytes exactly; `Err` names both values when the whole does not match.
+    pub fn check(&self, mut ranges: Vec<(u64, u64, u64)>, size: u64) -> Result<(), String> {
+        ranges.sort_unstable();
+        let mut at = 0;
+        let mut whole = self.of_range(&[]);
+        for (offset, len, crc) in ranges {
+            if offset != at {
+                return Err(format!("internal error: the ranges checked do not meet at byte {at}"));
+            }
+            whole = if at == 0 { crc } else { crc_fast::checksum_combine(self.algorithm, whole, crc, len) };
+            at += len;
+        }
+        if at != size {
+            return Err(format!("internal error: the ranges checked end at byte {at} of {size}"));
+        }
+        if whole == self.want {
+            return Ok(());
+        }
+        let width = if self.header == CRCS[0].0 { 8 } else { 4 };
+        let b64 = |v: u64| aws_smithy_types::base64::encode(&v.to_be_bytes()[8 - width..]);
+        Err(format!(
+            "content does not match its {} (combined over its ranges: got {}, expected {})",
+            self.header,
+            b64(whole),
+            b64(self.want)
+        ))
+    }
+}
+
 /// The MD5 an object's content must have, when its ETag is one (a plain MD5 of an object
 /// not encrypted with SSE-KMS or SSE-C).
 pub fn etag_md5(integrity: &Integrity) -> Option<String> {
@@ -160,6 +225,35 @@ mod tests {
         let composite =
             Integrity { checksums: vec![("x-amz-checksum-crc32c", "AAAA-2".into())], ..Integrity::default() };
         assert!(matches!(check(body, &composite), Ok(Verified::Unverifiable(why)) if why.contains("composite")));
+    }
+
+    #[test]
+    fn range_crcs_combine_into_the_whole_objects_crc() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for (header, algo) in CHECKSUM_HEADERS.into_iter().take(3) {
+            let mut c = algo.into_impl();
+            c.update(&body);
+            let value = c.header_value().to_str().unwrap_or_default().to_owned();
+            let integrity = Integrity { checksums: vec![(header, value)], ..Integrity::default() };
+            let crc = WholeCrc::of(&integrity).expect(header);
+            assert_eq!(crc.header, header);
+            // Out of order, uneven, the last one short.
+            let cuts = [(60_000u64, 40_000u64), (0, 25_000), (25_000, 35_000)];
+            let ranges = |data: &[u8]| -> Vec<(u64, u64, u64)> {
+                let at = |o: u64, l: u64| &data[o as usize..(o + l) as usize];
+                cuts.iter().map(|&(o, l)| (o, l, crc.of_range(at(o, l)))).collect()
+            };
+            assert_eq!(crc.check(ranges(&body), body.len() as u64), Ok(()), "{header}");
+            let mut bad = body.clone();
+            bad[70_000] ^= 1;
+            let err = crc.check(ranges(&bad), body.len() as u64).unwrap_err();
+            assert!(err.contains(header) && err.contains("combined"), "{err}");
+            assert!(crc.check(ranges(&body)[1..].to_vec(), body.len() as u64).is_err(), "a gap is no match");
+        }
+        // A composite value is a CRC of part CRCs: nothing ranges combine into.
+        let composite =
+            Integrity { checksums: vec![("x-amz-checksum-crc32", "AAAAAA==-3".into())], ..Integrity::default() };
+        assert_eq!(WholeCrc::of(&composite), None);
     }
 
     #[test]

@@ -118,11 +118,15 @@ fn verify_reads_a_large_file_back_against_its_etag_md5_and_never_names_a_corrupt
     let objs: Vec<(String, Bytes)> =
         [("big/a.bin", 3 * MIB + 777), ("big/b.bin", 2 * MIB)].map(|(k, n)| (k.to_owned(), content(k, n))).to_vec();
     let want = expected_tree(&objs, "");
-    // Stored objects have an ETag that is the MD5 of their content, as single-part uploads do.
-    let clean = Env::new(vec![bucket("whole", objs.clone())]);
+    // Stored objects have an ETag that is the MD5 of their content, as single-part uploads do,
+    // and no checksum (uploaded without one): the MD5 is all there is to check against.
+    let none = s3uring::endpoint::Checksums::None;
+    let clean = EndpointConfig { buckets: vec![bucket("whole", objs.clone())], checksums: none, ..Default::default() };
+    let clean = Env::with_config(clean, true);
     let config = EndpointConfig {
         buckets: vec![bucket("whole", objs.clone())],
         faults: s3uring::endpoint::Faults { corrupt: 1.0, ..Default::default() },
+        checksums: none,
         ..Default::default()
     };
     let rotten = Env::with_config(config, true);

@@ -164,6 +164,27 @@ impl MemS3 {
     fn object(&self, bucket: &str, key: &str) -> S3Result<&Obj> {
         self.bucket(bucket)?.get(key).ok_or_else(|| s3_error!(NoSuchKey))
     }
+
+    /// The checksum `key` was uploaded with, over its whole content as uploaded (of
+    /// `version`, when given), computed a few MiB at a time: `(header, base64 value)`.
+    fn whole_checksum(&self, key: &str, obj: &Obj, version: Option<&str>) -> Option<(&'static str, String)> {
+        const STEP: u64 = 8 << 20;
+        let (name, algorithm) = self.checksums.of(key)?;
+        let mut c = algorithm.into_impl();
+        match version {
+            Some(v) => c.update(&self.version(key, v).ok()?),
+            None => {
+                let size = obj.size();
+                let mut at = 0;
+                while at < size {
+                    let last = (at + STEP).min(size) - 1;
+                    c.update(&obj.range(key, at, last));
+                    at = last + 1;
+                }
+            }
+        }
+        Some((name, c.header_value().to_str().unwrap_or_default().to_owned()))
+    }
 }
 
 /// Resolves an HTTP range against an object of `len` bytes: `(first, last)` inclusive.
@@ -312,10 +333,19 @@ impl S3 for MemS3 {
             Some(v) => self.version(&input.key, v)?.len(),
             None => obj.size() as usize,
         };
+        // Like S3 for an object uploaded with a checksum: the whole object's, when asked for.
+        let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let checksum = asked.then(|| self.whole_checksum(&input.key, obj, input.version_id.as_deref())).flatten();
+        let checksum_as = |header: &str| checksum.as_ref().filter(|(name, _)| *name == header).map(|(_, v)| v.clone());
         let out = HeadObjectOutput {
             content_length: Some(size as i64),
             e_tag: Some(obj.etag(&input.key)),
             last_modified: Some(Timestamp::from(obj.last_modified)),
+            checksum_crc64nvme: checksum_as("x-amz-checksum-crc64nvme"),
+            checksum_crc32c: checksum_as("x-amz-checksum-crc32c"),
+            checksum_crc32: checksum_as("x-amz-checksum-crc32"),
+            checksum_sha256: checksum_as("x-amz-checksum-sha256"),
+            checksum_sha1: checksum_as("x-amz-checksum-sha1"),
             ..Default::default()
         };
         Ok(S3Response::new(out))

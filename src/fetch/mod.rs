@@ -70,6 +70,16 @@ pub struct Engine {
     hedge_after: Option<Duration>,
     /// `--version-id` (single-object copies only).
     version_id: Option<String>,
+    /// HeadObject for the whole checksum of an object fetched in ranges (`None`: not asked).
+    heads: Option<Heads>,
+}
+
+/// Where HeadObject requests go: the control plane's client (they are one per large
+/// object, and its retries are `--retries`).
+pub struct Heads {
+    pub client: aws_sdk_s3::Client,
+    pub bucket: String,
+    pub requester_pays: bool,
 }
 
 /// The configured engine's two faces: GETs, and list requests.
@@ -127,6 +137,29 @@ impl Engine {
             stall_timeout: cfg.stall_timeout,
             hedge_after,
             version_id: cfg.version_id.clone(),
+            heads: None,
+        }
+    }
+
+    /// Asks `heads` for the whole checksum of objects fetched in ranges.
+    pub fn with_heads(mut self, heads: Heads) -> Engine {
+        self.heads = Some(heads);
+        self
+    }
+
+    /// The full-object CRC of `key`, which the CRCs of its ranges combine into, when it has
+    /// one and checking is on. `etag` is the one its first range came with: a HEAD that
+    /// sees another version is no use (the other ranges are tied to `etag` by If-Match).
+    pub async fn whole_crc(&self, key: &str, etag: Option<&str>) -> Option<crate::verify::WholeCrc> {
+        let heads = self.heads.as_ref().filter(|_| self.verify.checks())?;
+        let version = self.version_id.as_deref();
+        match sdk::head_integrity(&heads.client, &heads.bucket, key, version, heads.requester_pays).await {
+            Ok(integrity) if integrity.etag.as_deref() == etag => crate::verify::WholeCrc::of(&integrity),
+            Ok(_) => None,
+            Err(why) => {
+                tracing::debug!(key, %why, "no whole checksum: HeadObject failed");
+                None
+            }
         }
     }
 

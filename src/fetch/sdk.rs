@@ -112,7 +112,6 @@ async fn get(
     let expected = out.content_length.and_then(|n| u64::try_from(n).ok());
     let last_modified = out.last_modified.and_then(|t| SystemTime::try_from(t).ok());
     let integrity = verify.then(|| {
-        use aws_sdk_s3::types::ServerSideEncryption as Sse;
         let values = [
             out.checksum_crc64_nvme.clone(),
             out.checksum_crc32_c.clone(),
@@ -120,16 +119,7 @@ async fn get(
             out.checksum_sha256.clone(),
             out.checksum_sha1.clone(),
         ];
-        crate::verify::Integrity {
-            etag: out.e_tag.clone(),
-            encrypted: matches!(out.server_side_encryption, Some(Sse::AwsKms | Sse::AwsKmsDsse))
-                || out.sse_customer_algorithm.is_some(),
-            checksums: crate::verify::CHECKSUM_HEADERS
-                .iter()
-                .zip(values)
-                .filter_map(|((name, _), v)| Some((*name, v?)))
-                .collect(),
-        }
+        integrity(out.e_tag.clone(), out.server_side_encryption.as_ref(), out.sse_customer_algorithm.is_some(), values)
     });
     let part = range.map(|_| PartInfo {
         etag: out.e_tag.clone(),
@@ -143,6 +133,50 @@ async fn get(
     // The SDK does not say how the body was framed: without a Content-Length, assume nothing.
     let framed = expected.is_some();
     Ok(Fetched { body, last_modified, ttfb: headers - sent, body_time: headers.elapsed(), integrity, part, framed })
+}
+
+/// What an answer says about its content, for checking it: the ETag, whether it is an
+/// encrypted object's, and the `x-amz-checksum-*` values in [`crate::verify::CHECKSUM_HEADERS`]' order.
+fn integrity(
+    etag: Option<String>,
+    sse: Option<&aws_sdk_s3::types::ServerSideEncryption>,
+    sse_c: bool,
+    values: [Option<String>; 5],
+) -> crate::verify::Integrity {
+    use aws_sdk_s3::types::ServerSideEncryption as Sse;
+    crate::verify::Integrity {
+        etag,
+        encrypted: matches!(sse, Some(Sse::AwsKms | Sse::AwsKmsDsse)) || sse_c,
+        checksums: crate::verify::CHECKSUM_HEADERS
+            .iter()
+            .zip(values)
+            .filter_map(|((name, _), v)| Some((*name, v?)))
+            .collect(),
+    }
+}
+
+/// HeadObject with checksum mode: what S3 keeps of a whole object (its checksum, ETag and
+/// encryption), for one fetched in ranges, which carry no checksum.
+pub async fn head_integrity(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+    requester_pays: bool,
+) -> Result<crate::verify::Integrity, String> {
+    let mut req = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .set_version_id(version.map(str::to_owned))
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+    if requester_pays {
+        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
+    }
+    let out = req.send().await.map_err(|e| describe(&e, Some(bucket)))?;
+    let values =
+        [out.checksum_crc64_nvme, out.checksum_crc32_c, out.checksum_crc32, out.checksum_sha256, out.checksum_sha1];
+    Ok(integrity(out.e_tag, out.server_side_encryption.as_ref(), out.sse_customer_algorithm.is_some(), values))
 }
 
 /// Reads a body of at most `most` bytes: a chunked one that goes on is [`Retry::Larger`],

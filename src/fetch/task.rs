@@ -310,11 +310,15 @@ impl Fetcher {
             }
             return ControlFlow::Continue(());
         }
-        // S3 keeps no checksum of a byte range: an ETag that is the content's MD5 is checked
-        // by the writer, which reads the file back once every part is in (the parts are tied
-        // to one version by If-Match). A multipart ETag or an encrypted object's is no MD5.
-        let md5 = self.engine.verifies().then(|| first.integrity.as_ref().and_then(crate::verify::etag_md5)).flatten();
-        if self.engine.verifies() && md5.is_none() {
+        // S3 keeps no checksum of a byte range. A full-object CRC (from a HEAD) is what the
+        // ranges' CRCs combine into; else an ETag that is the content's MD5 is checked by the
+        // writer, which reads the file back once every part is in (the parts are tied to one
+        // version by If-Match). A multipart ETag or an encrypted object's is no MD5.
+        let crc = self.engine.whole_crc(key, info.etag.as_deref()).await;
+        let md5 = (self.engine.verifies() && crc.is_none())
+            .then(|| first.integrity.as_ref().and_then(crate::verify::etag_md5))
+            .flatten();
+        if self.engine.verifies() && md5.is_none() && crc.is_none() {
             let why = crate::verify::unverifiable(&first.integrity.clone().unwrap_or_default());
             let how = crate::verify::Verified::Unverifiable(why);
             self.report.verified(how);
@@ -323,7 +327,7 @@ impl Fetcher {
                 return ControlFlow::Continue(());
             }
         }
-        let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked, md5);
+        let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked, (md5, crc));
         let (stopped, failure) = (AtomicBool::new(false), std::sync::Mutex::new(None::<String>));
         let failed = || failure.lock().map_or(true, |f| f.is_some());
         let fail = |reason: String| {
@@ -389,6 +393,9 @@ impl Fetcher {
     ) -> Result<(), String> {
         if got.body.len() as u64 != len {
             return Err(format!("{} bytes came instead of {len}", got.body.len()));
+        }
+        if let Some(crc) = &file.crc {
+            file.range_crc(offset, len, crc.of_range(&got.body));
         }
         let job =
             Job::Part { file: file.clone(), offset, body: got.body, permit: Some(permit), fetched: Instant::now() };

@@ -201,9 +201,12 @@ pub struct LargeFile {
     pub meta: Meta,
     /// When a fetcher picked the key (start of the `total` stage).
     pub picked: Instant,
-    /// `--verify` with an ETag that is the content's MD5: the assembled file is read back and
-    /// must have it before it gets its name.
+    /// Checked, with an ETag that is the content's MD5 and no whole CRC: the assembled file is
+    /// read back and must have it before it gets its name.
     pub md5: Option<String>,
+    /// Checked, with a full-object CRC: the CRCs of the ranges (taken as they arrived) must
+    /// combine into it before the file gets its name.
+    pub crc: Option<crate::verify::WholeCrc>,
     state: Mutex<LargeState>,
 }
 
@@ -217,6 +220,8 @@ struct LargeState {
     silent: bool,
     /// First part handed to the writer (start of the `write` stage).
     first: Option<Instant>,
+    /// `(offset, length, CRC)` of each range, with [`LargeFile::crc`].
+    crcs: Vec<(u64, u64, u64)>,
 }
 
 /// A large file read back for `--verify`, this much at a time.
@@ -233,10 +238,18 @@ impl LargeFile {
         parts: u64,
         meta: Meta,
         picked: Instant,
-        md5: Option<String>,
+        (md5, crc): (Option<String>, Option<crate::verify::WholeCrc>),
     ) -> Arc<LargeFile> {
-        let state = LargeState { left: parts, open: None, err: None, silent: false, first: None };
-        Arc::new(LargeFile { key, target, size, meta, picked, md5, state: Mutex::new(state) })
+        let crcs = Vec::new();
+        let state = LargeState { left: parts, open: None, err: None, silent: false, first: None, crcs };
+        Arc::new(LargeFile { key, target, size, meta, picked, md5, crc, state: Mutex::new(state) })
+    }
+
+    /// The CRC of the range at `offset`, `len` bytes long, as it arrived.
+    pub fn range_crc(&self, offset: u64, len: u64, crc: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.crcs.push((offset, len, crc));
+        }
     }
 
     /// The descriptor to write a part into, creating the temporary on first use; `None`
@@ -298,6 +311,7 @@ impl LargeFile {
             return;
         }
         let open = st.open.take();
+        let crcs = std::mem::take(&mut st.crcs);
         let first = st.first.unwrap_or(self.picked);
         let mut err = st.err.take();
         let silent = st.silent;
@@ -305,7 +319,10 @@ impl LargeFile {
         let path = || self.target.rel_path();
         if let Some((dir, tmp, fd)) = open {
             if err.is_none() && !silent {
-                err = self.complete((dirs, &dir), &tmp, fd, fsync, report).err();
+                err = self
+                    .check_crcs(crcs, report)
+                    .and_then(|()| self.complete((dirs, &dir), &tmp, fd, fsync, report))
+                    .err();
                 if err.is_none() {
                     if fsync {
                         dirs.touched(self.target.dir());
@@ -321,6 +338,21 @@ impl LargeFile {
             Some(reason) => fail_file(report, &self.key, &reason),
             None if silent => {}
             None => report.fail(&self.key, &format!("internal error: '{}' ended without data", path())),
+        }
+    }
+
+    /// With a whole CRC: the ranges' CRCs combine into it, or the file gets no name.
+    fn check_crcs(&self, crcs: Vec<(u64, u64, u64)>, report: &Report) -> Result<(), String> {
+        let Some(crc) = &self.crc else { return Ok(()) };
+        match crc.check(crcs, self.size) {
+            Ok(()) => {
+                report.verified(crate::verify::Verified::Checksum(crc.header));
+                Ok(())
+            }
+            Err(mismatch) => {
+                report.corrupt();
+                Err(format!("{mismatch}; not kept (run again to fetch it anew)"))
+            }
         }
     }
 
