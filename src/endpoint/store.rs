@@ -35,10 +35,16 @@ enum Body {
 struct Obj {
     body: Body,
     etag: OnceLock<String>,
+    /// The checksum it was uploaded with, as S3 stores it: computed once, when first asked.
+    checksum: OnceLock<Option<(&'static str, String)>>,
     last_modified: SystemTime,
 }
 
 impl Obj {
+    fn new(body: Body, last_modified: SystemTime) -> Obj {
+        Obj { body, etag: OnceLock::new(), checksum: OnceLock::new(), last_modified }
+    }
+
     fn size(&self) -> u64 {
         match &self.body {
             Body::Stored(b) => b.len() as u64,
@@ -170,20 +176,31 @@ impl MemS3 {
     fn whole_checksum(&self, key: &str, obj: &Obj, version: Option<&str>) -> Option<(&'static str, String)> {
         const STEP: u64 = 8 << 20;
         let (name, algorithm) = self.checksums.of(key)?;
-        let mut c = algorithm.into_impl();
+        let value = |update: &mut dyn FnMut(&mut Box<dyn aws_smithy_checksums::http::HttpChecksum>)| {
+            let mut c = algorithm.into_impl();
+            update(&mut c);
+            Some((name, c.header_value().to_str().unwrap_or_default().to_owned()))
+        };
         match version {
-            Some(v) => c.update(&self.version(key, v).ok()?),
-            None => {
-                let size = obj.size();
-                let mut at = 0;
-                while at < size {
-                    let last = (at + STEP).min(size) - 1;
-                    c.update(&obj.range(key, at, last));
-                    at = last + 1;
-                }
+            Some(v) => {
+                let body = self.version(key, v).ok()?;
+                value(&mut |c| c.update(&body))
             }
+            None => obj
+                .checksum
+                .get_or_init(|| {
+                    value(&mut |c| {
+                        let size = obj.size();
+                        let mut at = 0;
+                        while at < size {
+                            let last = (at + STEP).min(size) - 1;
+                            c.update(&obj.range(key, at, last));
+                            at = last + 1;
+                        }
+                    })
+                })
+                .clone(),
         }
-        Some((name, c.header_value().to_str().unwrap_or_default().to_owned()))
     }
 }
 
@@ -583,18 +600,12 @@ pub(super) fn build_store(config: &EndpointConfig) -> MemS3 {
         match &spec.contents {
             Contents::Objects(objs) => {
                 for (k, v) in objs {
-                    bucket.insert(
-                        k.clone(),
-                        Obj { body: Body::Stored(v.clone()), etag: OnceLock::new(), last_modified: now },
-                    );
+                    bucket.insert(k.clone(), Obj::new(Body::Stored(v.clone()), now));
                 }
             }
             Contents::Generated { count, size, prefixes, layout } => {
                 for i in 0..*count {
-                    bucket.insert(
-                        layout.key(i, *prefixes),
-                        Obj { body: Body::Generated(*size), etag: OnceLock::new(), last_modified: now },
-                    );
+                    bucket.insert(layout.key(i, *prefixes), Obj::new(Body::Generated(*size), now));
                 }
             }
         }
