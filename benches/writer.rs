@@ -9,8 +9,8 @@
 //! Configurations, interleaved in every repetition:
 //! - `default`: what `s3uring` uses unless told otherwise (`auto`: the thread engine, one
 //!   thread per core up to 16);
-//! - `default-no-etag`: the same without the `user.s3uring.etag` attribute (what keeping the
-//!   ETag with each file costs);
+//! - `default-no-etag`: the same without the `user.s3uring.etag` and `user.s3uring.checksum`
+//!   attributes (what keeping the ETag and checksum with each file costs);
 //! - `uring`: the ring writer (io-wq capped at one worker), as many files per `io_uring_enter` as are ready;
 //! - `uring-1`: the same ring, one new file per `io_uring_enter` — what an API with one
 //!   round trip per operation (tokio-uring) cannot do better than;
@@ -62,10 +62,11 @@ fn run_writer(config: &str, dest: &Path, files: u64, size: u64) {
             permit: None,
             picked: now,
             fetched: now,
-            // Real runs set every file's mtime and ETag attribute: include their cost.
+            // Real runs set every file's mtime, ETag and checksum attributes: include their cost.
             meta: writer::Meta {
                 mtime: Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
                 etag: (config != "default-no-etag").then(|| "9e107d9d372bb6826bd81d3542a419d6".to_owned()),
+                checksum: (config != "default-no-etag").then(|| "crc32c:yZRlqg==".to_owned()),
             },
         });
         w.jobs.send_blocking(job).expect("writer alive");

@@ -131,7 +131,7 @@ impl Existing {
 /// exactly, or in the same second when the file has whole seconds only (a file system that
 /// keeps no more, or a copy that took the GET's `Last-Modified` header, which has none). A
 /// file with a fraction the listing lacks was not given its time by a copy of this object.
-fn same_time(file: (u64, u32), listed: SystemTime) -> bool {
+pub(crate) fn same_time(file: (u64, u32), listed: SystemTime) -> bool {
     let Ok(lm) = listed.duration_since(SystemTime::UNIX_EPOCH) else { return false };
     file.0 == lm.as_secs() && (file.1 == lm.subsec_nanos() || file.1 == 0)
 }

@@ -35,6 +35,10 @@ pub const TMP_PREFIX: &str = ".s3uring-tmp.";
 /// the existing-file check).
 pub const ETAG_XATTR: &str = "user.s3uring.etag";
 
+/// The extended attribute holding the checksum a file's content was checked against when it
+/// was written, `ALGORITHM:BASE64` (`crc32c:yZRlqg==`; read by `s3uring check`).
+pub const CHECKSUM_XATTR: &str = "user.s3uring.checksum";
+
 /// This run's id: 16 random hex digits, the same for all its temporary files.
 pub fn run_id() -> &'static str {
     static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

@@ -29,6 +29,7 @@ macro_rules! say_raw {
     }};
 }
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -70,6 +70,56 @@ pub fn check(body: &[u8], integrity: &Integrity) -> Result<Verified, String> {
     }
 }
 
+/// What a file keeps of the checksum its body was checked against (the first whole-object
+/// checksum, as [`check`] uses it): `ALGORITHM:BASE64`, e.g. `crc32c:yZRlqg==`.
+pub fn kept_checksum(integrity: &Integrity) -> Option<String> {
+    CHECKSUM_HEADERS.into_iter().find_map(|(name, _)| {
+        let (_, value) = integrity.checksums.iter().find(|(n, _)| *n == name)?;
+        (!composite(value)).then(|| format!("{}:{value}", algorithm_name(name)))
+    })
+}
+
+/// `crc32c` for `x-amz-checksum-crc32c`.
+fn algorithm_name(header: &str) -> &str {
+    header.trim_start_matches("x-amz-checksum-")
+}
+
+/// The algorithm and base64 value of a kept checksum (`ALGORITHM:BASE64`).
+pub fn parse_kept(kept: &str) -> Option<(ChecksumAlgorithm, &'static str, &str)> {
+    let (name, value) = kept.split_once(':')?;
+    let (header, algorithm) = CHECKSUM_HEADERS.into_iter().find(|(h, _)| algorithm_name(h) == name)?;
+    Some((algorithm, header, value))
+}
+
+/// The checksum `algorithm` of everything `read` yields, base64 as S3 sends it.
+pub fn checksum_of(algorithm: ChecksumAlgorithm, mut read: impl std::io::Read) -> std::io::Result<String> {
+    let mut c = algorithm.into_impl();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match read.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => c.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(c.header_value().to_str().unwrap_or_default().to_owned())
+}
+
+/// The MD5 (lower-case hex) of everything `read` yields.
+pub fn md5_of(mut read: impl std::io::Read) -> std::io::Result<String> {
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match read.read(&mut buf) {
+            Ok(0) => return Ok(hex(&md5.finalize())),
+            Ok(n) => md5.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A composite checksum (`base64-N`): a checksum of a multipart upload's part checksums.
 fn composite(value: &str) -> bool {
     value.contains('-')
@@ -120,6 +170,13 @@ impl WholeCrc {
             let want = bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
             Some(WholeCrc { header, algorithm, want })
         })
+    }
+
+    /// What the file keeps once the check passed (see [`kept_checksum`]).
+    pub fn kept(&self) -> String {
+        let width = if self.header == CRCS[0].0 { 8 } else { 4 };
+        let value = aws_smithy_types::base64::encode(&self.want.to_be_bytes()[8 - width..]);
+        format!("{}:{value}", algorithm_name(self.header))
     }
 
     /// The CRC of one range.

@@ -12,7 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("leaves", &["config", "console", "error", "existing", "keymap", "select", "stop", "verify"]),
     ("report, S3 control plane, endpoint", &["report", "s3", "endpoint"]),
     ("stages", &["source", "queue", "fetch", "writer"]),
-    ("the copy as a whole", &["run"]),
+    ("the copy as a whole, and its audit", &["run", "audit"]),
     ("commands", &["cli"]),
 ];
 

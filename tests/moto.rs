@@ -40,7 +40,12 @@ impl Moto {
     }
 
     fn cmd(&self) -> Command {
+        self.cmd_for(None)
+    }
+
+    fn cmd_for(&self, subcommand: Option<&str>) -> Command {
         let mut c = bare_cmd();
+        c.args(subcommand);
         c.arg("--endpoint-url").arg(&self.url);
         c.env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing");
         c
@@ -188,4 +193,38 @@ fn moto_over_https_with_openssl_resumes_reopened_connections() {
         assert_eq!(out.status.code(), Some(0), "fetch {fetch}: {}", stderr(&out));
         assert_same_tree(&read_tree(&scratch.dest()), &want);
     }
+}
+
+#[test]
+fn moto_check_reads_a_restored_tree_against_its_checksums() {
+    // `s3uring check --checksum`: every file against the checksum moto's HEAD returns (CRC32:
+    // the SDK uploads with one), a changed file named.
+    let Some(moto) = Moto::start() else { return };
+    let mut objs: Vec<(String, Bytes)> =
+        (0..30).map(|i| format!("c/k{i:02}")).map(|k| (k.clone(), content(&k, 900))).collect();
+    objs.push(("c/big".to_owned(), content("c/big", (2 << 20) + 11)));
+    moto.fill("moto-check", &objs);
+    let scratch = Scratch::new();
+    let out = run(moto
+        .cmd()
+        .args(["--multipart-threshold", "1MiB", "--part-size", "1MiB", "s3://moto-check"])
+        .arg(scratch.dest()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let check =
+        |flag: Option<&str>| run(moto.cmd_for(Some("check")).args(flag).arg("s3://moto-check").arg(scratch.dest()));
+    for flag in [None, Some("--checksum")] {
+        let out = check(flag);
+        assert_eq!(out.status.code(), Some(0), "{flag:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("checked 31 keys: 31 ok (31 by content"), "{flag:?}: {}", stderr(&out));
+    }
+    let path = scratch.dest().join("c/k07");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut body = std::fs::read(&path).unwrap();
+    body[450] ^= 1;
+    std::fs::write(&path, &body).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    let out = check(Some("--checksum"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("different: c/k07: content does not match the store's crc32:")), "{err}");
 }

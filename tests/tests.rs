@@ -2,6 +2,7 @@
 //! runs the real `s3uring` binary against the embedded s3s endpoint on 127.0.0.1 through
 //! the real aws-sdk-s3 client, and checks real files.
 
+mod audit;
 mod checksums;
 mod copy;
 mod durable;

@@ -124,7 +124,17 @@ impl Env {
     /// `s3uring --endpoint-url URL` with credentials in the environment and nothing else
     /// of the machine's AWS configuration.
     pub fn cmd(&self) -> Command {
+        self.cmd_for(None)
+    }
+
+    /// `s3uring check` against the endpoint.
+    pub fn check_cmd(&self) -> Command {
+        self.cmd_for(Some("check"))
+    }
+
+    fn cmd_for(&self, subcommand: Option<&str>) -> Command {
         let mut c = bare_cmd();
+        c.args(subcommand);
         c.arg("--endpoint-url").arg(&self.url);
         if self.signed {
             c.env("AWS_ACCESS_KEY_ID", AK).env("AWS_SECRET_ACCESS_KEY", SK);

@@ -293,6 +293,34 @@ enum Command {
     /// Copy SOURCE once per cell of a --workers × --queue grid into SCRATCH and report
     /// objects/s, CPU per object and latency percentiles per cell (CSV, Markdown, SVG).
     Tune(TuneArgs),
+    /// Audit a restored tree without downloading it: every selected key of SOURCE has a file
+    /// in DEST of its size and time, a file that kept the checksum it was checked against
+    /// still has it, and no file is extra. Lists missing, different and extra files; exit 1
+    /// if there are any.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// s3://bucket[/prefix] that DEST was restored from.
+    #[arg(value_name = "SOURCE")]
+    source: String,
+    /// The restored directory.
+    #[arg(value_name = "DEST")]
+    dest: PathBuf,
+    /// Read every file and compare it with the checksum the store returns for its object (one
+    /// HeadObject per key; the ETag's MD5 where there is no checksum), not only the files that
+    /// kept one.
+    #[arg(long)]
+    checksum: bool,
+    /// Write the audit as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// The keys checked: selected as a copy with the same flags selects them.
+    #[command(flatten)]
+    select: Select,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Debug, Args)]
@@ -534,6 +562,10 @@ pub fn main() -> ExitCode {
         Some(Command::Demo(args)) => runtime.block_on(demo(args, &cli.output)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Tune(args)) => runtime.block_on(tune(args)),
+        Some(Command::Check(args)) => {
+            let sub = matches.subcommand_matches("check").unwrap_or(&matches);
+            runtime.block_on(check(args, sub))
+        }
         None => match resolve(&cli, &matches) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
             Err(msg) => {
@@ -1007,4 +1039,77 @@ async fn tune(args: TuneArgs) -> Exit {
             Exit::KeysFailed
         }
     }
+}
+
+async fn check(args: CheckArgs, matches: &clap::ArgMatches) -> Exit {
+    let setup = (|| {
+        let mut cfg = base_config(&args.source, args.dest.clone(), &args.s3)?;
+        if cfg.source.object.is_some() {
+            return Err(format!("SOURCE '{}' must be a bucket or a prefix ending in '/'", args.source));
+        }
+        if !args.dest.is_dir() {
+            return Err(format!("DEST '{}' is not a directory", args.dest.display()));
+        }
+        if args.select.dry_run {
+            return Err("check reads only the listing and DEST: --dry-run does not apply".to_owned());
+        }
+        cfg.selection = selection(&args.select, matches)?;
+        Ok::<_, String>(cfg)
+    })();
+    let cfg = match setup {
+        Ok(cfg) => cfg,
+        Err(msg) => {
+            crate::say!("s3uring: error: {msg}");
+            return Exit::Usage;
+        }
+    };
+    let audit = match crate::s3::client(&cfg.s3).await {
+        Ok(control) => crate::audit::check(&cfg, &control, args.checksum).await,
+        Err(e) => Err(e),
+    };
+    let audit = match audit {
+        Ok(a) => a,
+        Err(msg) => {
+            crate::say!("s3uring: error: {}", sanitize(&msg));
+            return Exit::Usage;
+        }
+    };
+    for path in &audit.missing {
+        crate::say!("missing: {}", sanitize(path));
+    }
+    for d in &audit.different {
+        crate::say!("different: {}: {}", sanitize(&d.path), sanitize(&d.reason));
+    }
+    for path in &audit.extra {
+        crate::say!("extra: {}", sanitize(path));
+    }
+    for key in &audit.refused {
+        crate::say!("refused: '{}' names no safe path (a copy refuses it too)", sanitize(key));
+    }
+    crate::say!(
+        "checked {} keys: {} ok ({} by content, {} by size and time only), {} missing, {} different, {} extra",
+        audit.keys,
+        audit.ok,
+        audit.content_checked,
+        audit.content_unchecked,
+        audit.missing.len(),
+        audit.different.len(),
+        audit.extra.len()
+    );
+    if let Some(path) = &args.stats_json {
+        let doc = serde_json::json!({
+            "source": cfg.source.to_string(),
+            "dest": cfg.dest.display().to_string(),
+            "checksum": args.checksum,
+            "audit": &audit,
+        });
+        let written = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string()).and_then(|text| {
+            std::fs::write(path, text + "\n").map_err(|e| format!("cannot write '{}': {e}", path.display()))
+        });
+        if let Err(msg) = written {
+            crate::say!("s3uring: error: {msg}");
+            return Exit::KeysFailed;
+        }
+    }
+    if audit.clean() { Exit::Ok } else { Exit::KeysFailed }
 }

@@ -172,6 +172,11 @@ impl Engine {
         self.verify.checks()
     }
 
+    /// What a file keeps of the checksum its body was checked against, if it was.
+    pub fn kept_checksum(&self, f: &Fetched) -> Option<String> {
+        self.verifies().then(|| f.integrity.as_ref().and_then(crate::verify::kept_checksum)).flatten()
+    }
+
     /// `--verify`: a key whose body could not be checked fails. `Err` names why, for a body
     /// found unverifiable.
     pub fn unchecked(&self, how: Verified) -> Result<(), String> {

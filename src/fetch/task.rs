@@ -162,6 +162,7 @@ impl Fetcher {
                     Ok(fetched) => {
                         rec.record(Stage::Ttfb, fetched.ttfb);
                         rec.record(Stage::Body, fetched.body_time);
+                        let checksum = self.engine.kept_checksum(&fetched);
                         Job::File(FileJob {
                             key: item.key,
                             target: item.target,
@@ -171,7 +172,11 @@ impl Fetcher {
                             fetched: Instant::now(),
                             // The listing's time: it has the precision the store keeps (the
                             // header has whole seconds) and is what a re-run compares with.
-                            meta: Meta { mtime: item.last_modified.or(fetched.last_modified), etag: item.etag },
+                            meta: Meta {
+                                mtime: item.last_modified.or(fetched.last_modified),
+                                etag: item.etag,
+                                checksum,
+                            },
                         })
                     }
                     Err(reason) if reason.starts_with(LARGER_THAN_LISTED) => {
@@ -261,6 +266,7 @@ impl Fetcher {
         let meta = Meta {
             mtime: item.last_modified.or(first.last_modified),
             etag: item.etag.clone().or_else(|| info.etag.as_ref().map(|t| t.trim_matches('"').to_owned())),
+            checksum: None,
         };
         if unknown && parts == 1 && first.body.len() as u64 == size {
             // The first range held it all (a small object): verified against its ETag when
@@ -327,6 +333,8 @@ impl Fetcher {
                 return ControlFlow::Continue(());
             }
         }
+        // Set only once the check passed (the attributes are set after it).
+        let meta = Meta { checksum: crc.map(|c| c.kept()), ..meta };
         let file = LargeFile::new(item.key.clone(), item.target, size, parts, meta, picked, (md5, crc));
         let (stopped, failure) = (AtomicBool::new(false), std::sync::Mutex::new(None::<String>));
         let failed = || failure.lock().map_or(true, |f| f.is_some());

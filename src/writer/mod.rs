@@ -55,7 +55,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::IoEngine;
 use crate::config::RING_IO_WORKERS;
-use crate::keymap::{ETAG_XATTR, TMP_PREFIX, Target, run_id};
+use crate::keymap::{CHECKSUM_XATTR, ETAG_XATTR, TMP_PREFIX, Target, run_id};
 use crate::report::Report;
 use crate::report::stats::{Recorder, Stage};
 
@@ -82,6 +82,9 @@ pub struct Meta {
     pub mtime: Option<SystemTime>,
     /// The ETag (without quotes): the `user.s3uring.etag` extended attribute.
     pub etag: Option<String>,
+    /// The checksum the content was checked against (`ALGORITHM:BASE64`): the
+    /// `user.s3uring.checksum` extended attribute.
+    pub checksum: Option<String>,
 }
 
 /// Set once a file system refused timestamps or extended attributes: warned about once,
@@ -95,47 +98,59 @@ pub(crate) enum MetaAt<'a> {
     Name(&'a OwnedFd, &'a std::ffi::CStr),
 }
 
-/// Sets mtime and the ETag attribute. A file system that refuses them (some FUSE and network
-/// mounts, ramfs for attributes) costs one warning for the run, never the key: the file is
-/// still complete, and a later run compares what it can (size, then mtime when there is one).
+/// Sets mtime and the ETag and checksum attributes. A file system that refuses them (some
+/// FUSE and network mounts, ramfs for attributes) costs one warning for the run, never the
+/// key: the file is still complete, and a later run compares what it can (size, then mtime
+/// when there is one).
 pub(crate) fn set_meta(at: MetaAt<'_>, meta: &Meta, rel: &dyn Fn() -> String) {
-    if let Some(ts) = meta.mtime.and_then(timestamps) {
-        let set = match at {
-            MetaAt::Fd(fd) => rustix::fs::futimens(fd, &ts),
-            // Not followed: someone who can write into DEST could have swapped the temporary
-            // for a link, and the time would land on whatever it points to.
-            MetaAt::Name(dir, name) => {
-                rustix::fs::utimensat(dir.as_fd(), name, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+    match at {
+        MetaAt::Fd(fd) => set_meta_fd(fd, meta, rel),
+        // One lookup from the directory, then the descriptor's calls (a path through the
+        // directory's /proc link per attribute cost a lookup of four components each). Not
+        // followed: someone who can write into DEST could have swapped the temporary for a
+        // link, and the time would land on whatever it points to.
+        MetaAt::Name(dir, name) => {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            match rustix::fs::openat(dir.as_fd(), name, flags, Mode::empty()) {
+                Ok(fd) => set_meta_fd(fd.as_fd(), meta, rel),
+                Err(e) => {
+                    if !TIMES_REFUSED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "cannot open '{}' to set its time and attributes ({}): a re-run copies it again",
+                            rel(),
+                            io::Error::from(e)
+                        );
+                    }
+                }
             }
-        };
-        if let Err(e) = set
-            && !TIMES_REFUSED.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "cannot set the modification time of '{}' ({}): files here keep the time they were written, so a \
-                 re-run cannot recognise them by time and copies them again",
-                rel(),
-                io::Error::from(e)
-            );
         }
     }
-    if let Some(etag) = &meta.etag
-        && !XATTRS_REFUSED.load(Ordering::Relaxed)
+}
+
+fn set_meta_fd(fd: std::os::fd::BorrowedFd<'_>, meta: &Meta, rel: &dyn Fn() -> String) {
+    if let Some(ts) = meta.mtime.and_then(timestamps)
+        && let Err(e) = rustix::fs::futimens(fd, &ts)
+        && !TIMES_REFUSED.swap(true, Ordering::Relaxed)
     {
-        let flags = rustix::fs::XattrFlags::empty();
-        let set = match at {
-            MetaAt::Fd(fd) => rustix::fs::fsetxattr(fd, ETAG_XATTR, etag.as_bytes(), flags),
-            // No *at form of setxattr before Linux 6.13: through the directory's /proc link.
-            MetaAt::Name(dir, name) => {
-                let path = format!("/proc/self/fd/{}/{}", std::os::fd::AsRawFd::as_raw_fd(dir), name.to_string_lossy());
-                rustix::fs::lsetxattr(path.as_str(), ETAG_XATTR, etag.as_bytes(), flags)
-            }
-        };
+        tracing::warn!(
+            "cannot set the modification time of '{}' ({}): files here keep the time they were written, so a \
+             re-run cannot recognise them by time and copies them again",
+            rel(),
+            io::Error::from(e)
+        );
+    }
+    let attrs = [(ETAG_XATTR, &meta.etag), (CHECKSUM_XATTR, &meta.checksum)];
+    for (attr, value) in attrs.into_iter().filter_map(|(a, v)| Some((a, v.as_deref()?))) {
+        if XATTRS_REFUSED.load(Ordering::Relaxed) {
+            return;
+        }
+        let set = rustix::fs::fsetxattr(fd, attr, value.as_bytes(), rustix::fs::XattrFlags::empty());
         if let Err(e) = set
             && !XATTRS_REFUSED.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
-                "cannot keep the ETag with '{}' in {ETAG_XATTR} ({}): files are recognised by size and time alone",
+                "cannot keep the ETag and checksum with '{}' in {attr} ({}): files are recognised by size and \
+                 time alone, and `s3uring check` cannot check their content without --checksum",
                 rel(),
                 io::Error::from(e)
             );
@@ -1116,7 +1131,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_set_by_name_never_follow_a_link() {
+    fn times_and_attributes_set_by_name_never_follow_a_link() {
         let dest = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("victim");
@@ -1125,11 +1140,21 @@ mod tests {
         std::os::unix::fs::symlink(&victim, dest.path().join("tmp")).unwrap();
         let dir = rustix::fs::open(dest.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let then = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-        let meta = Meta { mtime: Some(then), etag: None };
+        let meta = Meta { mtime: Some(then), etag: Some("e".into()), checksum: Some("crc32c:AAAAAA==".into()) };
         set_meta(MetaAt::Name(&dir, c"tmp"), &meta, &|| "tmp".to_owned());
         assert_eq!(std::fs::metadata(&victim).unwrap().modified().unwrap(), before, "the link's target got the time");
-        let link = std::fs::symlink_metadata(dest.path().join("tmp")).unwrap();
-        assert_eq!(link.modified().unwrap(), then, "the link itself takes it");
+        let mut buf = [0u8; 64];
+        for attr in [ETAG_XATTR, CHECKSUM_XATTR] {
+            assert!(rustix::fs::getxattr(&victim, attr, &mut buf).is_err(), "the link's target got {attr}");
+        }
+        // A regular temporary gets them all.
+        std::fs::write(dest.path().join("real"), b"x").unwrap();
+        set_meta(MetaAt::Name(&dir, c"real"), &meta, &|| "real".to_owned());
+        assert_eq!(std::fs::metadata(dest.path().join("real")).unwrap().modified().unwrap(), then);
+        let n = rustix::fs::getxattr(dest.path().join("real").as_path(), CHECKSUM_XATTR, &mut buf);
+        if let Ok(n) = n {
+            assert_eq!(&buf[..n], b"crc32c:AAAAAA==");
+        }
     }
 
     #[test]
