@@ -533,11 +533,12 @@ fn keys_from_a_slow_pipe_are_copied_as_they_arrive() {
 fn corrupted_bodies_are_fetched_again_and_never_written_by_default() {
     let objs = objects(400);
     let want = expected_tree(&objs, "");
-    // CRC32C for every object; each of S3's five algorithms for some; none (the ETag's MD5).
+    // CRC64NVME or CRC32C for every object; each of S3's five algorithms for some; none (the
+    // ETag's MD5).
     let mixed: std::collections::BTreeSet<_> =
         objs.iter().filter_map(|(k, _)| Checksums::Mixed.of(k)).map(|c| c.0).collect();
     assert_eq!(mixed.len(), 5, "{mixed:?}");
-    for checksums in [Checksums::Crc32c, Checksums::Mixed, Checksums::None] {
+    for checksums in [Checksums::Crc64Nvme, Checksums::Crc32c, Checksums::Mixed, Checksums::None] {
         let env = Env::with_config(
             EndpointConfig {
                 buckets: vec![bucket("bitrot", objs.clone())],

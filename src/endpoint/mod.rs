@@ -62,8 +62,11 @@ pub struct BucketSpec {
 /// The checksums objects were uploaded with, as a GET returns them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Checksums {
-    /// CRC32C for every object.
+    /// CRC64NVME for every object: what S3 stores for an upload that sent no checksum (since
+    /// December 2024).
     #[default]
+    Crc64Nvme,
+    /// CRC32C for every object.
     Crc32c,
     /// Objects uploaded by several clients: each key's one of CRC64NVME, CRC32C, CRC32,
     /// SHA-256 and SHA-1, by a hash of the key.
@@ -77,6 +80,7 @@ impl Checksums {
     pub fn of(self, key: &str) -> Option<(&'static str, aws_smithy_checksums::ChecksumAlgorithm)> {
         let all = crate::verify::CHECKSUM_HEADERS;
         match self {
+            Checksums::Crc64Nvme => all.into_iter().find(|(name, _)| *name == "x-amz-checksum-crc64nvme"),
             Checksums::Crc32c => all.into_iter().find(|(name, _)| *name == "x-amz-checksum-crc32c"),
             // FNV-1a: the same key gets the same algorithm in every run.
             Checksums::Mixed => {
