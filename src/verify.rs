@@ -174,9 +174,13 @@ impl WholeCrc {
 
     /// What the file keeps once the check passed (see [`kept_checksum`]).
     pub fn kept(&self) -> String {
-        let width = if self.header == CRCS[0].0 { 8 } else { 4 };
-        let value = aws_smithy_types::base64::encode(&self.want.to_be_bytes()[8 - width..]);
-        format!("{}:{value}", algorithm_name(self.header))
+        format!("{}:{}", algorithm_name(self.header), self.base64(self.want))
+    }
+
+    /// A CRC of this algorithm as S3 sends it: its big-endian bytes (4 or 8) in base64.
+    fn base64(&self, crc: u64) -> String {
+        let width = if self.algorithm == crc_fast::CrcAlgorithm::Crc64Nvme { 8 } else { 4 };
+        aws_smithy_types::base64::encode(&crc.to_be_bytes()[8 - width..])
     }
 
     /// The CRC of one range.
@@ -203,13 +207,11 @@ impl WholeCrc {
         if whole == self.want {
             return Ok(());
         }
-        let width = if self.header == CRCS[0].0 { 8 } else { 4 };
-        let b64 = |v: u64| aws_smithy_types::base64::encode(&v.to_be_bytes()[8 - width..]);
         Err(format!(
             "content does not match its {} (combined over its ranges: got {}, expected {})",
             self.header,
-            b64(whole),
-            b64(self.want)
+            self.base64(whole),
+            self.base64(self.want)
         ))
     }
 }
