@@ -148,22 +148,10 @@ pub(crate) fn kept_etag(dir: &OwnedFd, name: &str) -> Option<String> {
 
 /// Whether the file's MD5 is `etag` (a plain, 32-hex-digit ETag; multipart ETags never match).
 fn same_md5(dir: &OwnedFd, name: &str, etag: &str) -> bool {
-    use md5::{Digest, Md5};
-    use std::io::Read;
     let Some(want) = crate::verify::plain_md5(etag) else { return false };
     // Checked as a regular file before, but it may have been replaced since.
     let Ok(fd) = open_regular(dir.as_fd(), Path::new(name)) else { return false };
-    let mut file = std::fs::File::from(fd);
-    let mut md5 = Md5::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => md5.update(&buf[..n]),
-            Err(_) => return false,
-        }
-    }
-    crate::verify::hex(&md5.finalize()) == want
+    crate::verify::md5_of(std::fs::File::from(fd)).is_ok_and(|md5| md5 == want)
 }
 
 /// Opens `path` (relative to `dir`, or absolute) for reading only if it is a regular file at

@@ -407,15 +407,33 @@ pub async fn head(
     version: Option<&str>,
     requester_pays: bool,
 ) -> Result<Option<(u64, Option<SystemTime>)>, String> {
+    Ok(head_object(client, bucket, key, version, requester_pays, false).await?.map(|out| {
+        (
+            out.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
+        )
+    }))
+}
+
+/// HeadObject's whole answer, with the object's checksums when `checksums` (checksum mode);
+/// `Ok(None)` on a 404, and the reason for any other failure, as [`head`].
+pub async fn head_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+    requester_pays: bool,
+    checksums: bool,
+) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, String> {
     let mut req = client.head_object().bucket(bucket).key(key).set_version_id(version.map(str::to_owned));
     if requester_pays {
         req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
     }
+    if checksums {
+        req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+    }
     match req.send().await {
-        Ok(out) => Ok(Some((
-            out.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
-        ))),
+        Ok(out) => Ok(Some(out)),
         Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
         Err(e) => {
             // A HEAD answer has no body: name the status when the SDK found no code.

@@ -92,28 +92,26 @@ pub fn parse_kept(kept: &str) -> Option<(ChecksumAlgorithm, &'static str, &str)>
 }
 
 /// The checksum `algorithm` of everything `read` yields, base64 as S3 sends it.
-pub fn checksum_of(algorithm: ChecksumAlgorithm, mut read: impl std::io::Read) -> std::io::Result<String> {
+pub fn checksum_of(algorithm: ChecksumAlgorithm, read: impl std::io::Read) -> std::io::Result<String> {
     let mut c = algorithm.into_impl();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match read.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => c.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    each_chunk(read, |chunk| c.update(chunk))?;
     Ok(c.header_value().to_str().unwrap_or_default().to_owned())
 }
 
 /// The MD5 (lower-case hex) of everything `read` yields.
-pub fn md5_of(mut read: impl std::io::Read) -> std::io::Result<String> {
+pub fn md5_of(read: impl std::io::Read) -> std::io::Result<String> {
     let mut md5 = Md5::new();
+    each_chunk(read, |chunk| md5.update(chunk))?;
+    Ok(hex(&md5.finalize()))
+}
+
+/// Hands everything `read` yields to `f`, a MiB at a time.
+fn each_chunk(mut read: impl std::io::Read, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match read.read(&mut buf) {
-            Ok(0) => return Ok(hex(&md5.finalize())),
-            Ok(n) => md5.update(&buf[..n]),
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -443,13 +443,9 @@ impl S3 for MemS3 {
         };
         // Like S3 for an object uploaded with a checksum: sent when asked for.
         let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let checksum = (asked && input.range.is_none()).then(|| self.checksums.of(&input.key)).flatten().map(
-            |(name, algorithm)| {
-                let mut c = algorithm.into_impl();
-                c.update(&data);
-                (name, c.header_value().to_str().unwrap_or_default().to_owned())
-            },
-        );
+        let checksum = (asked && input.range.is_none())
+            .then(|| self.whole_checksum(&input.key, obj, input.version_id.as_deref()))
+            .flatten();
         let checksum_as = |header: &str| checksum.as_ref().filter(|(name, _)| *name == header).map(|(_, v)| v.clone());
         // The stored bytes changed after the checksum and ETag were taken: the object's
         // middle byte is wrong in every answer that holds it.

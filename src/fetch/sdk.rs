@@ -164,16 +164,9 @@ pub async fn head_integrity(
     version: Option<&str>,
     requester_pays: bool,
 ) -> Result<crate::verify::Integrity, String> {
-    let mut req = client
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .set_version_id(version.map(str::to_owned))
-        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
-    if requester_pays {
-        req = req.request_payer(aws_sdk_s3::types::RequestPayer::Requester);
-    }
-    let out = req.send().await.map_err(|e| describe(&e, Some(bucket)))?;
+    let out = crate::s3::head_object(client, bucket, key, version, requester_pays, true)
+        .await?
+        .ok_or_else(|| "NoSuchKey: the object is no longer there".to_owned())?;
     let values =
         [out.checksum_crc64_nvme, out.checksum_crc32_c, out.checksum_crc32, out.checksum_sha256, out.checksum_sha1];
     Ok(integrity(out.e_tag, out.server_side_encryption.as_ref(), out.sse_customer_algorithm.is_some(), values))
