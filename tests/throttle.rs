@@ -68,7 +68,8 @@ fn throttling_at_random_is_retried_unlimited_and_named_as_noise() {
 
 #[test]
 fn a_cap_on_gets_in_flight_is_held_and_loses_no_key() {
-    let objs = objects(1_500);
+    // Enough keys for the few dozen refusals a cap is named on.
+    let objs = objects(2_500);
     let env = Env::with_config(
         EndpointConfig {
             buckets: vec![bucket("capped", objs.clone())],
@@ -90,6 +91,11 @@ fn a_cap_on_gets_in_flight_is_held_and_loses_no_key() {
         let root = &doc["fetch"]["rate_limit"]["partitions"][0];
         assert!(root["cuts"].as_u64().is_some_and(|n| n > 0), "{engines}: {doc}");
         assert!(err.contains("rate limit of ''"), "{engines}: {err}");
+        // Named: refused at once, to GETs sent with about 8 in flight (this process counts
+        // a GET a little longer than the store does).
+        let seen = &doc["fetch"]["rate_limit"]["in_flight_when_throttled"];
+        assert!(seen["cap"].as_u64().is_some_and(|n| (8..=16).contains(&n)), "{engines}: {seen}");
+        assert!(err.contains("in-flight cap near "), "{engines}: {err}");
     });
 }
 
@@ -107,6 +113,7 @@ fn throttling_at_random_on_top_of_a_rate_limit_loses_no_key() {
     );
     copy_all(&env, &objs, "both", |engines, err, doc| {
         assert!(env.rate_limit_counts()[0].throttled > 0, "{engines}: the limit was met");
+        assert!(doc["fetch"]["rate_limit"]["in_flight_when_throttled"]["cap"].is_null(), "{engines}: {doc}");
         // The limit is held: the root partition ends the run paced near it.
         let root = &doc["fetch"]["rate_limit"]["partitions"][0];
         assert!(root["cuts"].as_u64().is_some_and(|n| n > 0), "{engines}: {doc}");
@@ -130,7 +137,7 @@ fn a_rate_limit_of_any_bucket_depth_loses_no_key() {
             true,
         );
         let mut refused = 0;
-        copy_all(&env, &objs, "deep", |engines, _, doc| {
+        copy_all(&env, &objs, "deep", |engines, err, doc| {
             let counts = &env.rate_limit_counts()[0];
             let now = counts.throttled - refused;
             refused = counts.throttled;
@@ -140,6 +147,10 @@ fn a_rate_limit_of_any_bucket_depth_loses_no_key() {
                 Some(now),
                 "{engines}, {depth_ms} ms: each 503 retried once"
             );
+            // A rate limit answers after serving's latency, as a GET: not a cap.
+            let seen = &doc["fetch"]["rate_limit"]["in_flight_when_throttled"];
+            assert!(seen.is_null() || seen["cap"].is_null(), "{engines}, {depth_ms} ms: {seen}");
+            assert!(!err.contains("in-flight cap"), "{engines}, {depth_ms} ms: {err}");
         });
     }
 }

@@ -21,8 +21,11 @@
 //!   span whatever its depth, so β of what the storm let through becomes the cut. Half of
 //!   what was sent may be many times a deep bucket's limit (a second storm follows) or far
 //!   below a shallow one's. A storm that let fewer than [`STORM_PASSED_MIN`] through
-//!   measured nothing (a cap on GETs in flight refuses all within a round trip of filling)
-//!   and leaves the guess; one of mostly successes is judged with the answers before it.
+//!   measured nothing; when its refusals came at once (a cap on GETs in flight refuses all
+//!   within a round trip of filling, without serving), the GETs that were in flight then,
+//!   over a successful answer's round trip, are what the store serves, and β of that is the
+//!   cut if above the guess (which, taken while the window of GETs in flight still grows, is
+//!   a fraction of such a cap). One of mostly successes is judged with the answers before it.
 //! - **Probe upward like CUBIC.** After a cut the rate follows `W·(1 + C·(t − K)³)` with
 //!   `W` = cut / β: it climbs back towards where the limit was, stays near it, then grows ever
 //!   faster, so a limit that was lifted or doubled (S3 splitting a partition) is found within
@@ -75,7 +78,12 @@
 //! limit in one step, counting only fresh answers keeps one overshoot from cutting many
 //! times, judging each cut keeps noise from cutting at all, and partitions keep an
 //! unthrottled prefix at its own speed. A cap on requests in flight (a store that refuses
-//! above N at once) is held as the rate it allows, N over the round trip.
+//! above N at once) is held as the rate it allows, N over the round trip; a measurement
+//! lasts a successful answer's round trip at least, since such a store answers its refusals
+//! in bursts, ahead of the successes sent beside them. The summary names a cap when the
+//! throttling answers came at once (in a quarter of a success's round trip or less: a rate
+//! limit, and a store's 503s at random, are answered as a GET is) to GETs sent with about N
+//! in flight.
 
 use crate::report::{InFlightWhenThrottled, PartitionStats, RandomThrottling, ThrottleStats};
 use std::collections::{HashMap, HashSet};
@@ -91,6 +99,8 @@ const CUBIC_C: f64 = 0.2;
 const FIRST_CUT: f64 = 0.5;
 /// Fresh answers that measure the accepted fraction after a throttling answer.
 pub const PROBE_ANSWERS: u64 = 16;
+/// …over this many round trips at least.
+const PROBE_RTTS: f64 = 1.0;
 /// After a cut that halved (the fraction said little), the rate doubles every this many
 /// round trips, and at least this long, until the next measurement…
 const REMEASURE_RTTS: u32 = 4;
@@ -151,6 +161,8 @@ const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
 /// this many buckets (the last holds all above).
 const IN_FLIGHT_BUCKET: usize = 4;
 const IN_FLIGHT_BUCKETS: usize = 1024;
+/// GETs in flight when throttled are told of from this many throttling answers on.
+const IN_FLIGHT_MIN: u64 = 32;
 /// Sends are counted in 1 ms slots over this many slots (about a second).
 const RING: usize = 1024;
 /// A cut is judged on at least this many fresh answers after it, and at most this many
@@ -218,8 +230,11 @@ pub struct Throttle {
     min_in_flight: AtomicUsize,
     waited_ns: AtomicU64,
     /// Throttling answers by GETs in flight when they were sent ([`IN_FLIGHT_BUCKET`] per
-    /// bucket): where a cap on GETs in flight shows.
+    /// bucket).
     throttled_in_flight: Box<[AtomicU64]>,
+    /// Round trips of answers, [successes, throttling answers]: count and sum, µs. A store
+    /// that refuses above a number of GETs in flight does so at once, without serving.
+    round_trips: [[AtomicU64; 2]; 2],
     /// Milliseconds since `started` of the last successful answer.
     last_ok_ms: AtomicU64,
     throttled: AtomicU64,
@@ -289,6 +304,7 @@ impl Throttle {
             min_in_flight: AtomicUsize::new(usize::MAX),
             waited_ns: AtomicU64::new(0),
             throttled_in_flight: (0..IN_FLIGHT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            round_trips: Default::default(),
             last_ok_ms: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             trials: Mutex::new(Trials { backoff: TRIAL_BACKOFF, ..Trials::default() }),
@@ -482,10 +498,15 @@ impl Throttle {
         let now = Instant::now();
         let ms = self.ms(now);
         let lane = &ticket.limiter;
+        let bucket = (ticket.in_flight / IN_FLIGHT_BUCKET).min(IN_FLIGHT_BUCKETS - 1);
+        if let Some(sent) = ticket.sent {
+            let [count, sum] = &self.round_trips[usize::from(throttled)];
+            count.fetch_add(1, Ordering::Relaxed);
+            sum.fetch_add(now.saturating_duration_since(sent).as_micros() as u64, Ordering::Relaxed);
+        }
         if throttled {
             self.throttled.fetch_add(1, Ordering::Relaxed);
             self.engaged.store(true, Ordering::Relaxed);
-            let bucket = (ticket.in_flight / IN_FLIGHT_BUCKET).min(IN_FLIGHT_BUCKETS - 1);
             self.throttled_in_flight[bucket].fetch_add(1, Ordering::Relaxed);
         } else {
             self.last_ok_ms.store(ms, Ordering::Relaxed);
@@ -518,7 +539,7 @@ impl Throttle {
             self.trial_answer(lane, throttled, now);
         }
         let child = root.then_some(child.unwrap_or(""));
-        if lane.feedback(ticket.sent, throttled, now, ms, child, ticket.crowded) && root {
+        if lane.feedback(ticket.sent, throttled, ticket.in_flight, now, ms, child, ticket.crowded) && root {
             self.maybe_split(now);
         }
     }
@@ -612,23 +633,36 @@ impl Throttle {
     }
 
     /// GETs in flight when throttled GETs were sent: the 10th percentile and the median (at
-    /// a bucket's lower bound), once there were a few dozen.
+    /// a bucket's lower bound), once there were a few dozen; the mean round trips of
+    /// successes and throttling answers; and a cap on GETs in flight near the 10th
+    /// percentile when throttling answers came at once (module notes).
     fn in_flight_when_throttled(&self) -> Option<InFlightWhenThrottled> {
         let counts: Vec<u64> = self.throttled_in_flight.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total < 32 {
+        if counts.iter().sum::<u64>() < IN_FLIGHT_MIN {
             return None;
         }
-        let at = |q: f64| {
-            let mut seen = 0;
-            let bucket = counts.iter().position(|c| {
-                seen += c;
-                seen as f64 >= q * total as f64
-            });
-            (bucket.unwrap_or(0) * IN_FLIGHT_BUCKET).max(1)
-        };
-        Some(InFlightWhenThrottled { p10: at(0.1), p50: at(0.5) })
+        let [ok_ms, throttled_ms] = self.round_trips.each_ref().map(|[count, sum]| {
+            sum.load(Ordering::Relaxed) as f64 / 1000.0 / count.load(Ordering::Relaxed).max(1) as f64
+        });
+        let at = |q: f64| (quantile(&counts, q).unwrap_or(0) * IN_FLIGHT_BUCKET).max(1);
+        Some(InFlightWhenThrottled {
+            p10: at(0.1),
+            p50: at(0.5),
+            ok_ms,
+            throttled_ms,
+            cap: (throttled_ms * AT_ONCE as f64 <= ok_ms).then(|| at(0.1)),
+        })
     }
+}
+
+/// The bucket at which `q` of the counts are reached (`None`: no counts).
+fn quantile(counts: &[u64], q: f64) -> Option<usize> {
+    let total: u64 = counts.iter().sum();
+    let mut seen = 0;
+    counts.iter().position(|c| {
+        seen += c;
+        total > 0 && seen as f64 >= q * total as f64
+    })
 }
 
 /// The rate limiter of one partition.
@@ -643,6 +677,8 @@ pub struct Limiter {
     /// Throttling answers while unlimited: against the sends, the throttled fraction before
     /// the first cut, and whether a throttling answer is above the noise.
     throttles: Ring,
+    /// Smoothed round trip of successful answers, µs (throttling answers may come at once).
+    ok_rtt_us: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -660,8 +696,9 @@ struct State {
     srtt: Duration,
     /// The next send slot.
     next: Instant,
-    /// After a fresh throttling answer: fresh answers since, [succeeded, throttled].
-    probe: Option<[u64; 2]>,
+    /// After a fresh throttling answer: fresh answers since, [succeeded, throttled], and when
+    /// it came.
+    probe: Option<([u64; 2], Instant)>,
     /// The rate doubles this often instead of following the curve: a group on trial, or a
     /// rate halved after an overshoot it could not measure.
     doubling: Option<Duration>,
@@ -704,6 +741,8 @@ struct Storm {
     to: Instant,
     until: Instant,
     answers: [u64; 2],
+    /// The fewest GETs in flight when a throttled one of the storm was sent, itself included.
+    in_flight: usize,
 }
 
 /// The pause after a first cut, while the storm's answers come in: this many times the
@@ -712,9 +751,12 @@ const STORM_PAUSE: f64 = 1.5;
 const STORM_SLACK: Duration = Duration::from_millis(2);
 const STORM_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// A storm that let fewer GETs through than this measured no rate: a cap on GETs in flight
-/// refuses every GET sent within a round trip of filling, however fast it serves, and a
-/// limit this low is found by the measurements that follow the guess.
+/// refuses every GET sent within a round trip of filling, however fast it serves. The rate
+/// the GETs in flight were answered at then is what such a cap allows (a limit this low is
+/// found by the measurements that follow).
 const STORM_PASSED_MIN: u64 = 8;
+/// A refusal this many times faster than a successful answer came at once.
+const AT_ONCE: u64 = 4;
 
 /// A cut being judged: were the answers after it throttled as often as before it (noise), or
 /// as often as a limit would have them at the new rate?
@@ -837,6 +879,7 @@ impl Limiter {
             gate: tokio::sync::Mutex::new(()),
             sends: Ring::new(),
             throttles: Ring::new(),
+            ok_rtt_us: AtomicU64::new(0),
             state: Mutex::new(State {
                 cap,
                 w: cap,
@@ -915,22 +958,28 @@ impl Limiter {
     }
 
     /// One answer to a GET of this partition sent at `sent` (`None`: before anything was
-    /// limited); `child`: for the root partition, the first path component of its key;
-    /// `crowded`: the GET passed a crowded gate. True when the root should look at
-    /// splitting partitions off.
+    /// limited) with `in_flight` GETs in flight, itself included; `child`: for the root
+    /// partition, the first path component of its key; `crowded`: the GET passed a crowded
+    /// gate. True when the root should look at splitting partitions off. (Each argument is
+    /// one fact about the answer, as the simulation in the tests gives them.)
+    #[allow(clippy::too_many_arguments)]
     fn feedback(
         &self,
         sent: Option<Instant>,
         throttled: bool,
+        in_flight: usize,
         now: Instant,
         now_ms: u64,
         child: Option<&str>,
         crowded: bool,
     ) -> bool {
         let limited = self.limited.load(Ordering::Acquire);
+        if let (false, Some(sent)) = (throttled, sent) {
+            self.note_ok_rtt(now.saturating_duration_since(sent));
+        }
         if !limited {
-            // A success while unlimited touches nothing: the sends counted on the way out
-            // stand for the answers.
+            // A success while unlimited touches nothing else: the sends counted on the way
+            // out stand for the answers.
             if !throttled {
                 return false;
             }
@@ -962,7 +1011,7 @@ impl Limiter {
             (None, Some(_)) => false,
         };
         if let Some(sent) = sent {
-            Self::storm_answer(&mut s, sent, throttled);
+            Self::storm_answer(&mut s, sent, throttled, in_flight);
         }
         self.storm_end(&mut s, now);
         if !fresh {
@@ -970,7 +1019,7 @@ impl Limiter {
             return evaluate && child.is_some();
         }
         if !limited {
-            self.first_cut(&mut s, sent, now, now_ms);
+            self.first_cut(&mut s, sent, in_flight, now, now_ms);
             return child.is_some();
         }
         // While a cut is judged its answers are not measured again: under throttling at
@@ -1014,7 +1063,7 @@ impl Limiter {
     /// already known, or among the first few dozen GETs and not many of them. There is no
     /// pacing rate to go by, only what was sent lately: half of it (an upper bound), and the
     /// measurement that follows sets the rate.
-    fn first_cut(&self, s: &mut State, sent: Option<Instant>, now: Instant, now_ms: u64) {
+    fn first_cut(&self, s: &mut State, sent: Option<Instant>, in_flight: usize, now: Instant, now_ms: u64) {
         let from = now_ms.saturating_sub(SHORT_WINDOW.as_millis() as u64);
         if s.noise > 0.0 {
             // Tested at every throttling answer over overlapping stretches, and against noise
@@ -1054,20 +1103,31 @@ impl Limiter {
         if let Some(from) = sent {
             let pause = (now.saturating_duration_since(from).mul_f64(STORM_PAUSE) + STORM_SLACK).min(STORM_PAUSE_MAX);
             s.next = s.next.max(now + pause);
-            s.storm = Some(Storm { from, to: now, until: now + pause, answers: [0, 1] });
+            s.storm = Some(Storm { from, to: now, until: now + pause, answers: [0, 1], in_flight });
         }
         self.limited.store(true, Ordering::Release);
         tracing::debug!(partition = %self.name, rate = s.w * BETA, "throttled: first rate cut");
     }
 
     /// Counts an answer to a GET sent at `sent` towards the storm before the first cut.
-    fn storm_answer(s: &mut State, sent: Instant, throttled: bool) {
+    fn storm_answer(s: &mut State, sent: Instant, throttled: bool, in_flight: usize) {
         if let Some(storm) = &mut s.storm
             && sent > storm.from
             && sent <= storm.to
         {
             storm.answers[usize::from(throttled)] += 1;
+            if throttled {
+                storm.in_flight = storm.in_flight.min(in_flight);
+            }
         }
+    }
+
+    /// One more successful answer that took `rtt`.
+    fn note_ok_rtt(&self, rtt: Duration) {
+        let us = rtt.as_micros().max(1) as u64;
+        let old = self.ok_rtt_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 3 + us) / 4 };
+        self.ok_rtt_us.store(new, Ordering::Relaxed);
     }
 
     /// Ends the storm after a first cut once its pause is over: the cut becomes β of what
@@ -1083,7 +1143,11 @@ impl Limiter {
         let Some((lowest, before)) = s.verdict.as_ref().filter(|v| v.guess).map(|v| (v.lowest, v.before)) else {
             return;
         };
-        if n < PROBE_ANSWERS || ok < STORM_PASSED_MIN || span <= 0.0 {
+        if ok < STORM_PASSED_MIN {
+            self.refused_storm(s, &storm, now);
+            return;
+        }
+        if n < PROBE_ANSWERS || span <= 0.0 {
             return;
         }
         let target = BETA * (ok + 1) as f64 / span;
@@ -1107,6 +1171,31 @@ impl Limiter {
         tracing::debug!(partition = %self.name, rate = target, ok, thr, "throttled: first cut set by the storm");
     }
 
+    /// A storm refused (nearly) whole, each GET at once (in a fraction of a successful
+    /// answer's round trip): a store refusing GETs above a number in flight (or a limit far
+    /// below what was sent, answering fast). The GETs in flight before the refusals are what
+    /// it serves at once, answered in a round trip: β of that becomes the cut, if above the
+    /// guess (half of what a window still growing sent is far below such a cap), judged as
+    /// the guess was.
+    fn refused_storm(&self, s: &mut State, storm: &Storm, now: Instant) {
+        let rtt = self.ok_rtt_us.load(Ordering::Relaxed);
+        let refusal = storm.to.saturating_duration_since(storm.from).as_micros() as u64;
+        if rtt == 0 || storm.in_flight < 2 || refusal.saturating_mul(AT_ONCE) > rtt {
+            return;
+        }
+        let target = BETA * (storm.in_flight - 1) as f64 * 1e6 / rtt as f64;
+        if target <= s.rate(now) {
+            return;
+        }
+        let Some(v) = s.verdict.take_if(|v| v.guess) else { return };
+        let cuts = s.cuts;
+        s.cut(target, now);
+        s.cuts = cuts;
+        s.lowest = v.lowest.min(target);
+        s.verdict = Some(v);
+        tracing::debug!(partition = %self.name, rate = target, in_flight = storm.in_flight, rtt_us = rtt, "throttled: first cut set by the GETs in flight");
+    }
+
     /// The millisecond (as counted by the rings) of `t`, given that `now` is `now_ms`.
     fn ms_of(&self, t: Instant, now: Instant, now_ms: u64) -> u64 {
         now_ms.saturating_sub(now.saturating_duration_since(t).as_millis() as u64)
@@ -1119,9 +1208,9 @@ impl Limiter {
     /// it takes to know the fraction: enough to expect [`PROBE_EXPECTED`] noisy answers, and at
     /// least [`VERDICT_MIN`], which are also what the cut is judged against.
     fn measure(&self, s: &mut State, throttled: bool, now: Instant) {
-        let Some(p) = &mut s.probe else {
+        let Some((p, since)) = &mut s.probe else {
             if throttled {
-                s.probe = Some([0, 0]);
+                s.probe = Some(([0, 0], now));
             }
             return;
         };
@@ -1131,6 +1220,13 @@ impl Limiter {
         let heavy = thr as f64 > NOISE_MAX * n as f64;
         let length = if s.noise > 0.0 { (PROBE_EXPECTED / s.noise).ceil() as u64 } else { 0 };
         if n < PROBE_ANSWERS || (!heavy && n < length.clamp(VERDICT_MIN, PROBE_MAX)) {
+            return;
+        }
+        // A successful answer's round trip at least: a store that refuses at once (a cap on
+        // GETs in flight) answers its refusals in bursts, ahead of the successes sent beside
+        // them.
+        let rtt = Duration::from_micros(self.ok_rtt_us.load(Ordering::Relaxed)).max(s.srtt);
+        if now.saturating_duration_since(*since) < rtt.mul_f64(PROBE_RTTS) {
             return;
         }
         s.probe = None;
@@ -1478,9 +1574,11 @@ mod tests {
         /// A fraction of GETs answered 503 at random.
         noise: f64,
         rng: u64,
-        /// At most this many GETs served at once; how many are.
+        /// At most this many GETs served at once; how many are; how many are sent and not
+        /// answered yet.
         cap: Option<usize>,
         serving: usize,
+        outstanding: usize,
         workers: usize,
         /// [`Throttle`]'s flag: a throttling answer was seen.
         engaged: bool,
@@ -1498,7 +1596,7 @@ mod tests {
     enum Event {
         /// The answer to worker `w`'s GET: sent at, admitted, and whether it took a place among
         /// the GETs being served.
-        Answer { w: usize, sent: u64, admitted: bool, held: bool },
+        Answer { w: usize, sent: u64, admitted: bool, held: bool, in_flight: usize },
         /// Worker `w` is next at the gate.
         Gate { w: usize },
         /// Worker `w`'s slot has come: it sends and lets the next one at the gate.
@@ -1521,6 +1619,7 @@ mod tests {
                 rng: 0x2545_f491_4f6c_dd1d,
                 cap: None,
                 serving: 0,
+                outstanding: 0,
                 workers: WORKERS,
                 engaged: false,
                 events: BinaryHeap::new(),
@@ -1594,16 +1693,18 @@ mod tests {
         /// else a random 503 (which takes no token) or the bucket decides, and the answer
         /// comes after the latency.
         fn send(&mut self, w: usize, us: u64) {
+            self.outstanding += 1;
+            let in_flight = self.outstanding;
             if self.cap.is_some_and(|cap| self.serving >= cap) {
                 self.count(us, false);
-                let answer = Event::Answer { w, sent: us, admitted: false, held: false };
+                let answer = Event::Answer { w, sent: us, admitted: false, held: false, in_flight };
                 self.schedule(us + REFUSED_US, answer);
                 return;
             }
             self.serving += 1;
             let admitted = if self.uniform() < self.noise { false } else { self.take_token(us) };
             self.count(us, admitted);
-            let answer = Event::Answer { w, sent: us, admitted, held: true };
+            let answer = Event::Answer { w, sent: us, admitted, held: true, in_flight };
             self.schedule(us + (LATENCY * 1e6) as u64, answer);
         }
 
@@ -1644,11 +1745,13 @@ mod tests {
                     break;
                 }
                 match event {
-                    Event::Answer { w, sent, admitted, held } => {
+                    Event::Answer { w, sent, admitted, held, in_flight } => {
                         self.serving -= usize::from(held);
+                        self.outstanding -= 1;
                         let sent_at = Some(self.at(sent));
                         self.engaged |= !admitted;
-                        self.limiter.feedback(sent_at, !admitted, self.at(us), us / 1000, None, false);
+                        let now = self.at(us);
+                        self.limiter.feedback(sent_at, !admitted, in_flight, now, us / 1000, None, false);
                         if admitted {
                             self.want(w, us);
                         } else {
@@ -1727,7 +1830,7 @@ mod tests {
         let l = Limiter::new(String::new(), Some(1000.0), base);
         let at = |ms: u64| base + Duration::from_millis(ms);
         for ms in 0..40 {
-            l.feedback(Some(at(ms)), ms == 5, at(ms + 10), ms + 10, None, false);
+            l.feedback(Some(at(ms)), ms == 5, 1, at(ms + 10), ms + 10, None, false);
         }
         let s = l.state.lock().unwrap();
         assert_eq!((s.cuts, s.throttled), (0, 1), "one throttle among many successes is noise");
@@ -1750,16 +1853,16 @@ mod tests {
         let l = Limiter::new(String::new(), None, base);
         let at = |ms: u64| base + Duration::from_millis(ms);
         // A throttling answer among the first: too few answers yet to know the fraction.
-        l.feedback(None, true, at(0), 0, None, false);
+        l.feedback(None, true, 1, at(0), 0, None, false);
         assert!(!l.limited.load(Ordering::Relaxed), "no cut on the first answers");
         for ms in 0..100 {
             l.sends.record(ms);
-            l.feedback(None, false, at(ms), ms, None, false);
+            l.feedback(None, false, 1, at(ms), ms, None, false);
         }
         // The first throttling answer cuts; a burst of answers to GETs sent before it does not.
-        l.feedback(None, true, at(100), 100, None, false);
+        l.feedback(None, true, 1, at(100), 100, None, false);
         for ms in 0..50 {
-            l.feedback(Some(at(95)), true, at(101 + ms), 101 + ms, None, false);
+            l.feedback(Some(at(95)), true, 1, at(101 + ms), 101 + ms, None, false);
         }
         let s = l.state.lock().unwrap();
         assert_eq!(s.cuts, 1);

@@ -135,6 +135,14 @@ pub struct ThrottleStats {
 pub struct InFlightWhenThrottled {
     pub p10: usize,
     pub p50: usize,
+    /// Mean round trips of successful and of throttling answers, ms.
+    pub ok_ms: f64,
+    pub throttled_ms: f64,
+    /// A cap on GETs in flight near this many (`p10`): the throttling answers came at once,
+    /// in a quarter of a success's round trip or less, as from a store that refuses above a
+    /// number in flight without serving (`null`: they took as long as a GET is served, as a
+    /// rate limit's or a store's at random do here).
+    pub cap: Option<usize>,
 }
 
 /// Throttling that did not depend on the rate: cuts that did not lower the throttled fraction
@@ -459,11 +467,19 @@ impl Summary {
             );
         }
         if let Some(f) = &t.in_flight_when_throttled {
-            let _ = writeln!(
-                s,
-                "GETs in flight when a throttled GET was sent: {} or more (10th percentile; median {})",
-                f.p10, f.p50
-            );
+            if let Some(cap) = f.cap {
+                let _ = writeln!(
+                    s,
+                    "in-flight cap near {cap} GETs: throttled GETs were sent with {cap} or more in flight (10th percentile; median {}) and refused at once ({:.1} ms, successes {:.1} ms); held as the rate it allows",
+                    f.p50, f.throttled_ms, f.ok_ms
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "GETs in flight when a throttled GET was sent: {} or more (10th percentile; median {})",
+                    f.p10, f.p50
+                );
+            }
         }
         if let Some(max) = t.max_rate {
             let _ = writeln!(s, "--max-rate {max:.0} GET/s");
