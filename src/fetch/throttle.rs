@@ -80,10 +80,12 @@
 //! unthrottled prefix at its own speed. A cap on requests in flight (a store that refuses
 //! above N at once) is held as the rate it allows, N over the round trip; a measurement
 //! lasts a successful answer's round trip at least, since such a store answers its refusals
-//! in bursts, ahead of the successes sent beside them. The summary names a cap when the
-//! throttling answers came at once (in a quarter of a success's round trip or less: a rate
-//! limit, and a store's 503s at random, are answered as a GET is) to GETs sent with about N
-//! in flight.
+//! in bursts, ahead of the successes sent beside them; and when the refusals come at once,
+//! what it measures is what was served over that round trip (counted from its first
+//! success), not the accepted fraction, which such bursts make say little. The summary names
+//! a cap when the throttling answers came at once (in half a success's round trip or less, by
+//! their medians: a rate limit, and a store's 503s at random, are answered as a GET is) to
+//! GETs sent with about N in flight.
 
 use crate::report::{InFlightWhenThrottled, PartitionStats, RandomThrottling, ThrottleStats};
 use std::collections::{HashMap, HashSet};
@@ -232,9 +234,9 @@ pub struct Throttle {
     /// Throttling answers by GETs in flight when they were sent ([`IN_FLIGHT_BUCKET`] per
     /// bucket).
     throttled_in_flight: Box<[AtomicU64]>,
-    /// Round trips of answers, [successes, throttling answers]: count and sum, µs. A store
+    /// Round trips of answers, [successes, throttling answers], by [`rtt_bucket`]. A store
     /// that refuses above a number of GETs in flight does so at once, without serving.
-    round_trips: [[AtomicU64; 2]; 2],
+    round_trips: [Box<[AtomicU64]>; 2],
     /// Milliseconds since `started` of the last successful answer.
     last_ok_ms: AtomicU64,
     throttled: AtomicU64,
@@ -304,7 +306,7 @@ impl Throttle {
             min_in_flight: AtomicUsize::new(usize::MAX),
             waited_ns: AtomicU64::new(0),
             throttled_in_flight: (0..IN_FLIGHT_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            round_trips: Default::default(),
+            round_trips: [0, 1].map(|_| (0..RTT_BUCKETS).map(|_| AtomicU64::new(0)).collect()),
             last_ok_ms: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             trials: Mutex::new(Trials { backoff: TRIAL_BACKOFF, ..Trials::default() }),
@@ -500,9 +502,8 @@ impl Throttle {
         let lane = &ticket.limiter;
         let bucket = (ticket.in_flight / IN_FLIGHT_BUCKET).min(IN_FLIGHT_BUCKETS - 1);
         if let Some(sent) = ticket.sent {
-            let [count, sum] = &self.round_trips[usize::from(throttled)];
-            count.fetch_add(1, Ordering::Relaxed);
-            sum.fetch_add(now.saturating_duration_since(sent).as_micros() as u64, Ordering::Relaxed);
+            let b = rtt_bucket(now.saturating_duration_since(sent));
+            self.round_trips[usize::from(throttled)][b].fetch_add(1, Ordering::Relaxed);
         }
         if throttled {
             self.throttled.fetch_add(1, Ordering::Relaxed);
@@ -641,8 +642,9 @@ impl Throttle {
         if counts.iter().sum::<u64>() < IN_FLIGHT_MIN {
             return None;
         }
-        let [ok_ms, throttled_ms] = self.round_trips.each_ref().map(|[count, sum]| {
-            sum.load(Ordering::Relaxed) as f64 / 1000.0 / count.load(Ordering::Relaxed).max(1) as f64
+        let [ok_ms, throttled_ms] = self.round_trips.each_ref().map(|b| {
+            let counts: Vec<u64> = b.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            quantile(&counts, 0.5).map_or(0.0, |b| rtt_of_bucket(b).as_secs_f64() * 1000.0)
         });
         let at = |q: f64| (quantile(&counts, q).unwrap_or(0) * IN_FLIGHT_BUCKET).max(1);
         Some(InFlightWhenThrottled {
@@ -650,9 +652,21 @@ impl Throttle {
             p50: at(0.5),
             ok_ms,
             throttled_ms,
-            cap: (throttled_ms * AT_ONCE as f64 <= ok_ms).then(|| at(0.1)),
+            cap: (throttled_ms * NAMED_AT_ONCE <= ok_ms).then(|| at(0.1)),
         })
     }
+}
+
+/// Round trips are counted in buckets a quarter of a binary order of magnitude wide (µs).
+const RTT_BUCKETS: usize = 128;
+
+fn rtt_bucket(d: Duration) -> usize {
+    (((d.as_micros() as f64 + 1.0).log2() * 4.0) as usize).min(RTT_BUCKETS - 1)
+}
+
+/// The round trip a bucket starts at.
+fn rtt_of_bucket(b: usize) -> Duration {
+    Duration::from_micros((b as f64 / 4.0).exp2() as u64)
 }
 
 /// The bucket at which `q` of the counts are reached (`None`: no counts).
@@ -694,11 +708,12 @@ struct State {
     changed: Option<Instant>,
     /// Smoothed time from send to answer.
     srtt: Duration,
+    /// Smoothed round trip of throttling answers.
+    refusal_rtt: Duration,
     /// The next send slot.
     next: Instant,
-    /// After a fresh throttling answer: fresh answers since, [succeeded, throttled], and when
-    /// it came.
-    probe: Option<([u64; 2], Instant)>,
+    /// After a fresh throttling answer: the measurement it opened.
+    probe: Option<Probe>,
     /// The rate doubles this often instead of following the curve: a group on trial, or a
     /// rate halved after an overshoot it could not measure.
     doubling: Option<Duration>,
@@ -745,6 +760,14 @@ struct Storm {
     in_flight: usize,
 }
 
+/// A measurement: fresh answers since a fresh throttling answer, [succeeded, throttled], when
+/// it came, and when the first success among them came (with its count, 1).
+struct Probe {
+    answers: [u64; 2],
+    since: Instant,
+    first_ok: Option<Instant>,
+}
+
 /// The pause after a first cut, while the storm's answers come in: this many times the
 /// round trip of the GET that caused it, plus [`STORM_SLACK`], at most [`STORM_PAUSE_MAX`].
 const STORM_PAUSE: f64 = 1.5;
@@ -755,8 +778,13 @@ const STORM_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// the GETs in flight were answered at then is what such a cap allows (a limit this low is
 /// found by the measurements that follow).
 const STORM_PASSED_MIN: u64 = 8;
-/// A refusal this many times faster than a successful answer came at once.
+/// A refusal this many times faster than a successful answer came at once (for the rate
+/// control: clear cases only)…
 const AT_ONCE: u64 = 4;
+/// …and, for the summary, when the median refusal was this many times faster than the
+/// median success (a rate limit's and random 503s take as long as a GET is served, or longer;
+/// a cap's a few times less even on a loaded machine).
+const NAMED_AT_ONCE: f64 = 2.0;
 
 /// A cut being judged: were the answers after it throttled as often as before it (noise), or
 /// as often as a limit would have them at the new rate?
@@ -887,6 +915,7 @@ impl Limiter {
                 epoch: None,
                 changed: None,
                 srtt: Duration::ZERO,
+                refusal_rtt: Duration::ZERO,
                 next: started,
                 probe: None,
                 doubling: None,
@@ -1001,6 +1030,9 @@ impl Limiter {
         if let Some(sent) = sent {
             let rtt = now.saturating_duration_since(sent);
             s.srtt = if s.srtt.is_zero() { rtt } else { (s.srtt * 7 + rtt) / 8 };
+            if throttled {
+                s.refusal_rtt = if s.refusal_rtt.is_zero() { rtt } else { (s.refusal_rtt * 7 + rtt) / 8 };
+            }
         }
         // Sent after the last change had settled: GETs sent before it (and in the round trip
         // after it, while those still reach the service) drew from the same bucket at the
@@ -1122,6 +1154,13 @@ impl Limiter {
         }
     }
 
+    /// Throttling answers come at once, in a fraction of a successful answer's round trip:
+    /// refused without being served (a cap on GETs in flight), not answered as a GET is.
+    fn refused_at_once(&self, s: &State) -> bool {
+        let ok = self.ok_rtt_us.load(Ordering::Relaxed);
+        !s.refusal_rtt.is_zero() && ok > 0 && s.refusal_rtt.as_micros() as u64 * AT_ONCE <= ok
+    }
+
     /// One more successful answer that took `rtt`.
     fn note_ok_rtt(&self, rtt: Duration) {
         let us = rtt.as_micros().max(1) as u64;
@@ -1208,14 +1247,17 @@ impl Limiter {
     /// it takes to know the fraction: enough to expect [`PROBE_EXPECTED`] noisy answers, and at
     /// least [`VERDICT_MIN`], which are also what the cut is judged against.
     fn measure(&self, s: &mut State, throttled: bool, now: Instant) {
-        let Some((p, since)) = &mut s.probe else {
+        let Some(p) = &mut s.probe else {
             if throttled {
-                s.probe = Some(([0, 0], now));
+                s.probe = Some(Probe { answers: [0, 0], since: now, first_ok: None });
             }
             return;
         };
-        p[usize::from(throttled)] += 1;
-        let [ok, thr] = *p;
+        p.answers[usize::from(throttled)] += 1;
+        if !throttled && p.first_ok.is_none() {
+            p.first_ok = Some(now);
+        }
+        let ([ok, thr], since, first_ok) = (p.answers, p.since, p.first_ok);
         let n = ok + thr;
         let heavy = thr as f64 > NOISE_MAX * n as f64;
         let length = if s.noise > 0.0 { (PROBE_EXPECTED / s.noise).ceil() as u64 } else { 0 };
@@ -1226,7 +1268,15 @@ impl Limiter {
         // GETs in flight) answers its refusals in bursts, ahead of the successes sent beside
         // them.
         let rtt = Duration::from_micros(self.ok_rtt_us.load(Ordering::Relaxed)).max(s.srtt);
-        if now.saturating_duration_since(*since) < rtt.mul_f64(PROBE_RTTS) {
+        if now.saturating_duration_since(since) < rtt.mul_f64(PROBE_RTTS) {
+            return;
+        }
+        // Refused without being served, what the store serves is what was answered: counted
+        // from the first fresh success (the refusals of GETs sent at the same time came a
+        // round trip before it), over a round trip.
+        let at_once = self.refused_at_once(s);
+        let served = first_ok.map(|t| now.saturating_duration_since(t)).filter(|d| !d.is_zero());
+        if at_once && served.is_none_or(|d| d < rtt.mul_f64(PROBE_RTTS)) {
             return;
         }
         s.probe = None;
@@ -1242,8 +1292,15 @@ impl Limiter {
         // answers nothing for a while): halve, and measure again — climbing back by doubling
         // every few round trips, since the limit may be anywhere below where the burst went.
         // The noise is no part of what the limit refused.
-        let fraction = (ok as f64 / n as f64 / (1.0 - s.noise)).min(1.0);
         let rate = s.rate(now);
+        if let Some(served) = served.filter(|_| at_once) {
+            // However far above it GETs were sent.
+            let target = BETA * ((ok.max(2) - 1) as f64 / served.as_secs_f64()).min(rate);
+            s.cut(target, now);
+            tracing::debug!(partition = %self.name, rate = target, ok, thr, "throttled: rate cut to what was served");
+            return;
+        }
+        let fraction = (ok as f64 / n as f64 / (1.0 - s.noise)).min(1.0);
         let target = BETA * rate * fraction.max(0.5);
         let (curve, lowest, noise) = (s.curve(), s.lowest, s.noise);
         s.cut(target, now);

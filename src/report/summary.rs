@@ -135,13 +135,14 @@ pub struct ThrottleStats {
 pub struct InFlightWhenThrottled {
     pub p10: usize,
     pub p50: usize,
-    /// Mean round trips of successful and of throttling answers, ms.
+    /// Median round trips of successful and of throttling answers, ms (to a quarter of a
+    /// binary order of magnitude).
     pub ok_ms: f64,
     pub throttled_ms: f64,
     /// A cap on GETs in flight near this many (`p10`): the throttling answers came at once,
-    /// in a quarter of a success's round trip or less, as from a store that refuses above a
-    /// number in flight without serving (`null`: they took as long as a GET is served, as a
-    /// rate limit's or a store's at random do here).
+    /// in half a success's round trip or less, as from a store that refuses above a number
+    /// in flight without serving (`null`: they took as long as a GET is served, as a rate
+    /// limit's or a store's at random do here).
     pub cap: Option<usize>,
 }
 
