@@ -10,6 +10,7 @@ mod endpoint;
 mod errors;
 mod fetch;
 mod field;
+mod install;
 mod keys;
 mod killed;
 mod large;

@@ -298,6 +298,19 @@ enum Command {
     /// still has it, and no file is extra. Lists missing, different and extra files; exit 1
     /// if there are any.
     Check(CheckArgs),
+    /// Print a completion script for SHELL to standard output: `s3uring completions bash >
+    /// /etc/bash_completion.d/s3uring`, `s3uring completions zsh > "${fpath[1]}/_s3uring"`,
+    /// `s3uring completions fish > ~/.config/fish/completions/s3uring.fish`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) to standard output: `s3uring man > s3uring.1`, then
+    /// `man -l s3uring.1`, or install it under a `man1` directory.
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    #[arg(value_enum, value_name = "SHELL")]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -546,6 +559,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    match &cli.command {
+        Some(Command::Completions(args)) => return print_completions(args.shell).into(),
+        Some(Command::Man) => return print_man().into(),
+        _ => {}
+    }
     init_tracing(cli.output.verbose, cli.output.quiet);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cli.tuning.fetch_threads > 0 {
@@ -566,6 +584,7 @@ pub fn main() -> ExitCode {
             let sub = matches.subcommand_matches("check").unwrap_or(&matches);
             runtime.block_on(check(args, sub))
         }
+        Some(Command::Completions(_) | Command::Man) => Exit::Ok,
         None => match resolve(&cli, &matches) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
             Err(msg) => {
@@ -577,6 +596,35 @@ pub fn main() -> ExitCode {
     // Don't wait for idle pooled connections or the endpoint's tasks.
     runtime.shutdown_background();
     code.into()
+}
+
+/// `s3uring completions SHELL`.
+fn print_completions(shell: clap_complete::Shell) -> Exit {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "s3uring", &mut script);
+    write_stdout(&script, "the completion script")
+}
+
+/// `s3uring man`: the manual page (the copy's options, and the subcommands by name).
+fn print_man() -> Exit {
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+        crate::say!("s3uring: error: cannot render the manual page: {e}");
+        return Exit::Usage;
+    }
+    write_stdout(&page, "the manual page")
+}
+
+fn write_stdout(bytes: &[u8], what: &str) -> Exit {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            crate::say!("s3uring: error: cannot write {what} to standard output: {e}");
+            Exit::Usage
+        }
+    }
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
