@@ -46,6 +46,8 @@ fn stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
             format!("sub/{TMP}{gone}.2"),
             format!("{TMP}{unlocked}.5"),
             format!("sub/{TMP}{unlocked}.6"),
+            // The case probe's second name: a run killed between creating and removing it.
+            format!("{TMP}{gone}.FFFFFFFFFFFFFFFF"),
         ];
         // Files of the user's that only look like temporaries: not of the form this tool
         // writes (16 lowercase hex digits, a dot, a hex number without leading zeros).

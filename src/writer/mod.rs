@@ -773,7 +773,7 @@ impl DirCache {
         // run's temporaries, which a later run removes if this one is killed here.
         let lower = tmp_name(u64::MAX);
         let mut upper = lower.to_bytes().to_vec();
-        let seq_at = upper.len() - 16;
+        let seq_at = upper.len() - PROBE_UPPER.len();
         upper[seq_at..].make_ascii_uppercase();
         let Ok(upper) = CString::new(upper) else { return false };
         let create = |name: &CString| {
@@ -1018,13 +1018,18 @@ impl Drop for RunLock {
 }
 
 /// The run id of `name` if it is exactly a temporary's name as [`tmp_name`] writes it:
-/// `.s3uring-tmp.`, a run id, `.`, a lowercase hex number without leading zeros. Anything
-/// else in DEST is someone's file, whatever it looks like.
+/// `.s3uring-tmp.`, a run id, `.`, a lowercase hex number without leading zeros — or the
+/// case probe's second name ([`DirCache::probe`]: `FFFFFFFFFFFFFFFF`, a run killed between
+/// creating and removing it leaves it). Anything else in DEST is someone's file, whatever it
+/// looks like.
 fn temporary_of(name: &str) -> Option<&str> {
     let (id, seq) = name.strip_prefix(TMP_PREFIX)?.split_once('.')?;
     let number = (1..=16).contains(&seq.len()) && (seq == "0" || !seq.starts_with('0')) && lower_hex(seq);
-    (is_run_id(id) && number).then_some(id)
+    (is_run_id(id) && (number || seq == PROBE_UPPER)).then_some(id)
 }
+
+/// The case probe's name in other case: its sequence number, `u64::MAX`, in upper case.
+const PROBE_UPPER: &str = "FFFFFFFFFFFFFFFF";
 
 /// A run id as [`run_id`] makes them: 16 lowercase hex digits.
 fn is_run_id(id: &str) -> bool {
@@ -1163,6 +1168,9 @@ mod tests {
             let name = tmp_name(seq).into_string().unwrap();
             assert_eq!(temporary_of(&name), Some(run_id()), "{name}");
         }
+        // The case probe's second name, which a run killed in the probe leaves.
+        let probe = format!("{TMP_PREFIX}{}.{PROBE_UPPER}", run_id());
+        assert_eq!(temporary_of(&probe), Some(run_id()), "{probe}");
         for name in [
             ".s3uring-tmp.deadbeef.1",
             ".s3uring-tmp.00000000DEADBEEF.1",
@@ -1173,6 +1181,8 @@ mod tests {
             ".s3uring-tmp.00000000deadbeef.12345678901234567",
             ".s3uring-tmp.00000000deadbeef0.1",
             "s3uring-tmp.00000000deadbeef.1",
+            ".s3uring-tmp.00000000deadbeef.FFFF",
+            ".s3uring-tmp.00000000deadbeef.FFFFFFFFFFFFFFFe",
         ] {
             assert_eq!(temporary_of(name), None, "{name}");
         }
