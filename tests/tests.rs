@@ -16,6 +16,7 @@ mod killed;
 mod large;
 mod layout;
 mod listing;
+mod logs;
 mod lying;
 mod manifest;
 mod moto;

@@ -281,6 +281,18 @@ struct Output {
     /// config, machine) as JSON to FILE; see the README for the fields.
     #[arg(long, value_name = "FILE", global = true)]
     stats_json: Option<PathBuf>,
+
+    /// How a copy writes to stderr: `text` for people, or `json`: one JSON object per line
+    /// (failures, skips, progress, errors, logs and the summary with the stats JSON) for log
+    /// shippers; see the README for the fields. No progress bar with json.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -564,6 +576,7 @@ pub fn main() -> ExitCode {
         Some(Command::Man) => return print_man().into(),
         _ => {}
     }
+    crate::console::set_json(cli.output.log_format == LogFormat::Json);
     init_tracing(cli.output.verbose, cli.output.quiet);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cli.tuning.fetch_threads > 0 {
@@ -588,7 +601,7 @@ pub fn main() -> ExitCode {
         None => match resolve(&cli, &matches) {
             Ok(cfg) => runtime.block_on(copy(cfg)),
             Err(msg) => {
-                crate::say!("s3uring: error: {msg}");
+                crate::console::error(&msg);
                 Exit::Usage
             }
         },
@@ -638,13 +651,17 @@ fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("s3uring={ours},{theirs}")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::console::LogWriter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(crate::console::LogWriter);
+    let _ = if crate::console::json() {
+        // One object per record: `timestamp`, `level`, `message` and the record's fields.
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .without_time()
+            .try_init()
+    };
 }
 
 /// Flags → validated config. Everything here runs before any request.
@@ -818,18 +835,24 @@ pub async fn copy(cfg: Config) -> Exit {
 fn finish(cfg: &Config, result: Result<crate::report::Summary, Fatal>) -> Exit {
     match result {
         Ok(summary) => {
+            let doc = crate::report::stats_json(&summary, cfg);
             if let Some(path) = &cfg.stats_json {
-                let doc = crate::report::stats_json(&summary, cfg);
                 let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
                 if let Err(e) = std::fs::write(path, text) {
-                    crate::say!("s3uring: error: cannot write --stats-json '{}': {e}", path.display());
+                    crate::console::error(&format!("cannot write --stats-json '{}': {e}", path.display()));
                     return Exit::KeysFailed;
                 }
             }
             if cfg.summary {
-                crate::say_raw!("{}", summary.render());
+                let mut text = summary.render();
                 if !summary.stages.is_empty() {
-                    crate::say_raw!("{}", crate::report::stats::render_table(&summary.stages));
+                    text += &crate::report::stats::render_table(&summary.stages);
+                }
+                if crate::console::json() {
+                    let fields = crate::report::object(serde_json::json!({ "stats": doc }));
+                    crate::console::event("INFO", "summary", text.trim_end(), fields);
+                } else {
+                    crate::say_raw!("{text}");
                 }
             }
             if summary.counters.interrupted {
@@ -841,11 +864,11 @@ fn finish(cfg: &Config, result: Result<crate::report::Summary, Fatal>) -> Exit {
             }
         }
         Err(Fatal::Setup(msg)) => {
-            crate::say!("s3uring: error: {}", sanitize(&msg));
+            crate::console::error(&sanitize(&msg));
             Exit::Usage
         }
         Err(Fatal::Internal(msg)) => {
-            crate::say!("s3uring: error: {}", sanitize(&msg));
+            crate::console::error(&sanitize(&msg));
             Exit::KeysFailed
         }
     }
@@ -907,13 +930,13 @@ async fn demo(args: DemoArgs, output: &Output) -> Exit {
         let d = dest.clone();
         let verified = tokio::task::spawn_blocking(move || verify_generated(&d, n, size, prefixes, layout)).await;
         match verified {
-            Ok(Ok(())) => crate::say!("verified: all {n} files are byte-identical to their objects"),
+            Ok(Ok(())) => crate::console::line(&format!("verified: all {n} files are byte-identical to their objects")),
             Ok(Err(msg)) => {
-                crate::say!("s3uring demo: verification FAILED: {msg}");
+                crate::console::line(&format!("s3uring demo: verification FAILED: {msg}"));
                 code = Exit::KeysFailed;
             }
             Err(e) => {
-                crate::say!("s3uring demo: verification did not run: {e}");
+                crate::console::line(&format!("s3uring demo: verification did not run: {e}"));
                 code = Exit::KeysFailed;
             }
         }

@@ -101,10 +101,12 @@ impl Report {
         self.skipped();
         self.counts.archived.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_failures {
-            crate::console::line(&format!(
+            let text = format!(
                 "s3uring: skipped '{}': in {class} and not restored (restore it first, e.g. aws s3api restore-object)",
                 sanitize(key)
-            ));
+            );
+            let fields = serde_json::json!({ "key": key, "reason": "archived", "storage_class": class });
+            crate::console::event("WARN", "skipped", &text, object(fields));
         }
     }
 
@@ -112,7 +114,9 @@ impl Report {
     pub fn fail(&self, key: &str, reason: &str) {
         self.counts.failed.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_failures {
-            crate::console::line(&format!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason)));
+            let text = format!("s3uring: failed '{}': {}", sanitize(key), sanitize(reason));
+            let fields = serde_json::json!({ "key": key, "reason": reason });
+            crate::console::event("ERROR", "failed", &text, object(fields));
         }
         if let Ok(mut f) = self.failed_keys.lock()
             && let Some(f) = f.as_mut()
@@ -128,7 +132,8 @@ impl Report {
 
     pub fn listing_incomplete(&self, reason: &str) {
         self.listing_incomplete.store(true, Ordering::Relaxed);
-        crate::console::line(&format!("s3uring: {}", sanitize(reason)));
+        let fields = object(serde_json::json!({ "reason": reason }));
+        crate::console::event("ERROR", "listing_incomplete", &format!("s3uring: {}", sanitize(reason)), fields);
     }
 
     /// The io_uring writer's batching: `submits` enters carried `files` files.
@@ -428,6 +433,14 @@ impl FailedKeys {
         {
             self.error = Some(e.to_string());
         }
+    }
+}
+
+/// The fields of a JSON object (`json!({...})` is always one).
+pub(crate) fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::console::{self, ProgressMode as Mode, line};
+use crate::console::{self, ProgressMode as Mode};
 use crate::report::Report;
 
 /// A running progress display; [`Progress::finish`] removes the bar.
@@ -48,7 +48,10 @@ impl Progress {
                         bar.set_message(msg);
                         bar.tick();
                     }
-                    None => line(&format!("progress: {msg}")),
+                    None => {
+                        let fields = status_fields(&report, started.elapsed());
+                        console::event("INFO", "progress", &format!("progress: {msg}"), fields);
+                    }
                 }
             }
             if let Some(bar) = bar {
@@ -63,6 +66,24 @@ impl Progress {
         self.stop.notify_one();
         let _ = self.task.await;
     }
+}
+
+/// The progress line's figures for a JSON `progress` event: the counters as in the stats
+/// JSON (`listed`, `written`, `skipped`, `failed`, `bytes`, …), `done`, `listing_ended`,
+/// `elapsed_s`, `objects_per_s`, `mib_per_s`.
+pub fn status_fields(report: &Report, elapsed: Duration) -> serde_json::Map<String, serde_json::Value> {
+    let c = report.counts();
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let mut fields = crate::report::object(serde_json::to_value(c).unwrap_or_default());
+    let extra = serde_json::json!({
+        "done": c.written + c.dirs + c.skipped + c.failed,
+        "listing_ended": report.listing_ended(),
+        "elapsed_s": elapsed.as_secs_f64(),
+        "objects_per_s": (c.written + c.dirs + c.skipped) as f64 / secs,
+        "mib_per_s": c.bytes as f64 / (1 << 20) as f64 / secs,
+    });
+    fields.extend(crate::report::object(extra));
+    fields
 }
 
 /// `12000/20000 objects · 46.9 MiB · 8400 obj/s · 32.8 MiB/s · 0 failed · ETA 1s`
